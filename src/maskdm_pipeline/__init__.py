@@ -1,0 +1,4 @@
+"""maskdm-pipeline
+"""
+
+__version__ = "0.1"

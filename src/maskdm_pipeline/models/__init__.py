@@ -1,0 +1,1 @@
+"""U-ViT backbone with MAE-style token dropping (pure torch, no Kedro)."""
