@@ -1,4 +1,5 @@
-"""Project pipelines."""
+"""Project pipelines: one per stage, ``__default__`` runs them all."""
+
 from __future__ import annotations
 
 from kedro.framework.project import find_pipelines
@@ -6,11 +7,7 @@ from kedro.pipeline import Pipeline
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines.
-
-    Returns:
-        A mapping from pipeline names to ``Pipeline`` objects.
-    """
+    """Register the stage pipelines found under ``pipelines/`` and their union as the default."""
     pipelines = find_pipelines(raise_errors=True)
     pipelines["__default__"] = sum(pipelines.values())
     return pipelines

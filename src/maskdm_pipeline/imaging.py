@@ -1,0 +1,206 @@
+"""Image decoding and conversion for preprocessing (pure: PIL + numpy, no Kedro).
+
+Every input image is either converted to a uint8 ``(C, H, W)`` array or refused with a short,
+human-readable reason; nothing here raises on a bad file. The callers count the reasons in the
+dataset card so a user sees exactly what was skipped and why.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CropSpec = str | Sequence[int]  # "none" | "center" | [top, left, height, width]
+
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class SkipImage(Exception):
+    """Raised internally for an image that cannot be used; ``str(exc)`` is the reason."""
+
+
+@dataclass
+class ConversionLog:
+    """What happened to the inputs: counts of conversions and the skipped files with reasons."""
+
+    converted: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        self.converted[what] = self.converted.get(what, 0) + 1
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append({"file": name, "reason": reason})
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.skipped:
+            key = item["reason"].split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def decode(load: Callable[[], Image.Image]) -> Image.Image:
+    """Run a lazy image loader and classify every way it can fail as a :class:`SkipImage`.
+
+    Decompression-bomb *warnings* (more than ``Image.MAX_IMAGE_PIXELS``) are turned into skips
+    too: a 100-megapixel file in a folder of faces is an accident, not data.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = load()
+            image.load()
+            return image
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a reason, none a crash
+        raise SkipImage(_reason(exc)) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """Classify a decoding failure. Loaders such as Kedro's wrap the real error (``DatasetError``
+    with ``__cause__``), so the cause chain is walked down to the original exception first."""
+    while exc.__cause__ is not None and not isinstance(exc, OSError | Image.DecompressionBombWarning):
+        exc = exc.__cause__
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"decompression bomb: {exc}"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image: PIL cannot identify the file (empty, or another format)"
+    if isinstance(exc, FileNotFoundError):
+        return "vanished: the file was removed while the folder was read"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "unreadable: symlink loop"
+    return f"corrupt: {type(exc).__name__}: {exc}"
+
+
+def _sixteen_bit_to_eight(image: Image.Image) -> Image.Image:
+    """Scale 16-bit (or 32-bit int) greyscale to 8 bits; PIL's convert("L") would clip instead."""
+    array = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if array.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+
+
+def to_mode(image: Image.Image, channels: int, log: ConversionLog, background: int = 0) -> Image.Image:
+    """Convert any PIL mode to ``L`` (channels=1) or ``RGB`` (channels=3).
+
+    Transparency (RGBA, LA, palette with a transparent index) is composited over a flat
+    ``background`` grey level, because dropping alpha would expose arbitrary hidden colours.
+    """
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        image = _sixteen_bit_to_eight(image)
+        log.note("16-bit -> 8-bit")
+    elif mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
+        log.note("float -> 8-bit")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        log.note("palette -> RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        image = Image.alpha_composite(flat, rgba).convert("RGB")
+        log.note("alpha composited")
+    target = "L" if channels == 1 else "RGB"
+    if image.mode != target:
+        log.note(f"{image.mode} -> {target}")
+        image = image.convert(target)
+    return image
+
+
+def crop(image: Image.Image, spec: CropSpec) -> Image.Image:
+    """``none``; ``center`` (the largest central square); or a fixed ``[top, left, height, width]``
+    box, e.g. the U-ViT CelebA 64 recipe ``[57, 25, 128, 128]`` (METHOD.md section 4, Data)."""
+    if spec in (None, "none"):
+        return image
+    width, height = image.size
+    if spec == "center":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return image.crop((left, top, left + side, top + side))
+    top, left, box_h, box_w = (int(v) for v in spec)
+    if top + box_h > height or left + box_w > width:
+        raise SkipImage(f"too small: {width}x{height} does not contain the crop box {list(spec)}")
+    return image.crop((left, top, left + box_w, top + box_h))
+
+
+def convert(
+    image: Image.Image,
+    *,
+    resolution: int,
+    channels: int,
+    crop_spec: CropSpec,
+    log: ConversionLog,
+    min_size: int = 0,
+    background: int = 0,
+) -> np.ndarray:
+    """Decoded image -> uint8 ``(C, resolution, resolution)``.
+
+    Order: EXIF orientation, mode, crop, then an antialiased (bicubic with Pillow's reducing
+    filter support) resize. Images smaller than ``resolution`` are upsampled and counted, or
+    skipped when smaller than ``min_size``.
+    """
+    rotated = ImageOps.exif_transpose(image)
+    if rotated is not None and rotated is not image and rotated.size != image.size:
+        log.note("EXIF rotated")
+    image = rotated if rotated is not None else image
+    if min(image.size) < min_size:
+        raise SkipImage(f"too small: {image.size[0]}x{image.size[1]} is below preprocess.min_size={min_size}")
+    image = crop(to_mode(image, channels, log, background), crop_spec)
+    if image.size != (resolution, resolution):
+        if min(image.size) < resolution:
+            log.note("upsampled")
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def convert_array_images(images: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """The same conversion for in-memory uint8 ``(N, C, H, W)`` sets (embedded digits)."""
+    out = []
+    for item in images:
+        pil = Image.fromarray(item[0] if item.shape[0] == 1 else item.transpose(1, 2, 0))
+        out.append(convert(pil, **kwargs))
+    return np.stack(out)
+
+
+def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded shuffle, then the last ``round(n * heldout_fraction)`` (at least 1) are held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_heldout = min(max(1, round(n * heldout_fraction)), n - 1)
+    return np.sort(order[: n - n_heldout]), np.sort(order[n - n_heldout :])
+
+
+def subset_indices(indices: np.ndarray, subset: float | int | None, seed: int) -> np.ndarray:
+    """A seeded subset of the training indices: a fraction in (0, 1] or a count (few-shot runs)."""
+    if subset is None:
+        return indices
+    # A float is a fraction of the training split (0.1 = 10%), an int a count (300 images).
+    if isinstance(subset, float):
+        count = max(1, round(len(indices) * subset))
+    else:
+        count = int(subset)
+    count = min(count, len(indices))
+    chosen = np.random.default_rng(seed + 1).permutation(len(indices))[:count]
+    return np.sort(indices[chosen])
+
+
+def checksum(*arrays: np.ndarray | None) -> str:
+    """SHA-256 over shapes, dtypes and bytes: the key for cached reference statistics."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        if array is None:
+            digest.update(b"none")
+            continue
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
