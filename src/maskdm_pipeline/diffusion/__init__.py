@@ -1,0 +1,52 @@
+"""Diffusion math (pure torch): schedules, prediction targets, DSM/MDSM losses and samplers."""
+
+from maskdm_pipeline.diffusion.losses import DenoisingLoss, MaskedDenoisingLoss
+from maskdm_pipeline.diffusion.prediction import (
+    PREDICTIONS,
+    to_x0_eps,
+    training_target,
+    validate_prediction,
+)
+from maskdm_pipeline.diffusion.samplers import (
+    SAMPLERS,
+    ddim,
+    ddpm,
+    dpmpp_2m,
+    get_sampler,
+    sample,
+    solver_time_grid,
+    time_grid,
+    validate_sampling,
+)
+from maskdm_pipeline.diffusion.schedules import (
+    SCHEDULES,
+    NoiseSchedule,
+    draw_noise,
+    draw_timesteps,
+    make_schedule,
+    q_sample,
+)
+
+__all__ = [
+    "PREDICTIONS",
+    "SAMPLERS",
+    "SCHEDULES",
+    "DenoisingLoss",
+    "MaskedDenoisingLoss",
+    "NoiseSchedule",
+    "ddim",
+    "ddpm",
+    "dpmpp_2m",
+    "draw_noise",
+    "draw_timesteps",
+    "get_sampler",
+    "make_schedule",
+    "q_sample",
+    "sample",
+    "solver_time_grid",
+    "time_grid",
+    "to_x0_eps",
+    "training_target",
+    "validate_prediction",
+    "validate_sampling",
+]
