@@ -1,0 +1,224 @@
+"""Training-step throughput of the MaskDM U-ViT at several mask ratios, side by side.
+
+Measures one optimisation step (forward + backward + AdamW step) in images per second:
+
+- ratio 0: the unmasked step (``mask=None``), MSE on the whole image (plain DSM);
+- ratio > 0: the masked step of MDSM (METHOD.md section 1), MSE on the visible patches only.
+
+All ratios run in one process on one model, each with its own warm-up, and the reported
+figure is the median over repeats, so the speed-ups are comparable on a busy machine.
+Mask sampling and noising are inside the timed step (they are part of a real step).
+
+    python benchmarks/train_step.py --preset small-64 --batch-size 16 --json out.json
+
+Issue target: small-64, batch 16, CPU: the 90% block-4 masked step >= 5x the unmasked one.
+
+On a machine other jobs share, pass ``--threads 1``: with more OpenMP threads than free cores
+the threads wait on each other at every op, which hurts the small masked step most and can
+hide the speed-up entirely (seen here: 2 threads on 2 busy cores, 90% step 2 s in one run
+and 17 s in the next).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from maskdm_pipeline.masking import MASK_KINDS, mask_count, sample_masks
+from maskdm_pipeline.models import UViT, build_uvit, count_parameters
+from maskdm_pipeline.models.patching import keep_visible, patchify
+
+T = 1000
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(
+    model: UViT,
+    optimizer: torch.optim.Optimizer,
+    x0: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    kind: str,
+    ratio: float,
+    block_size: int,
+    crop_size: int | None,
+) -> float:
+    """One DDPM ε-prediction step; masked (MDSM) when ``ratio > 0``. Returns the loss."""
+    b = x0.shape[0]
+    t = torch.randint(0, T, (b,), device=x0.device)
+    eps = torch.randn_like(x0)
+    a = alphas_cumprod[t].view(b, 1, 1, 1)
+    # Noise the whole image first, then drop tokens (METHOD.md section 1 step 1).
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    if ratio == 0:
+        loss = F.mse_loss(model(x_t, t), eps)
+    else:
+        mask = sample_masks(
+            kind,
+            model.grid_size,
+            b,
+            ratio=ratio,
+            block_size=block_size,
+            crop_size=crop_size,
+            device=x0.device,
+        )
+        pred = model(x_t, t, mask)  # (B, N_vis, p*p*C)
+        loss = F.mse_loss(pred, keep_visible(patchify(eps, model.patch_size), mask))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def bench_ratio(
+    model: UViT,
+    optimizer: torch.optim.Optimizer,
+    x0: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    args: argparse.Namespace,
+    ratio: float,
+) -> dict[str, Any]:
+    """Median seconds per step over ``args.repeats`` timed blocks of ``args.steps`` steps."""
+    run = (model, optimizer, x0, alphas_cumprod, args.kind, ratio, args.block_size, args.crop_size)
+    for _ in range(args.warmup):
+        train_step(*run)
+    _sync(x0.device)
+    per_step: list[float] = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step(*run)
+        _sync(x0.device)
+        per_step.append((time.perf_counter() - start) / args.steps)
+    step_s = statistics.median(per_step)
+    masked = (
+        0
+        if ratio == 0
+        else mask_count(args.kind, model.grid_size, ratio, args.block_size, args.crop_size)
+    )
+    return {
+        "ratio": ratio,
+        "masked_tokens": masked,
+        "visible_tokens": model.num_patches - masked,
+        "step_s_median": step_s,
+        "step_s_all": per_step,
+        "img_per_s": x0.shape[0] / step_s,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small-64")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 0.75, 0.9])
+    parser.add_argument("--kind", choices=MASK_KINDS, default="block")
+    parser.add_argument("--block-size", type=int, default=4)
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="kept square side for --kind crop (the ratio is then ignored)",
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per ratio")
+    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per ratio (median)")
+    parser.add_argument("--steps", type=int, default=1, help="steps per timed block")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = build_uvit(args.preset).to(device).train()
+    # AdamW as in METHOD.md section 4 (betas 0.99/0.99, weight decay 0.03 on every parameter).
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=2e-4, betas=(0.99, 0.99), weight_decay=0.03
+    )
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1 - betas, 0).to(device=device, dtype=torch.float32)
+    x0 = torch.rand(args.batch_size, model.in_chans, model.img_size, model.img_size, device=device)
+    x0 = x0 * 2 - 1
+
+    results = [bench_ratio(model, optimizer, x0, alphas_cumprod, args, r) for r in args.ratios]
+    base = next((r["step_s_median"] for r in results if r["ratio"] == 0), None)
+    for r in results:
+        r["speedup_vs_unmasked"] = None if base is None else base / r["step_s_median"]
+
+    report = {
+        "machine": machine_info(device),
+        "config": {
+            "preset": args.preset,
+            "params": count_parameters(model),
+            "tokens": model.num_patches,
+            "batch_size": args.batch_size,
+            "kind": args.kind,
+            "block_size": args.block_size,
+            "crop_size": args.crop_size,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "steps_per_repeat": args.steps,
+            "precision": "fp32",
+        },
+        "results": results,
+    }
+    m = report["machine"]
+    print(
+        f"{args.preset} batch {args.batch_size}, {args.kind} masks, {m['device']} "
+        f"({m['cpu']}, {m['torch_threads']} threads), torch {m['torch']}"
+    )
+    print(f"{'ratio':>6} {'visible':>8} {'step s':>9} {'img/s':>9} {'speed-up':>9}")
+    for r in results:
+        speedup = "-" if r["speedup_vs_unmasked"] is None else f"{r['speedup_vs_unmasked']:.2f}x"
+        print(
+            f"{r['ratio']:>6.2f} {r['visible_tokens']:>8d} {r['step_s_median']:>9.3f} "
+            f"{r['img_per_s']:>9.1f} {speedup:>9}"
+        )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

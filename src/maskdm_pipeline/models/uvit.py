@@ -1,0 +1,279 @@
+"""U-ViT backbone with MAE-style token dropping, as MaskDM trains it.
+
+MaskDM (Lei et al., arXiv 2306.11363) trains a pixel-space diffusion model with the masked
+denoising score matching objective (MDSM, METHOD.md section 1)::
+
+    L_mdsm = E_{t, x̂0, ε̂} || ε̂ - ε_θ( sqrt(ᾱ_t) x̂0 + sqrt(1 - ᾱ_t) ε̂, t ) ||²
+
+where the hat marks the visible patches. This module is ε_θ: a U-ViT (Bao et al.) whose
+encoder only ever sees the visible tokens. The steps follow METHOD.md section 1 (2-6) and
+the block / long-skip layout follows METHOD.md section 3:
+
+1. Conv2d patch embedding (kernel = stride = p), tokens in raster order (h, w).
+2. One extra *time token*: the sinusoidal embedding of the unscaled integer t (no MLP).
+3. A learned absolute positional embedding over all 1 + N tokens, added **before** masking,
+   so every surviving token keeps its own position.
+4. Masked tokens are removed (the time token is always kept); no mask tokens, no decoder.
+5. d//2 in-blocks -> 1 mid-block -> d//2 out-blocks with U-ViT long skips.
+6. Final LayerNorm + Linear(D -> p*p*C) per token; the time token's output is discarded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskdm_pipeline.models.patching import keep_visible, unpatchify
+
+__all__ = ["UViT", "timestep_embedding"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of the time steps ``t`` (B,) -> (B, dim), METHOD.md section 1 step 3.
+
+    ``t`` is used unscaled (integers in [0, T) as in DDPM). The halves are ``[cos, sin]`` in that
+    order, frequencies ``max_period ** (-i / half)``; an odd ``dim`` gets a zero last column.
+    """
+    half = dim // 2
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / half
+    freqs = torch.exp(-math.log(max_period) * exponent)  # (half,)
+    args = t.to(torch.float32)[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2*half)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)  # (B, dim)
+    return emb
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; fused qkv without bias by default (METHOD.md section 3)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)  # (B, L, 3, H, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, hd)
+        # SDPA's default scale is head_dim ** -0.5, the scale METHOD.md section 3 gives.
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, H, L, hd)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))  # (B, L, D)
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP with GELU, hidden width ``mlp_ratio * dim``."""
+
+    def __init__(self, dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; an out-block first fuses its long skip (METHOD.md section 3).
+
+    ``x += Attn(LN x); x += MLP(LN x)``; with ``skip=True`` the block starts with
+    ``x = Linear(2D -> D)(concat([x, skip]))`` as in U-ViT.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, skip: bool = False
+    ) -> None:
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if self.skip_linear is not None:
+            if skip is None:
+                raise ValueError("an out-block needs the matching in-block output as its skip")
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, L, D)
+        x = x + self.attn(self.norm1(x))  # (B, L, D)
+        return x + self.mlp(self.norm2(x))  # (B, L, D)
+
+
+class UViT(nn.Module):
+    """MaskDM's U-ViT ("MaskedUViT"), ε_θ of the MDSM loss (METHOD.md sections 1 and 3).
+
+    Args:
+        img_size: side of the square input image in pixels.
+        patch_size: patch side p; ``img_size`` must be divisible by it.
+        in_chans: image channels C.
+        embed_dim: token width D (must be divisible by ``num_heads``).
+        depth: U-ViT depth d: d//2 in-blocks, 1 mid-block, d//2 out-blocks (12 and 13 both
+            build 13 blocks, METHOD.md section 3).
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over D.
+        qkv_bias: bias on the fused qkv projection (off in every MaskDM config but the DWT one).
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_config(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+
+        self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        # Index 0 is the time token; it gets a positional embedding like every patch token.
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, embed_dim))
+        n_side = depth // 2
+        self.in_blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(n_side)
+        )
+        self.mid_block = Block(embed_dim, num_heads, mlp_ratio, qkv_bias)
+        self.out_blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, skip=True) for _ in range(n_side)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, patch_size**2 * in_chans)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Linear: trunc-normal(0.02), bias 0; LayerNorm: 1 / 0; pos-embed: trunc-normal(0.02).
+
+        The patch-embedding conv keeps PyTorch's default init, as in the official code
+        (METHOD.md section 3).
+        """
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict ε (or x0 / v, whatever the loss trains) for the noisy image ``x_t``.
+
+        Args:
+            x_t: noisy images (B, C, H, W) with H = W = ``img_size``.
+            t: time steps (B,) (or a scalar, broadcast), integers in [0, T), used unscaled.
+            mask: optional bool (B, N), True = masked, the same count in every row.
+
+        Returns:
+            ``mask is None``: the prediction as an image (B, C, H, W).
+            Otherwise: (B, N_visible, p*p*C) for the visible patches in raster order with
+            elements (p1 p2 c), directly comparable with ``keep_visible(patchify(eps, p), mask)``
+            (the MDSM target, METHOD.md section 1 step 7).
+        """
+        t = self._check_inputs(x_t, t, mask)
+        b = x_t.shape[0]
+        x = self.patch_embed(x_t).flatten(2).transpose(1, 2)  # (B, N, D), raster order (h w)
+        time_token = timestep_embedding(t, self.embed_dim).to(x.dtype)[:, None]  # (B, 1, D)
+        x = torch.cat([time_token, x], dim=1) + self.pos_embed  # (B, 1+N, D)
+        if mask is not None:
+            mask = mask.to(x.device)  # masks are usually drawn on the CPU (data side)
+            # Prepend "not masked" for the time token so it always survives (section 1 step 5).
+            keep_time = torch.zeros(b, 1, dtype=torch.bool, device=x.device)
+            x = keep_visible(x, torch.cat([keep_time, mask], dim=1))  # (B, 1+N_vis, D)
+
+        skips: list[torch.Tensor] = []
+        for block in self.in_blocks:
+            x = block(x)  # (B, L, D)
+            skips.append(x)
+        x = self.mid_block(x)  # (B, L, D)
+        for block in self.out_blocks:
+            # LIFO: the last in-block's output feeds the first out-block (U-ViT long skips).
+            x = block(x, skips.pop())  # (B, L, D)
+
+        x = self.head(self.norm(x))[:, 1:]  # (B, N_vis, p*p*C); drop the time token
+        if mask is None:
+            return unpatchify(x, self.patch_size, self.in_chans)  # (B, C, H, W)
+        return x
+
+    def _check_inputs(
+        self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Raise a clear ValueError on malformed inputs; return ``t`` as a (B,) tensor."""
+        expected = (self.in_chans, self.img_size, self.img_size)
+        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != expected:
+            raise ValueError(
+                f"x_t must have shape (B, {self.in_chans}, {self.img_size}, {self.img_size}) "
+                f"(the positional embedding ties the model to one resolution), got {tuple(x_t.shape)}"
+            )
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"t must have shape ({b},) or be a scalar, got {tuple(t.shape)}")
+        if mask is None:
+            return t
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = masked), got dtype {mask.dtype}")
+        if mask.shape != (b, self.num_patches):
+            raise ValueError(
+                f"mask must have shape (B, N) = ({b}, {self.num_patches}) for a "
+                f"{self.grid_size}x{self.grid_size} patch grid, got {tuple(mask.shape)}"
+            )
+        counts = mask.sum(dim=1)
+        if b == 0:
+            return t
+        if bool((counts != counts[0]).any()):
+            raise ValueError(
+                "every row of mask must mask the same number of tokens (the visible tokens are "
+                f"reshaped to (B, N_visible, D)); got per-row counts {counts.tolist()}"
+            )
+        if int(counts[0]) == self.num_patches:
+            raise ValueError("mask hides every patch; at least one token must stay visible")
+        return t
+
+
+def _check_config(
+    img_size: int,
+    patch_size: int,
+    in_chans: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float,
+) -> None:
+    """Refuse an architecture that cannot be built, naming the offending argument."""
+    for name, value in {
+        "img_size": img_size,
+        "patch_size": patch_size,
+        "in_chans": in_chans,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads,
+    }.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if img_size % patch_size:
+        raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+    if not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
