@@ -12,6 +12,7 @@ _WHERE = {
     "EmbeddedDigitsDataset": ".embedded",
     "NpzDataset": ".arrays",
     "TorchCheckpointDataset": ".checkpoint",
+    "CheckpointSlotDataset": ".checkpoint",
 }
 
 __all__ = list(_WHERE)
