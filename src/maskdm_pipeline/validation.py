@@ -137,7 +137,6 @@ SCHEMA: dict[str, Check] = {
     "sample.num_samples": _int(1),
     "sample.batch_size": _int(1),
     "sample.seed": _int(0),
-    "sample.png_folder": _bool,
     "evaluate.fid.enabled": _bool,
     "evaluate.fid.weights_path": lambda v: None if v is None or isinstance(v, str) else "must be a path or null",
     "evaluate.fid.allow_download": _bool,

@@ -1,0 +1,5 @@
+"""Sampling from the EMA weights of the fine-tuned MaskDM model and of the baseline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
