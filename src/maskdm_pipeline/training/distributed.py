@@ -1,0 +1,143 @@
+"""Multi-process data-parallel training started from inside one (Kedro) process.
+
+DESIGN.md decides that the training node starts its own workers with
+``torch.distributed.launcher.api.elastic_launch`` and returns rank 0's state, so Kedro stays
+one process and saves once (the official code needed ``accelerate launch`` around the whole
+program, METHOD.md section 8). Each worker runs the same loop as a single process on its
+slice of the global batch (training/streams.py); DDP averages the gradients, which equals
+the single-process gradient of the global batch, so ``nproc`` changes speed, not results.
+
+Backend: NCCL with one GPU per rank on CUDA, gloo on CPU (each worker then gets
+``cpu_count // nproc`` threads so the workers do not fight over cores).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from maskdm_pipeline.training.runtime import NonFiniteLossError, TrainingInterrupted
+
+__all__ = ["free_port", "run_distributed", "worker_entry"]
+
+# Exceptions a worker reports by name so the parent can raise the same type with the same
+# message (instead of elastic's generic ChildFailedError).
+_KNOWN_ERRORS: dict[str, type[Exception]] = {
+    "NonFiniteLossError": NonFiniteLossError,
+    "ValueError": ValueError,
+}
+
+
+def free_port() -> int:
+    """A TCP port that is free on localhost now (the rendezvous binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_entry(images: torch.Tensor, kwargs: dict[str, Any], log_level: int) -> dict[str, Any]:
+    """Body of each worker process (top level, so that ``spawn`` can pickle it).
+
+    Returns ``{"state": ...}`` (rank 0's state, None elsewhere) or ``{"error": ...}``; errors
+    are returned, not raised, so the parent can re-raise them with their own type.
+    """
+    from maskdm_pipeline.training.loop import train_process
+
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    # A spawned process starts without the parent's logging set-up; without this, rank 0's
+    # progress lines would vanish when stderr is not a terminal.
+    logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    cuda = kwargs["trainer"].resolved_device() == "cuda"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        state = train_process(images, rank=rank, world_size=world_size, local_rank=local_rank,
+                              **kwargs)
+        return {"state": state}
+    except TrainingInterrupted as exc:
+        return {"interrupted": str(exc), "state": exc.state}
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
+        return {"error": type(exc).__name__, "message": str(exc),
+                "traceback": traceback.format_exc(), "rank": rank}
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(images: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+    """Run ``train_process`` on ``trainer.nproc`` local workers and return rank 0's state."""
+    nproc = kwargs["trainer"].nproc
+    for key in ("eval_fn", "build_model", "build_loss"):
+        try:
+            pickle.dumps(kwargs[key])
+        except Exception as exc:  # noqa: BLE001 - pickle raises several types
+            raise ValueError(
+                f"{key} must be picklable to reach the {nproc} worker processes (trainer.nproc="
+                f"{nproc}); use a top-level function or functools.partial, not a closure or "
+                f"lambda ({type(exc).__name__}: {exc})"
+            ) from exc
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc,
+        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        run_id=f"maskdm-{uuid.uuid4().hex[:8]}", max_restarts=0, start_method="spawn",
+        local_addr="127.0.0.1",  # skip the FQDN lookup, which can stall on sandboxed hosts
+    )
+    # elastic installs its own SIGINT/SIGTERM handlers and does not restore them afterwards.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
+        results = elastic_launch(config, worker_entry)(images, kwargs, log_level)
+    except SignalException as exc:
+        # The workers got the signal too: they finish the step and rank 0 saves (elastic
+        # waits up to its shutdown timeout, 30 s, before killing them).
+        path = kwargs.get("periodic_checkpoint_path")
+        where = (f"the state of the last finished step is in {path}; continue with "
+                 f"resume_state=load_checkpoint({str(path)!r})") if path else \
+            "no periodic_checkpoint_path was given, so nothing was saved"
+        raise TrainingInterrupted(
+            f"{kwargs.get('name', 'stage')}: distributed training stopped by signal "
+            f"{exc.sigval.name}; {where}",
+            step=None, checkpoint_path=None if path is None else Path(path),
+        ) from exc
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    return _rank0_result(results, kwargs)
+
+
+def _rank0_result(results: dict[int, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Re-raise a worker's error with its own type, or return rank 0's state."""
+    errors = [r for r in results.values() if "error" in r]
+    if errors:
+        # The rank whose error is not a consequence of another rank leaving (gloo/NCCL
+        # "connection closed") is the root cause; prefer a known error type.
+        errors.sort(key=lambda r: (r["error"] not in _KNOWN_ERRORS, r["rank"]))
+        first = errors[0]
+        cls = _KNOWN_ERRORS.get(first["error"])
+        if cls is not None:
+            raise cls(first["message"])
+        details = "\n".join(f"rank {r['rank']}: {r['traceback']}" for r in errors)
+        raise RuntimeError(f"distributed training failed on {len(errors)} rank(s):\n{details}")
+    rank0 = results[0]
+    if "interrupted" in rank0:
+        path = kwargs.get("periodic_checkpoint_path")
+        raise TrainingInterrupted(rank0["interrupted"], step=rank0["state"]["step"],
+                                  checkpoint_path=None if path is None else Path(path),
+                                  state=rank0["state"])
+    return rank0["state"]

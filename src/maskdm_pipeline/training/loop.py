@@ -1,0 +1,387 @@
+"""The training engine: one stage (pre-training, fine-tuning or baseline) from images to state.
+
+Optimisation follows METHOD.md section 4: AdamW on all parameters, linear warm-up then a
+constant LR, optional clipping by global norm, an EMA updated every step, ``batch_size`` the
+global batch. What the official code lacked and this adds:
+
+- every random draw comes from seeded generators that live in the checkpoint
+  (training/streams.py), so an interrupted run resumes to the same weights (bitwise on CPU);
+- per-rank samples differ (METHOD.md section 8 item 5) while the result does not depend on
+  ``nproc``: draws are made for the global batch and each rank keeps its slice;
+- time accounting that reviewers found missing: training wall time without evaluation or
+  checkpoint I/O, images and tokens seen (masked stages see fewer tokens per image).
+
+``run_training`` returns a ``maskdm-checkpoint/1`` dict (training/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskdm_pipeline.training import runtime
+from maskdm_pipeline.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from maskdm_pipeline.training.config import StageConfig, TrainerConfig, check_compatible
+from maskdm_pipeline.training.ema import EMA
+from maskdm_pipeline.training.runtime import (
+    EvalFn,
+    LossBuilder,
+    ModelBuilder,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    default_build_loss,
+    default_build_model,
+    warmup_lr,
+)
+from maskdm_pipeline.training.streams import TrainingStreams
+
+__all__ = ["EvalFn", "NonFiniteLossError", "TrainingInterrupted", "run_training", "train_process"]
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_training(
+    images: torch.Tensor,
+    *,
+    model_config: Mapping[str, Any],
+    diffusion_config: Mapping[str, Any],
+    stage: StageConfig,
+    trainer: TrainerConfig,
+    init_weights: Mapping[str, Any] | None = None,
+    resume_state: Mapping[str, Any] | None = None,
+    periodic_checkpoint_path: str | os.PathLike[str] | None = None,
+    eval_fn: EvalFn | None = None,
+    progress: bool | None = None,
+    name: str = "stage",
+    build_model: ModelBuilder = default_build_model,
+    build_loss: LossBuilder = default_build_loss,
+) -> dict[str, Any]:
+    """Train one stage and return its final full state (a ``maskdm-checkpoint/1`` dict).
+
+    Args:
+        images: uint8 ``(N, C, H, W)``; scaled to [-1, 1] per batch on the device.
+        model_config: ``{"preset": ..., **overrides}`` for ``build_uvit`` (None values = preset's).
+        diffusion_config: ``{"schedule": ..., "prediction": ...}``.
+        stage, trainer: validated configs (training/config.py).
+        init_weights: fine-tuning start, a model ``state_dict`` or a checkpoint dict whose raw
+            ``"model"`` weights are used (METHOD.md section 4: the non-EMA weights; optimizer
+            and EMA start fresh). Loaded strictly: a silent ``strict=False`` mismatch (the
+            official code's choice, section 8 item 6) would train from a half-random model.
+        resume_state: a checkpoint dict of this stage to continue from (takes precedence).
+        periodic_checkpoint_path: where the full state is written every
+            ``stage.checkpoint_every`` steps, at the end and on interruption (atomically).
+        eval_fn: ``eval_fn(step, ema_model) -> dict | None`` every ``stage.eval_every`` steps;
+            its time is excluded from the training wall time. With ``nproc > 1`` it runs on
+            rank 0 only and must be picklable (a top-level function or a functools.partial).
+        progress: tqdm bar (True), log lines (False), or auto (None: bar when stderr is a TTY).
+        name: the stage name used in messages (``pretrain``, ``finetune``, ...).
+        build_model, build_loss: injectable builders (tests); must be picklable for DDP.
+
+    Raises:
+        ValueError: inconsistent inputs, before any training.
+        NonFiniteLossError: the loss became NaN/inf; the last checkpoint is left as it was.
+        TrainingInterrupted: SIGINT/SIGTERM; the state was saved after the current step.
+    """
+    check_compatible(stage, trainer, name)
+    runtime.validate_inputs(images, model_config, stage, build_model, name)
+    kwargs: dict[str, Any] = dict(
+        model_config=dict(model_config), diffusion_config=dict(diffusion_config), stage=stage,
+        trainer=trainer, init_weights=init_weights, resume_state=resume_state,
+        periodic_checkpoint_path=periodic_checkpoint_path, eval_fn=eval_fn, progress=progress,
+        name=name, build_model=build_model, build_loss=build_loss,
+    )
+    if trainer.nproc > 1:
+        from maskdm_pipeline.training.distributed import run_distributed
+
+        return run_distributed(images, **kwargs)
+    state = train_process(images, rank=0, world_size=1, local_rank=0, **kwargs)
+    assert state is not None  # rank 0 always returns its state
+    return state
+
+
+def train_process(
+    images: torch.Tensor,
+    *,
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    **kwargs: Any,
+) -> dict[str, Any] | None:
+    """Run the loop in this process (rank ``rank`` of ``world_size``); rank 0 returns the state.
+
+    With ``world_size > 1`` the caller has initialised the default process group.
+    """
+    return _Run(images, rank=rank, world_size=world_size, local_rank=local_rank, **kwargs).train()
+
+
+class _Run:
+    """All live objects of one training process and the step that advances them."""
+
+    def __init__(
+        self, images: torch.Tensor, *, rank: int, world_size: int, local_rank: int,
+        model_config: dict[str, Any], diffusion_config: dict[str, Any], stage: StageConfig,
+        trainer: TrainerConfig, init_weights: Mapping[str, Any] | None,
+        resume_state: Mapping[str, Any] | None, periodic_checkpoint_path: Any,
+        eval_fn: EvalFn | None, progress: bool | None, name: str,
+        build_model: ModelBuilder, build_loss: LossBuilder,
+    ) -> None:
+        self.images = torch.as_tensor(images)
+        self.rank, self.world_size = rank, world_size
+        self.stage, self.trainer, self.name = stage, trainer, name
+        self.eval_fn = eval_fn
+        self.path = None if periodic_checkpoint_path is None else Path(periodic_checkpoint_path)
+        self.config = {"model": model_config, "diffusion": diffusion_config,
+                       "stage": stage.to_dict(), "trainer": trainer.to_dict()}
+        self.device = runtime.select_device(trainer, local_rank)
+        self.show_bar = rank == 0 and (sys.stderr.isatty() if progress is None else progress)
+
+        # Seed the initialisation without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stage.seed)
+            self.model = build_model(model_config)
+        self.model.to(self.device).train()
+        if init_weights is not None and resume_state is None:
+            runtime.load_init_weights(self.model, init_weights, name)
+        # The EMA starts from the (possibly fine-tuning) start weights (METHOD.md section 4).
+        self.ema = EMA(self.model, beta=stage.ema_decay,
+                       update_after_step=stage.ema_update_after_step, update_every=1)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=stage.lr,
+                                           betas=stage.betas, weight_decay=stage.weight_decay)
+        amp_dtype = _AMP_DTYPES.get(trainer.precision)
+        self.autocast = torch.autocast(self.device.type, dtype=amp_dtype,
+                                       enabled=amp_dtype is not None)
+        # fp16 has too little range for small gradients; bf16 has fp32's range and needs no scaler.
+        self.scaler = torch.amp.GradScaler(self.device.type) if trainer.precision == "fp16" else None
+        self.loss_fn, num_timesteps = build_loss(diffusion_config, stage.masked, self.device)
+
+        grid = int(self.model.grid_size)
+        self.tokens_per_image = grid * grid
+        self.visible_per_image = self.tokens_per_image - runtime.masked_per_image(stage, grid)
+        self.streams = TrainingStreams(
+            num_images=self.images.shape[0], seed=stage.seed, num_timesteps=num_timesteps,
+            image_shape=tuple(self.images.shape[1:]), device=self.device,
+            mask_sampler=runtime.mask_sampler(stage, grid),
+        )
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.stats = {"wall_time_s": 0.0, "eval_time_s": 0.0, "checkpoint_time_s": 0.0,
+                      "images_seen": 0, "tokens_seen": 0}
+        if resume_state is not None:
+            self._resume(resume_state)
+
+        self.train_model: nn.Module = self.model
+        if world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if trainer.compile:
+            self.train_model = torch.compile(self.train_model)
+        self._last_saved_step: int | None = None
+
+    def _resume(self, state: Mapping[str, Any]) -> None:
+        runtime.check_resume_config(state, self.config, self.name)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config, not the old file, is the truth
+            group["betas"], group["weight_decay"] = self.stage.betas, self.stage.weight_decay
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.streams.load_state_dict(state["rng"], resumed_step=self.step)
+        self.history = [dict(h) for h in state.get("history", [])]
+        self.evals = [dict(e) for e in state.get("evals", [])]
+        for key in self.stats:
+            self.stats[key] = type(self.stats[key])(state.get("stats", {}).get(key, 0))
+
+    # ------------------------------------------------------------------ the step
+    def _step(self, stop: runtime.StopOnSignal) -> tuple[float, bool]:
+        """One optimizer step; returns (global mean loss, whether to stop after it)."""
+        step = self.step + 1
+        lr = warmup_lr(step, self.stage.lr, self.stage.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        draws = self.streams.draw(self.stage.batch_size, self.rank, self.world_size)
+        x0 = runtime.images_to_device(self.images, draws.indices, self.device)  # (b, C, H, W)
+        t = draws.t.to(self.device, non_blocking=True)
+        with self.autocast:
+            if draws.mask is None:
+                loss = self.loss_fn(self.train_model, x0, t=t, noise=draws.noise)
+            else:
+                mask = draws.mask.to(self.device, non_blocking=True)
+                loss = self.loss_fn(self.train_model, x0, mask, t=t, noise=draws.noise)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        # One collective carries both values so every rank takes the same decision below.
+        loss_value, stop_all = runtime.reduce_step(loss.detach(), stop.requested, self.world_size)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(self._non_finite_message(step, loss_value))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.stage.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.stage.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.step = step
+        self.stats["images_seen"] += self.stage.batch_size
+        self.stats["tokens_seen"] += self.stage.batch_size * self.visible_per_image
+        # Alone, a signal that came after the collective still stops after this step; with
+        # several ranks only the reduced flag counts, so that all stop at the same step.
+        return loss_value, stop_all or (self.world_size == 1 and stop.requested)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any] | None:
+        stage = self.stage
+        base_wall = self.stats["wall_time_s"]
+        excluded = 0.0  # eval and checkpoint seconds of this session
+        start = time.perf_counter()
+
+        def elapsed() -> float:
+            runtime.synchronize(self.device)
+            return base_wall + time.perf_counter() - start - excluded
+
+        last_log = (self.step, base_wall)
+        losses: list[float] = []
+        bar = runtime.progress_bar(self.show_bar, stage.steps, self.step, self.name)
+        stopped = False
+        try:
+            with runtime.StopOnSignal() as stop:
+                while self.step < stage.steps and not stopped:
+                    loss_value, stopped = self._step(stop)
+                    losses.append(loss_value)
+                    bar.update(1)
+                    final = self.step == stage.steps or stopped
+                    if self.step % stage.log_every == 0 or final:
+                        now = elapsed()
+                        self.stats["wall_time_s"] = now
+                        images = (self.step - last_log[0]) * stage.batch_size
+                        record = {"step": self.step, "loss": sum(losses) / len(losses),
+                                  "lr": self.optimizer.param_groups[0]["lr"],
+                                  "img_per_s": images / max(now - last_log[1], 1e-9),
+                                  "elapsed_s": now}
+                        self.history.append(record)
+                        self._report(record, bar)
+                        last_log, losses = (self.step, now), []
+                    if stage.eval_every and self.step % stage.eval_every == 0:
+                        excluded += self._evaluate(elapsed())
+                    if self.path is not None and not final and stage.checkpoint_every \
+                            and self.step % stage.checkpoint_every == 0:
+                        self.stats["wall_time_s"] = elapsed()
+                        excluded += self._save()
+                self.stats["wall_time_s"] = elapsed()
+                if self.path is not None:
+                    self._save()
+        finally:
+            bar.close()
+        state = self.state() if self.rank == 0 else None
+        if stopped:
+            raise TrainingInterrupted(self._interrupted_message(stop.signal_name),
+                                      step=self.step, checkpoint_path=self.path, state=state)
+        return state
+
+    def _evaluate(self, now: float) -> float:
+        """Run eval_fn on rank 0 and record it; return the seconds it took."""
+        if self.eval_fn is None or self.rank != 0:
+            return 0.0
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            result = self.eval_fn(self.step, self.ema.model)
+        runtime.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.stats["eval_time_s"] += seconds
+        if result:
+            # Our bookkeeping keys win over same-named keys in the eval result.
+            self.evals.append({**runtime.to_plain(dict(result)), "step": self.step,
+                               "elapsed_s": now, "images_seen": self.stats["images_seen"]})
+        return seconds
+
+    def _save(self) -> float:
+        """Write the full state atomically (rank 0 only); return the seconds it took."""
+        if self.rank != 0 or self.path is None:
+            return 0.0
+        t0 = time.perf_counter()
+        save_checkpoint(self.state(), self.path)
+        self._last_saved_step = self.step
+        seconds = time.perf_counter() - t0
+        self.stats["checkpoint_time_s"] += seconds
+        return seconds
+
+    def state(self) -> dict[str, Any]:
+        """The full training state as a ``maskdm-checkpoint/1`` dict of CPU copies."""
+        wall = self.stats["wall_time_s"]
+        stats = {**self.stats, "steps": self.step,
+                 "img_per_s": self.stats["images_seen"] / wall if wall > 0 else 0.0,
+                 "tokens_per_image": self.tokens_per_image,
+                 "visible_tokens_per_image": self.visible_per_image,
+                 "device": runtime.device_description(self.device),
+                 "precision": self.trainer.precision, "nproc": self.world_size,
+                 "epochs": self.streams.epoch}
+        return runtime.to_cpu({
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "step": self.step,
+            "rng": self.streams.state_dict(),
+            "config": self.config,
+            "history": self.history,
+            "stats": stats,
+            "evals": self.evals,
+        })
+
+    # ------------------------------------------------------------------ messages
+    def _report(self, record: dict[str, Any], bar: Any) -> None:
+        if self.rank != 0:
+            return
+        if self.show_bar:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
+        else:
+            logger.info("%s step %d/%d loss %.4f lr %.2e %.0f img/s (%.0f s)", self.name,
+                        record["step"], self.stage.steps, record["loss"], record["lr"],
+                        record["img_per_s"], record["elapsed_s"])
+
+    def _non_finite_message(self, step: int, value: float) -> str:
+        if self._last_saved_step is not None:
+            kept = f"the last good checkpoint {self.path} (step {self._last_saved_step}) is kept"
+        elif self.path is not None:
+            kept = f"nothing was written, so any existing checkpoint at {self.path} is kept"
+        else:
+            kept = "no checkpoint path was given, nothing was written"
+        n = self.name
+        return (
+            f"{n}: the loss became {value} at step {step}; training stopped and {kept}. "
+            f"Usual fixes: lower {n}.lr (now {self.stage.lr:g}), clip gradients "
+            f"({n}.grad_clip=1.0, now {self.stage.grad_clip}), a larger {n}.batch_size (now "
+            f"{self.stage.batch_size}) or a warm-up ({n}.warmup_steps, now "
+            f"{self.stage.warmup_steps}); with fp16 try bf16 or fp32. The paper's appendix "
+            "found 90% masking unstable without clipping and large batches (METHOD.md section 7)."
+        )
+
+    def _interrupted_message(self, signal_name: str | None) -> str:
+        head = f"{self.name}: stopped by {signal_name or 'a signal'} after step {self.step}/" \
+               f"{self.stage.steps}"
+        if self.path is None:
+            return (f"{head}; no periodic_checkpoint_path was given, so nothing was written. "
+                    "The state is attached to this exception as .state.")
+        return (f"{head}; the full training state is saved in {self.path}. To continue, run the "
+                f"stage again with resume_state=load_checkpoint({str(self.path)!r}) (the same "
+                "configs and images); the result equals an uninterrupted run.")

@@ -1,0 +1,162 @@
+"""Checkpoint files: atomic writes, weights_only loads, and clear refusals (training/checkpoint.py)."""
+
+from __future__ import annotations
+
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from maskdm_pipeline.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from maskdm_pipeline.training.config import StageConfig, TrainerConfig
+from maskdm_pipeline.training.loop import run_training
+
+TINY = {"preset": "tiny", "img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
+        "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def real_state() -> dict:
+    """A genuine 2-step training state (model, EMA, AdamW, generators, history)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared cores: oversubscribed OpenMP threads are 50x slower
+    try:
+        images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(0))
+        stage = StageConfig.from_dict({"steps": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1,
+                                       "mask_kind": "patch", "mask_ratio": 0.5})
+        return run_training(images, model_config=TINY,
+                            diffusion_config={"schedule": "linear", "prediction": "eps"},
+                            stage=stage, trainer=TrainerConfig(device="cpu"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _assert_same(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_round_trip_of_a_real_state_is_exact(real_state, tmp_path):
+    path = save_checkpoint(real_state, tmp_path / "ckpt.pt")
+    loaded = load_checkpoint(path)
+    assert loaded["format"] == CHECKPOINT_FORMAT and loaded["step"] == 2
+    _assert_same(real_state, loaded)
+    # It really is loadable by the restricted unpickler, not just by our wrapper.
+    torch.load(path, weights_only=True)
+
+
+def test_crash_mid_write_keeps_the_old_file(real_state, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(real_state, path)
+    before = path.read_bytes()
+
+    def half_then_crash(obj, handle, *args, **kwargs):
+        handle.write(before[: len(before) // 2])
+        raise OSError("disk full")
+
+    newer = {**real_state, "step": 99}
+    monkeypatch.setattr(torch, "save", half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(newer, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temp file left
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "nowhere" / "pretrained.pt"
+    with pytest.raises(CheckpointError, match="does not exist") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_file_is_refused_with_its_name(real_state, tmp_path, damage):
+    path = tmp_path / "damaged.pt"
+    save_checkpoint(real_state, path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 3], "garbage": b"\x00not a pickle" * 50,
+                      "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="truncated or corrupted") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ({"weight": torch.zeros(2)}, "'format' tag is None"),
+        ({"format": "someone-else/3", "model": {}}, "'format' tag is 'someone-else/3'"),
+        ({"format": CHECKPOINT_FORMAT, "model": {}, "step": 1}, "missing keys"),
+        (torch.zeros(3), "holds a Tensor"),
+    ],
+)
+def test_non_checkpoint_files_are_refused(tmp_path, payload, reason):
+    path = tmp_path / "other.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="not a (complete )?maskdm checkpoint") as info:
+        load_checkpoint(path)
+    assert reason in str(info.value) and str(path) in str(info.value)
+
+
+class _Payload:
+    """Unpickling this calls pathlib.Path.touch(marker): a stand-in for arbitrary code."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"format": CHECKPOINT_FORMAT, "model": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as handle:
+            pickle.dump(payload, handle)
+    with pytest.raises(CheckpointError, match="refused to load") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+    # Control: the payload is live, an unrestricted load does run it (so the test can fail).
+    if writer == "torch.save":
+        torch.load(path, weights_only=False)
+    else:
+        with open(path, "rb") as handle:
+            pickle.load(handle)
+    assert marker.exists()
+
+
+def test_save_refuses_what_weights_only_could_not_load(real_state, tmp_path):
+    bad = {**real_state, "evals": [{"step": 2, "fd_clf": np.float64(1.5)}]}
+    with pytest.raises(CheckpointError, match=r"state\['evals'\]\[0\]\['fd_clf'\].*numpy"):
+        save_checkpoint(bad, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not a maskdm checkpoint"):
+        save_checkpoint({"model": {}}, tmp_path / "y.pt")
+    assert not list(tmp_path.iterdir())

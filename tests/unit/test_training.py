@@ -1,0 +1,282 @@
+"""The training engine (training/config.py, loop.py, runtime.py, streams.py, distributed.py).
+
+Everything runs a tiny real U-ViT (8x8 images, patch 2, 16 tokens, width 32) on the CPU with one
+thread: on shared cores, oversubscribed OpenMP threads made a step ~50x slower.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from maskdm_pipeline.training.checkpoint import load_checkpoint
+from maskdm_pipeline.training.config import (
+    MaskConfig,
+    StageConfig,
+    TrainerConfig,
+    check_compatible,
+)
+from maskdm_pipeline.training.loop import (
+    NonFiniteLossError,
+    TrainingInterrupted,
+    run_training,
+)
+from maskdm_pipeline.training.runtime import default_build_loss, warmup_lr
+
+TINY = {"preset": "tiny", "img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
+        "num_heads": 2}
+DIFFUSION = {"schedule": "linear", "prediction": "eps"}
+CPU = TrainerConfig(device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(0))
+
+
+def _stage(**overrides) -> StageConfig:
+    base = {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 3, "grad_clip": 1.0,
+            "ema_update_after_step": 2, "log_every": 2, "mask_kind": "patch", "mask_ratio": 0.5}
+    return StageConfig.from_dict({**base, **overrides}, name="pretrain")
+
+
+def _train(images, stage, **kwargs):
+    kwargs.setdefault("trainer", CPU)
+    return run_training(images, model_config=TINY, diffusion_config=DIFFUSION, stage=stage,
+                        progress=False, name="pretrain", **kwargs)
+
+
+def _assert_tensors_equal(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+class _HookedLoss:
+    """The real loss, plus a side effect at the ``at``-th call (a NaN or a signal)."""
+
+    def __init__(self, loss, at: int, action: str) -> None:
+        self.loss, self.at, self.action, self.calls = loss, at, action, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        value = self.loss(*args, **kwargs)
+        if self.calls == self.at:
+            if self.action == "nan":
+                return value * float("nan")
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step, like a Ctrl-C
+        return value
+
+
+def _hooked(at: int, action: str):
+    def build(diffusion_config, masked, device):
+        loss, steps = default_build_loss(diffusion_config, masked, device)
+        return _HookedLoss(loss, at, action), steps
+
+    return build
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"steps": 0, "batch_size": 4, "lr": 1e-3}, "finetune.steps=0: must be an integer >= 1"),
+        ({"steps": 5, "batch_size": 4, "lr": -1}, "finetune.lr=-1: must be > 0"),
+        ({"steps": 5, "batch_size": True, "lr": 1e-3}, "finetune.batch_size=True: must be an integer"),
+        ({"steps": 5, "lr": 1e-3}, "finetune.batch_size: missing"),
+        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "betas": [0.9]}, "finetune.betas=[0.9]"),
+        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "ema_decay": 1.0},
+         "finetune.ema_decay=1.0: must lie in [0, 1)"),
+        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "grad_clip": 0}, "finetune.grad_clip=0: must be > 0"),
+        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "lrr": 1}, "finetune.lrr: unknown parameter"),
+        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "mask_kind": "pixel"},
+         "finetune.mask.kind='pixel': must be one of patch, block, crop"),
+        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "mask_ratio": 1.0},
+         "finetune.mask.ratio=1.0: must lie in [0, 1)"),
+        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "mask": {"kind": "crop"}},
+         "finetune.mask.crop_size=None: required"),
+    ],
+)
+def test_stage_config_errors_name_the_parameter(data, message):
+    with pytest.raises(ValueError) as info:
+        StageConfig.from_dict(data, name="finetune")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"precision": "fp8"}, "trainer.precision='fp8': must be one of fp32, bf16, fp16"),
+        ({"device": "tpu"}, "trainer.device='tpu': must be one of auto, cpu, cuda"),
+        ({"nproc": 0}, "trainer.nproc=0: must be an integer >= 1"),
+        ({"compile": "yes"}, "trainer.compile='yes': must be true or false"),
+    ],
+)
+def test_trainer_config_errors_name_the_parameter(data, message):
+    with pytest.raises(ValueError) as info:
+        TrainerConfig.from_dict(data)
+    assert message in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_requested_without_gpu_is_refused():
+    with pytest.raises(ValueError, match="trainer.device='cuda': CUDA was requested"):
+        TrainerConfig.from_dict({"device": "cuda"})
+
+
+def test_batch_must_split_over_processes():
+    with pytest.raises(ValueError, match="pretrain.batch_size=6: .*divisible by trainer.nproc=4"):
+        check_compatible(_stage(batch_size=6), TrainerConfig(nproc=4), "pretrain")
+
+
+def test_config_round_trips_through_json():
+    stage = StageConfig.from_dict({"steps": 5, "batch_size": 4, "lr": 2e-4, "resume": True,
+                                   "mask": {"kind": "block", "ratio": 0.9, "block_size": 2}},
+                                  name="pretrain", ignore=["resume"])
+    assert stage.mask == MaskConfig(kind="block", ratio=0.9, block_size=2)
+    assert stage.betas == (0.99, 0.99) and stage.weight_decay == 0.03  # METHOD.md section 4
+    again = StageConfig.from_dict(json.loads(json.dumps(stage.to_dict())))
+    assert again == stage
+    trainer = TrainerConfig.from_dict({"device": "cpu", "precision": "bf16"})
+    assert TrainerConfig.from_dict(json.loads(json.dumps(trainer.to_dict()))) == trainer
+
+
+def test_warmup_is_linear_then_constant():
+    assert [warmup_lr(s, 1.0, 4) for s in range(1, 7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_lr(1, 2e-4, 0) == 2e-4
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path):
+    stage = _stage(steps=12, checkpoint_every=5)
+    full = _train(images, stage)
+
+    path = tmp_path / "pretrain.pt"
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as info:
+        _train(images, stage, periodic_checkpoint_path=path, build_loss=_hooked(7, "signal"))
+    assert signal.getsignal(signal.SIGINT) is previous  # our handler is gone again
+    assert info.value.step == 7 and str(path) in str(info.value) and "resume_state" in str(info.value)
+
+    saved = load_checkpoint(path)  # goes through the weights_only loader
+    assert saved["step"] == 7
+    resumed = _train(images, stage, resume_state=saved, periodic_checkpoint_path=path)
+    assert resumed["step"] == 12
+    # Bitwise on CPU: every generator, the data cursor, AdamW moments and the EMA resumed.
+    _assert_tensors_equal(full["model"], resumed["model"])
+    _assert_tensors_equal(full["ema"]["model"], resumed["ema"]["model"])
+    assert full["ema"]["step"] == resumed["ema"]["step"] == 12
+    assert [h["step"] for h in resumed["history"]] == [2, 4, 6, 7, 8, 10, 12]
+    assert resumed["stats"]["images_seen"] == full["stats"]["images_seen"] == 48
+    # Step 8 averages steps 7-8 in one run and step 8 alone in the other; later ones match.
+    assert [h["loss"] for h in resumed["history"] if h["step"] > 8] == \
+        [h["loss"] for h in full["history"] if h["step"] > 8]
+
+
+def test_result_differs_with_the_seed(images):
+    a, b = _train(images, _stage(steps=2)), _train(images, _stage(steps=2, seed=1))
+    assert not torch.equal(a["model"]["head.weight"], b["model"]["head.weight"])
+
+
+def test_masked_stage_counts_fewer_tokens(images):
+    masked = _train(images, _stage(steps=2))
+    full = _train(images, _stage(steps=2, mask_ratio=0.0))
+    assert masked["stats"]["tokens_per_image"] == full["stats"]["tokens_per_image"] == 16
+    assert masked["stats"]["visible_tokens_per_image"] == 8
+    assert masked["stats"]["tokens_seen"] == 8 * 8 and full["stats"]["tokens_seen"] == 16 * 8
+    assert masked["stats"]["images_seen"] == full["stats"]["images_seen"] == 8
+
+
+def test_nan_loss_raises_and_keeps_the_last_checkpoint(images, tmp_path):
+    path = tmp_path / "pretrain.pt"
+    stage = _stage(steps=6, checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError) as info:
+        _train(images, stage, periodic_checkpoint_path=path, build_loss=_hooked(3, "nan"))
+    message = str(info.value)
+    assert "at step 3" in message and str(path) in message and "(step 2) is kept" in message
+    assert "pretrain.lr" in message and "grad_clip" in message and "warmup_steps" in message
+    assert load_checkpoint(path)["step"] == 2
+
+
+def test_history_stats_and_eval_time_are_accounted(images, caplog):
+    calls = []
+
+    def slow_eval(step, ema_model):
+        calls.append((step, ema_model.training))
+        time.sleep(0.3)
+        return {"fd_clf": torch.tensor(1.5), "step_seen": step}
+
+    with caplog.at_level(logging.INFO, logger="maskdm_pipeline.training.loop"):
+        state = _train(images, _stage(steps=4, eval_every=2, log_every=2), eval_fn=slow_eval)
+    assert [c[0] for c in calls] == [2, 4]
+    assert [h["step"] for h in state["history"]] == [2, 4]
+    assert set(state["history"][0]) == {"step", "loss", "lr", "img_per_s", "elapsed_s"}
+    assert state["history"][0]["lr"] == pytest.approx(2e-3 / 3)  # warm-up: step 2 of 3
+    assert [(e["step"], e["fd_clf"], e["images_seen"]) for e in state["evals"]] == \
+        [(2, 1.5, 8), (4, 1.5, 16)]
+    stats = state["stats"]
+    assert stats["eval_time_s"] >= 0.6
+    assert stats["wall_time_s"] < stats["eval_time_s"]  # eval time is not training time
+    assert stats["img_per_s"] == pytest.approx(16 / stats["wall_time_s"])
+    assert (stats["steps"], stats["device"], stats["precision"], stats["nproc"]) == \
+        (4, "cpu", "fp32", 1)
+    lines = [r.getMessage() for r in caplog.records if "step" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].startswith("pretrain step 2/4 loss")
+
+
+def test_fine_tuning_starts_from_the_raw_weights(images):
+    pretrained = _train(images, _stage(steps=2))
+    stage = _stage(steps=1, mask_ratio=0.0, lr=1e-12, ema_update_after_step=100)
+    tuned = _train(images, stage, init_weights=pretrained)  # a whole checkpoint dict is accepted
+    # lr 1e-12: one step moves nothing visible, and the EMA (still copying) restarted from them.
+    _assert_tensors_equal(pretrained["model"], tuned["ema"]["model"], atol=1e-9)
+    _assert_tensors_equal(pretrained["model"], tuned["model"], atol=1e-9)
+    with pytest.raises(ValueError, match="init_weights do not fit"):
+        _train(images, stage, init_weights={"head.weight": torch.zeros(1)})
+
+
+def test_inputs_are_checked_before_training(images):
+    with pytest.raises(ValueError, match=r"images are \(3, 8, 8\) but the model expects \(1, 8, 8\)"):
+        _train(images.expand(-1, 3, -1, -1).contiguous(), _stage())
+    with pytest.raises(ValueError, match="uint8"):
+        _train(images.float(), _stage())
+    with pytest.raises(ValueError, match="pretrain.mask_block_size=3"):
+        _train(images, _stage(mask_kind="block", mask_block_size=3))
+
+
+def test_bf16_autocast_trains(images):
+    state = _train(images, _stage(steps=2), trainer=TrainerConfig(device="cpu", precision="bf16"))
+    assert state["stats"]["precision"] == "bf16" and state["scaler"] is None
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_two_gloo_processes_match_one_process(images):
+    """DDP over 2 CPU workers with the same GLOBAL batch gives the single-process result.
+
+    Gradients are averaged across ranks instead of over one batch, so the sums differ in
+    rounding only; after 3 AdamW steps the weights agree to 1e-5 (observed ~1e-7).
+    """
+    stage = _stage(steps=3, batch_size=8)
+    single = _train(images, stage)
+    double = _train(images, stage, trainer=TrainerConfig(device="cpu", nproc=2))
+    assert double["stats"]["nproc"] == 2 and double["step"] == 3
+    _assert_tensors_equal(single["model"], double["model"], atol=1e-5)
+    _assert_tensors_equal(single["ema"]["model"], double["ema"]["model"], atol=1e-5)
+    assert [h["loss"] for h in double["history"]] == pytest.approx(
+        [h["loss"] for h in single["history"]], abs=1e-6)
