@@ -13,6 +13,8 @@ _WHERE = {
     "NpzDataset": ".arrays",
     "TorchCheckpointDataset": ".checkpoint",
     "CheckpointSlotDataset": ".checkpoint",
+    "TorchStateDataset": ".state",
+    "FeatureCacheDataset": ".state",
 }
 
 __all__ = list(_WHERE)

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
+from maskdm_pipeline.evaluation import QualityProbe
 from maskdm_pipeline.training.checkpoint import CheckpointError
 from maskdm_pipeline.training.config import StageConfig, TrainerConfig
 from maskdm_pipeline.training.loop import EvalFn, run_training
@@ -90,6 +91,25 @@ def train_stage(
             raise ValueError(f"{exc} (resume checkpoint: {slot.path}; --params {name}.resume=false starts afresh)") from exc
         raise
     return state, history_table(state), accounting(name, state)
+
+
+def quality_probe(
+    stage_params: Mapping[str, Any],
+    diffusion_params: Mapping[str, Any],
+    classifier: Mapping[str, Any],
+    reference: Mapping[str, Any],
+) -> QualityProbe | None:
+    """The periodic fd_clf probe for the report's quality-vs-compute curves, when possible."""
+    if not stage_params.get("eval_every") or not reference.get("available", False):
+        return None
+    return QualityProbe(
+        classifier,
+        (reference["mu"].numpy(), reference["sigma"].numpy()),
+        schedule=diffusion_params["schedule"],
+        prediction=diffusion_params["prediction"],
+        num_samples=int(stage_params.get("eval_num_samples", 256)),
+        seed=int(stage_params.get("seed", 0)),
+    )
 
 
 def history_table(state: Mapping[str, Any]) -> pd.DataFrame:

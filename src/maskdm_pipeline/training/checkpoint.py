@@ -114,14 +114,26 @@ def validate_checkpoint(state: Any, source: str = "checkpoint") -> None:
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``state`` to ``path`` atomically; return the path.
+    """Validate ``state`` as a ``maskdm-checkpoint/1`` dict and write it atomically."""
+    path = Path(path)
+    validate_checkpoint(state, source=f"the state to be saved to {path}")
+    return save_torch_state(state, path)
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_torch_state(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write any ``weights_only``-loadable dict to ``path`` atomically; return the path.
 
     The bytes go to a temp file in the same folder (``os.replace`` is only atomic within one
     file system), are fsynced, then renamed over ``path``; the folder is fsynced so the rename
     itself survives a power cut. If anything fails, the previous file at ``path`` is untouched.
     """
     path = Path(path)
-    validate_checkpoint(state, source=f"the state to be saved to {path}")
     check_plain(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -131,6 +143,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> P
             torch.save(dict(state), handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600 files; keep the usual umask
         os.replace(tmp, path)
     except BaseException:
         # BaseException: a KeyboardInterrupt mid-write must not leave a stray temp file either.
@@ -157,13 +170,21 @@ def _fsync_dir(folder: Path) -> None:
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Load and validate a checkpoint with ``torch.load(weights_only=True)``.
+    """Load a ``maskdm-checkpoint/1`` dict safely (see :func:`load_torch_state`) and validate it.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupted, is not a maskdm
             checkpoint, or holds Python objects the restricted unpickler refuses (the payload
             is refused before any of it runs).
     """
+    state = load_torch_state(path, map_location)
+    validate_checkpoint(state, source=str(path))
+    return state
+
+
+def load_torch_state(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError that
+    names the file and the fix."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -192,7 +213,6 @@ def load_checkpoint(
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
         raise _corrupted(path, exc) from exc
-    validate_checkpoint(state, source=str(path))
     return state
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.pipelines.training_nodes import train_stage
+from maskdm_pipeline.pipelines.training_nodes import quality_probe, train_stage
 
 
 def baseline(
@@ -20,6 +20,9 @@ def baseline(
     diffusion: Mapping[str, Any],
     trainer: Mapping[str, Any],
     slot: CheckpointSlot,
+    classifier: Mapping[str, Any],
+    reference: Mapping[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Train without masks from random initialisation; returns (checkpoint, history, accounting)."""
-    return train_stage("baseline", primary_train, params, model, diffusion, trainer, slot)
+    probe = quality_probe(params, diffusion, classifier, reference)
+    return train_stage("baseline", primary_train, params, model, diffusion, trainer, slot, eval_fn=probe)

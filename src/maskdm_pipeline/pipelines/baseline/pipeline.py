@@ -17,6 +17,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:diffusion",
                     "params:trainer",
                     "baseline_resume",
+                    "feature_classifier",
+                    "fd_clf_reference",
                 ],
                 outputs=["baseline", "baseline_history", "baseline_accounting"],
                 name="baseline",

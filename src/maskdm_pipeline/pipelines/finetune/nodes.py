@@ -9,7 +9,12 @@ import pandas as pd
 import torch
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.pipelines.training_nodes import init_weights_from, model_config, train_stage
+from maskdm_pipeline.pipelines.training_nodes import (
+    init_weights_from,
+    model_config,
+    quality_probe,
+    train_stage,
+)
 
 
 def finetune(
@@ -20,9 +25,14 @@ def finetune(
     diffusion: Mapping[str, Any],
     trainer: Mapping[str, Any],
     slot: CheckpointSlot,
+    classifier: Mapping[str, Any],
+    reference: Mapping[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Fine-tune the raw (or, with ``finetune.init_from: ema``, the EMA) pre-trained weights;
     optimizer and EMA start fresh, as in the official code."""
     cfg = model_config(model, torch.from_numpy(primary_train["images"][:1]))
     weights = init_weights_from(pretrained, params.get("init_from", "raw"), cfg, "data/06_models/pretrained.pt")
-    return train_stage("finetune", primary_train, params, model, diffusion, trainer, slot, init_weights=weights)
+    probe = quality_probe(params, diffusion, classifier, reference)
+    return train_stage(
+        "finetune", primary_train, params, model, diffusion, trainer, slot, init_weights=weights, eval_fn=probe
+    )

@@ -18,6 +18,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:diffusion",
                     "params:trainer",
                     "finetune_resume",
+                    "feature_classifier",
+                    "fd_clf_reference",
                 ],
                 outputs=["finetuned", "finetune_history", "finetune_accounting"],
                 name="finetune",

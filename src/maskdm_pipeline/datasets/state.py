@@ -1,0 +1,85 @@
+"""Small torch states (the fd_clf classifier) and a keyed feature-statistics cache."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+
+from maskdm_pipeline.training.checkpoint import CheckpointError, load_torch_state, save_torch_state
+
+
+class TorchStateDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """Any dict of tensors and plain values; atomic save, ``weights_only`` load."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        try:
+            return load_torch_state(self._filepath)
+        except CheckpointError as exc:
+            raise DatasetError(str(exc)) from exc
+
+    def save(self, data: dict[str, Any]) -> None:
+        save_torch_state(data, self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class FeatureCache:
+    """Feature statistics (mean, covariance) on disk, one ``.npz`` per key.
+
+    The key names everything the statistics depend on (data checksum, resolution, feature
+    extractor, N), so they are computed once and reused until any of it changes.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, key: str) -> Path:
+        return self.folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".npz")
+
+    def get(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return archive["mu"], archive["sigma"]
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged cache entry is recomputed, never trusted
+
+    def put(self, key: str, mu: np.ndarray, sigma: np.ndarray, about: dict[str, Any] | None = None) -> None:
+        from maskdm_pipeline.datasets.arrays import NpzDataset
+
+        NpzDataset(str(self._path(key))).save({"mu": mu, "sigma": sigma, "about": np.array(json.dumps(about or {}))})
+
+
+class FeatureCacheDataset(AbstractDataset[None, FeatureCache]):
+    """Catalog entry for a :class:`FeatureCache` folder (``data/04_feature``)."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> FeatureCache:
+        return FeatureCache(self._path)
+
+    def save(self, data: None) -> None:
+        raise DatasetError("the feature cache is written by the nodes that use it")
+
+    def _exists(self) -> bool:
+        return True
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
