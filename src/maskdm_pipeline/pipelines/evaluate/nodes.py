@@ -16,6 +16,7 @@ from maskdm_pipeline.metrics import (
     frechet_distance,
     stats,
 )
+from maskdm_pipeline.pipelines.preprocess.classifier_nodes import reference_split
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def inception_reference(
     fid = params["fid"]
     if not fid["enabled"]:
         return {"available": False, "reason": "evaluate.fid.enabled=false"}
-    images = primary_train["images"]
+    images = reference_split(primary_train)[0]
     key = f"inception-pool{fid['dims']}_{dataset_card['checksum'][:16]}_{images.shape[-1]}px_n{len(images)}"
     cached = cache.get(key)
     if cached is not None:

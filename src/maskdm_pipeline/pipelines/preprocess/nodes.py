@@ -90,6 +90,7 @@ def split_images(
     images, labels = converted["images"], converted["labels"]
     seed = int(params.get("seed", 0))
     train_idx, heldout_idx = imaging.split_indices(len(images), float(params["heldout_fraction"]), seed)
+    full_idx = train_idx
     full_train = len(train_idx)
     train_idx = imaging.subset_indices(train_idx, params.get("subset"), seed)
 
@@ -97,6 +98,11 @@ def split_images(
         return {"images": images[idx], "labels": None if labels is None else labels[idx]}
 
     train, heldout = part(train_idx), part(heldout_idx)
+    if len(train_idx) < full_train:
+        # Few-shot runs train on the subset, but metrics keep the whole training split as their
+        # real reference (stored only when it differs, so nothing is duplicated otherwise).
+        full = part(full_idx)
+        train.update(reference_images=full["images"], reference_labels=full["labels"])
     log: imaging.ConversionLog = converted["log"]
     card = {
         "source": converted["source"],

@@ -1,17 +1,23 @@
-"""Wiring only: primary_train -> pretrained (+ history, accounting)."""
+"""Wiring only: (primary_train | raw_pretrain_images) -> pretrained (+ history, accounting)."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import pretrain
+from .nodes import pretrain, pretrain_data
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
         [
             node(
+                pretrain_data,
+                inputs=["primary_train", "raw_pretrain_images", "params:pretrain", "params:preprocess"],
+                outputs="pretrain_images",
+                name="pretrain_data",
+            ),
+            node(
                 pretrain,
                 inputs=[
-                    "primary_train",
+                    "pretrain_images",
                     "params:pretrain",
                     "params:model",
                     "params:diffusion",
@@ -20,6 +26,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["pretrained", "pretrain_history", "pretrain_accounting"],
                 name="pretrain",
-            )
+            ),
         ]
     )
