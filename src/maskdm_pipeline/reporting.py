@@ -1,0 +1,438 @@
+"""The final report: quality-vs-compute curves, Markdown tables and a reading of the numbers.
+
+Pure (pandas, numpy, matplotlib; no Kedro). The question every run answers is "did masked
+pre-training pay off, and by how much compute?", so MaskDM is always charged for its
+pre-training: its curve starts where pre-training ended (wall time, images and steps), and
+its totals are pre-training + fine-tuning. Lower fd_clf / FID is better.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+MODELS = {"maskdm": "MaskDM (masked pre-train + fine-tune)", "baseline": "Baseline (from scratch)"}
+STAGES = ("pretrain", "finetune", "baseline")
+# Below this relative gap, a one-seed comparison without error bars is "too close to call".
+CLOSE_CALL = 0.10
+# An evaluation made before this fraction of the equal-compute budget is called coarse.
+STALE = 0.75
+_N_KEYS = ("fd_clf_n", "n_samples", "num_samples", "n")
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """What a stage (or a sum of stages) cost to train; evaluation and checkpointing excluded."""
+
+    wall_time_s: float
+    images_seen: int
+    tokens_seen: int
+    steps: int
+    device: str = "?"
+
+    @property
+    def img_per_s(self) -> float:
+        return self.images_seen / self.wall_time_s if self.wall_time_s > 0 else math.nan
+
+    def __add__(self, other: StageCost) -> StageCost:
+        device = self.device if self.device == other.device else f"{self.device}+{other.device}"
+        return StageCost(self.wall_time_s + other.wall_time_s,
+                         self.images_seen + other.images_seen,
+                         self.tokens_seen + other.tokens_seen, self.steps + other.steps, device)
+
+
+ZERO_COST = StageCost(0.0, 0, 0, 0, "-")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """fd_clf measured during training on the full cost axis (MaskDM's after pre-training)."""
+
+    label: str
+    points: pd.DataFrame  # columns: step, wall_s, images, fd_clf (sorted, no NaN)
+    n: int | None  # sample count of the periodic evaluations
+    offset: StageCost = ZERO_COST  # cost already spent when this curve's step 0 began
+
+    @property
+    def empty(self) -> bool:
+        return self.points.empty
+
+
+def stage_cost(accounting: Mapping[str, Any] | None,
+               fallback: Mapping[str, Any] | None = None) -> StageCost | None:
+    """A stage's cost from its accounting record, else ``metrics["stages"][stage]``; or None."""
+    stats = dict((accounting or {}).get("stats") or {}) or dict(fallback or {})
+    if not stats or stats.get("wall_time_s") is None:
+        return None
+    return StageCost(float(stats["wall_time_s"]), int(stats.get("images_seen") or 0),
+                     int(stats.get("tokens_seen") or 0), int(stats.get("steps") or 0),
+                     str(stats.get("device", "?")))
+
+
+def eval_points(accounting: Mapping[str, Any] | None,
+                history: pd.DataFrame | None) -> tuple[pd.DataFrame, int | None]:
+    """A stage's periodic fd_clf evaluations (step, elapsed_s, images_seen, fd_clf), and their N.
+
+    The accounting's ``evals`` list is the primary source; the history table's fd_clf column is
+    the fallback (its eval rows may lack elapsed_s, which is then interpolated from the log rows).
+    """
+    cols = ["step", "elapsed_s", "images_seen", "fd_clf"]
+    evals = pd.DataFrame(list((accounting or {}).get("evals") or []))
+    source = evals if "fd_clf" in evals else None
+    if source is None and history is not None and "fd_clf" in history:
+        source = history.copy()
+        logged = history.dropna(subset=["elapsed_s"]) if "elapsed_s" in history else history[:0]
+        if "elapsed_s" not in source or source["elapsed_s"].isna().any():
+            source["elapsed_s"] = (np.interp(source["step"], logged["step"], logged["elapsed_s"])
+                                   if len(logged) else np.nan)
+        if "images_seen" not in source:
+            stage = ((accounting or {}).get("config") or {}).get("stage") or {}
+            source["images_seen"] = source["step"] * stage.get("batch_size", np.nan)
+    if source is None:
+        return pd.DataFrame(columns=cols), None
+    n = next((int(source[k].dropna().iloc[-1]) for k in _N_KEYS
+              if k in source and source[k].notna().any()), None)
+    points = source.reindex(columns=cols).apply(pd.to_numeric, errors="coerce")
+    points = points.dropna(subset=["step", "elapsed_s", "fd_clf"]).sort_values("step")
+    return points.reset_index(drop=True), n
+
+
+def quality_curve(label: str, points: pd.DataFrame, n: int | None,
+                  offset: StageCost = ZERO_COST) -> Curve:
+    """Put a stage's evaluations on the cumulative cost axis, shifted by the cost before it."""
+    shifted = pd.DataFrame({
+        "step": points["step"] + offset.steps,
+        "wall_s": points["elapsed_s"] + offset.wall_time_s,
+        "images": points["images_seen"].fillna(0) + offset.images_seen,
+        "fd_clf": points["fd_clf"],
+    })
+    return Curve(label, shifted.reset_index(drop=True), n, offset)
+
+
+def cost_to_reach(curve: Curve, target: float) -> dict[str, float] | None:
+    """The first evaluation of ``curve`` with fd_clf <= ``target`` (None: never reached).
+
+    Reported at that evaluation, not interpolated: the crossing happened at or before it,
+    so this is an upper bound on the compute needed, at the resolution of ``eval_every``.
+    """
+    hits = curve.points[curve.points["fd_clf"] <= target]
+    if hits.empty:
+        return None
+    return {k: float(v) for k, v in hits.iloc[0].items()}
+
+
+def quality_at(curve: Curve, budget_s: float) -> dict[str, float] | None:
+    """The latest measured quality within a wall-time budget (None: no evaluation so early)."""
+    within = curve.points[curve.points["wall_s"] <= budget_s + 1e-9]
+    if within.empty:
+        return None
+    return {k: float(v) for k, v in within.iloc[-1].items()}
+
+
+# ---------------------------------------------------------------------------- Markdown
+def _fmt(x: float | int | None, digits: int = 2) -> str:
+    """Integers with thousands separators, floats with ``digits`` decimals, missing as n/a."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, numbers.Integral):
+        return f"{int(x):,}"
+    return f"{float(x):,.{digits}f}"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _n_of(entry: Mapping[str, Any]) -> int | None:
+    return next((int(entry[k]) for k in _N_KEYS if entry.get(k) is not None), None)
+
+
+def _unavailable(reason: str, notes: list[str]) -> str:
+    """A table cell for a missing value; a long reason (e.g. where to put the FID weights)
+    becomes a numbered note under the table, printed once instead of in every cell."""
+    if len(reason) <= 80:
+        return f"unavailable: {reason}"
+    if reason not in notes:
+        notes.append(reason)
+    return f"unavailable [{notes.index(reason) + 1}]"
+
+
+def _fd_clf_cell(entry: Mapping[str, Any], card: Mapping[str, Any], notes: list[str]) -> str:
+    if entry.get("fd_clf") is not None:
+        n = _n_of(entry)
+        return f"{_fmt(entry['fd_clf'])} (N={n})" if n else _fmt(entry["fd_clf"])
+    if entry.get("fd_clf_reason"):
+        return _unavailable(str(entry["fd_clf_reason"]), notes)
+    if card.get("labels") is False:
+        reason = "the data have no class labels, so there is no classifier for fd_clf"
+        return _unavailable(reason, notes)
+    return _unavailable("not computed", notes)
+
+
+def quality_table(metrics: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """A row per model: FID (or why not), fd_clf with its N, the real-data floor, samples."""
+    notes: list[str] = []
+    floor = metrics.get("real_floor") or {}
+    floor_cell = _fd_clf_cell(floor, card, notes) if floor else "n/a"
+    rows = []
+    for key, name in MODELS.items():
+        entry = metrics.get(key) or {}
+        fid = entry.get("fid")
+        fid_cell = _fmt(fid) if fid is not None else _unavailable(
+            str(entry.get("fid_reason") or "not computed"), notes)
+        rows.append([name, fid_cell, _fd_clf_cell(entry, card, notes), floor_cell,
+                     _fmt(entry.get("n_samples"))])
+    table = md_table(["model", "FID", "fd_clf", "real-data floor (fd_clf)", "samples"], rows)
+    footnotes = "\n".join(f"[{i}] {text}  " for i, text in enumerate(notes, 1))
+    return f"{table}\n\n{footnotes}" if notes else table
+
+
+def compute_table(costs: Mapping[str, StageCost | None]) -> str:
+    """Wall time, images, tokens, img/s per stage; MaskDM's total and its ratio to the baseline."""
+    pre, fine, base = (costs.get(s) for s in STAGES)
+    total = pre + fine if pre and fine else None
+    rows = []
+    for name, cost in [("pretrain (masked)", pre), ("finetune", fine),
+                       ("**MaskDM total** (pretrain + finetune)", total),
+                       ("**baseline** (from scratch)", base)]:
+        rows.append([name, "missing", "", "", "", "", ""] if cost is None else [
+            name, _fmt(cost.wall_time_s, 1), _fmt(cost.images_seen), _fmt(cost.tokens_seen),
+            _fmt(cost.img_per_s, 0), _fmt(cost.steps), cost.device])
+    if total and base and base.wall_time_s > 0 and base.images_seen > 0:
+        rows.append(["MaskDM total / baseline", f"{total.wall_time_s / base.wall_time_s:.2f}x",
+                     f"{total.images_seen / base.images_seen:.2f}x",
+                     f"{total.tokens_seen / max(base.tokens_seen, 1):.2f}x", "", "", ""])
+    return md_table(["stage", "wall time (s)", "images", "tokens", "img/s", "steps", "device"],
+                    rows)
+
+
+def compare_curves(maskdm: Curve, baseline: Curve,
+                   costs: Mapping[str, StageCost | None]) -> dict[str, Any]:
+    """Compute to reach the baseline's last fd_clf, and both qualities at the smaller budget."""
+    out: dict[str, Any] = {"target": None, "reach": None, "budget_s": None, "at_budget": {}}
+    if maskdm.empty or baseline.empty:
+        return out
+    out["target"] = float(baseline.points["fd_clf"].iloc[-1])
+    out["baseline_wall_s"] = float(baseline.points["wall_s"].iloc[-1])
+    out["reach"] = cost_to_reach(maskdm, out["target"])
+    pre, fine, base = (costs.get(s) for s in STAGES)
+    ends = [float(c.points["wall_s"].iloc[-1]) for c in (maskdm, baseline)]
+    if pre and fine and base:
+        ends = [(pre + fine).wall_time_s, base.wall_time_s]
+    out["budget_s"] = min(ends)
+    out["at_budget"] = {"maskdm": quality_at(maskdm, out["budget_s"]),
+                        "baseline": quality_at(baseline, out["budget_s"])}
+    return out
+
+
+def reach_section(maskdm: Curve, baseline: Curve, cmp: Mapping[str, Any]) -> str:
+    """Markdown: compute MaskDM needed to reach the baseline's final fd_clf; equal-compute quality."""
+    if maskdm.empty or baseline.empty:
+        missing = " and ".join(c.label for c in (maskdm, baseline) if c.empty)
+        return (f"No periodic fd_clf evaluations were recorded for {missing}, so there is no "
+                "quality-vs-compute curve to read this from. Periodic evaluations need labelled data "
+                "and `finetune.eval_every` / `baseline.eval_every` > 0; the tables above and the "
+                "reading below compare end points only.")
+    lines = []
+    if maskdm.n != baseline.n:
+        lines.append(f"Note: the periodic evaluations used different sample counts (MaskDM "
+                     f"N={maskdm.n}, baseline N={baseline.n}); fd_clf depends on N.")
+    target, reach = cmp["target"], cmp["reach"]
+    if reach is None:
+        best = float(maskdm.points["fd_clf"].min())
+        lines.append(f"- **MaskDM did not reach** the baseline's last fd_clf ({_fmt(target)}, "
+                     f"after {_fmt(cmp['baseline_wall_s'], 1)} s) in any evaluation; its best "
+                     f"was {_fmt(best)}.")
+    else:
+        base_s = cmp["baseline_wall_s"]
+        frac = f"{reach['wall_s'] / base_s:.2f}x" if base_s > 0 else "n/a"
+        lines.append(f"- MaskDM reached the baseline's last fd_clf ({_fmt(target)}) by "
+                     f"**{_fmt(reach['wall_s'], 1)} s** of total training "
+                     f"({_fmt(int(reach['images']))} images, step {_fmt(int(reach['step']))}, "
+                     f"both counting pre-training), i.e. {frac} the baseline's "
+                     f"{_fmt(base_s, 1)} s (first evaluation at or below the target: an upper bound).")
+    rows = []
+    for key, curve in (("maskdm", maskdm), ("baseline", baseline)):
+        q = cmp["at_budget"].get(key)
+        rows.append([curve.label, _fmt(q["fd_clf"]) if q else "no evaluation yet",
+                     f"{_fmt(q['wall_s'], 1)} s" if q else ""])
+    lines.append(f"- Quality at equal compute (the smaller total training budget, "
+                 f"{_fmt(cmp['budget_s'], 1)} s of wall time; the latest evaluation within it):\n\n"
+                 + md_table(["model", f"fd_clf (N={maskdm.n})", "measured at"], rows))
+    return "\n".join(lines)
+
+
+def _verdict(a: float, b: float) -> tuple[str, float]:
+    """('maskdm' | 'baseline' | 'tie', relative gap) for two lower-is-better numbers."""
+    gap = abs(a - b) / max(abs(a), abs(b), 1e-12)
+    return ("tie" if a == b else "maskdm" if a < b else "baseline"), gap
+
+
+def _equal_compute_sentence(cmp: Mapping[str, Any]) -> str:
+    qm, qb = cmp["at_budget"].get("maskdm"), cmp["at_budget"].get("baseline")
+    budget = f"At equal wall time ({_fmt(cmp['budget_s'], 1)} s)"
+    if not (qm and qb):
+        late = "MaskDM" if not qm else "the baseline"
+        return f"{budget} {late} had not been evaluated yet, so no equal-compute comparison."
+    who, gap = _verdict(qm["fd_clf"], qb["fd_clf"])
+    lo, hi = sorted((qm["fd_clf"], qb["fd_clf"]))
+    if who == "tie" or gap < CLOSE_CALL:
+        text = (f"{budget} they measure within {CLOSE_CALL:.0%} of each other ({_fmt(lo)} vs "
+                f"{_fmt(hi)}): too close to call")
+    else:
+        text = (f"{budget} {'MaskDM' if who == 'maskdm' else 'the baseline'} measures better "
+                f"({_fmt(lo)} vs {_fmt(hi)}), so in this run masked pre-training "
+                f"{'paid off' if who == 'maskdm' else 'did not pay off'} at equal compute")
+    # An evaluation long before the budget makes "equal compute" coarse: say so.
+    stale = [(name, q) for name, q in (("MaskDM", qm), ("the baseline", qb))
+             if q["wall_s"] < STALE * cmp["budget_s"]]
+    if stale:
+        text += " (coarse: " + ", ".join(
+            f"{name} was last evaluated at {_fmt(q['wall_s'], 1)} s" for name, q in stale) + ")"
+    return text + "."
+
+
+def reading(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | None],
+            cmp: Mapping[str, Any]) -> str:
+    """One honest paragraph built only from the numbers at hand."""
+    m, b = metrics.get("maskdm") or {}, metrics.get("baseline") or {}
+    s: list[str] = []
+    metric = next((k for k in ("fd_clf", "fid") if m.get(k) is not None and b.get(k) is not None),
+                  None)
+    if metric is None:
+        s.append("Neither fd_clf nor FID is available for both models, so this run cannot say "
+                 "which model samples better; only the costs below are comparable.")
+    else:
+        who, gap = _verdict(float(m[metric]), float(b[metric]))
+        name = "fd_clf" if metric == "fd_clf" else "FID"
+        if who == "tie":
+            s.append(f"Both models reach the same final {name} ({_fmt(m[metric])}).")
+        else:
+            win, lose = (m, b) if who == "maskdm" else (b, m)
+            s.append(f"By final {name}, {'MaskDM' if who == 'maskdm' else 'the baseline'} is "
+                     f"better: {_fmt(win[metric])} vs {_fmt(lose[metric])} ({gap:.0%} lower).")
+        floor = (metrics.get("real_floor") or {}).get(metric)
+        if floor is not None:
+            s.append(f"Two sets of real images score {_fmt(floor)} against each other, so MaskDM "
+                     f"sits {_fmt(m[metric] - floor)} and the baseline {_fmt(b[metric] - floor)} "
+                     "above that floor.")
+        if who != "tie" and gap < CLOSE_CALL:
+            s.append(f"A gap under {CLOSE_CALL:.0%} from one seed without error bars is too close "
+                     "to call.")
+        if metric == "fd_clf" and m.get("fid") is not None and b.get("fid") is not None:
+            s.append(f"FID: {_fmt(m['fid'])} (MaskDM) vs {_fmt(b['fid'])} (baseline).")
+    pre, fine, base = (costs.get(k) for k in STAGES)
+    if pre and fine and base and base.wall_time_s > 0:
+        total = pre + fine
+        s.append(f"MaskDM's training took {_fmt(total.wall_time_s, 1)} s "
+                 f"({_fmt(pre.wall_time_s, 1)} s pre-training + {_fmt(fine.wall_time_s, 1)} s "
+                 f"fine-tuning, {_fmt(total.images_seen)} images) against the baseline's "
+                 f"{_fmt(base.wall_time_s, 1)} s ({_fmt(base.images_seen)} images): "
+                 f"{total.wall_time_s / base.wall_time_s:.2f}x the wall time.")
+        if len({pre.device, fine.device, base.device}) > 1:
+            s.append("The stages ran on different devices, so their wall times are not directly "
+                     "comparable.")
+    else:
+        s.append("Some stage accounting is missing, so the total cost cannot be compared.")
+    if cmp.get("target") is not None:
+        reach = cmp["reach"]
+        s.append("On the evaluation curves MaskDM never reached the baseline's final fd_clf."
+                 if reach is None else
+                 "On the evaluation curves MaskDM matched the baseline's final fd_clf after at most "
+                 f"{_fmt(reach['wall_s'], 1)} s of total training.")
+        s.append(_equal_compute_sentence(cmp))
+    else:
+        s.append("Without periodic evaluations on both curves, the compute needed to reach a given "
+                 "quality is unknown; the comparison rests on end points only.")
+    s.append("These are single-run measurements at this run's scale; they say nothing about other "
+             "resolutions, datasets or budgets.")
+    return " ".join(s)
+
+
+def build_markdown(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | None],
+                   maskdm: Curve, baseline: Curve, card: Mapping[str, Any]) -> str:
+    """The whole report, referring to the two figures saved next to it."""
+    cmp = compare_curves(maskdm, baseline, costs)
+    res = card.get("resolution", "?")
+    data = (f"{_fmt(card.get('train'))} training images from `{card.get('source', '?')}` at "
+            f"{res}x{res}, {card.get('channels', '?')} channel(s); labels: "
+            f"{'yes' if card.get('labels') else 'no'}.") if card else "no dataset card."
+    sections = [
+        "# MaskDM vs training from scratch",
+        f"Data: {data} Lower FID / fd_clf is better. fd_clf is the Frechet distance on the "
+        "features of a small classifier trained on the real data (not FID); the real-data floor is "
+        "the same distance between two sets of real images.",
+        "## Sample quality", quality_table(metrics, card),
+        "## Compute",
+        "Training wall time only (evaluation and checkpointing excluded); MaskDM is charged for "
+        "its pre-training.",
+        compute_table(costs),
+        "## Quality vs compute", "![quality vs compute](quality_vs_compute.png)",
+        reach_section(maskdm, baseline, cmp),
+        "## Reading", reading(metrics, costs, cmp),
+        "## Samples", "![samples side by side](samples_side_by_side.png)",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+# ---------------------------------------------------------------------------- figures
+def curves_figure(maskdm: Curve, baseline: Curve,
+                  finals: Mapping[str, tuple[float, float | None, int | None]] | None = None
+                  ) -> Figure:
+    """fd_clf vs training steps and vs cumulative wall time; MaskDM starts after its pre-training.
+
+    ``finals`` maps model -> (total wall s, final fd_clf, N) from the final evaluation, drawn as
+    stars because its N may differ from the periodic evaluations'.
+    """
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    styles = {"maskdm": ("tab:blue", maskdm), "baseline": ("tab:orange", baseline)}
+    for ax, x, xlabel in ((axes[0], "step", "training steps (MaskDM: pre-train + fine-tune)"),
+                          (axes[1], "wall_s", "cumulative training wall time (s)")):
+        pre = maskdm.offset.steps if x == "step" else maskdm.offset.wall_time_s
+        if pre > 0:
+            ax.axvspan(0, pre, color="tab:blue", alpha=0.08, label="MaskDM pre-training")
+        for color, curve in styles.values():
+            if not curve.empty:
+                ax.plot(curve.points[x], curve.points["fd_clf"], "o-", color=color, ms=4,
+                        label=f"{curve.label} (N={curve.n})" if curve.n else curve.label)
+        # The final evaluation may use another N than the periodic ones: stars, not curve points.
+        for key, (total_s, value, n) in (finals or {}).items() if x == "wall_s" else ():
+            if value is not None:
+                label = f"{styles[key][1].label} final" + (f" (N={n})" if n else "")
+                ax.plot([total_s], [value], "*", ms=13, color=styles[key][0], mec="k", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("fd_clf (lower is better)")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+        if maskdm.empty and baseline.empty:
+            ax.text(0.5, 0.8, "no periodic fd_clf evaluations recorded\n"
+                    "(unlabelled data, or eval_every = 0)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=10, color="0.4")
+    fig.suptitle("Quality vs compute (MaskDM charged for pre-training)")
+    return fig
+
+
+def samples_figure(grids: Mapping[str, Any], titles: Mapping[str, str]) -> Figure:
+    """Sample grids side by side, one titled panel per model."""
+    fig = Figure(figsize=(5 * len(grids), 5.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(grids)))
+    for ax, (key, grid) in zip(axes, grids.items(), strict=True):
+        image = np.asarray(grid)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(titles.get(key, key), fontsize=10)
+        ax.axis("off")
+    fig.suptitle("Samples (EMA weights)")
+    return fig
