@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from kedro_project import PROJECT_ROOT, kedro, make_project
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
@@ -15,3 +15,21 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy after one full `kedro run --env smoke` (read-only for the tests that use it)."""
+    root = make_project(tmp_path_factory.mktemp("smoke") / "project")
+    result = kedro(root, "run", "--env", "smoke")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    (root / "run.log").write_text(result.stdout + result.stderr)
+    return root
+
+
+@pytest.fixture
+def smoke_copy(smoke_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished smoke project, for tests that rerun stages."""
+    copy = tmp_path / "project"
+    shutil.copytree(smoke_run, copy, symlinks=True)
+    return copy

@@ -1,58 +1,22 @@
 """notebooks/results.ipynb runs top to bottom against a finished run's outputs.
 
-It runs in a temporary copy of the project (conf/, pyproject.toml, the notebook, an empty src/:
-the package comes from the installed distribution). The outputs are copied from the project's
-data/ when a run has left all of them there; otherwise `kedro run --env smoke` makes them in
-the copy. The kernel is this interpreter, through a kernelspec written to a temporary folder,
+It runs in a private copy of the project after a `kedro run --env smoke` (the ``smoke_copy``
+fixture), so it never depends on what the repository's own data/ holds. The kernel is this interpreter, through a kernelspec written to a temporary folder,
 so the test never picks up some other `python3` kernel.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from kedro_project import subprocess_env
 from nbclient import NotebookClient
 
-# What the notebook loads through the catalog (relative to the project root).
-OUTPUTS = [
-    "data/08_reporting/metrics.json",
-    "data/08_reporting/dataset_card.json",
-    *(f"data/08_reporting/{s}_{kind}" for s in ("pretrain", "finetune", "baseline")
-      for kind in ("accounting.json", "history.csv")),
-    "data/07_model_output/maskdm_grid.png",
-    "data/07_model_output/baseline_grid.png",
-]
 KERNEL = "maskdm-pipeline-test"
-
-
-def make_project_copy(project_root: Path, root: Path) -> Path:
-    shutil.copytree(project_root / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(project_root / "pyproject.toml", root)
-    (root / "src").mkdir()
-    (root / "notebooks").mkdir()
-    shutil.copy(project_root / "notebooks" / "results.ipynb", root / "notebooks")
-    return root
-
-
-def provide_outputs(project_root: Path, root: Path, env: dict[str, str]) -> str:
-    """Copy the last run's outputs, or make them with a smoke run; say which."""
-    if all((project_root / rel).is_file() for rel in OUTPUTS):
-        for rel in OUTPUTS:
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(project_root / rel, root / rel)
-        return "copied"
-    result = subprocess.run([sys.executable, "-m", "kedro", "run", "--env", "smoke"], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return "smoke run"
 
 
 def write_kernelspec(folder: Path) -> Path:
@@ -68,14 +32,9 @@ def write_kernelspec(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_results_notebook_runs(project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = make_project_copy(project_root, tmp_path / "project")
-    # One torch thread per process: on a shared 2-core machine the default (one per core, in
-    # every process) slows the tiny smoke models down many times over.
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    provide_outputs(project_root, root, env)
-
-    for name, value in env.items():
+def test_results_notebook_runs(smoke_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = smoke_copy  # a finished `kedro run --env smoke`, in a private copy
+    for name, value in subprocess_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("JUPYTER_PATH", str(write_kernelspec(tmp_path / "jupyter")))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
