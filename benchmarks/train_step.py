@@ -51,6 +51,7 @@ def cpu_name() -> str:
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
+    """CPU model, torch threads and version, Python, and the GPU's name on CUDA."""
     info: dict[str, Any] = {
         "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
@@ -105,40 +106,152 @@ def train_step(
     return float(loss.detach())
 
 
-def bench_ratio(
-    model: UViT,
-    optimizer: torch.optim.Optimizer,
-    x0: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    args: argparse.Namespace,
-    ratio: float,
-) -> dict[str, Any]:
-    """Median seconds per step over ``args.repeats`` timed blocks of ``args.steps`` steps."""
-    run = (model, optimizer, x0, alphas_cumprod, args.kind, ratio, args.block_size, args.crop_size)
-    for _ in range(args.warmup):
+def _time_blocks(run: tuple[Any, ...], device: torch.device, steps: int) -> float:
+    """Seconds per step over one timed block of ``steps`` steps."""
+    start = time.perf_counter()
+    for _ in range(steps):
         train_step(*run)
-    _sync(x0.device)
-    per_step: list[float] = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            train_step(*run)
-        _sync(x0.device)
-        per_step.append((time.perf_counter() - start) / args.steps)
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def _ratio_result(
+    model: UViT,
+    batch_size: int,
+    ratio: float,
+    per_step: list[float],
+    kind: str,
+    block_size: int,
+    crop_size: int | None,
+) -> dict[str, Any]:
     step_s = statistics.median(per_step)
-    masked = (
-        0
-        if ratio == 0
-        else mask_count(args.kind, model.grid_size, ratio, args.block_size, args.crop_size)
-    )
+    masked = 0 if ratio == 0 else mask_count(kind, model.grid_size, ratio, block_size, crop_size)
     return {
         "ratio": ratio,
         "masked_tokens": masked,
         "visible_tokens": model.num_patches - masked,
         "step_s_median": step_s,
         "step_s_all": per_step,
-        "img_per_s": x0.shape[0] / step_s,
+        "img_per_s": batch_size / step_s,
     }
+
+
+def bench_ratios(
+    model: UViT,
+    optimizer: torch.optim.Optimizer,
+    x0: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    ratios: list[float],
+    *,
+    kind: str = "block",
+    block_size: int = 4,
+    crop_size: int | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    steps: int = 1,
+    interleave: bool = False,
+) -> list[dict[str, Any]]:
+    """Median seconds per step of each ratio over ``repeats`` timed blocks of ``steps`` steps.
+
+    Each ratio gets ``warmup`` untimed steps first. With ``interleave`` the timed blocks run
+    round-robin over the ratios (a burst of load from other jobs then hits every ratio alike);
+    without it each ratio runs all its blocks in turn (the CLI's behaviour).
+    """
+    runs = [
+        (model, optimizer, x0, alphas_cumprod, kind, r, block_size, crop_size) for r in ratios
+    ]
+    per_step: list[list[float]] = [[] for _ in ratios]
+    for i, run in enumerate(runs):
+        for _ in range(warmup):
+            train_step(*run)
+        _sync(x0.device)
+        if not interleave:
+            per_step[i] = [_time_blocks(run, x0.device, steps) for _ in range(repeats)]
+    if interleave:
+        for _ in range(repeats):
+            for i, run in enumerate(runs):
+                per_step[i].append(_time_blocks(run, x0.device, steps))
+    return [
+        _ratio_result(model, x0.shape[0], r, times, kind, block_size, crop_size)
+        for r, times in zip(ratios, per_step, strict=True)
+    ]
+
+
+def run_benchmark(
+    preset: str = "small-64",
+    *,
+    batch_size: int = 16,
+    ratios: list[float] | None = None,
+    kind: str = "block",
+    block_size: int = 4,
+    crop_size: int | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    steps: int = 1,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    interleave: bool = False,
+) -> dict[str, Any]:
+    """Build ``preset`` and measure every ratio on it; returns the report (machine, config, results).
+
+    Every ratio gets ``speedup_vs_unmasked`` (None when ratio 0 is not among ``ratios``).
+    Thread counts are the caller's business (``torch.set_num_threads`` before calling).
+    """
+    ratios = [0.0, 0.5, 0.75, 0.9] if ratios is None else list(ratios)
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_uvit(preset).to(device).train()
+    # AdamW as in METHOD.md section 4 (betas 0.99/0.99, weight decay 0.03 on every parameter).
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=2e-4, betas=(0.99, 0.99), weight_decay=0.03
+    )
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1 - betas, 0).to(device=device, dtype=torch.float32)
+    x0 = torch.rand(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
+    x0 = x0 * 2 - 1
+
+    results = bench_ratios(
+        model, optimizer, x0, alphas_cumprod, ratios, kind=kind, block_size=block_size,
+        crop_size=crop_size, warmup=warmup, repeats=repeats, steps=steps, interleave=interleave,
+    )
+    base = next((r["step_s_median"] for r in results if r["ratio"] == 0), None)
+    for r in results:
+        r["speedup_vs_unmasked"] = None if base is None else base / r["step_s_median"]
+    return {
+        "machine": machine_info(device),
+        "config": {
+            "preset": preset,
+            "params": count_parameters(model),
+            "tokens": model.num_patches,
+            "grid_size": model.grid_size,
+            "batch_size": batch_size,
+            "kind": kind,
+            "block_size": block_size,
+            "crop_size": crop_size,
+            "warmup": warmup,
+            "repeats": repeats,
+            "steps_per_repeat": steps,
+            "interleaved": interleave,
+            "precision": "fp32",
+        },
+        "results": results,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The report as the CLI's plain-text table."""
+    m, c = report["machine"], report["config"]
+    print(
+        f"{c['preset']} batch {c['batch_size']}, {c['kind']} masks, {m['device']} "
+        f"({m['cpu']}, {m['torch_threads']} threads), torch {m['torch']}"
+    )
+    print(f"{'ratio':>6} {'visible':>8} {'step s':>9} {'img/s':>9} {'speed-up':>9}")
+    for r in report["results"]:
+        speedup = "-" if r["speedup_vs_unmasked"] is None else f"{r['speedup_vs_unmasked']:.2f}x"
+        print(
+            f"{r['ratio']:>6.2f} {r['visible_tokens']:>8d} {r['step_s_median']:>9.3f} "
+            f"{r['img_per_s']:>9.1f} {speedup:>9}"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -165,55 +278,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The CLI: parse ``argv``, measure, print the table, write ``--json``; returns the report."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    model = build_uvit(args.preset).to(device).train()
-    # AdamW as in METHOD.md section 4 (betas 0.99/0.99, weight decay 0.03 on every parameter).
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=2e-4, betas=(0.99, 0.99), weight_decay=0.03
+    report = run_benchmark(
+        args.preset,
+        batch_size=args.batch_size,
+        ratios=args.ratios,
+        kind=args.kind,
+        block_size=args.block_size,
+        crop_size=args.crop_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        steps=args.steps,
+        device=args.device,
+        seed=args.seed,
     )
-    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1 - betas, 0).to(device=device, dtype=torch.float32)
-    x0 = torch.rand(args.batch_size, model.in_chans, model.img_size, model.img_size, device=device)
-    x0 = x0 * 2 - 1
-
-    results = [bench_ratio(model, optimizer, x0, alphas_cumprod, args, r) for r in args.ratios]
-    base = next((r["step_s_median"] for r in results if r["ratio"] == 0), None)
-    for r in results:
-        r["speedup_vs_unmasked"] = None if base is None else base / r["step_s_median"]
-
-    report = {
-        "machine": machine_info(device),
-        "config": {
-            "preset": args.preset,
-            "params": count_parameters(model),
-            "tokens": model.num_patches,
-            "batch_size": args.batch_size,
-            "kind": args.kind,
-            "block_size": args.block_size,
-            "crop_size": args.crop_size,
-            "warmup": args.warmup,
-            "repeats": args.repeats,
-            "steps_per_repeat": args.steps,
-            "precision": "fp32",
-        },
-        "results": results,
-    }
-    m = report["machine"]
-    print(
-        f"{args.preset} batch {args.batch_size}, {args.kind} masks, {m['device']} "
-        f"({m['cpu']}, {m['torch_threads']} threads), torch {m['torch']}"
-    )
-    print(f"{'ratio':>6} {'visible':>8} {'step s':>9} {'img/s':>9} {'speed-up':>9}")
-    for r in results:
-        speedup = "-" if r["speedup_vs_unmasked"] is None else f"{r['speedup_vs_unmasked']:.2f}x"
-        print(
-            f"{r['ratio']:>6.2f} {r['visible_tokens']:>8d} {r['step_s_median']:>9.3f} "
-            f"{r['img_per_s']:>9.1f} {speedup:>9}"
-        )
+    print_report(report)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
