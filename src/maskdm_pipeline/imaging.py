@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 CropSpec = str | Sequence[int]  # "none" | "center" | [top, left, height, width]
 
@@ -51,9 +52,13 @@ def decode(load: Callable[[], Image.Image]) -> Image.Image:
     """Run a lazy image loader and classify every way it can fail as a :class:`SkipImage`.
 
     Decompression-bomb *warnings* (more than ``Image.MAX_IMAGE_PIXELS``) are turned into skips
-    too: a 100-megapixel file in a folder of faces is an accident, not data.
+    too: a 100-megapixel file in a folder of faces is an accident, not data. PIL's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is held off while decoding, whoever set it: with it, a
+    truncated file decodes to an image padded with grey and would enter the training set.
     """
+    truncated_ok = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = load()
@@ -61,6 +66,8 @@ def decode(load: Callable[[], Image.Image]) -> Image.Image:
             return image
     except Exception as exc:  # noqa: BLE001 - every failure becomes a reason, none a crash
         raise SkipImage(_reason(exc)) from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
 
 
 def _reason(exc: BaseException) -> str:
@@ -71,13 +78,19 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return f"decompression bomb: {exc}"
     if isinstance(exc, UnidentifiedImageError):
-        return "not an image: PIL cannot identify the file (empty, or another format)"
+        return "not an image: PIL cannot identify the file (empty, a damaged header or not an image format)"
     if isinstance(exc, FileNotFoundError):
+        if exc.filename and os.path.islink(exc.filename):
+            return f"broken symlink: it points to {os.readlink(exc.filename)}, which does not exist"
         return "vanished: the file was removed while the folder was read"
     if isinstance(exc, PermissionError):
         return "unreadable: permission denied"
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
         return "unreadable: symlink loop"
+    if isinstance(exc, IsADirectoryError):
+        # fsspec lists a symlink to a folder as a file and never descends into it, which is
+        # also why a link to a parent folder cannot send the listing round in circles.
+        return "not a file: a link to a folder (links to folders are not followed)"
     return f"corrupt: {type(exc).__name__}: {exc}"
 
 

@@ -3,19 +3,31 @@
 Kedro merges ``conf/base``, the ``--env`` environment and ``--params``; this module checks the
 result before any node runs (see :mod:`maskdm_pipeline.hooks`). An unknown name (a typo such
 as ``pretrain.mask_ratoi``) or an invalid value is refused with a message that names the
-parameter, the value and what is allowed. Pure: no Kedro import.
+parameter, the value and what is allowed. Pure: no Kedro import (click, for the error type only).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from click import ClickException
 
 Check = Callable[[Any], str | None]  # returns an explanation when the value is invalid
 
 
-class ParameterError(ValueError):
-    """An unknown parameter name or an invalid value; the message names the parameter."""
+class ParameterError(ClickException, ValueError):
+    """An unknown parameter name or an invalid value; the message names the parameter.
+
+    A ``ValueError`` for Python callers. Also a ``click.ClickException`` (click is Kedro's
+    CLI library, not Kedro): ``kedro run`` then prints ``Error: <the message>`` and exits with
+    status 2 (a usage error) instead of a screen of traceback that hides the one line that
+    matters.
+    """
+
+    exit_code = 2
 
 
 def _choice(*allowed: Any) -> Check:
@@ -40,11 +52,15 @@ def _float(low: float | None = None, high: float | None = None, *, low_open: boo
     def check(v: Any) -> str | None:
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if isinstance(v, bool) or not isinstance(v, int | float) or v != v:  # v != v: NaN
             return "must be a number" + (" or null" if optional else "")
-        if low is not None and (v <= low if low_open else v < low):
+        too_low = low is not None and (v <= low if low_open else v < low)
+        too_high = high is not None and (v >= high if high_open else v > high)
+        if (too_low or too_high) and low is not None and high is not None:
+            return f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        if too_low:
             return f"must be {'>' if low_open else '>='} {low}"
-        if high is not None and (v >= high if high_open else v > high):
+        if too_high:
             return f"must be {'<' if high_open else '<='} {high}"
         return None
 
@@ -124,6 +140,7 @@ SCHEMA: dict[str, Check] = {
     "trainer.compile": _bool,
     "trainer.nproc": _int(1),
     **{f"pretrain.{k}": c for k, c in _STAGE.items()},
+    "pretrain.data": _choice("target", "source"),
     "pretrain.mask_kind": _choice(*MASK_KINDS),
     "pretrain.mask_ratio": _float(0, 1, high_open=True),
     "pretrain.mask_block_size": _int(1),
@@ -132,7 +149,7 @@ SCHEMA: dict[str, Check] = {
     "finetune.init_from": _choice("raw", "ema"),
     **{f"baseline.{k}": c for k, c in _STAGE.items()},
     "sample.sampler": _choice(*SAMPLERS),
-    "sample.steps": _int(1),
+    "sample.steps": _int(1, optional=True),  # null: every step (ddpm); validate_sampling decides
     "sample.eta": _float(0),
     "sample.num_samples": _int(1),
     "sample.batch_size": _int(1),
@@ -185,14 +202,71 @@ def validate_parameters(params: Mapping[str, Any], runtime_params: Mapping[str, 
 
 
 def _cross_checks(params: Mapping[str, Any]) -> list[str]:
-    """Checks that involve several parameters (resolution vs patch grid, batch vs nproc, ...)."""
+    """Checks that involve several parameters: resolution vs patch grid, masks vs grid, sampler
+    vs steps, batch vs nproc, and each stage's full config. Each reuses the check of the module
+    that owns the rule, so the refusal here is word for word the one the node would give later.
+    Fast: imports, no model is built."""
+    from maskdm_pipeline.diffusion.samplers import validate_sampling
+    from maskdm_pipeline.diffusion.schedules import make_schedule
+    from maskdm_pipeline.masking import validate_mask_params
+    from maskdm_pipeline.models.presets import PRESETS as MODEL_PRESETS
+    from maskdm_pipeline.training.config import StageConfig, TrainerConfig, check_compatible
+
     problems: list[str] = []
-    nproc = params.get("trainer", {}).get("nproc", 1)
-    for stage in ("pretrain", "finetune", "baseline"):
-        batch = params.get(stage, {}).get("batch_size")
-        if batch is not None and batch % nproc:
+
+    def attempt(check: Callable[[], Any]) -> tuple[bool, Any]:
+        try:
+            return True, check()
+        except ValueError as exc:
+            problems.append(str(exc))
+            return False, None
+
+    model = params.get("model", {}) or {}
+    preprocess = params.get("preprocess", {}) or {}
+    trainer_params = dict(params.get("trainer", {}) or {})
+    if trainer_params.get("device") == "cuda":
+        # Whether this machine has a GPU is for the training node to say: preprocessing or a
+        # report with a GPU config must still run on a CPU-only machine.
+        trainer_params["device"] = "cpu"
+    _, trainer = attempt(lambda: TrainerConfig.from_dict(trainer_params))
+
+    # The model's image size is preprocess.resolution (training_nodes.model_config).
+    grid: int | None = None
+    preset = model.get("preset")
+    resolution = preprocess.get("resolution")
+    if preset in MODEL_PRESETS and isinstance(resolution, int):
+        patch = model.get("patch_size") or MODEL_PRESETS[preset]["patch_size"]
+        source = "model.patch_size" if model.get("patch_size") else f"model.preset={preset!r}"
+        if resolution % patch:
             problems.append(
-                f"{stage}.batch_size={batch} is not divisible by trainer.nproc={nproc}: "
-                "batch_size is the global batch, split evenly across processes"
+                f"preprocess.resolution={resolution} is not divisible by the patch size {patch} "
+                f"(from {source}); pick a multiple of {patch}, e.g. {max(patch, resolution // patch * patch)}"
             )
+        else:
+            grid = resolution // patch
+
+    engine_keys = {f.name for f in dataclasses.fields(StageConfig)}
+    for name in ("pretrain", "finetune", "baseline"):
+        block = params.get(name)
+        if not isinstance(block, Mapping):
+            continue
+        if "mask_kind" in block and grid is not None:
+            # First, so that the messages use the flat names users type (pretrain.mask_crop_size);
+            # when it fails, the rest of the stage is still checked, without the mask.
+            ok, _ = attempt(lambda b=block, n=name: validate_mask_params(
+                b["mask_kind"], grid, b.get("mask_ratio"), b.get("mask_block_size"),
+                b.get("mask_crop_size"), prefix=n))
+            if not ok:
+                block = {k: v for k, v in block.items() if not k.startswith("mask_")}
+        # The schema has vetted every name by now: what the engine does not know steers the
+        # node (resume, eval_num_samples, init_from, data, ...), as in training_nodes.NODE_KEYS.
+        node_keys = [k for k in block if k not in engine_keys and not k.startswith("mask_")]
+        ok, stage = attempt(lambda b=block, n=name, i=node_keys: StageConfig.from_dict(b, name=n, ignore=i))
+        if ok and trainer is not None:
+            attempt(lambda s=stage, n=name: check_compatible(s, trainer, n))
+
+    sample = params.get("sample")
+    if isinstance(sample, Mapping) and "sampler" in sample:
+        T = inspect.signature(make_schedule).parameters["T"].default  # T is fixed, not a parameter
+        attempt(lambda: validate_sampling(sample["sampler"], sample.get("steps"), T, sample.get("eta", 1.0)))
     return problems

@@ -1,0 +1,254 @@
+"""Checkpoints survive a killed writer, and a damaged or hostile file is refused by name.
+
+The kill test is the real thing: a process that keeps overwriting a large checkpoint is
+SIGKILLed at random moments, and after every kill the file at the path loads and is one
+complete version, old or new, never a mix and never a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import squash, subprocess_env
+from kedro.io import DatasetError
+
+from maskdm_pipeline.datasets.checkpoint import CheckpointSlot, TorchCheckpointDataset
+from maskdm_pipeline.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+# A writer that forks one child per round; the child overwrites the checkpoint with versions
+# v, v+1, ... until the test SIGKILLs it. Forking keeps the torch import to once per test.
+_WRITER = textwrap.dedent("""
+    import os, sys, torch
+    from maskdm_pipeline.training.checkpoint import save_checkpoint
+
+    path, numel = sys.argv[1], int(sys.argv[2])
+
+    def say(line):  # one write(2) per line: parent and child share the pipe
+        os.write(1, (line + "\\n").encode())
+
+    def state(version):
+        return {"format": "maskdm-checkpoint/1", "model": {"w": torch.full((numel,), float(version))},
+                "ema": {}, "optimizer": {}, "scaler": None, "step": version, "rng": {}, "config": {},
+                "history": [], "stats": {"version": version}}
+
+    for command in sys.stdin:
+        version = int(command)
+        pid = os.fork()
+        if pid == 0:
+            while True:
+                say(f"saving {version}")
+                save_checkpoint(state(version), path)
+                say(f"saved {version}")
+                version += 1
+        say(f"child {pid}")
+        os.waitpid(pid, 0)
+        say("reaped")
+""")
+
+
+def _version_of(path: Path) -> int:
+    state = load_checkpoint(path)
+    weights = state["model"]["w"]
+    version = state["step"]
+    assert state["stats"]["version"] == version
+    assert bool((weights == float(version)).all()), "a checkpoint mixing two versions was loaded"
+    return version
+
+
+def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
+    """Eight SIGKILLs at random moments (seeded) of a process overwriting a 32 MB checkpoint in a
+    loop: after each, the file loads (weights_only) and holds exactly one version that was
+    either completely written before or is the one being written; at least one kill provably
+    landed mid-write (its temp file was left behind)."""
+    path = tmp_path / "pretrained.pt"
+    numel = 8_000_000
+    save_checkpoint({"format": "maskdm-checkpoint/1", "model": {"w": torch.zeros(numel)}, "ema": {},
+                     "optimizer": {}, "scaler": None, "step": 0, "rng": {}, "config": {}, "history": [],
+                     "stats": {"version": 0}}, path)
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(numel)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    rng = random.Random(7)
+    mid_write_kills, previous = 0, 0
+    try:
+        assert writer.stdin is not None and writer.stdout is not None
+        for round_ in range(8):
+            first = (round_ + 1) * 1000
+            writer.stdin.write(f"{first}\n")
+            writer.stdin.flush()
+            child = 0
+            started: list[int] = []
+            saved: list[int] = []
+            wanted = rng.randint(1, 3)  # kill during the 1st to 3rd save of this round
+            while not child or len(started) < wanted:
+                word, number = writer.stdout.readline().split()
+                if word == "child":
+                    child = int(number)
+                else:
+                    (started if word == "saving" else saved).append(int(number))
+            time.sleep(rng.uniform(0.0, 0.08))
+            os.kill(child, signal.SIGKILL)
+            for line in iter(writer.stdout.readline, ""):
+                if line.strip() == "reaped":
+                    break
+                word, number = line.split()
+                (started if word == "saving" else saved).append(int(number))
+            version = _version_of(path)
+            allowed = {previous, *saved, *started}
+            assert version in allowed, (version, allowed)
+            leftovers = list(tmp_path.glob(".pretrained.pt.*.tmp"))
+            if leftovers:
+                mid_write_kills += 1
+                for leftover in leftovers:
+                    leftover.unlink()
+            previous = version
+    finally:
+        writer.kill()
+        writer.wait()
+    assert mid_write_kills >= 1, "no kill landed during a write; the test proved nothing"
+
+
+def _real_file(tmp_path: Path, state: dict[str, Any]) -> Path:
+    path = tmp_path / "finetuned.pt"
+    save_checkpoint(state, path)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "flipped byte", "flipped header"])
+def test_damaged_checkpoint_is_refused_naming_the_file(tiny_state, tmp_path, damage):
+    """Truncated, empty, garbage, and bit-flipped files (a flipped byte in the weights used to load
+    silently as a different model) are refused by the catalog dataset and by the resume slot,
+    with the file's path in the message."""
+    path = _real_file(tmp_path, tiny_state)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage == "garbage":
+        data = bytearray(os.urandom(4096))
+    elif damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as info:
+        TorchCheckpointDataset(str(path)).load()
+    assert str(path) in str(info.value)
+    assert "corrupted" in str(info.value)
+    with pytest.raises(CheckpointError, match="corrupted") as info:
+        CheckpointSlot(path).load()
+    assert str(path) in str(info.value)
+
+
+def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_path, tiny_images):
+    """A damaged resume checkpoint stops the training node before any step, naming the file and
+    both ways out (delete it, or resume=false); it is never silently replaced by a fresh start."""
+    from maskdm_pipeline.pipelines.training_nodes import train_stage
+
+    slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
+    save_checkpoint(tiny_state, slot.path)
+    slot.path.write_bytes(slot.path.read_bytes()[:-100])
+    stage = {"steps": 5, "batch_size": 8, "lr": 1e-3, "resume": True}
+    with pytest.raises(CheckpointError) as info:
+        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, {"preset": "tiny", "patch_size": 2,
+                    "embed_dim": 16, "depth": 2, "num_heads": 2}, {"schedule": "linear", "prediction": "x0"},
+                    {"device": "cpu"}, slot)
+    message = str(info.value)
+    assert str(slot.path) in message and "pretrain.resume=false" in message and "delete" in message
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (what a hostile checkpoint would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+@pytest.mark.parametrize("writer", ["torch.save", "raw pickle"])
+def test_malicious_checkpoint_is_refused_without_running(tmp_path, writer):
+    """A checkpoint whose pickle would run a shell command is refused by the catalog dataset and
+    the resume slot (and the training node that uses it); the command never runs."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "pretrained.pt"
+    payload = {"format": "maskdm-checkpoint/1", "model": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(DatasetError) as info:
+        TorchCheckpointDataset(str(path)).load()
+    assert str(path) in str(info.value)
+    with pytest.raises(CheckpointError):
+        CheckpointSlot(path).load()
+    assert not marker.exists(), "the payload ran"
+    # Control: the payload does run when unpickled without restrictions.
+    if writer == "raw pickle":
+        pickle.loads(path.read_bytes())
+        assert marker.exists()
+
+
+def test_disk_full_during_save_keeps_the_old_file_and_the_resume_state(tiny_state, tmp_path, monkeypatch):
+    """ENOSPC at the final rename: the previous checkpoint is untouched, no temp file is left, the
+    finished training state stays in the resume file, and the message says how to recover."""
+    import errno
+
+    import maskdm_pipeline.training.checkpoint as checkpoint_module
+
+    final, resume = tmp_path / "pretrained.pt", tmp_path / "pretrained.resume.pt"
+    old = {**tiny_state, "step": 1}
+    save_checkpoint(old, final)
+    save_checkpoint(tiny_state, resume)
+    before = final.read_bytes()
+
+    def disk_full(src: Any, dst: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", disk_full)
+    dataset = TorchCheckpointDataset(str(final), resume_filepath=str(resume))
+    with pytest.raises(DatasetError) as info:
+        dataset.save(tiny_state)
+    message = str(info.value)
+    assert "No space left on device" in message and str(final) in message and str(resume) in message
+    monkeypatch.undo()
+    assert final.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained.pt", "pretrained.resume.pt"]
+    assert load_checkpoint(resume)["step"] == tiny_state["step"]
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_corrupted_pretrained_checkpoint(make_project, tiny_state):
+    """`kedro run --pipelines finetune` with one flipped byte in data/06_models/pretrained.pt: exit 1,
+    no node runs, nothing is written, and the last words on screen name the file, the CRC failure
+    and the way out. (Kedro's catalog re-wraps dataset errors, so a traceback comes first; see
+    docs/reliability.md.)"""
+    project = make_project()
+    path = project.data / "06_models" / "pretrained.pt"
+    save_checkpoint(tiny_state, path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    before = project.snapshot()
+    code, output = project.run("--pipelines", "finetune")
+    assert code == 1, output[-3000:]
+    assert "Running node" not in squash(output)
+    final_words = squash(output.rsplit("╯", 1)[-1])
+    assert re.search(rf"DatasetError: pretrained: checkpoint {re.escape(str(path))} is corrupted: its entry "
+                     r"'\S+' fails its CRC-32 check.* Delete it and rerun the stage that writes it", final_words), (
+        final_words)
+    assert project.snapshot() == before

@@ -1,0 +1,218 @@
+"""Bad parameters are refused before any work, naming the parameter, the value and what is allowed.
+
+The CLI tests run the real ``kedro run --env smoke --params ...`` in a throw-away project and check
+the exit status, the one-line error the user sees (no traceback), that no node started and that
+no file under ``data/`` was written or touched. Several faults share one run (the validator lists
+every problem at once) to keep the suite fast; the in-process tests then check each fault alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import PROJECT_ROOT, TINY_MODEL, load_params, squash
+
+from maskdm_pipeline.validation import ParameterError, validate_parameters
+
+
+def _refused_before_any_work(project, params: dict[str, Any]) -> str:
+    before = project.snapshot()
+    assert before, "the project should hold primary data, so that 'nothing touched' means something"
+    code, output = project.run("--pipelines", "pretrain", params=params, timeout=120)
+    text = squash(output)
+    assert code == 2, f"expected exit status 2 (usage error), got {code}:\n{output[-3000:]}"
+    assert "Error: Invalid parameters, nothing was run:" in text
+    assert "Traceback" not in output, "the user should see the message, not a stack trace"
+    assert "Running node" not in text, "a node started although the parameters were invalid"
+    assert project.snapshot() == before, "a file under data/ was written or modified"
+    return text
+
+
+def test_cli_refuses_every_invalid_value_and_typo_at_once(make_project):
+    """Invalid mask ratio, unknown preset / sampler / mask kind / schedule / precision, non-positive
+    steps and lr, and a misspelt name: one run, each named with its value and the allowed values."""
+    text = _refused_before_any_work(make_project(), {
+        "pretrain.mask_ratio": 1.5,
+        "model.preset": "huge",
+        "sample.sampler": "euler",
+        "pretrain.mask_kind": "stripes",
+        "diffusion.schedule": "quadratic",
+        "trainer.precision": "fp8",
+        "finetune.steps": 0,
+        "sample.steps": 0,
+        "baseline.lr": -0.001,
+        "pretrain.mask_ratoi": 0.5,
+    })
+    for expected in (
+        "pretrain.mask_ratio=1.5: must be in [0, 1)",
+        "model.preset='huge': must be one of tiny, small-64, small-128, small-256, base-256",
+        "sample.sampler='euler': must be one of ddpm, ddim, dpm++2m",
+        "pretrain.mask_kind='stripes': must be one of patch, block, crop",
+        "diffusion.schedule='quadratic': must be one of linear, cosine",
+        "trainer.precision='fp8': must be one of fp32, bf16, fp16",
+        "finetune.steps=0: must be >= 1",
+        "sample.steps=0: must be >= 1",
+        "baseline.lr=-0.001: must be > 0",
+        "--params pretrain.mask_ratoi: unknown parameter",
+    ):
+        assert expected in text, f"missing: {expected!r}\n{text[-3000:]}"
+
+
+def test_cli_refuses_settings_that_do_not_fit_together(make_project):
+    """Block size that does not divide the patch grid, a global batch that does not split over
+    trainer.nproc, and a ddpm sampler asked for fewer than T steps: refused in one go."""
+    text = _refused_before_any_work(make_project(), {
+        "pretrain.mask_kind": "block",
+        "pretrain.mask_block_size": 3,
+        "trainer.nproc": 3,
+        "sample.sampler": "ddpm",
+    })
+    for expected in (
+        "pretrain.mask_block_size=3 does not divide the 4x4 patch grid",
+        "pretrain.batch_size=16: the global batch must be divisible by trainer.nproc=3",
+        "sample.steps must be null or T=1000 for the ddpm sampler",
+    ):
+        assert expected in text, f"missing: {expected!r}\n{text[-3000:]}"
+
+
+def test_cli_refuses_a_resolution_the_patch_size_does_not_divide(make_project):
+    """preprocess.resolution=9 with 2-pixel patches: refused before preprocessing starts."""
+    text = _refused_before_any_work(make_project(), {"preprocess.resolution": 9})
+    assert "preprocess.resolution=9 is not divisible by the patch size 2 (from model.patch_size)" in text
+
+
+# ----------------------------------------------------------------------------- one fault at a time
+@pytest.fixture(scope="module")
+def smoke_params() -> dict[str, Any]:
+    return load_params(PROJECT_ROOT, "smoke")
+
+
+def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(params)
+    for dotted, value in changes.items():
+        *path, key = dotted.split(".")
+        node = out
+        for part in path:
+            node = node[part]
+        node[key] = value
+    return out
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"pretrain.mask_ratio": 1.0}, "pretrain.mask_ratio=1.0: must be in [0, 1)"),
+    ({"pretrain.mask_ratio": -0.1}, "pretrain.mask_ratio=-0.1: must be in [0, 1)"),
+    ({"pretrain.mask_ratio": float("nan")}, "pretrain.mask_ratio=nan: must be a number"),
+    ({"pretrain.mask_kind": "block", "pretrain.mask_block_size": 3},
+     "pretrain.mask_block_size=3 does not divide the 4x4 patch grid"),
+    ({"pretrain.mask_kind": "crop", "pretrain.mask_crop_size": 5},
+     "pretrain.mask_crop_size=5 is larger than the 4x4 patch grid"),
+    ({"pretrain.mask_kind": "crop", "pretrain.mask_crop_size": None},
+     "pretrain.mask_crop_size is required for pretrain.mask_kind='crop'"),
+    ({"preprocess.resolution": 10, "model.patch_size": 4},
+     "preprocess.resolution=10 is not divisible by the patch size 4"),
+    ({"preprocess.resolution": 18, "model.patch_size": None},
+     "preprocess.resolution=18 is not divisible by the patch size 4 (from model.preset='tiny')"),
+    ({"model.preset": "giant"}, "model.preset='giant': must be one of"),
+    ({"sample.sampler": "euler"}, "sample.sampler='euler': must be one of ddpm, ddim, dpm++2m"),
+    ({"sample.sampler": "ddim", "sample.steps": 1001}, "sample.steps must be an integer in [1, 1000]"),
+    ({"sample.sampler": "ddim", "sample.steps": None}, "sample.steps must be an integer in [1, 1000]; got None"),
+    ({"sample.eta": 1.5}, "sample.eta must lie in [0, 1]"),
+    ({"pretrain.mask_kind": "random"}, "pretrain.mask_kind='random': must be one of patch, block, crop"),
+    ({"diffusion.schedule": "sigmoid"}, "diffusion.schedule='sigmoid': must be one of linear, cosine"),
+    ({"diffusion.prediction": "score"}, "diffusion.prediction='score': must be one of eps, x0, v"),
+    ({"trainer.precision": "int8"}, "trainer.precision='int8': must be one of fp32, bf16, fp16"),
+    ({"trainer.nproc": 5}, "finetune.batch_size=16: the global batch must be divisible by trainer.nproc=5"),
+    ({"pretrain.steps": 0}, "pretrain.steps=0: must be >= 1"),
+    ({"baseline.steps": -3}, "baseline.steps=-3: must be >= 1"),
+    ({"finetune.lr": 0}, "finetune.lr=0: must be > 0"),
+    ({"pretrain.lr": float("inf")}, "pretrain.lr=inf: must be a finite number"),
+    ({"pretrain.batch_size": 2.5}, "pretrain.batch_size=2.5: must be an integer"),
+    ({"pretrain.resume": "yes"}, "pretrain.resume='yes': must be true or false"),
+    ({"pretrain.betas": [0.9, 1.5]}, "pretrain.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
+    ({"finetune.init_from": "best"}, "finetune.init_from='best': must be one of raw, ema"),
+    ({"pretrain.mask_ratoi": 0.5}, "pretrain.mask_ratoi: unknown parameter"),
+    ({"sampel": {"steps": 3}}, "sampel.steps: unknown parameter"),
+])
+def test_each_fault_alone_is_named(smoke_params, changes, expected):
+    """Each invalid value or name, on its own in an otherwise valid config, is refused by name."""
+    with pytest.raises(ParameterError) as info:
+        validate_parameters(_with(smoke_params, changes))
+    assert expected in str(info.value)
+    assert isinstance(info.value, ValueError), "Python callers catch ParameterError as a ValueError"
+
+
+@pytest.mark.parametrize("changes", [
+    {"sample.sampler": "ddpm", "sample.steps": None},  # what the ddpm refusal tells the user to set
+    {"sample.sampler": "ddpm", "sample.steps": 1000},
+    {"pretrain.mask_kind": "crop", "pretrain.mask_crop_size": 2},
+    {"pretrain.mask_kind": "block", "pretrain.mask_block_size": 2, "pretrain.mask_ratio": 0.5},
+    {"trainer.device": "cuda", "trainer.nproc": 2},  # a GPU config still validates on a CPU machine
+])
+def test_valid_combinations_are_accepted(smoke_params, changes):
+    """The cross-checks refuse only what cannot work: these settings pass."""
+    validate_parameters(_with(smoke_params, changes))
+
+
+def test_runtime_typo_is_named_as_a_command_line_parameter(smoke_params):
+    """A typo given with --params is reported as such, so the user knows where to look."""
+    with pytest.raises(ParameterError, match=r"--params finetune\.setps: unknown parameter"):
+        validate_parameters(smoke_params, runtime_params={"finetune": {"setps": 10}})
+
+
+@pytest.mark.parametrize("env_name", sorted(
+    p.name for p in (PROJECT_ROOT / "conf").iterdir() if p.is_dir() and p.name != "local"))
+def test_every_shipped_environment_is_accepted(env_name):
+    """The cross-checks never refuse a configuration the project ships (GPU ones included: whether
+    a GPU is present is the training node's business, not the validator's)."""
+    validate_parameters(load_params(PROJECT_ROOT, env_name))
+
+
+def test_validation_is_fast_and_builds_no_model(smoke_params, monkeypatch):
+    """Validation runs before every `kedro run`; it must not build a torch model."""
+    import time
+
+    import maskdm_pipeline.models.presets as presets
+
+    def no_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("validation built a model")
+
+    monkeypatch.setattr(presets, "build_uvit", no_model)
+    validate_parameters(smoke_params)  # imports warm
+    start = time.perf_counter()
+    for _ in range(20):
+        validate_parameters(smoke_params)
+    assert (time.perf_counter() - start) / 20 < 0.05
+
+
+# ----------------------------------------------------------------------------- node level
+def test_finetune_refuses_a_checkpoint_of_another_resolution_or_preset(tiny_state, tmp_path):
+    """A pre-trained checkpoint made at 8x8 with preset tiny is refused by the finetune node, before
+    any training, when the run asks for 16x16 or for another preset; the message names both."""
+    from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
+    from maskdm_pipeline.pipelines.finetune.nodes import finetune
+
+    smoke = load_params(PROJECT_ROOT, "smoke")
+    model = {"preset": "tiny", **{k: TINY_MODEL[k] for k in ("patch_size", "embed_dim", "depth", "num_heads")}}
+    slot = CheckpointSlot(tmp_path / "finetuned.resume.pt")
+    cases = [
+        ({"images": torch.zeros(4, 1, 16, 16, dtype=torch.uint8).numpy()}, model, "'img_size': 16"),
+        ({"images": torch.zeros(4, 1, 8, 8, dtype=torch.uint8).numpy()}, {**model, "preset": "small-64"},
+         "'preset': 'small-64'"),
+    ]
+    for primary, model_params, asked in cases:
+        inputs = {"primary_train": primary, "pretrained": tiny_state, "params": smoke["finetune"],
+                  "model": model_params, "diffusion": smoke["diffusion"], "trainer": smoke["trainer"],
+                  "slot": slot}
+        # Inputs the node may gain later (e.g. the quality probe's) are never reached.
+        extra = {k: None for k in inspect.signature(finetune).parameters if k not in inputs}
+        with pytest.raises(ValueError) as info:
+            finetune(**inputs, **extra)
+        message = str(info.value)
+        assert "pretrained.pt" in message and "'img_size': 8" in message and asked in message
+        assert "'preset': 'tiny'" in message
+        assert not Path(slot.path).exists(), "training started although the weights do not fit"
