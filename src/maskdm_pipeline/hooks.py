@@ -1,23 +1,23 @@
-"""Project hooks: refuse bad parameters before any node runs; send results to MLflow.
+"""Project hooks: refuse bad parameters before any node runs; track every run in MLflow.
 
-kedro-mlflow (configured in ``conf/base/mlflow.yml``) opens one MLflow run per ``kedro run``
-and logs the flattened parameters. :class:`MlflowResultsHook` adds what kedro-mlflow cannot
-know: loss and throughput histories as metric series, time accounting, the quality metrics,
-and the reports and sample grids as artifacts. Tracking is best-effort by design: if the
-MLflow store is locked or unreachable, it warns and the pipeline goes on, so an overnight
-training run is never lost to a logging failure.
+Tracking is best-effort by design: if the MLflow store is locked, unreachable or misconfigured,
+the hook warns once, stops talking to MLflow for the rest of the run and the pipeline goes on,
+so an overnight training run is never lost to a logging failure. That is why the project logs
+through this hook (configured by ``conf/*/mlflow.yml``) rather than the kedro-mlflow plugin,
+whose hooks stop the whole run when the store cannot be reached.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
 from maskdm_pipeline import tracking
-from maskdm_pipeline.validation import validate_parameters
+from maskdm_pipeline.validation import flatten, validate_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class ValidateParametersHook:
     """Checks the merged parameters (conf + ``--params``) against the schema in
     :mod:`maskdm_pipeline.validation` and stops the run with a message naming the parameter."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         params = catalog.load("parameters")
         runtime = run_params.get("runtime_params") or {}
@@ -36,43 +36,105 @@ class ValidateParametersHook:
 # Saved outputs whose files are worth keeping with the run.
 _ARTIFACT_SUFFIXES = ("_history", "_accounting", "sample_grid", "metrics", "dataset_card", "report_markdown",
                       "report_curves", "report_samples")
+_MLFLOW_PARAM_LIMIT = 6000  # characters MLflow stores per parameter value
 
 
-class MlflowResultsHook:
-    """Logs metric series and artifacts to the active MLflow run, never failing the pipeline."""
+class MlflowTrackingHook:
+    """One MLflow run per ``kedro run``: flattened parameters, metric histories, time accounting,
+    quality metrics and report files; every MLflow failure is a warning, never an error."""
 
     def __init__(self) -> None:
         self._catalog: Any = None
-        self._warned = False
+        self._config: dict[str, Any] = {}
+        self._project_path = Path.cwd()
+        self._active = False
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._project_path = Path(context.project_path)
+        try:
+            self._config = dict(context.config_loader["mlflow"])
+        except Exception:  # noqa: BLE001 - no mlflow.yml in this environment: track with defaults
+            self._config = {}
 
     @hook_impl
     def after_catalog_created(self, catalog: Any) -> None:
         self._catalog = catalog
 
+    def _tracking_uri(self) -> str:
+        """``sqlite:///mlflow.db`` is relative to the project root, wherever Kedro is started from
+        (a notebook in notebooks/ must not create a second store there)."""
+        uri = (self._config.get("server") or {}).get("mlflow_tracking_uri") or "sqlite:///mlflow.db"
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            uri = prefix + str(self._project_path / uri[len(prefix):])
+        return uri
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        tracking_cfg = self._config.get("tracking") or {}
+        names = run_params.get("pipeline_names") or ["__default__"]
+        if set(names) & set((tracking_cfg.get("disable_tracking") or {}).get("pipelines") or []):
+            return
+        # Fail fast instead of retrying for minutes when a tracking server is down.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self._active = True
+        self._safely(self._start, names, run_params, catalog)
+
+    def _start(self, mlflow: Any, names: list[str], run_params: dict[str, Any], catalog: Any) -> None:
+        mlflow.set_tracking_uri(self._tracking_uri())
+        experiment = ((self._config.get("tracking") or {}).get("experiment") or {}).get("name") or "maskdm_pipeline"
+        mlflow.set_experiment(experiment)
+        mlflow.start_run(run_name=",".join(names), tags={
+            "kedro.env": str(run_params.get("env") or "local"),
+            "kedro.pipelines": ",".join(names),
+            "kedro.session_id": str(run_params.get("session_id") or run_params.get("run_id") or ""),
+        })
+        params = {k: str(v)[:_MLFLOW_PARAM_LIMIT] for k, v in flatten(catalog.load("parameters")).items()}
+        items = sorted(params.items())
+        for start in range(0, len(items), 100):
+            mlflow.log_params(dict(items[start : start + 100]))
+        logger.info("MLflow run %s in %s", mlflow.active_run().info.run_id, self._tracking_uri())
+
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        self._safely(self._log, dataset_name, data)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._safely(lambda mlflow: mlflow.end_run("FINISHED"))
+        self._active = False
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._safely(lambda mlflow: mlflow.end_run("FAILED"))
+        self._active = False
+
+    def _safely(self, action: Any, *args: Any) -> None:
+        if not self._active:
+            return
         try:
             import mlflow
 
-            if mlflow.active_run() is None:
-                return
-            self._log(mlflow, dataset_name, data)
+            action(mlflow, *args)
         except Exception as exc:  # noqa: BLE001 - tracking must never cost the user their results
-            if not self._warned:
-                logger.warning("MLflow logging failed (%s: %s); the pipeline goes on and every output "
-                               "is still written under data/.", type(exc).__name__, exc)
-                self._warned = True
+            self._active = False
+            logger.warning("MLflow logging failed (%s: %s); MLflow tracking is off for the rest of this run. "
+                           "The pipeline goes on and every output is still written under data/.",
+                           type(exc).__name__, exc)
 
     def _log(self, mlflow: Any, name: str, data: Any) -> None:
         from mlflow.entities import Metric
 
+        if mlflow.active_run() is None:
+            return
         stage = name.split("_")[0]
         if name.endswith("_history"):
             rows = tracking.history_metrics(stage, data)
             client, run_id = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id
             for start in range(0, len(rows), 1000):
-                batch = [Metric(k, v, 0, s) for k, v, s in rows[start : start + 1000]]
-                client.log_batch(run_id, metrics=batch)
+                client.log_batch(run_id, metrics=[Metric(k, v, 0, s) for k, v, s in rows[start : start + 1000]])
         elif name.endswith("_accounting"):
             mlflow.log_metrics(tracking.accounting_metrics(stage, data))
         elif name == "metrics":
@@ -85,6 +147,5 @@ class MlflowResultsHook:
     def _filepath(self, name: str) -> Path | None:
         if self._catalog is None:
             return None
-        dataset = self._catalog.get(name)
-        filepath = getattr(dataset, "_filepath", None)
+        filepath = getattr(self._catalog.get(name), "_filepath", None)
         return Path(str(filepath)) if filepath is not None else None

@@ -4,15 +4,18 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from maskdm_pipeline.hooks import MlflowResultsHook, ValidateParametersHook
+from maskdm_pipeline.hooks import MlflowTrackingHook, ValidateParametersHook
 
-# Third-party deprecation chatter that users can do nothing about (kedro-mlflow 2.0 on Kedro 1.7).
-warnings.filterwarnings("ignore", message=r".*register_new_resolver\(\) is deprecated.*")
+# Third-party chatter that users can do nothing about (MLflow's pyfunc module on import).
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
-# Parameter validation runs before any node: an unknown or invalid value is refused up front,
-# naming the parameter, instead of failing an hour into training.
-HOOKS = (ValidateParametersHook(), MlflowResultsHook())
+# Parameter validation runs before any node (and before an MLflow run is opened): an unknown or
+# invalid value is refused up front, naming the parameter, instead of failing an hour in.
+HOOKS = (ValidateParametersHook(), MlflowTrackingHook())
+
+# kedro-mlflow's hooks stop a run when the store is locked or unreachable, so the project logs
+# through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")  # if a user installs it anyway
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -20,4 +23,5 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # An environment (smoke, celeba64, ...) overrides single keys, not whole top-level blocks.
     "merge_strategy": {"parameters": "soft"},
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
 }

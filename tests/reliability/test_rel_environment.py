@@ -76,13 +76,14 @@ def test_mlflow_failure_during_the_run_only_warns(caplog, monkeypatch):
     it warns once and lets the pipeline go on; it never raises."""
     import mlflow
 
-    from maskdm_pipeline.hooks import MlflowResultsHook
+    from maskdm_pipeline.hooks import MlflowTrackingHook
 
     def locked(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("(sqlite3.OperationalError) database is locked")
 
     monkeypatch.setattr(mlflow, "active_run", locked)
-    hook = MlflowResultsHook()
+    hook = MlflowTrackingHook()
+    hook._active = True
     history = pd.DataFrame({"step": [10, 20], "loss": [0.5, 0.4]})
     with caplog.at_level(logging.WARNING):
         hook.after_dataset_saved(dataset_name="pretrain_history", data=history, node=None)
@@ -92,25 +93,17 @@ def test_mlflow_failure_during_the_run_only_warns(caplog, monkeypatch):
 
 
 @pytest.mark.slow
-def test_unreachable_mlflow_store_loses_nothing(make_project):
-    """The tracking URI points below a regular file (a path that cannot be created). kedro-mlflow
-    fails while the session starts, before any node: the exit status is non-zero, no node ran and
-    every file under data/ (primary data and an earlier model) is untouched. The message should
-    name MLflow; it only names the path today (xfail below, see docs/reliability.md)."""
+def test_unreachable_mlflow_store_only_warns(make_project):
+    """The tracking URI points below a regular file (a store that cannot be created): the run
+    warns once that MLflow tracking is off, trains anyway and writes every output."""
     project = make_project()
-    (project.data / "06_models" / "pretrained.pt").write_bytes(b"an earlier model")
     (project.root / "blocker").write_text("a file where a folder would have to be")
     uri = f"sqlite:///{project.root / 'blocker' / 'mlflow.db'}"
     (project.root / "conf" / "smoke" / "mlflow.yml").write_text(f"server:\n  mlflow_tracking_uri: {uri}\n")
-    before = project.snapshot()
 
     code, output = project.run("--pipelines", "pretrain")
     text = squash(output)
-    assert code != 0
-    assert "Running node" not in text
-    assert project.snapshot() == before
-    assert str(project.root / "blocker") in text
-    # What follows the last traceback box, without the path (tmp_path holds this test's name).
-    final_words = squash(output.rsplit("╯", 1)[-1]).replace(str(project.root), "<project>")
-    if "mlflow" not in final_words.lower():
-        pytest.xfail("kedro-mlflow's error does not say it is about MLflow: " + final_words.strip()[-200:])
+    assert code == 0, text[-2000:]
+    assert "MLflow logging failed" in text and "tracking is off" in text
+    assert text.count("MLflow logging failed") == 1
+    assert (project.data / "06_models" / "pretrained.pt").is_file()
