@@ -1,0 +1,1 @@
+"""Experiments that measure the paper's claims with this pipeline (see README "Results")."""

@@ -1,0 +1,192 @@
+"""Does masked pre-training pay off, and by how much compute? Several seeds, several token counts.
+
+Each run is a real ``kedro run`` of the whole DAG in its own throw-away project copy, with the
+scale's parameters and the seed given through ``--params``, exactly as a user would. The
+per-seed comparison reuses the report's own logic (:mod:`maskdm_pipeline.reporting`): MaskDM's
+quality curve starts after its pre-training cost, the baseline's at zero.
+
+    python -m experiments.claim --scales 16 256 --seeds 0 1 2 --jobs 2
+
+Compute is measured two ways: images processed (independent of machine load) and training wall
+time (evaluation excluded; sensitive to load, so runs in parallel share the cores evenly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from maskdm_pipeline import reporting
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models",
+          "07_model_output", "08_reporting")
+
+# Token count -> parameters on top of conf/base. 16 tokens: the quick start itself.
+# 256 tokens: 32x32 digits at patch 2, 90% masks of 2x2-patch blocks; shorter budgets because an
+# unmasked step costs ~10x more than at 16 tokens on a CPU.
+SCALES: dict[str, dict[str, Any]] = {
+    "16": {},
+    "256": {
+        "preprocess.resolution": 32,
+        "model.patch_size": 2,
+        "pretrain.mask_kind": "block",
+        "pretrain.mask_ratio": 0.9,
+        "pretrain.mask_block_size": 2,
+        "pretrain.steps": 1000,
+        "pretrain.batch_size": 32,
+        "finetune.steps": 500,
+        "finetune.batch_size": 32,
+        "finetune.eval_every": 125,
+        "finetune.eval_num_samples": 128,
+        "baseline.steps": 500,
+        "baseline.batch_size": 32,
+        "baseline.eval_every": 125,
+        "baseline.eval_num_samples": 128,
+        "pretrain.checkpoint_every": 500,
+        "finetune.checkpoint_every": 500,
+        "baseline.checkpoint_every": 500,
+    },
+}
+
+
+def _params(scale: str, seed: int, extra: dict[str, Any]) -> str:
+    values = {**SCALES[scale], **extra}
+    for stage, offset in (("pretrain", 0), ("finetune", 1), ("baseline", 1)):
+        values[f"{stage}.seed"] = 100 * seed + offset  # finetune and baseline share data order and noise
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def run_one(scale: str, seed: int, workdir: Path, extra: dict[str, Any], threads: int,
+            env_name: str | None = None) -> dict[str, Any]:
+    """One full ``kedro run`` in a fresh project copy; returns its metrics and accounting."""
+    root = workdir / f"tokens{scale}-seed{seed}"
+    if (root / "data/08_reporting/metrics.json").is_file():
+        return collect(root, scale, seed)  # finished before: reuse (the runs are deterministic)
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf/local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(ROOT / name, root / name)
+    (root / "src").mkdir()
+    for layer in LAYERS:
+        (root / "data" / layer).mkdir(parents=True)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    kedro = Path(sys.executable).with_name("kedro")
+    start = time.perf_counter()
+    with open(root / "run.log", "w") as log:
+        command = [str(kedro), "run", "--params", _params(scale, seed, extra)]
+        if env_name:
+            command += ["--env", env_name]
+        subprocess.run(command, cwd=root, env=env,
+                       stdout=log, stderr=subprocess.STDOUT, check=True)
+    result = collect(root, scale, seed)
+    result["run_wall_s"] = time.perf_counter() - start
+    return result
+
+
+def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
+    report = root / "data/08_reporting"
+    metrics = json.loads((report / "metrics.json").read_text())
+    acc = {s: json.loads((report / f"{s}_accounting.json").read_text()) for s in ("pretrain", "finetune", "baseline")}
+    costs = {s: reporting.stage_cost(acc[s]) for s in acc}
+    fine_pts, n = reporting.eval_points(acc["finetune"], None)
+    base_pts, _ = reporting.eval_points(acc["baseline"], None)
+    maskdm = reporting.quality_curve("MaskDM", fine_pts, n, offset=costs["pretrain"])
+    baseline = reporting.quality_curve("baseline", base_pts, n)
+    target = float(baseline.points["fd_clf"].iloc[-1])
+    reach = reporting.cost_to_reach(maskdm, target)
+    budget_images = min(maskdm.points["images"].iloc[-1], baseline.points["images"].iloc[-1])
+    at = {name: _latest(curve.points, "images", budget_images) for name, curve in
+          (("maskdm", maskdm), ("baseline", baseline))}
+    base_images, base_wall = float(baseline.points["images"].iloc[-1]), float(baseline.points["wall_s"].iloc[-1])
+    return {
+        "scale_tokens": int(scale),
+        "seed": seed,
+        "fd_clf_n": n,
+        "real_floor": metrics["real_floor"]["fd_clf"],
+        "final": {"maskdm": metrics["maskdm"]["fd_clf"], "baseline": metrics["baseline"]["fd_clf"]},
+        "cost": {s: vars(c) for s, c in costs.items() if c is not None},
+        "baseline_target": target,
+        "maskdm_reach": reach,
+        "speedup_images": base_images / reach["images"] if reach else None,
+        "speedup_wall": base_wall / reach["wall_s"] if reach else None,
+        "equal_images_budget": float(budget_images),
+        "at_equal_images": at,
+        "curves": {"maskdm": maskdm.points.to_dict("list"), "baseline": baseline.points.to_dict("list")},
+    }
+
+
+def _latest(points: pd.DataFrame, axis: str, budget: float) -> float | None:
+    within = points[points[axis] <= budget + 1e-9]
+    return None if within.empty else float(within["fd_clf"].iloc[-1])
+
+
+def _spread(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    if not got:
+        return "not reached"
+    text = f"{statistics.mean(got):.2f}"
+    if len(got) > 1:
+        text += f" ± {statistics.stdev(got):.2f}"
+    missing = len(values) - len(got)
+    return text + (f" ({missing} of {len(values)} seeds never reached it)" if missing else "")
+
+
+def summarise(results: list[dict[str, Any]]) -> str:
+    """Markdown: per scale, mean ± std over seeds of the quantities the claim is about."""
+    lines = ["| tokens | seeds | fd_clf MaskDM (final) | fd_clf baseline (final) | real floor | "
+             "speed-up to baseline's final quality (images) | (wall time) | at equal images: MaskDM | baseline |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for scale in sorted({r["scale_tokens"] for r in results}):
+        rows = [r for r in results if r["scale_tokens"] == scale]
+        lines.append("| " + " | ".join([
+            str(scale), str(len(rows)),
+            _spread([r["final"]["maskdm"] for r in rows]), _spread([r["final"]["baseline"] for r in rows]),
+            _spread([r["real_floor"] for r in rows]),
+            _spread([r["speedup_images"] for r in rows]), _spread([r["speedup_wall"] for r in rows]),
+            _spread([r["at_equal_images"]["maskdm"] for r in rows]),
+            _spread([r["at_equal_images"]["baseline"] for r in rows]),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scales", nargs="+", default=["16", "256"], choices=sorted(SCALES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each gets --threads)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/maskdm-experiments"))
+    parser.add_argument("--params", default="", help="extra a.b=v,... for every run (e.g. a mask ratio sweep)")
+    parser.add_argument("--env", default=None, help="a Kedro environment (smoke: check the script quickly)")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/claim.json")
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.params.split(",") if item)
+    jobs = [(scale, seed) for scale in args.scales for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: run_one(*job, args.workdir, extra, args.threads, args.env), jobs))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table = summarise(results)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "jobs": args.jobs, "threads_per_job": args.threads}
+    args.out.write_text(json.dumps({"machine": machine, "extra_params": extra, "results": results,
+                                    "table": table}, indent=2))
+    print(table)  # noqa: T201 - a command-line tool's output
+
+
+if __name__ == "__main__":
+    main()
