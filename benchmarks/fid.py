@@ -45,17 +45,7 @@ from maskdm_pipeline.metrics import (
     stats,
 )
 from maskdm_pipeline.metrics.inception import InceptionWeightsUnavailable, hub_weights_path
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from maskdm_pipeline.training.runtime import cpu_name
 
 
 def machine_info() -> dict[str, Any]:

@@ -35,19 +35,9 @@ import torch.nn.functional as F
 from maskdm_pipeline.masking import MASK_KINDS, mask_count, sample_masks
 from maskdm_pipeline.models import UViT, build_uvit, count_parameters
 from maskdm_pipeline.models.patching import keep_visible, patchify
+from maskdm_pipeline.training.runtime import cpu_name
 
 T = 1000
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -173,6 +173,20 @@ def device_description(device: torch.device) -> str:
     return device.type
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows: for the record
+    kept beside every timing (accounting, benchmarks)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work so that wall-clock readings mean what they say."""
     if device.type == "cuda":
