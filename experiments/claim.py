@@ -69,12 +69,8 @@ def _params(scale: str, seed: int, extra: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items())
 
 
-def run_one(scale: str, seed: int, workdir: Path, extra: dict[str, Any], threads: int,
-            env_name: str | None = None) -> dict[str, Any]:
-    """One full ``kedro run`` in a fresh project copy; returns its metrics and accounting."""
-    root = workdir / f"tokens{scale}-seed{seed}"
-    if (root / "data/08_reporting/metrics.json").is_file():
-        return collect(root, scale, seed)  # finished before: reuse (the runs are deterministic)
+def new_project(root: Path) -> Path:
+    """A fresh copy of the project (conf, pyproject, empty src: the package is installed)."""
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf/local").mkdir()
@@ -83,16 +79,28 @@ def run_one(scale: str, seed: int, workdir: Path, extra: dict[str, Any], threads
     (root / "src").mkdir()
     for layer in LAYERS:
         (root / "data" / layer).mkdir(parents=True)
+    return root
+
+
+def kedro_run(root: Path, args: list[str], threads: int) -> None:
+    """``kedro run <args>`` in ``root``, as a user runs it; the log goes to ``root/run.log``."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     kedro = Path(sys.executable).with_name("kedro")
+    with open(root / "run.log", "a") as log:
+        subprocess.run([str(kedro), "run", *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
+
+
+def run_one(scale: str, seed: int, workdir: Path, extra: dict[str, Any], threads: int,
+            env_name: str | None = None) -> dict[str, Any]:
+    """One full ``kedro run`` in a fresh project copy; returns its metrics and accounting."""
+    root = workdir / f"tokens{scale}-seed{seed}"
+    if (root / "data/08_reporting/metrics.json").is_file():
+        return collect(root, scale, seed)  # finished before: reuse (the runs are deterministic)
     start = time.perf_counter()
-    with open(root / "run.log", "w") as log:
-        command = [str(kedro), "run", "--params", _params(scale, seed, extra)]
-        if env_name:
-            command += ["--env", env_name]
-        subprocess.run(command, cwd=root, env=env,
-                       stdout=log, stderr=subprocess.STDOUT, check=True)
+    new_project(root)
+    kedro_run(root, ["--params", _params(scale, seed, extra)] + (["--env", env_name] if env_name else []), threads)
     result = collect(root, scale, seed)
     result["run_wall_s"] = time.perf_counter() - start
     return result
