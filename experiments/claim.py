@@ -180,13 +180,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/maskdm-experiments"))
     parser.add_argument("--params", default="", help="extra a.b=v,... for every run (e.g. a mask ratio sweep)")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="run nothing: summarise the runs under --workdir that have finished")
     parser.add_argument("--env", default=None, help="a Kedro environment (smoke: check the script quickly)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/claim.json")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.params.split(",") if item)
     jobs = [(scale, seed) for scale in args.scales for seed in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run_one(*job, args.workdir, extra, args.threads, args.env), jobs))
+    if args.collect_only:
+        results = [collect(args.workdir / f"tokens{scale}-seed{seed}", scale, seed) for scale, seed in jobs
+                   if (args.workdir / f"tokens{scale}-seed{seed}/data/08_reporting/metrics.json").is_file()]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda job: run_one(*job, args.workdir, extra, args.threads, args.env), jobs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table = summarise(results)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

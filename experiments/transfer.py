@@ -80,10 +80,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/maskdm-transfer"))
+    parser.add_argument("--collect-only", action="store_true",
+                        help="run nothing: summarise the runs under --workdir that have finished")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/transfer.json")
     args = parser.parse_args(argv)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = [r for rows in pool.map(lambda s: run_seed(s, args.workdir, args.threads), args.seeds) for r in rows]
+    if args.collect_only:
+        results = [collect(args.workdir / f"seed{seed}-{name}", seed, subset) for seed in args.seeds
+                   for name, subset in (("10pct", 0.1), ("1pct", 0.01))
+                   if (args.workdir / f"seed{seed}-{name}/data/08_reporting/metrics.json").is_file()]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = [r for rows in pool.map(lambda s: run_seed(s, args.workdir, args.threads), args.seeds)
+                       for r in rows]
     table = summarise(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "table": table}, indent=2))
