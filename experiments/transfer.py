@@ -34,8 +34,9 @@ def run_seed(seed: int, workdir: Path, threads: int) -> list[dict[str, Any]]:
         kedro_run(ten, ["--env", "transfer", "--params", f"{_seeds(seed)},preprocess.subset=0.1"], threads)
     if not (one / "data/08_reporting/metrics.json").is_file():
         new_project(one)
-        for name in ("pretrained.pt",):
-            shutil.copy(ten / "data/06_models" / name, one / "data/06_models" / name)
+        for rel in ("06_models/pretrained.pt", "08_reporting/pretrain_accounting.json",
+                    "08_reporting/pretrain_history.csv"):
+            shutil.copy(ten / "data" / rel, one / "data" / rel)  # the pre-training and what it cost
         kedro_run(one, ["--env", "transfer", "--pipelines", LATER_STAGES, "--params",
                         f"{_seeds(seed)},preprocess.subset=0.01"], threads)
     return [collect(ten, seed, 0.1), collect(one, seed, 0.01)]
