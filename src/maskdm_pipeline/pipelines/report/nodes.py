@@ -37,16 +37,15 @@ def quality_curves(
     return maskdm, reporting.quality_curve("baseline", points, n)
 
 
-def build_report(
+def _costs_and_curves(
     metrics: Mapping[str, Any],
     pretrain_accounting: Mapping[str, Any],
     finetune_accounting: Mapping[str, Any],
     baseline_accounting: Mapping[str, Any],
     finetune_history: pd.DataFrame,
     baseline_history: pd.DataFrame,
-    dataset_card: Mapping[str, Any],
-) -> str:
-    """The Markdown report (data/08_reporting/report.md)."""
+) -> tuple[Any, Any, Any]:
+    """Per-stage costs and both quality curves, shared by the report and its figure."""
     costs = stage_costs(
         metrics,
         {
@@ -57,6 +56,23 @@ def build_report(
     )
     maskdm, baseline = quality_curves(
         costs, finetune_accounting, baseline_accounting, finetune_history, baseline_history
+    )
+    return costs, maskdm, baseline
+
+
+def build_report(
+    metrics: Mapping[str, Any],
+    pretrain_accounting: Mapping[str, Any],
+    finetune_accounting: Mapping[str, Any],
+    baseline_accounting: Mapping[str, Any],
+    finetune_history: pd.DataFrame,
+    baseline_history: pd.DataFrame,
+    dataset_card: Mapping[str, Any],
+) -> str:
+    """The Markdown report (data/08_reporting/report.md)."""
+    costs, maskdm, baseline = _costs_and_curves(
+        metrics, pretrain_accounting, finetune_accounting, baseline_accounting,
+        finetune_history, baseline_history,
     )
     return reporting.build_markdown(metrics, costs, maskdm, baseline, dataset_card)
 
@@ -70,16 +86,9 @@ def plot_quality_vs_compute(
     baseline_history: pd.DataFrame,
 ) -> Figure:
     """fd_clf vs steps and vs wall time, with the final evaluation as stars at each total cost."""
-    costs = stage_costs(
-        metrics,
-        {
-            "pretrain": pretrain_accounting,
-            "finetune": finetune_accounting,
-            "baseline": baseline_accounting,
-        },
-    )
-    maskdm, baseline = quality_curves(
-        costs, finetune_accounting, baseline_accounting, finetune_history, baseline_history
+    costs, maskdm, baseline = _costs_and_curves(
+        metrics, pretrain_accounting, finetune_accounting, baseline_accounting,
+        finetune_history, baseline_history,
     )
     totals = {
         "maskdm": (costs["pretrain"] + costs["finetune"])
