@@ -12,6 +12,18 @@ from kedro_project import PROJECT_ROOT, kedro, make_project
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for modules of tiny tensors: more threads only add contention on a
+    shared 2-core machine (measured 10-20x slower with 2 threads under load)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT

@@ -27,14 +27,7 @@ from maskdm_pipeline.models.patching import keep_visible, patchify
 T = 1000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are tiny: intra-op threads only add contention on a shared 2-core machine
-    # (measured 10-20x slower with 2 threads under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ConvStandIn(nn.Module):
