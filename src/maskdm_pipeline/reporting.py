@@ -56,7 +56,7 @@ class Curve:
     """fd_clf measured during training on the full cost axis (MaskDM's after pre-training)."""
 
     label: str
-    points: pd.DataFrame  # columns: step, wall_s, images, fd_clf (sorted, no NaN)
+    points: pd.DataFrame  # columns: step, wall_s, images, tokens (NaN if unknown), fd_clf; sorted
     n: int | None  # sample count of the periodic evaluations
     offset: StageCost = ZERO_COST  # cost already spent when this curve's step 0 began
 
@@ -78,10 +78,13 @@ def stage_cost(accounting: Mapping[str, Any] | None,
 
 def eval_points(accounting: Mapping[str, Any] | None,
                 history: pd.DataFrame | None) -> tuple[pd.DataFrame, int | None]:
-    """A stage's periodic fd_clf evaluations (step, elapsed_s, images_seen, fd_clf), and their N.
+    """A stage's periodic fd_clf evaluations (step, elapsed_s, images_seen, tokens_seen, fd_clf),
+    and their N.
 
     The accounting's ``evals`` list is the primary source; the history table's fd_clf column is
     the fallback (its eval rows may lack elapsed_s, which is then interpolated from the log rows).
+    tokens_seen is images_seen times the stage's tokens per image (visible tokens when masked,
+    from the accounting's totals): the compute axis on which masking's saving shows.
     """
     cols = ["step", "elapsed_s", "images_seen", "fd_clf"]
     evals = pd.DataFrame(list((accounting or {}).get("evals") or []))
@@ -100,6 +103,9 @@ def eval_points(accounting: Mapping[str, Any] | None,
     n = next((int(source[k].dropna().iloc[-1]) for k in _N_KEYS
               if k in source and source[k].notna().any()), None)
     points = source.reindex(columns=cols).apply(pd.to_numeric, errors="coerce")
+    stats = (accounting or {}).get("stats") or {}
+    images, tokens = stats.get("images_seen") or 0, stats.get("tokens_seen") or 0
+    points["tokens_seen"] = points["images_seen"] * (tokens / images if images and tokens else np.nan)
     points = points.dropna(subset=["step", "elapsed_s", "fd_clf"]).sort_values("step")
     return points.reset_index(drop=True), n
 
@@ -111,6 +117,7 @@ def quality_curve(label: str, points: pd.DataFrame, n: int | None,
         "step": points["step"] + offset.steps,
         "wall_s": points["elapsed_s"] + offset.wall_time_s,
         "images": points["images_seen"].fillna(0) + offset.images_seen,
+        "tokens": points.get("tokens_seen", pd.Series(np.nan, index=points.index)) + offset.tokens_seen,
         "fd_clf": points["fd_clf"],
     })
     return Curve(label, shifted.reset_index(drop=True), n, offset)
@@ -144,6 +151,11 @@ def _fmt(x: float | int | None, digits: int = 2) -> str:
     if isinstance(x, numbers.Integral):
         return f"{int(x):,}"
     return f"{float(x):,.{digits}f}"
+
+
+def _count(x: float | None) -> str:
+    """A count that may be unknown (NaN or None) as 1,234 or n/a."""
+    return _fmt(int(x)) if x is not None and math.isfinite(x) else "n/a"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -258,7 +270,8 @@ def reach_section(maskdm: Curve, baseline: Curve, cmp: Mapping[str, Any]) -> str
         frac = f"{reach['wall_s'] / base_s:.2f}x" if base_s > 0 else "n/a"
         lines.append(f"- MaskDM reached the baseline's last fd_clf ({_fmt(target)}) by "
                      f"**{_fmt(reach['wall_s'], 1)} s** of total training "
-                     f"({_fmt(int(reach['images']))} images, step {_fmt(int(reach['step']))}, "
+                     f"({_fmt(int(reach['images']))} images, {_count(reach.get('tokens'))} tokens, "
+                     f"step {_fmt(int(reach['step']))}, "
                      f"both counting pre-training), i.e. {frac} the baseline's "
                      f"{_fmt(base_s, 1)} s (first evaluation at or below the target: an upper bound).")
     rows = []

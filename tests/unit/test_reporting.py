@@ -87,7 +87,19 @@ def test_eval_points_without_any_evaluation_is_empty() -> None:
 def test_quality_curve_is_shifted_by_the_pretraining_cost() -> None:
     pre = StageCost(100.0, 1000, 4000, 50)
     c = curve("MaskDM", [(10, 5.0, 9.0)], offset=pre)
-    assert c.points.iloc[0].to_dict() == {"step": 60, "wall_s": 105.0, "images": 1160, "fd_clf": 9.0}
+    assert c.points.iloc[0].to_dict() == {"step": 60, "wall_s": 105.0, "images": 1160,
+                                          "tokens": 4000 + 160 * 16, "fd_clf": 9.0}
+
+
+def test_tokens_axis_counts_the_tokens_each_stage_actually_processed() -> None:
+    # A 90%-masked stage processes 2 of its 16 tokens per image; unknown token counts stay NaN.
+    acc = accounting("finetune", 1.0, 320, [(10, 1.0, 9.0)])
+    acc["stats"]["tokens_seen"] = 320 * 2
+    points, _ = reporting.eval_points(acc, None)
+    assert points["tokens_seen"].tolist() == [160 * 2]
+    del acc["stats"]["tokens_seen"]
+    points, n = reporting.eval_points(acc, None)
+    assert math.isnan(reporting.quality_curve("baseline", points, n).points["tokens"].iloc[0])
 
 
 def test_cost_to_reach_first_evaluation_at_or_below_target() -> None:
