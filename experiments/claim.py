@@ -35,8 +35,9 @@ LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_inp
           "07_model_output", "08_reporting")
 
 # Token count -> parameters on top of conf/base. 16 tokens: the quick start itself.
-# 256 tokens: 32x32 digits at patch 2, 90% masks of 2x2-patch blocks; shorter budgets because an
-# unmasked step costs ~10x more than at 16 tokens on a CPU.
+# 256 tokens: 32x32 digits at patch 2, 90% masks of 2x2-patch blocks. An unmasked step costs ~10x
+# more than at 16 tokens on a CPU, a masked one about as much, so the unmasked budgets are smaller
+# (the first budget tried, 1000 masked + 500 unmasked steps, left both models at noise).
 SCALES: dict[str, dict[str, Any]] = {
     "16": {},
     "256": {
@@ -45,15 +46,15 @@ SCALES: dict[str, dict[str, Any]] = {
         "pretrain.mask_kind": "block",
         "pretrain.mask_ratio": 0.9,
         "pretrain.mask_block_size": 2,
-        "pretrain.steps": 1000,
+        "pretrain.steps": 4000,
         "pretrain.batch_size": 32,
-        "finetune.steps": 500,
+        "finetune.steps": 1000,
         "finetune.batch_size": 32,
-        "finetune.eval_every": 125,
+        "finetune.eval_every": 250,
         "finetune.eval_num_samples": 128,
-        "baseline.steps": 500,
+        "baseline.steps": 2000,
         "baseline.batch_size": 32,
-        "baseline.eval_every": 125,
+        "baseline.eval_every": 250,
         "baseline.eval_num_samples": 128,
         "pretrain.checkpoint_every": 500,
         "finetune.checkpoint_every": 500,
@@ -82,6 +83,15 @@ def new_project(root: Path) -> Path:
     return root
 
 
+def is_started(root: Path) -> bool:
+    """A project copy that an earlier, interrupted invocation set up: resume it rather than wipe it.
+
+    Each stage resumes from its ``<stage>.resume.pt`` (bitwise equal to an uninterrupted run), and
+    ``--only-missing-outputs`` skips the stages that had finished.
+    """
+    return (root / "pyproject.toml").is_file() and (root / "conf").is_dir()
+
+
 def kedro_run(root: Path, args: list[str], threads: int) -> None:
     """``kedro run <args>`` in ``root``, as a user runs it; the log goes to ``root/run.log``."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": str(threads),
@@ -92,15 +102,52 @@ def kedro_run(root: Path, args: list[str], threads: int) -> None:
                        check=True)
 
 
+# What a MaskDM-side sweep (pre-training parameters only) must recompute; everything else in a
+# reference run's data folder (splits, classifier, baseline, its samples and scores) is reused.
+MASKDM_OUTPUTS = ("06_models/pretrained*", "06_models/finetuned*", "07_model_output/maskdm_*",
+                  "08_reporting/pretrain_*", "08_reporting/finetune_*", "08_reporting/maskdm_*",
+                  "08_reporting/metrics.json", "08_reporting/report.md", "08_reporting/*.png")
+
+
+def check_reusable(extra: dict[str, Any]) -> None:
+    """A reused baseline is only the same baseline when the sweep touches pre-training alone."""
+    others = sorted(k for k in extra if not k.startswith("pretrain."))
+    if others:
+        raise SystemExit(f"--baseline-from reuses the reference runs' splits, baseline and samples, so --params may "
+                         f"only change pretrain.*; got {', '.join(others)}. Drop --baseline-from to rerun everything.")
+
+
+def reuse_baseline(root: Path, reference: Path) -> None:
+    """Copy a finished reference run's data into ``root`` minus MaskDM's outputs."""
+    if not (reference / "data/08_reporting/metrics.json").is_file():
+        raise SystemExit(f"--baseline-from: {reference} has no finished run (data/08_reporting/metrics.json); "
+                         "run the reference configuration first, e.g. python -m experiments.claim --scales ...")
+    shutil.copytree(reference / "data", root / "data", dirs_exist_ok=True)
+    for pattern in MASKDM_OUTPUTS:
+        for path in (root / "data").glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def run_one(scale: str, seed: int, workdir: Path, extra: dict[str, Any], threads: int,
-            env_name: str | None = None) -> dict[str, Any]:
-    """One full ``kedro run`` in a fresh project copy; returns its metrics and accounting."""
+            env_name: str | None = None, baseline_from: Path | None = None) -> dict[str, Any]:
+    """One full ``kedro run`` in a fresh project copy; returns its metrics and accounting.
+
+    With ``baseline_from``, the baseline side comes from the same scale and seed there and
+    ``kedro run --only-missing-outputs`` trains, samples and scores MaskDM only.
+    """
     root = workdir / f"tokens{scale}-seed{seed}"
     if (root / "data/08_reporting/metrics.json").is_file():
         return collect(root, scale, seed)  # finished before: reuse (the runs are deterministic)
     start = time.perf_counter()
-    new_project(root)
-    kedro_run(root, ["--params", _params(scale, seed, extra)] + (["--env", env_name] if env_name else []), threads)
+    args = ["--params", _params(scale, seed, extra)] + (["--env", env_name] if env_name else [])
+    if is_started(root):
+        args.append("--only-missing-outputs")  # interrupted before: finished stages stay, the rest resumes
+    else:
+        new_project(root)
+        if baseline_from is not None:
+            reuse_baseline(root, baseline_from / root.name)
+            args.append("--only-missing-outputs")
+    kedro_run(root, args, threads)
     result = collect(root, scale, seed)
     result["run_wall_s"] = time.perf_counter() - start
     return result
@@ -117,10 +164,10 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
     baseline = reporting.quality_curve("baseline", base_pts, n)
     target = float(baseline.points["fd_clf"].iloc[-1])
     reach = reporting.cost_to_reach(maskdm, target)
-    budget_images = min(maskdm.points["images"].iloc[-1], baseline.points["images"].iloc[-1])
-    at = {name: _latest(curve.points, "images", budget_images) for name, curve in
-          (("maskdm", maskdm), ("baseline", baseline))}
-    base_images, base_wall = float(baseline.points["images"].iloc[-1]), float(baseline.points["wall_s"].iloc[-1])
+    curves = {"maskdm": maskdm.points, "baseline": baseline.points}
+    budget = {axis: float(min(c[axis].iloc[-1] for c in curves.values())) for axis in ("images", "tokens")}
+    at = {axis: {name: _latest(c, axis, budget[axis]) for name, c in curves.items()} for axis in budget}
+    end = {axis: float(baseline.points[axis].iloc[-1]) for axis in ("images", "tokens", "wall_s")}
     return {
         "scale_tokens": int(scale),
         "seed": seed,
@@ -130,10 +177,13 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
         "cost": {s: vars(c) for s, c in costs.items() if c is not None},
         "baseline_target": target,
         "maskdm_reach": reach,
-        "speedup_images": base_images / reach["images"] if reach else None,
-        "speedup_wall": base_wall / reach["wall_s"] if reach else None,
-        "equal_images_budget": float(budget_images),
-        "at_equal_images": at,
+        # Compute the baseline spent on its final quality over what MaskDM needed to reach it.
+        **{f"speedup_{axis}": end[key] / reach[key] if reach else None
+           for axis, key in (("images", "images"), ("tokens", "tokens"), ("wall", "wall_s"))},
+        "equal_images_budget": budget["images"],
+        "at_equal_images": at["images"],
+        "equal_tokens_budget": budget["tokens"],
+        "at_equal_tokens": at["tokens"],
         "curves": {"maskdm": maskdm.points.to_dict("list"), "baseline": baseline.points.to_dict("list")},
     }
 
@@ -157,17 +207,18 @@ def _spread(values: list[float | None]) -> str:
 def summarise(results: list[dict[str, Any]]) -> str:
     """Markdown: per scale, mean ± std over seeds of the quantities the claim is about."""
     lines = ["| tokens | seeds | fd_clf MaskDM (final) | fd_clf baseline (final) | real floor | "
-             "speed-up to baseline's final quality (images) | (wall time) | at equal images: MaskDM | baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "speed-up to baseline's final quality (images) | (tokens processed) | (wall time) | "
+             "at equal images: MaskDM | baseline | at equal tokens: MaskDM | baseline |",
+             "|---" * 12 + "|"]
     for scale in sorted({r["scale_tokens"] for r in results}):
         rows = [r for r in results if r["scale_tokens"] == scale]
         lines.append("| " + " | ".join([
             str(scale), str(len(rows)),
             _spread([r["final"]["maskdm"] for r in rows]), _spread([r["final"]["baseline"] for r in rows]),
             _spread([r["real_floor"] for r in rows]),
-            _spread([r["speedup_images"] for r in rows]), _spread([r["speedup_wall"] for r in rows]),
-            _spread([r["at_equal_images"]["maskdm"] for r in rows]),
-            _spread([r["at_equal_images"]["baseline"] for r in rows]),
+            *(_spread([r[f"speedup_{axis}"] for r in rows]) for axis in ("images", "tokens", "wall")),
+            *(_spread([r[f"at_equal_{axis}"][model] for r in rows])
+              for axis in ("images", "tokens") for model in ("maskdm", "baseline")),
         ]) + " |")
     return "\n".join(lines)
 
@@ -182,17 +233,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="", help="extra a.b=v,... for every run (e.g. a mask ratio sweep)")
     parser.add_argument("--collect-only", action="store_true",
                         help="run nothing: summarise the runs under --workdir that have finished")
+    parser.add_argument("--baseline-from", type=Path, default=None,
+                        help="a finished --workdir whose splits and baseline to reuse (sweeps over pretrain.* only)")
     parser.add_argument("--env", default=None, help="a Kedro environment (smoke: check the script quickly)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/claim.json")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.params.split(",") if item)
     jobs = [(scale, seed) for scale in args.scales for seed in args.seeds]
+    if args.baseline_from is not None:
+        check_reusable(extra)
     if args.collect_only:
         results = [collect(args.workdir / f"tokens{scale}-seed{seed}", scale, seed) for scale, seed in jobs
                    if (args.workdir / f"tokens{scale}-seed{seed}/data/08_reporting/metrics.json").is_file()]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(lambda job: run_one(*job, args.workdir, extra, args.threads, args.env), jobs))
+            results = list(pool.map(lambda job: run_one(*job, args.workdir, extra, args.threads, args.env,
+                                                             args.baseline_from), jobs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table = summarise(results)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from experiments.claim import ROOT, kedro_run, new_project
+from experiments.claim import ROOT, is_started, kedro_run, new_project
 
 LATER_STAGES = "preprocess,finetune,baseline,sample,evaluate,report"
 
@@ -29,16 +29,23 @@ def _seeds(seed: int) -> str:
 
 def run_seed(seed: int, workdir: Path, threads: int) -> list[dict[str, Any]]:
     ten, one = workdir / f"seed{seed}-10pct", workdir / f"seed{seed}-1pct"
+    # A copy left by an interrupted invocation is resumed, not wiped (see claim.is_started).
+    resume = ["--only-missing-outputs"]
     if not (ten / "data/08_reporting/metrics.json").is_file():
-        new_project(ten)
-        kedro_run(ten, ["--env", "transfer", "--params", f"{_seeds(seed)},preprocess.subset=0.1"], threads)
+        started = is_started(ten)
+        if not started:
+            new_project(ten)
+        kedro_run(ten, ["--env", "transfer", "--params", f"{_seeds(seed)},preprocess.subset=0.1",
+                        *(resume if started else [])], threads)
     if not (one / "data/08_reporting/metrics.json").is_file():
-        new_project(one)
-        for rel in ("06_models/pretrained.pt", "08_reporting/pretrain_accounting.json",
-                    "08_reporting/pretrain_history.csv"):
-            shutil.copy(ten / "data" / rel, one / "data" / rel)  # the pre-training and what it cost
+        started = is_started(one)
+        if not started:
+            new_project(one)
+            for rel in ("06_models/pretrained.pt", "08_reporting/pretrain_accounting.json",
+                        "08_reporting/pretrain_history.csv"):
+                shutil.copy(ten / "data" / rel, one / "data" / rel)  # the pre-training and what it cost
         kedro_run(one, ["--env", "transfer", "--pipelines", LATER_STAGES, "--params",
-                        f"{_seeds(seed)},preprocess.subset=0.01"], threads)
+                        f"{_seeds(seed)},preprocess.subset=0.01", *(resume if started else [])], threads)
     return [collect(ten, seed, 0.1), collect(one, seed, 0.01)]
 
 

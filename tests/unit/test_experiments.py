@@ -1,0 +1,100 @@
+"""The experiment scripts' bookkeeping: reusing a baseline in a sweep, resuming, and the compute axes.
+
+The experiments themselves are whole ``kedro run``s (minutes each); here their file handling and
+their arithmetic run on small hand-made run folders.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+if str(PROJECT_ROOT) not in sys.path:  # `experiments` is a folder of the project, not installed
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from experiments import claim  # noqa: E402
+
+BASELINE_SIDE = ["03_primary/train.npz", "04_feature/feature_classifier.pt", "06_models/baseline.pt",
+                 "07_model_output/baseline_samples.npz", "07_model_output/baseline_png/0.png",
+                 "08_reporting/baseline_accounting.json", "08_reporting/baseline_scores.json",
+                 "08_reporting/dataset_card.json"]
+MASKDM_SIDE = ["06_models/pretrained.pt", "06_models/finetuned.pt", "06_models/pretrained.resume.pt",
+               "07_model_output/maskdm_samples.npz", "07_model_output/maskdm_png/0.png",
+               "08_reporting/pretrain_accounting.json", "08_reporting/finetune_history.csv",
+               "08_reporting/maskdm_scores.json", "08_reporting/metrics.json", "08_reporting/report.md",
+               "08_reporting/quality_vs_compute.png"]
+
+
+def _touch(root: Path, rels: list[str]) -> None:
+    for rel in rels:
+        (root / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "data" / rel).write_text(rel)
+
+
+def test_reuse_baseline_keeps_the_baseline_side_and_drops_everything_maskdm(tmp_path: Path) -> None:
+    reference, run = tmp_path / "ref/tokens16-seed0", tmp_path / "sweep/tokens16-seed0"
+    _touch(reference, BASELINE_SIDE + MASKDM_SIDE)
+    claim.reuse_baseline(run, reference)
+    kept = sorted(str(p.relative_to(run / "data")) for p in (run / "data").rglob("*") if p.is_file())
+    assert kept == sorted(BASELINE_SIDE)
+    assert all((reference / "data" / rel).is_file() for rel in MASKDM_SIDE)  # the reference is untouched
+
+
+def test_reuse_baseline_refuses_an_unfinished_reference(tmp_path: Path) -> None:
+    _touch(tmp_path / "ref", BASELINE_SIDE)
+    with pytest.raises(SystemExit, match=r"ref has no finished run"):
+        claim.reuse_baseline(tmp_path / "run", tmp_path / "ref")
+
+
+def test_a_sweep_with_a_reused_baseline_may_only_change_pretraining() -> None:
+    claim.check_reusable({"pretrain.mask_ratio": "0.5", "pretrain.mask_kind": "block"})
+    with pytest.raises(SystemExit, match=r"finetune\.lr, model\.patch_size"):
+        claim.check_reusable({"pretrain.mask_ratio": "0.5", "model.patch_size": "2", "finetune.lr": "1e-3"})
+
+
+def test_an_interrupted_copy_is_resumed_not_wiped(tmp_path: Path) -> None:
+    assert not claim.is_started(tmp_path / "nothing")
+    root = claim.new_project(tmp_path / "run")
+    assert claim.is_started(root)
+    (root / "data/06_models/baseline.resume.pt").write_text("state")
+    assert claim.is_started(root)  # run_one then adds --only-missing-outputs instead of new_project
+
+
+def _accounting(stage: str, images: int, tokens_per_image: int, wall: float,
+                evals: list[tuple[int, float]]) -> dict[str, Any]:
+    """evals: (images_seen, fd_clf) at wall time proportional to images."""
+    return {"stage": stage,
+            "stats": {"wall_time_s": wall, "images_seen": images, "tokens_seen": images * tokens_per_image,
+                      "steps": images // 10},
+            "evals": [{"step": i // 10, "elapsed_s": wall * i / images, "images_seen": i, "fd_clf": f,
+                       "fd_clf_n": 64} for i, f in evals]}
+
+
+def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
+    # Pre-training: 1000 images at 4 of 16 tokens (4000 tokens, as much as 250 whole images).
+    report = tmp_path / "data/08_reporting"
+    report.mkdir(parents=True)
+    acc = {"pretrain": _accounting("pretrain", 1000, 4, 10.0, []),
+           "finetune": _accounting("finetune", 1000, 16, 20.0, [(500, 30.0), (1000, 18.0)]),
+           "baseline": _accounting("baseline", 1000, 16, 20.0, [(500, 40.0), (1000, 20.0)])}
+    for stage, record in acc.items():
+        (report / f"{stage}_accounting.json").write_text(json.dumps(record))
+    (report / "metrics.json").write_text(json.dumps(
+        {"maskdm": {"fd_clf": 18.0}, "baseline": {"fd_clf": 20.0}, "real_floor": {"fd_clf": 4.0}}))
+    result = claim.collect(tmp_path, "16", 0)
+    # MaskDM first reaches the baseline's final 20.0 after 1000 fine-tuning images.
+    assert result["maskdm_reach"]["images"] == 2000
+    assert result["speedup_images"] == pytest.approx(1000 / 2000)
+    assert result["speedup_tokens"] == pytest.approx(16_000 / (4000 + 16_000))
+    assert result["speedup_wall"] == pytest.approx(20.0 / 30.0)
+    # At the baseline's 16,000 tokens MaskDM has fine-tuned on 750 images: its latest evaluation is 30.0.
+    assert result["equal_tokens_budget"] == 16_000
+    assert result["at_equal_tokens"] == {"maskdm": 30.0, "baseline": 20.0}
+    assert result["at_equal_images"] == {"maskdm": None, "baseline": 20.0}  # no MaskDM evaluation by then
+    table = claim.summarise([result])
+    assert "| 16 | 1 | 18.00 | 20.00 | 4.00 | 0.50 | 0.80 | 0.67 | not reached | 20.00 | 30.00 | 20.00 |" in table
