@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from maskdm_pipeline import reporting
+from maskdm_pipeline.training.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models",
@@ -223,6 +223,45 @@ def summarise(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+AXES = (("images", "images processed"), ("tokens", "tokens processed (visible tokens when masked)"),
+        ("wall_s", "training wall time (s)"))
+
+
+def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """fd_clf against each compute axis, one row per token count, one line per seed and model.
+
+    MaskDM's curve starts where its pre-training ended (pre-training is charged to it).
+    """
+    from matplotlib.figure import Figure  # only the plot needs matplotlib
+
+    scales = sorted({r["scale_tokens"] for r in results})
+    fig = Figure(figsize=(15, 3.8 * len(scales)), layout="constrained")
+    axes = fig.subplots(len(scales), len(AXES), squeeze=False)
+    colors = {"maskdm": "tab:blue", "baseline": "tab:orange"}
+    for row, scale in zip(axes, scales, strict=True):
+        rows = [r for r in results if r["scale_tokens"] == scale]
+        for ax, (axis, label) in zip(row, AXES, strict=True):
+            for r in rows:
+                for model, color in colors.items():
+                    curve = r["curves"][model]
+                    ax.plot(curve[axis], curve["fd_clf"], "o-", ms=3, lw=1, alpha=0.8, color=color,
+                            label=f"{'MaskDM' if model == 'maskdm' else 'baseline'}" if r is rows[0] else None)
+                pre = r["cost"].get("pretrain") or {}
+                start = {"images": pre.get("images_seen"), "tokens": pre.get("tokens_seen"),
+                         "wall_s": pre.get("wall_time_s")}[axis]
+                if start:
+                    ax.axvline(start, color=colors["maskdm"], ls=":", lw=0.8)
+            ax.axhline(rows[0]["real_floor"], color="0.5", ls="--", lw=0.8, label="real-data floor")
+            ax.set_yscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"fd_clf (N={rows[0]['fd_clf_n']})")
+            ax.set_title(f"{scale} tokens, {len(rows)} seed(s)")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=8)
+    fig.suptitle(title or "fd_clf vs compute; dotted: end of MaskDM's pre-training (one per seed)")
+    fig.savefig(path, dpi=90)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scales", nargs="+", default=["16", "256"], choices=sorted(SCALES))
@@ -236,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-from", type=Path, default=None,
                         help="a finished --workdir whose splits and baseline to reuse (sweeps over pretrain.* only)")
     parser.add_argument("--env", default=None, help="a Kedro environment (smoke: check the script quickly)")
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/claim.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/claim.json",
+                        help="the JSON results; the figure goes beside it with a .png suffix")
+    parser.add_argument("--title", default="", help="the figure's title")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.params.split(",") if item)
     jobs = [(scale, seed) for scale in args.scales for seed in args.seeds]
@@ -251,10 +292,12 @@ def main(argv: list[str] | None = None) -> None:
                                                              args.baseline_from), jobs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table = summarise(results)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(),
                "jobs": args.jobs, "threads_per_job": args.threads}
     args.out.write_text(json.dumps({"machine": machine, "extra_params": extra, "results": results,
                                     "table": table}, indent=2))
+    if results:
+        plot(results, args.out.with_suffix(".png"), args.title)
     print(table)  # noqa: T201 - a command-line tool's output
 
 

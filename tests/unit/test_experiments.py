@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if str(PROJECT_ROOT) not in sys.path:  # `experiments` is a folder of the project, not installed
@@ -98,3 +99,6 @@ def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
     assert result["at_equal_images"] == {"maskdm": None, "baseline": 20.0}  # no MaskDM evaluation by then
     table = claim.summarise([result])
     assert "| 16 | 1 | 18.00 | 20.00 | 4.00 | 0.50 | 0.80 | 0.67 | not reached | 20.00 | 30.00 | 20.00 |" in table
+    claim.plot([result, {**result, "seed": 1}], tmp_path / "claim.png")
+    with Image.open(tmp_path / "claim.png") as figure:
+        assert figure.format == "PNG" and figure.width > 3 * figure.height  # one row, three axes
