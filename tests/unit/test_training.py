@@ -236,8 +236,12 @@ def test_history_stats_and_eval_time_are_accounted(images, caplog):
     assert stats["img_per_s"] == pytest.approx(16 / stats["wall_time_s"])
     assert (stats["steps"], stats["device"], stats["precision"], stats["nproc"]) == \
         (4, "cpu", "fp32", 1)
-    lines = [r.getMessage() for r in caplog.records if "step" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "loss" in r.getMessage()]
     assert len(lines) == 2 and lines[0].startswith("pretrain step 2/4 loss")
+    shown = [r.getMessage() for r in caplog.records if "evaluation" in r.getMessage()]
+    assert [m.split(" (")[0] for m in shown] == [
+        "pretrain step 2/4 evaluation: fd_clf 1.5, step_seen 2",
+        "pretrain step 4/4 evaluation: fd_clf 1.5, step_seen 4"]
 
 
 def test_fine_tuning_starts_from_the_raw_weights(images):

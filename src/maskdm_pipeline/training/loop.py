@@ -309,8 +309,14 @@ class _Run:
         self.stats["eval_time_s"] += seconds
         if result:
             # Our bookkeeping keys win over same-named keys in the eval result.
-            self.evals.append({**runtime.to_plain(dict(result)), "step": self.step,
+            plain = runtime.to_plain(dict(result))
+            self.evals.append({**plain, "step": self.step,
                                "elapsed_s": now, "images_seen": self.stats["images_seen"]})
+            # Quality while it trains, not only in the accounting written at the end.
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in plain.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool))
+            logger.info("%s step %d/%d evaluation: %s (%.1f s)", self.name, self.step,
+                        self.stage.steps, shown or "done", seconds)
         return seconds
 
     def _save(self) -> float:
