@@ -180,6 +180,20 @@ def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return _write_folder(base / "a", 12, 0, 0), _write_folder(base / "b", 12, 1, 60)
 
 
+def test_pytorch_fid_constants_match_and_pipelines_load_without_it() -> None:
+    import pytorch_fid.fid_score
+    import pytorch_fid.inception
+
+    assert inception_module.FID_WEIGHTS_URL == pytorch_fid.inception.FID_WEIGHTS_URL
+    assert inception_module.IMAGE_EXTENSIONS == set(pytorch_fid.fid_score.IMAGE_EXTENSIONS)
+    # Loading every pipeline (what each `kedro run` does) leaves pytorch-fid and torchvision unimported.
+    code = ("import importlib, pkgutil, sys, maskdm_pipeline.pipelines as p\n"
+            "for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.'): importlib.import_module(m.name)\n"
+            "print(sorted(m for m in ('pytorch_fid', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_hub_path_follows_torch_home(torch_home: Path) -> None:
     expected = torch_home / "hub" / "checkpoints" / FID_WEIGHTS_FILENAME
     assert hub_weights_path() == expected
