@@ -223,6 +223,32 @@ def summarise(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compare(files: list[Path]) -> str:
+    """Markdown: one row per results file (e.g. one per mask setting of a sweep), same baseline.
+
+    The label is the file's extra ``--params``; "visible tokens" and "pre-training img/s" come
+    from the pre-training accounting, so the row shows what each mask setting cost per image.
+    """
+    lines = ["| setting | tokens | seeds | visible tokens per pre-training image | pre-training img/s | "
+             "fd_clf MaskDM (final) | fd_clf baseline (final) | speed-up (images) | (tokens) | (wall time) | "
+             "at equal tokens: MaskDM | baseline |", "|---" * 12 + "|"]
+    for file in files:
+        record = json.loads(Path(file).read_text())
+        label = ", ".join(f"{k}={v}" for k, v in record["extra_params"].items()) or "as configured"
+        for scale in sorted({r["scale_tokens"] for r in record["results"]}):
+            rows = [r for r in record["results"] if r["scale_tokens"] == scale]
+            pre = [r["cost"]["pretrain"] for r in rows]
+            lines.append("| " + " | ".join([
+                label, str(scale), str(len(rows)),
+                _spread([p["tokens_seen"] / p["images_seen"] for p in pre]),
+                _spread([p["images_seen"] / p["wall_time_s"] for p in pre]),
+                _spread([r["final"]["maskdm"] for r in rows]), _spread([r["final"]["baseline"] for r in rows]),
+                *(_spread([r[f"speedup_{axis}"] for r in rows]) for axis in ("images", "tokens", "wall")),
+                *(_spread([r["at_equal_tokens"][model] for r in rows]) for model in ("maskdm", "baseline")),
+            ]) + " |")
+    return "\n".join(lines)
+
+
 AXES = (("images", "images processed"), ("tokens", "tokens processed (visible tokens when masked)"),
         ("wall_s", "training wall time (s)"))
 
@@ -278,7 +304,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/claim.json",
                         help="the JSON results; the figure goes beside it with a .png suffix")
     parser.add_argument("--title", default="", help="the figure's title")
+    parser.add_argument("--compare", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="run nothing: one table over earlier results files (e.g. a mask sweep)")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare))  # noqa: T201 - a command-line tool's output
+        return
     extra = dict(item.split("=", 1) for item in args.params.split(",") if item)
     jobs = [(scale, seed) for scale in args.scales for seed in args.seeds]
     if args.baseline_from is not None:

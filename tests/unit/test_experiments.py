@@ -102,3 +102,7 @@ def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
     claim.plot([result, {**result, "seed": 1}], tmp_path / "claim.png")
     with Image.open(tmp_path / "claim.png") as figure:
         assert figure.format == "PNG" and figure.width > 3 * figure.height  # one row, three axes
+    sweep = tmp_path / "r050.json"
+    sweep.write_text(json.dumps({"extra_params": {"pretrain.mask_ratio": "0.5"}, "results": [result]}))
+    row = claim.compare([sweep]).splitlines()[-1]
+    assert row.startswith("| pretrain.mask_ratio=0.5 | 16 | 1 | 4.00 | 100.00 | 18.00 | 20.00 | 0.50 | 0.80 |")
