@@ -1,9 +1,7 @@
-"""The final report: quality-vs-compute curves, Markdown tables and a reading of the numbers.
+"""The Markdown report: quality and compute tables, the reach section and a reading of the numbers.
 
-Pure (pandas, numpy, matplotlib; no Kedro). The question every run answers is "did masked
-pre-training pay off, and by how much compute?", so MaskDM is always charged for its
-pre-training: its curve starts where pre-training ended (wall time, images and steps), and
-its totals are pre-training + fine-tuning. Lower fd_clf / FID is better.
+Pure (no Kedro). MaskDM is always charged for its pre-training: its totals are pre-training +
+fine-tuning. Lower fd_clf / FID is better.
 """
 
 from __future__ import annotations
@@ -11,139 +9,23 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
+from maskdm_pipeline.reporting.curves import (
+    _N_KEYS,
+    STAGES,
+    Curve,
+    StageCost,
+    compare_curves,
+)
 
 MODELS = {"maskdm": "MaskDM (masked pre-train + fine-tune)", "baseline": "Baseline (from scratch)"}
-STAGES = ("pretrain", "finetune", "baseline")
 # Below this relative gap, a one-seed comparison without error bars is "too close to call".
 CLOSE_CALL = 0.10
 # An evaluation made before this fraction of the equal-compute budget is called coarse.
 STALE = 0.75
-_N_KEYS = ("fd_clf_n", "n_samples", "num_samples", "n")
 
 
-@dataclass(frozen=True)
-class StageCost:
-    """What a stage (or a sum of stages) cost to train; evaluation and checkpointing excluded."""
-
-    wall_time_s: float
-    images_seen: int
-    tokens_seen: int
-    steps: int
-    device: str = "?"
-
-    @property
-    def img_per_s(self) -> float:
-        return self.images_seen / self.wall_time_s if self.wall_time_s > 0 else math.nan
-
-    def __add__(self, other: StageCost) -> StageCost:
-        device = self.device if self.device == other.device else f"{self.device}+{other.device}"
-        return StageCost(self.wall_time_s + other.wall_time_s,
-                         self.images_seen + other.images_seen,
-                         self.tokens_seen + other.tokens_seen, self.steps + other.steps, device)
-
-
-ZERO_COST = StageCost(0.0, 0, 0, 0, "-")
-
-
-@dataclass(frozen=True)
-class Curve:
-    """fd_clf measured during training on the full cost axis (MaskDM's after pre-training)."""
-
-    label: str
-    points: pd.DataFrame  # columns: step, wall_s, images, tokens (NaN if unknown), fd_clf; sorted
-    n: int | None  # sample count of the periodic evaluations
-    offset: StageCost = ZERO_COST  # cost already spent when this curve's step 0 began
-
-    @property
-    def empty(self) -> bool:
-        return self.points.empty
-
-
-def stage_cost(accounting: Mapping[str, Any] | None,
-               fallback: Mapping[str, Any] | None = None) -> StageCost | None:
-    """A stage's cost from its accounting record, else ``metrics["stages"][stage]``; or None."""
-    stats = dict((accounting or {}).get("stats") or {}) or dict(fallback or {})
-    if not stats or stats.get("wall_time_s") is None:
-        return None
-    return StageCost(float(stats["wall_time_s"]), int(stats.get("images_seen") or 0),
-                     int(stats.get("tokens_seen") or 0), int(stats.get("steps") or 0),
-                     str(stats.get("device", "?")))
-
-
-def eval_points(accounting: Mapping[str, Any] | None,
-                history: pd.DataFrame | None) -> tuple[pd.DataFrame, int | None]:
-    """A stage's periodic fd_clf evaluations (step, elapsed_s, images_seen, tokens_seen, fd_clf),
-    and their N.
-
-    The accounting's ``evals`` list is the primary source; the history table's fd_clf column is
-    the fallback (its eval rows may lack elapsed_s, which is then interpolated from the log rows).
-    tokens_seen is images_seen times the stage's tokens per image (visible tokens when masked,
-    from the accounting's totals): the compute axis on which masking's saving shows.
-    """
-    cols = ["step", "elapsed_s", "images_seen", "fd_clf"]
-    evals = pd.DataFrame(list((accounting or {}).get("evals") or []))
-    source = evals if "fd_clf" in evals else None
-    if source is None and history is not None and "fd_clf" in history:
-        source = history.copy()
-        logged = history.dropna(subset=["elapsed_s"]) if "elapsed_s" in history else history[:0]
-        if "elapsed_s" not in source or source["elapsed_s"].isna().any():
-            source["elapsed_s"] = (np.interp(source["step"], logged["step"], logged["elapsed_s"])
-                                   if len(logged) else np.nan)
-        if "images_seen" not in source:
-            stage = ((accounting or {}).get("config") or {}).get("stage") or {}
-            source["images_seen"] = source["step"] * stage.get("batch_size", np.nan)
-    if source is None:
-        return pd.DataFrame(columns=cols), None
-    n = next((int(source[k].dropna().iloc[-1]) for k in _N_KEYS
-              if k in source and source[k].notna().any()), None)
-    points = source.reindex(columns=cols).apply(pd.to_numeric, errors="coerce")
-    stats = (accounting or {}).get("stats") or {}
-    images, tokens = stats.get("images_seen") or 0, stats.get("tokens_seen") or 0
-    points["tokens_seen"] = points["images_seen"] * (tokens / images if images and tokens else np.nan)
-    points = points.dropna(subset=["step", "elapsed_s", "fd_clf"]).sort_values("step")
-    return points.reset_index(drop=True), n
-
-
-def quality_curve(label: str, points: pd.DataFrame, n: int | None,
-                  offset: StageCost = ZERO_COST) -> Curve:
-    """Put a stage's evaluations on the cumulative cost axis, shifted by the cost before it."""
-    shifted = pd.DataFrame({
-        "step": points["step"] + offset.steps,
-        "wall_s": points["elapsed_s"] + offset.wall_time_s,
-        "images": points["images_seen"].fillna(0) + offset.images_seen,
-        "tokens": points.get("tokens_seen", pd.Series(np.nan, index=points.index)) + offset.tokens_seen,
-        "fd_clf": points["fd_clf"],
-    })
-    return Curve(label, shifted.reset_index(drop=True), n, offset)
-
-
-def cost_to_reach(curve: Curve, target: float) -> dict[str, float] | None:
-    """The first evaluation of ``curve`` with fd_clf <= ``target`` (None: never reached).
-
-    Reported at that evaluation, not interpolated: the crossing happened at or before it,
-    so this is an upper bound on the compute needed, at the resolution of ``eval_every``.
-    """
-    hits = curve.points[curve.points["fd_clf"] <= target]
-    if hits.empty:
-        return None
-    return {k: float(v) for k, v in hits.iloc[0].items()}
-
-
-def quality_at(curve: Curve, budget_s: float) -> dict[str, float] | None:
-    """The latest measured quality within a wall-time budget (None: no evaluation so early)."""
-    within = curve.points[curve.points["wall_s"] <= budget_s + 1e-9]
-    if within.empty:
-        return None
-    return {k: float(v) for k, v in within.iloc[-1].items()}
-
-
-# ---------------------------------------------------------------------------- Markdown
 def _fmt(x: float | int | None, digits: int = 2) -> str:
     """Integers with thousands separators, floats with ``digits`` decimals, missing as n/a."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -226,25 +108,6 @@ def compute_table(costs: Mapping[str, StageCost | None]) -> str:
                      f"{total.tokens_seen / max(base.tokens_seen, 1):.2f}x", "", "", ""])
     return md_table(["stage", "wall time (s)", "images", "tokens", "img/s", "steps", "device"],
                     rows)
-
-
-def compare_curves(maskdm: Curve, baseline: Curve,
-                   costs: Mapping[str, StageCost | None]) -> dict[str, Any]:
-    """Compute to reach the baseline's last fd_clf, and both qualities at the smaller budget."""
-    out: dict[str, Any] = {"target": None, "reach": None, "budget_s": None, "at_budget": {}}
-    if maskdm.empty or baseline.empty:
-        return out
-    out["target"] = float(baseline.points["fd_clf"].iloc[-1])
-    out["baseline_wall_s"] = float(baseline.points["wall_s"].iloc[-1])
-    out["reach"] = cost_to_reach(maskdm, out["target"])
-    pre, fine, base = (costs.get(s) for s in STAGES)
-    ends = [float(c.points["wall_s"].iloc[-1]) for c in (maskdm, baseline)]
-    if pre and fine and base:
-        ends = [(pre + fine).wall_time_s, base.wall_time_s]
-    out["budget_s"] = min(ends)
-    out["at_budget"] = {"maskdm": quality_at(maskdm, out["budget_s"]),
-                        "baseline": quality_at(baseline, out["budget_s"])}
-    return out
 
 
 def reach_section(maskdm: Curve, baseline: Curve, cmp: Mapping[str, Any]) -> str:
@@ -396,56 +259,3 @@ def build_markdown(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | N
         "## Samples", "![samples side by side](samples_side_by_side.png)",
     ]
     return "\n\n".join(sections) + "\n"
-
-
-# ---------------------------------------------------------------------------- figures
-def curves_figure(maskdm: Curve, baseline: Curve,
-                  finals: Mapping[str, tuple[float, float | None, int | None]] | None = None
-                  ) -> Figure:
-    """fd_clf vs training steps and vs cumulative wall time; MaskDM starts after its pre-training.
-
-    ``finals`` maps model -> (total wall s, final fd_clf, N) from the final evaluation, drawn as
-    stars because its N may differ from the periodic evaluations'.
-    """
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
-    styles = {"maskdm": ("tab:blue", maskdm), "baseline": ("tab:orange", baseline)}
-    for ax, x, xlabel in ((axes[0], "step", "training steps (MaskDM: pre-train + fine-tune)"),
-                          (axes[1], "wall_s", "cumulative training wall time (s)")):
-        pre = maskdm.offset.steps if x == "step" else maskdm.offset.wall_time_s
-        if pre > 0:
-            ax.axvspan(0, pre, color="tab:blue", alpha=0.08, label="MaskDM pre-training")
-        for color, curve in styles.values():
-            if not curve.empty:
-                ax.plot(curve.points[x], curve.points["fd_clf"], "o-", color=color, ms=4,
-                        label=f"{curve.label} (N={curve.n})" if curve.n else curve.label)
-        # The final evaluation may use another N than the periodic ones: stars, not curve points.
-        for key, (total_s, value, n) in (finals or {}).items() if x == "wall_s" else ():
-            if value is not None:
-                label = f"{styles[key][1].label} final" + (f" (N={n})" if n else "")
-                ax.plot([total_s], [value], "*", ms=13, color=styles[key][0], mec="k", label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("fd_clf (lower is better)")
-        ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize=8)
-        if maskdm.empty and baseline.empty:
-            ax.text(0.5, 0.8, "no periodic fd_clf evaluations recorded\n"
-                    "(unlabelled data, or eval_every = 0)", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=10, color="0.4")
-    fig.suptitle("Quality vs compute (MaskDM charged for pre-training)")
-    return fig
-
-
-def samples_figure(grids: Mapping[str, Any], titles: Mapping[str, str]) -> Figure:
-    """Sample grids side by side, one titled panel per model."""
-    fig = Figure(figsize=(5 * len(grids), 5.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(grids)))
-    for ax, (key, grid) in zip(axes, grids.items(), strict=True):
-        image = np.asarray(grid)
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255,
-                  interpolation="nearest")
-        ax.set_title(titles.get(key, key), fontsize=10)
-        ax.axis("off")
-    fig.suptitle("Samples (EMA weights)")
-    return fig

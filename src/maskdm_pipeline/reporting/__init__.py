@@ -1,0 +1,53 @@
+"""The final report: quality-vs-compute curves, Markdown tables and a reading of the numbers.
+
+Pure (pandas, numpy, matplotlib; no Kedro). The question every run answers is "did masked
+pre-training pay off, and by how much compute?", so MaskDM is always charged for its
+pre-training: its curve starts where pre-training ended (wall time, images and steps), and
+its totals are pre-training + fine-tuning. Lower fd_clf / FID is better.
+
+Split into :mod:`~maskdm_pipeline.reporting.curves` (costs and curves),
+:mod:`~maskdm_pipeline.reporting.markdown` (tables, reach section, reading, the whole report)
+and :mod:`~maskdm_pipeline.reporting.figures` (matplotlib); every name is re-exported here, so
+``reporting.<name>`` works as before.
+"""
+
+from maskdm_pipeline.reporting.curves import (
+    _N_KEYS,
+    STAGES,
+    ZERO_COST,
+    Curve,
+    StageCost,
+    compare_curves,
+    cost_to_reach,
+    eval_points,
+    quality_at,
+    quality_curve,
+    stage_cost,
+)
+from maskdm_pipeline.reporting.figures import curves_figure, samples_figure
+from maskdm_pipeline.reporting.markdown import (
+    CLOSE_CALL,
+    MODELS,
+    STALE,
+    _count,
+    _equal_compute_sentence,
+    _fd_clf_cell,
+    _fmt,
+    _n_of,
+    _unavailable,
+    _verdict,
+    build_markdown,
+    compute_table,
+    md_table,
+    quality_table,
+    reach_section,
+    reading,
+)
+
+__all__ = [
+    "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "_N_KEYS", "Curve", "StageCost",
+    "_count", "_equal_compute_sentence", "_fd_clf_cell", "_fmt", "_n_of", "_unavailable",
+    "_verdict", "build_markdown", "compare_curves",
+    "compute_table", "cost_to_reach", "curves_figure", "eval_points", "md_table", "quality_at",
+    "quality_curve", "quality_table", "reach_section", "reading", "samples_figure", "stage_cost",
+]
