@@ -5,11 +5,12 @@ Sections (each a dict in the result; ``run_suite`` assembles them and checks the
 - ``train_step``: training-step img/s at mask ratios 0 / 0.5 / 0.75 / 0.9 per preset, masked /
   unmasked (``benchmarks/train_step.py``), timed blocks interleaved across the ratios;
 - ``sampling``: wall time of the same N samples with DDPM 1000, DDIM 250, DDIM 50 and
-  DPM-Solver++(2M) 25, each beside its fd_clf against the real data, as ratios to DDIM 250;
+  DPM-Solver++(2M) 25, each beside its fd_clf against the real data, as ratios to DDIM 250
+  (``benchmarks/sampling.py``);
 - ``fid``: Frechet distance ours vs SciPy ``sqrtm`` and Inception activations ours vs
   pytorch-fid's loop (``benchmarks/fid.py``);
 - ``e2e``: every pipeline of ``kedro run`` as its own subprocess in a throw-away copy of the
-  project, wall time and peak RSS per stage.
+  project, wall time and peak RSS per stage (``benchmarks/e2e.py``).
 
 Every comparison gets a warm-up and the median of several repeats; the machine (CPU model or
 GPU name, threads, torch version, load average, date) is recorded with the figures.
@@ -21,12 +22,9 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,45 +33,39 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from benchmarks import train_step
-from maskdm_pipeline import evaluation, generation
+from benchmarks.e2e import (
+    LAYERS,
+    PIPELINES,
+    PROJECT_ROOT,
+    bench_e2e,
+    make_project_copy,
+    run_measured,
+)
+from benchmarks.sampling import (
+    MIN_TRAINED_STEPS,
+    REFERENCE_SAMPLER,
+    SAMPLERS,
+    SamplerSpec,
+    SamplingSource,
+    bench_samplers,
+    load_sampling_source,
+    untrained_source,
+)
+from maskdm_pipeline import generation
 from maskdm_pipeline.masking import mask_count
-from maskdm_pipeline.metrics import frechet_distance, stats
-from maskdm_pipeline.models import PRESETS, build_uvit, count_parameters
-from maskdm_pipeline.training.checkpoint import load_torch_state
+from maskdm_pipeline.models import PRESETS
 
 SCHEMA = "maskdm-benchmarks/1"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = ("preprocess", "pretrain", "baseline", "finetune", "sample", "evaluate", "report")
-LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input",
-          "06_models", "07_model_output", "08_reporting")
-REFERENCE_SAMPLER = "ddim-250"
-# Below this many fine-tuning steps (the quick start trains 3,500) every sampler draws the same
-# poor images, so fd_clf ratios near 1 say nothing about the samplers (e.g. a smoke-run checkpoint).
-MIN_TRAINED_STEPS = 1000
 
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """One sampler setting: ``name`` as ``sample.sampler`` spells it, ``steps`` (None: all T)."""
-
-    name: str
-    steps: int | None
-    label: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}-{self.steps or 1000}"
-
-
-SAMPLERS = (
-    SamplerSpec("ddpm", None, "DDPM 1000"),
-    SamplerSpec("ddim", 250, "DDIM 250"),
-    SamplerSpec("ddim", 50, "DDIM 50"),
-    SamplerSpec("dpm++2m", 25, "DPM-Solver++ 25"),
-)
+__all__ = [
+    "LAYERS", "MIN_TRAINED_STEPS", "PIPELINES", "PROJECT_ROOT", "REFERENCE_SAMPLER", "SAMPLERS",
+    "SCHEMA", "SamplerSpec", "SamplingSource", "SuiteConfig", "bench_e2e", "bench_fid",
+    "bench_samplers", "bench_train_steps", "choose_mask", "evaluate_targets", "flat_ratios",
+    "load_sampling_source", "machine_info", "make_project_copy", "run_measured", "run_suite",
+    "untrained_source",
+]
 
 
 @dataclass
@@ -181,129 +173,6 @@ def bench_train_steps(cfg: SuiteConfig, device: torch.device) -> dict[str, Any]:
     return out
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-@dataclass
-class SamplingSource:
-    """The model to sample from and, when available, the fd_clf feature space and reference."""
-
-    model: nn.Module
-    schedule: str
-    prediction: str
-    info: dict[str, Any]
-    features: Callable[[np.ndarray], np.ndarray] | None = None
-    reference: tuple[np.ndarray, np.ndarray] | None = None
-    quality_reason: str | None = None
-
-
-def untrained_source(reason: str, preset: str = "tiny", **overrides: Any) -> SamplingSource:
-    """A randomly initialised U-ViT: speed only, quality null with ``reason``."""
-    torch.manual_seed(0)
-    model = build_uvit(preset, **overrides).eval()
-    info = {"source": "untrained", "preset": preset, "overrides": overrides,
-            "params": count_parameters(model), "img_size": model.img_size}
-    return SamplingSource(model, "linear", "x0", info, quality_reason=reason)
-
-
-def load_sampling_source(data_dir: Path) -> SamplingSource:
-    """The fine-tuned MaskDM checkpoint with the pipeline's fd_clf classifier and reference,
-    or an untrained ``tiny`` model (quality null, with the reason) when they are missing."""
-    ckpt = data_dir / "06_models" / "finetuned.pt"
-    if not ckpt.is_file():
-        return untrained_source(f"no trained checkpoint at {ckpt} (run `kedro run` first): "
-                                "speed measured on an untrained tiny U-ViT, quality not measured")
-    state = load_torch_state(ckpt)
-    diffusion = state["config"]["diffusion"]
-    model = generation.model_from_checkpoint(state)
-    info = {"source": "checkpoint", "path": str(ckpt), "trained_steps": int(state["step"]),
-            "model_config": state["config"]["model"], "params": count_parameters(model),
-            "img_size": model.img_size}
-    source = SamplingSource(model, diffusion["schedule"], diffusion["prediction"], info)
-    clf_path = data_dir / "04_feature" / "feature_classifier.pt"
-    ref_path = data_dir / "04_feature" / "fd_clf_reference.pt"
-    missing = [str(p) for p in (clf_path, ref_path) if not p.is_file()]
-    if missing:
-        source.quality_reason = f"missing {', '.join(missing)} (run `kedro run --pipelines preprocess`)"
-        return source
-    features = evaluation.classifier_features(load_torch_state(clf_path))
-    reference = load_torch_state(ref_path)
-    if features is None or not reference.get("available", True):
-        source.quality_reason = "the fd_clf classifier is unavailable (the training data have no labels)"
-        return source
-    clf = features.config
-    if (clf.in_chans, clf.height, clf.width) != (model.in_chans, model.img_size, model.img_size):
-        source.quality_reason = (
-            f"the fd_clf classifier takes {clf.in_chans}x{clf.height}x{clf.width} images but the "
-            f"checkpoint makes {model.in_chans}x{model.img_size}x{model.img_size} ones (outputs of "
-            "different runs?)")
-        return source
-    source.features = features
-    source.reference = (reference["mu"].double().numpy(), reference["sigma"].double().numpy())
-    info["fd_clf_reference_n"] = reference.get("reference_n")
-    info["fd_clf_real_data_floor"] = reference.get("floor_fd_clf")
-    info["fd_clf_real_data_floor_n"] = reference.get("floor_n")
-    if info["trained_steps"] < MIN_TRAINED_STEPS:
-        info["quality_caveat"] = (
-            f"the checkpoint has only {info['trained_steps']} training steps (a smoke run?): all "
-            "samplers draw similarly poor images, so the fd_clf ratios say little about them")
-    return source
-
-
-def bench_samplers(
-    source: SamplingSource,
-    *,
-    num_samples: int,
-    repeats: int = 3,
-    ddpm_repeats: int = 1,
-    samplers: tuple[SamplerSpec, ...] = SAMPLERS,
-    eta: float = 1.0,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """Wall time of ``num_samples`` samples (one batch) per sampler, interleaved; fd_clf beside it.
-
-    A short DPM-Solver++ run warms the model up first; then the samplers take turns for
-    ``repeats`` rounds (DDPM, the slowest by far, only for ``ddpm_repeats``). Every run
-    uses the same seed, so repeats draw the same images; fd_clf is computed once per sampler.
-    """
-    device = torch.device(device)
-    common = {"num_samples": num_samples, "batch_size": num_samples, "schedule": source.schedule,
-              "prediction": source.prediction, "eta": eta, "seed": seed, "device": device}
-    generation.generate(source.model, sampler="dpm++2m", steps=2, **common)  # warm-up
-    times: dict[str, list[float]] = {s.key: [] for s in samplers}
-    images: dict[str, np.ndarray] = {}
-    for round_ in range(max(repeats, ddpm_repeats)):
-        for spec in samplers:
-            if round_ >= (ddpm_repeats if spec.name == "ddpm" else repeats):
-                continue
-            start = time.perf_counter()
-            images[spec.key], _ = generation.generate(
-                source.model, sampler=spec.name, steps=spec.steps, **common)
-            times[spec.key].append(time.perf_counter() - start)
-    results: dict[str, Any] = {}
-    for spec in samplers:
-        fd = None
-        if source.features is not None and source.reference is not None:
-            mu, sigma = stats(source.features(images[spec.key]))
-            fd = frechet_distance(mu, sigma, *source.reference)
-        med = statistics.median(times[spec.key])
-        results[spec.key] = {"sampler": spec.name, "steps": spec.steps, "label": spec.label,
-                             "repeats": len(times[spec.key]), "seconds_median": med,
-                             "seconds_all": times[spec.key], "img_per_s": num_samples / med,
-                             "fd_clf": fd}
-    ref = results.get(REFERENCE_SAMPLER)
-    for r in results.values():
-        r["speedup_vs_reference"] = ref["seconds_median"] / r["seconds_median"] if ref else None
-        r["fd_clf_ratio_vs_reference"] = (r["fd_clf"] / ref["fd_clf"] if ref and ref["fd_clf"]
-                                          and r["fd_clf"] is not None else None)
-    return {"model": source.info, "schedule": source.schedule, "prediction": source.prediction,
-            "num_samples": num_samples, "batch_size": num_samples, "seed": seed, "eta": eta,
-            "device": str(device), "reference": REFERENCE_SAMPLER,
-            "quality_metric": "fd_clf" if source.features is not None else None,
-            "quality_reason": source.quality_reason, "results": results}
-
-
 # --------------------------------------------------------------------------- FID machinery
 
 
@@ -347,78 +216,6 @@ def _fid_subprocess(cfg: SuiteConfig, threads: int | None, weights: Path | None,
         result = json.loads(out_json.read_text())
     result.pop("machine", None)
     return {"mode": "subprocess", "why": why, **result}
-
-
-# --------------------------------------------------------------------------- kedro run end to end
-
-
-def make_project_copy(dest: Path, project_root: Path = PROJECT_ROOT) -> Path:
-    """conf/ (without local/), pyproject.toml, .telemetry, src/ and empty data layers in ``dest``."""
-    shutil.copytree(project_root / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
-    shutil.copytree(project_root / "src", dest / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", ".telemetry"):
-        if (project_root / name).is_file():
-            shutil.copy(project_root / name, dest / name)
-    for layer in LAYERS:
-        (dest / "data" / layer).mkdir(parents=True)
-    return dest
-
-
-def run_measured(cmd: list[str], cwd: Path, env: dict[str, str], log: Path,
-                 timeout_s: float) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds, peak RSS (MiB, the process and its waited-for children, from
-    ``wait4``) and the exit code. Killed after ``timeout_s``."""
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        killer = threading.Timer(timeout_s, proc.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not by Popen
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    peak_mib = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return {"wall_s": wall, "peak_rss_mib": peak_mib, "returncode": proc.returncode,
-            "user_s": usage.ru_utime, "system_s": usage.ru_stime}
-
-
-def bench_e2e(env_name: str | None, threads: int | None, timeout_s: float,
-              pipelines: tuple[str, ...] = PIPELINES) -> dict[str, Any]:
-    """Each pipeline as ``kedro run --pipelines <name>`` in order, in a temporary project copy."""
-    kedro = Path(sys.executable).with_name("kedro")
-    base_cmd = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
-    env = dict(os.environ, KEDRO_DISABLE_TELEMETRY="1", PYTHONWARNINGS="ignore")
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    stages: dict[str, Any] = {}
-    result: dict[str, Any] = {
-        "env": env_name or "base",
-        "label": "default `kedro run`" if env_name is None else f"`kedro run --env {env_name}`",
-        "omp_num_threads": env.get("OMP_NUM_THREADS"),
-        "method": "one `kedro run --pipelines <name>` subprocess per stage in a temporary project "
-                  "copy; peak RSS from wait4; the total includes Kedro's start-up once per stage",
-        "stages": stages,
-    }
-    with tempfile.TemporaryDirectory(prefix="maskdm-e2e-") as tmp:
-        root = make_project_copy(Path(tmp) / "project")
-        for name in pipelines:
-            cmd = [*base_cmd, "run", "--pipelines", name]
-            cmd += ["--env", env_name] if env_name else []
-            log = Path(tmp) / f"{name}.log"
-            stages[name] = run_measured(cmd, root, env, log, timeout_s)
-            if stages[name]["returncode"] != 0:
-                stages[name]["log_tail"] = log.read_text(errors="replace")[-3000:]
-                result["error"] = f"`{' '.join(cmd[-4:])}` exited with {stages[name]['returncode']}"
-                break
-    result["total_wall_s"] = sum(s["wall_s"] for s in stages.values())
-    result["peak_rss_mib"] = max((s["peak_rss_mib"] for s in stages.values()), default=None)
-    result["completed"] = "error" not in result and len(stages) == len(pipelines)
-    return result
 
 
 # --------------------------------------------------------------------------- targets
