@@ -13,7 +13,7 @@ from PIL import Image
 
 from maskdm_pipeline import reporting
 from maskdm_pipeline.pipelines.report import nodes
-from maskdm_pipeline.reporting import StageCost
+from maskdm_pipeline.reporting import StageCost, markdown
 
 
 def accounting(stage: str, wall: float, images: int, evals: list[tuple[int, float, float]] = (),
@@ -231,7 +231,7 @@ def test_plot_quality_vs_compute_node_with_real_shaped_inputs() -> None:
 def test_equal_compute_close_call_is_not_a_win() -> None:
     cmp = {"budget_s": 6.0, "at_budget": {"maskdm": {"wall_s": 6.0, "fd_clf": 20.0},
                                           "baseline": {"wall_s": 5.0, "fd_clf": 21.0}}}
-    sentence = reporting._equal_compute_sentence(cmp)
+    sentence = markdown._equal_compute_sentence(cmp)
     assert "too close to call" in sentence and "paid off" not in sentence
 
 

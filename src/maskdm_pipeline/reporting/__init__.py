@@ -7,12 +7,10 @@ its totals are pre-training + fine-tuning. Lower fd_clf / FID is better.
 
 Split into :mod:`~maskdm_pipeline.reporting.curves` (costs and curves),
 :mod:`~maskdm_pipeline.reporting.markdown` (tables, reach section, reading, the whole report)
-and :mod:`~maskdm_pipeline.reporting.figures` (matplotlib); every name is re-exported here, so
-``reporting.<name>`` works as before.
+and :mod:`~maskdm_pipeline.reporting.figures` (matplotlib); the public names are re-exported here.
 """
 
 from maskdm_pipeline.reporting.curves import (
-    _N_KEYS,
     STAGES,
     ZERO_COST,
     Curve,
@@ -29,13 +27,6 @@ from maskdm_pipeline.reporting.markdown import (
     CLOSE_CALL,
     MODELS,
     STALE,
-    _count,
-    _equal_compute_sentence,
-    _fd_clf_cell,
-    _fmt,
-    _n_of,
-    _unavailable,
-    _verdict,
     build_markdown,
     compute_table,
     md_table,
@@ -45,9 +36,8 @@ from maskdm_pipeline.reporting.markdown import (
 )
 
 __all__ = [
-    "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "_N_KEYS", "Curve", "StageCost",
-    "_count", "_equal_compute_sentence", "_fd_clf_cell", "_fmt", "_n_of", "_unavailable",
-    "_verdict", "build_markdown", "compare_curves",
-    "compute_table", "cost_to_reach", "curves_figure", "eval_points", "md_table", "quality_at",
-    "quality_curve", "quality_table", "reach_section", "reading", "samples_figure", "stage_cost",
+    "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "Curve", "StageCost", "build_markdown",
+    "compare_curves", "compute_table", "cost_to_reach", "curves_figure", "eval_points", "md_table",
+    "quality_at", "quality_curve", "quality_table", "reach_section", "reading", "samples_figure",
+    "stage_cost",
 ]
