@@ -196,11 +196,12 @@ def _png_size(fig) -> tuple[int, int]:
 
 
 def test_curves_figure_draws_both_curves_and_final_stars() -> None:
-    pre = StageCost(4.0, 64, 0, 30)
+    pre = StageCost(4.0, 64, 256, 30)  # 64 pre-training images at 4 visible tokens each
     fig = reporting.curves_figure(curve("MaskDM", [(10, 2.0, 40.0)], pre), curve("baseline", [(10, 3.0, 45.0)]),
                                   {"maskdm": (8.0, 20.0, 256), "baseline": (6.0, 25.0, 256)})
-    steps_ax, wall_ax = fig.axes[:2]
-    assert [line.get_xdata()[0] for line in steps_ax.lines] == [40, 10]  # MaskDM after 30 pre-train steps
+    images_ax, tokens_ax, wall_ax = fig.axes[:3]
+    assert [line.get_xdata()[0] for line in images_ax.lines] == [64 + 160, 160]  # MaskDM after pre-training
+    assert [line.get_xdata()[0] for line in tokens_ax.lines] == [256 + 160 * 16, 160 * 16]
     assert len(wall_ax.lines) == 4  # two curves, two final stars
     assert _png_size(fig)[0] > 0
 
@@ -225,7 +226,7 @@ def test_plot_quality_vs_compute_node_with_real_shaped_inputs() -> None:
     history = pd.DataFrame({"step": [10, 15, 20], "elapsed_s": [1.0, None, 2.0], "fd_clf": [None, 7.0, None]})
     fig = nodes.plot_quality_vs_compute(metrics(), accounting("pretrain", 4.0, 320), accounting("finetune", 2.0, 320),
                                         accounting("baseline", 6.0, 480), history, history)
-    assert {tuple(line.get_xdata()) for line in fig.axes[1].lines} >= {(5.5,), (1.5,), (6.0,)}
+    assert {tuple(line.get_xdata()) for line in fig.axes[2].lines} >= {(5.5,), (1.5,), (6.0,)}  # wall time
 
 
 def test_equal_compute_close_call_is_not_a_win() -> None:

@@ -17,17 +17,23 @@ from maskdm_pipeline.reporting.curves import Curve
 def curves_figure(maskdm: Curve, baseline: Curve,
                   finals: Mapping[str, tuple[float, float | None, int | None]] | None = None
                   ) -> Figure:
-    """fd_clf vs training steps and vs cumulative wall time; MaskDM starts after its pre-training.
+    """fd_clf vs images processed, tokens processed and cumulative wall time.
 
-    ``finals`` maps model -> (total wall s, final fd_clf, N) from the final evaluation, drawn as
-    stars because its N may differ from the periodic evaluations'.
+    MaskDM starts after its pre-training on every axis. Tokens count what the network actually
+    processed (visible tokens when masked), the axis on which masking's saving shows; images
+    count a masked image as a whole one. ``finals`` maps model -> (total wall s, final fd_clf,
+    N) from the final evaluation, drawn as stars because its N may differ from the periodic
+    evaluations'.
     """
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
     styles = {"maskdm": ("tab:blue", maskdm), "baseline": ("tab:orange", baseline)}
-    for ax, x, xlabel in ((axes[0], "step", "training steps (MaskDM: pre-train + fine-tune)"),
-                          (axes[1], "wall_s", "cumulative training wall time (s)")):
-        pre = maskdm.offset.steps if x == "step" else maskdm.offset.wall_time_s
+    pre_cost = {"images": maskdm.offset.images_seen, "tokens": maskdm.offset.tokens_seen,
+                "wall_s": maskdm.offset.wall_time_s}
+    for ax, x, xlabel in ((axes[0], "images", "images processed (MaskDM: pre-train + fine-tune)"),
+                          (axes[1], "tokens", "tokens processed (visible tokens when masked)"),
+                          (axes[2], "wall_s", "cumulative training wall time (s)")):
+        pre = pre_cost[x]
         if pre > 0:
             ax.axvspan(0, pre, color="tab:blue", alpha=0.08, label="MaskDM pre-training")
         for color, curve in styles.values():

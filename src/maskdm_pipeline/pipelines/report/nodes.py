@@ -85,7 +85,7 @@ def plot_quality_vs_compute(
     finetune_history: pd.DataFrame,
     baseline_history: pd.DataFrame,
 ) -> Figure:
-    """fd_clf vs steps and vs wall time, with the final evaluation as stars at each total cost."""
+    """fd_clf vs images, tokens and wall time, with the final evaluation as stars at each total cost."""
     costs, maskdm, baseline = _costs_and_curves(
         metrics, pretrain_accounting, finetune_accounting, baseline_accounting,
         finetune_history, baseline_history,
