@@ -175,6 +175,8 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
         "real_floor": metrics["real_floor"]["fd_clf"],
         "final": {"maskdm": metrics["maskdm"]["fd_clf"], "baseline": metrics["baseline"]["fd_clf"]},
         "cost": {s: vars(c) for s, c in costs.items() if c is not None},
+        # Model, schedule and budget of each stage: a results file explains itself after SCALES changes.
+        "config": {s: a.get("config") for s, a in acc.items()},
         "baseline_target": target,
         "maskdm_reach": reach,
         # Compute the baseline spent on its final quality over what MaskDM needed to reach it.
