@@ -261,6 +261,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
     MaskDM's curve starts where its pre-training ended (pre-training is charged to it).
     """
     from matplotlib.figure import Figure  # only the plot needs matplotlib
+    from matplotlib.ticker import EngFormatter
 
     scales = sorted({r["scale_tokens"] for r in results})
     fig = Figure(figsize=(15, 3.8 * len(scales)), layout="constrained")
@@ -281,6 +282,8 @@ def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
                     ax.axvline(start, color=colors["maskdm"], ls=":", lw=0.8)
             ax.axhline(rows[0]["real_floor"], color="0.5", ls="--", lw=0.8, label="real-data floor")
             ax.set_yscale("log")
+            if axis != "wall_s":
+                ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: no overlapping digits
             ax.set_xlabel(label)
             ax.set_ylabel(f"fd_clf (N={rows[0]['fd_clf_n']})")
             ax.set_title(f"{scale} tokens, {len(rows)} seed(s)")
@@ -325,8 +328,9 @@ def main(argv: list[str] | None = None) -> None:
                                                              args.baseline_from), jobs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table = summarise(results)
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(),
-               "jobs": args.jobs, "threads_per_job": args.threads}
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count()}
+    if not args.collect_only:  # what this invocation ran with; collected runs may have had other loads
+        machine.update(jobs=args.jobs, threads_per_job=args.threads)
     args.out.write_text(json.dumps({"machine": machine, "extra_params": extra, "results": results,
                                     "table": table}, indent=2))
     if results:
