@@ -20,12 +20,23 @@ LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_inp
           "06_models", "07_model_output", "08_reporting")
 
 
-def make_project_copy(dest: Path, project_root: Path = PROJECT_ROOT) -> Path:
-    """conf/ (without local/), pyproject.toml, .telemetry, src/ and empty data layers in ``dest``."""
+def make_project_copy(dest: Path, project_root: Path = PROJECT_ROOT, *, copy_src: bool = True,
+                      notebooks: bool = False) -> Path:
+    """A throw-away copy of the project in ``dest``: conf/ (without local/), pyproject.toml,
+    .telemetry, src/ and empty data layers; the one copy helper of benchmarks, experiments and tests.
+
+    ``copy_src=False`` leaves src/ empty, so the installed package runs (experiments resume their
+    copies later and must not run a stale snapshot); ``notebooks`` copies notebooks/ too.
+    """
     shutil.copytree(project_root / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir()
-    shutil.copytree(project_root / "src", dest / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    if copy_src:
+        shutil.copytree(project_root / "src", dest / "src",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    else:
+        (dest / "src").mkdir()  # Kedro wants the folder; the package itself is installed
+    if notebooks:
+        shutil.copytree(project_root / "notebooks", dest / "notebooks")
     for name in ("pyproject.toml", ".telemetry"):
         if (project_root / name).is_file():
             shutil.copy(project_root / name, dest / name)

@@ -27,12 +27,11 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.e2e import make_project_copy
 from maskdm_pipeline import reporting
 from maskdm_pipeline.training.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models",
-          "07_model_output", "08_reporting")
 
 # Token count -> parameters on top of conf/base. 16 tokens: the quick start itself.
 # 256 tokens: 32x32 digits at patch 2, 90% masks of 2x2-patch blocks. An unmasked step costs ~10x
@@ -73,14 +72,7 @@ def _params(scale: str, seed: int, extra: dict[str, Any]) -> str:
 def new_project(root: Path) -> Path:
     """A fresh copy of the project (conf, pyproject, empty src: the package is installed)."""
     shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf/local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(ROOT / name, root / name)
-    (root / "src").mkdir()
-    for layer in LAYERS:
-        (root / "data" / layer).mkdir(parents=True)
-    return root
+    return make_project_copy(root, ROOT, copy_src=False)
 
 
 def is_started(root: Path) -> bool:
@@ -157,11 +149,9 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
     report = root / "data/08_reporting"
     metrics = json.loads((report / "metrics.json").read_text())
     acc = {s: json.loads((report / f"{s}_accounting.json").read_text()) for s in ("pretrain", "finetune", "baseline")}
-    costs = {s: reporting.stage_cost(acc[s]) for s in acc}
-    fine_pts, n = reporting.eval_points(acc["finetune"], None)
-    base_pts, _ = reporting.eval_points(acc["baseline"], None)
-    maskdm = reporting.quality_curve("MaskDM", fine_pts, n, offset=costs["pretrain"])
-    baseline = reporting.quality_curve("baseline", base_pts, n)
+    costs = reporting.stage_costs(metrics, acc)  # the report's own curves: MaskDM charged for pre-training
+    maskdm, baseline = reporting.quality_curves(costs, acc["finetune"], acc["baseline"], None, None)
+    n = maskdm.n
     target = float(baseline.points["fd_clf"].iloc[-1])
     reach = reporting.cost_to_reach(maskdm, target)
     curves = {"maskdm": maskdm.points, "baseline": baseline.points}

@@ -8,27 +8,19 @@ never touches the repository's own ``data/`` or ``mlflow.db``.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models",
-          "07_model_output", "08_reporting")
+if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is a folder of the project, not installed
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from benchmarks.e2e import make_project_copy  # noqa: E402
 
 
 def make_project(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir(exist_ok=True)
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    shutil.copytree(PROJECT_ROOT / "notebooks", root / "notebooks")
-    (root / "src").mkdir(exist_ok=True)
-    for layer in LAYERS:
-        (root / "data" / layer).mkdir(parents=True, exist_ok=True)
-    return root
+    return make_project_copy(root, PROJECT_ROOT, copy_src=False, notebooks=True)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -20,7 +20,9 @@ from maskdm_pipeline.reporting.curves import (
     eval_points,
     quality_at,
     quality_curve,
+    quality_curves,
     stage_cost,
+    stage_costs,
 )
 from maskdm_pipeline.reporting.figures import curves_figure, samples_figure
 from maskdm_pipeline.reporting.markdown import (
@@ -38,6 +40,6 @@ from maskdm_pipeline.reporting.markdown import (
 __all__ = [
     "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "Curve", "StageCost", "build_markdown",
     "compare_curves", "compute_table", "cost_to_reach", "curves_figure", "eval_points", "md_table",
-    "quality_at", "quality_curve", "quality_table", "reach_section", "reading", "samples_figure",
-    "stage_cost",
+    "quality_at", "quality_curve", "quality_curves", "quality_table", "reach_section", "reading", "samples_figure",
+    "stage_cost", "stage_costs",
 ]

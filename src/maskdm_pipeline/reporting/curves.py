@@ -153,3 +153,28 @@ def compare_curves(maskdm: Curve, baseline: Curve,
     out["at_budget"] = {"maskdm": quality_at(maskdm, out["budget_s"]),
                         "baseline": quality_at(baseline, out["budget_s"])}
     return out
+
+
+def stage_costs(
+    metrics: Mapping[str, Any], accountings: Mapping[str, Mapping[str, Any] | None]
+) -> dict[str, StageCost | None]:
+    """Per-stage cost from the accounting records, falling back to ``metrics["stages"]``.
+
+    Shared by the report node and ``experiments.claim``.
+    """
+    stages = metrics.get("stages") or {}
+    return {s: stage_cost(accountings.get(s), stages.get(s)) for s in STAGES}
+
+
+def quality_curves(
+    costs: Mapping[str, StageCost | None],
+    finetune_accounting: Mapping[str, Any],
+    baseline_accounting: Mapping[str, Any],
+    finetune_history: pd.DataFrame | None,
+    baseline_history: pd.DataFrame | None,
+) -> tuple[Curve, Curve]:
+    """MaskDM's fine-tuning evaluations shifted by the pre-training cost, and the baseline's."""
+    points, n = eval_points(finetune_accounting, finetune_history)
+    maskdm = quality_curve("MaskDM", points, n, costs.get("pretrain") or ZERO_COST)
+    points, n = eval_points(baseline_accounting, baseline_history)
+    return maskdm, quality_curve("baseline", points, n)

@@ -10,31 +10,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from maskdm_pipeline import reporting
-from maskdm_pipeline.reporting import Curve, StageCost
-
-
-def stage_costs(
-    metrics: Mapping[str, Any], accountings: Mapping[str, Mapping[str, Any] | None]
-) -> dict[str, StageCost | None]:
-    """Per-stage cost from the accounting records, falling back to ``metrics["stages"]``."""
-    stages = metrics.get("stages") or {}
-    return {s: reporting.stage_cost(accountings.get(s), stages.get(s)) for s in reporting.STAGES}
-
-
-def quality_curves(
-    costs: Mapping[str, StageCost | None],
-    finetune_accounting: Mapping[str, Any],
-    baseline_accounting: Mapping[str, Any],
-    finetune_history: pd.DataFrame,
-    baseline_history: pd.DataFrame,
-) -> tuple[Curve, Curve]:
-    """MaskDM's fine-tuning evaluations shifted by the pre-training cost, and the baseline's."""
-    points, n = reporting.eval_points(finetune_accounting, finetune_history)
-    maskdm = reporting.quality_curve(
-        "MaskDM", points, n, costs.get("pretrain") or reporting.ZERO_COST
-    )
-    points, n = reporting.eval_points(baseline_accounting, baseline_history)
-    return maskdm, reporting.quality_curve("baseline", points, n)
+from maskdm_pipeline.reporting import quality_curves, stage_costs
 
 
 def _costs_and_curves(
