@@ -53,7 +53,7 @@ from benchmarks.sampling import (
     load_sampling_source,
     untrained_source,
 )
-from maskdm_pipeline import generation
+from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.masking import mask_count
 from maskdm_pipeline.models import PRESETS
 
@@ -314,7 +314,7 @@ def run_suite(cfg: SuiteConfig, *, device: str = "cpu", threads: int | None = No
               data_dir: Path = PROJECT_ROOT / "data", inception_weights: Path | None = None,
               note: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every section ``cfg`` asks for and return the JSON-ready result."""
-    dev = generation.resolve_device(device)
+    dev = resolve_device(device)
     started = time.perf_counter()
     result: dict[str, Any] = {"schema": SCHEMA, "mode": cfg.mode, "machine": machine_info(dev),
                               "note": note, "config": asdict(cfg)}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskdm_pipeline.devices import autocast
 from maskdm_pipeline.diffusion import make_schedule
 from maskdm_pipeline.diffusion.samplers import sample, validate_sampling
 from maskdm_pipeline.models import build_uvit
@@ -22,12 +23,6 @@ def model_from_checkpoint(state: Mapping[str, Any], weights: str = "ema") -> nn.
     model = build_uvit(config.pop("preset"), **config)
     model.load_state_dict(state["ema"]["model"] if weights == "ema" else state["model"])
     return model.eval()
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -61,12 +56,11 @@ def generate(
     model = model.to(device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     shape = (model.in_chans, model.img_size, model.img_size)
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     chunks = []
     start = time.perf_counter()
     for first in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - first)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        with autocast(device, precision):
             x = sample(model, (n, *shape), schedule=noise_schedule, prediction=prediction, sampler=sampler,
                        steps=steps, eta=eta, generator=generator, device=device)
         chunks.append(to_uint8(x.float()))

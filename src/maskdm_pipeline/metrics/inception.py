@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from PIL import Image
 
+from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.metrics.frechet import frechet_distance, stats
 
 if TYPE_CHECKING:
@@ -243,12 +244,6 @@ def random_fid_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class InceptionFeatures:
     """Images ``(N, C, H, W)`` -> pytorch-fid Inception activations ``(N, dims)`` float64.
 
@@ -274,7 +269,7 @@ class InceptionFeatures:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.dims = dims
         self.batch_size = batch_size
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         # channels_last: oneDNN (CPU) and cuDNN (tensor cores) run these convs faster in NHWC.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = build_fid_inception(

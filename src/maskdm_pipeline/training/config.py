@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from maskdm_pipeline.devices import DEVICES, PRECISIONS, resolve_device
+
 MASK_KINDS = ("patch", "block", "crop")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 # Flat spellings accepted for the mask (DESIGN.md lists `pretrain.mask_ratio` etc. as the
 # command-line parameters), mapped onto the nested MaskConfig fields.
@@ -249,9 +249,7 @@ class TrainerConfig:
 
     def resolved_device(self) -> str:
         """``auto`` means the GPU when there is one."""
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device).type
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

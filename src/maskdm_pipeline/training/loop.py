@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskdm_pipeline import devices
 from maskdm_pipeline.training import runtime
 from maskdm_pipeline.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from maskdm_pipeline.training.config import StageConfig, TrainerConfig, check_compatible
@@ -47,9 +48,6 @@ from maskdm_pipeline.training.streams import TrainingStreams
 __all__ = ["EvalFn", "NonFiniteLossError", "TrainingInterrupted", "run_training", "train_process"]
 
 logger = logging.getLogger(__name__)
-
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def run_training(
     images: torch.Tensor,
@@ -158,9 +156,7 @@ class _Run:
                        update_after_step=stage.ema_update_after_step, update_every=1)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=stage.lr,
                                            betas=stage.betas, weight_decay=stage.weight_decay)
-        amp_dtype = _AMP_DTYPES.get(trainer.precision)
-        self.autocast = torch.autocast(self.device.type, dtype=amp_dtype,
-                                       enabled=amp_dtype is not None)
+        self.autocast = devices.autocast(self.device, trainer.precision)
         # fp16 has too little range for small gradients; bf16 has fp32's range and needs no scaler.
         self.scaler = torch.amp.GradScaler(self.device.type) if trainer.precision == "fp16" else None
         self.loss_fn, num_timesteps = build_loss(diffusion_config, stage.masked, self.device)
@@ -255,7 +251,7 @@ class _Run:
         start = time.perf_counter()
 
         def elapsed() -> float:
-            runtime.synchronize(self.device)
+            devices.synchronize(self.device)
             return base_wall + time.perf_counter() - start - excluded
 
         last_log = (self.step, base_wall)
@@ -304,7 +300,7 @@ class _Run:
         t0 = time.perf_counter()
         with torch.no_grad():
             result = self.eval_fn(self.step, self.ema.model)
-        runtime.synchronize(self.device)
+        devices.synchronize(self.device)
         seconds = time.perf_counter() - t0
         self.stats["eval_time_s"] += seconds
         if result:
@@ -337,7 +333,7 @@ class _Run:
                  "img_per_s": self.stats["images_seen"] / wall if wall > 0 else 0.0,
                  "tokens_per_image": self.tokens_per_image,
                  "visible_tokens_per_image": self.visible_per_image,
-                 "device": runtime.device_description(self.device),
+                 "device": devices.describe(self.device),
                  "precision": self.trainer.precision, "nproc": self.world_size,
                  "epochs": self.streams.epoch}
         return runtime.to_cpu({

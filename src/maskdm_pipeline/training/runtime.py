@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.training.config import StageConfig, TrainerConfig
 
 logger = logging.getLogger(__name__)
@@ -160,17 +161,10 @@ def check_resume_config(state: Mapping[str, Any], config: Mapping[str, Any], nam
 
 # ---------------------------------------------------------------------------- devices
 def select_device(trainer: TrainerConfig, local_rank: int) -> torch.device:
-    if trainer.resolved_device() == "cuda":
-        device = torch.device("cuda", local_rank)  # one GPU per rank
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
-
-
-def device_description(device: torch.device) -> str:
+    device = resolve_device(trainer.device, index=local_rank)  # one GPU per rank
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
+        torch.cuda.set_device(device)
+    return device
 
 
 def cpu_name() -> str:
@@ -185,12 +179,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so that wall-clock readings mean what they say."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def images_to_device(images: torch.Tensor, indices: torch.Tensor,

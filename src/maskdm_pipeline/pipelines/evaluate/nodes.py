@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from maskdm_pipeline import evaluation, generation
+from maskdm_pipeline import evaluation
 from maskdm_pipeline.datasets.state import FeatureCache
+from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.metrics import (
     InceptionFeatures,
     InceptionWeightsUnavailable,
@@ -51,7 +52,7 @@ def inception_reference(
         logger.info("FID reference statistics from the cache (%s)", key)
         return {"available": True, "mu": cached[0], "sigma": cached[1], "n": len(images), "key": key}
     try:
-        extractor = _inception(params, str(generation.resolve_device(trainer.get("device", "auto"))))
+        extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))))
     except InceptionWeightsUnavailable as exc:
         logger.warning("FID unavailable, reported as null. %s", exc)
         return {"available": False, "reason": str(exc)}
@@ -85,7 +86,7 @@ def score_samples(
     if not inc_reference.get("available", False):
         scores.update(fid=None, fid_n=None, fid_reason=inc_reference.get("reason"))
     else:
-        extractor = _inception(params, str(generation.resolve_device(trainer.get("device", "auto"))))
+        extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))))
         mu, sigma = stats(extractor(images))
         scores.update(fid=frechet_distance(mu, sigma, inc_reference["mu"], inc_reference["sigma"]),
                       fid_n=int(len(images)), fid_reference_n=inc_reference["n"], fid_reason=None)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from maskdm_pipeline import generation
+from maskdm_pipeline.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def draw_samples(
     ``python -m pytorch_fid`` reads) and what was done (sampler, steps, seed, seconds).
     """
     diffusion = checkpoint["config"]["diffusion"]
-    device = generation.resolve_device(trainer.get("device", "auto"))
+    device = resolve_device(trainer.get("device", "auto"))
     model = generation.model_from_checkpoint(checkpoint, weights="ema")
     images, timing = generation.generate(
         model,
