@@ -132,12 +132,14 @@ class UViT(nn.Module):
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self._check_config()  # before any layer is built from these numbers
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
 
@@ -250,30 +252,19 @@ class UViT(nn.Module):
             raise ValueError("mask hides every patch; at least one token must stay visible")
         return t
 
-
-def _check_config(
-    img_size: int,
-    patch_size: int,
-    in_chans: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-) -> None:
-    """Refuse an architecture that cannot be built, naming the offending argument."""
-    for name, value in {
-        "img_size": img_size,
-        "patch_size": patch_size,
-        "in_chans": in_chans,
-        "embed_dim": embed_dim,
-        "depth": depth,
-        "num_heads": num_heads,
-    }.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if img_size % patch_size:
-        raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
-    if embed_dim % num_heads:
-        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
+    def _check_config(self) -> None:
+        """Refuse an architecture that cannot be built, naming the offending argument."""
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
