@@ -1,8 +1,9 @@
 """Training objectives: DSM on the whole image and MaskDM's masked DSM (METHOD.md section 1).
 
-Both losses share one call signature,
+The two losses are called as
 
-    loss(model, x0, mask=None, *, t=None, noise=None, generator=None) -> scalar,
+    DenoisingLoss(...)(model, x0, *, t=None, noise=None, generator=None) -> scalar
+    MaskedDenoisingLoss(...)(model, x0, mask, *, t=None, noise=None, generator=None) -> scalar
 
 and draw t ~ U{0..T-1} and eps ~ N(0, I) from ``generator`` only when they are not given.
 The training loop gives them explicitly: it draws them for the global batch from one
@@ -67,6 +68,14 @@ class _Loss:
         x_t = self.schedule.q_sample(x0, t, noise)
         return t, x_t, training_target(self.prediction, self.schedule, x0, noise, t)
 
+    def _reduce(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean over each sample's elements, then over samples; float32 under autocast too.
+
+        ``out`` and ``target`` are (B, ...) of one shape; returns a float32 scalar.
+        """
+        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+        return per_sample.mean()
+
 
 class DenoisingLoss(_Loss):
     """Denoising score matching on the whole image (fine-tuning and the from-scratch baseline).
@@ -81,22 +90,16 @@ class DenoisingLoss(_Loss):
         self,
         model: nn.Module,
         x0: torch.Tensor,
-        mask: torch.Tensor | None = None,
         *,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        # The argument exists only so both losses share one signature; a real mask here would be
-        # silently ignored, which is the kind of bug that costs a run, so refuse it.
-        if mask is not None and bool(mask.any()):
-            raise ValueError(
-                "DenoisingLoss trains on the whole image; use MaskedDenoisingLoss for masks"
-            )
+        """Scalar float32 loss for images ``x0`` (B, C, H, W); ``t`` int (B,) and ``noise`` like
+        ``x0`` are drawn from ``generator`` when not given."""
         t, x_t, target = self._noised(x0, t, noise, generator)
         out = model(x_t, t)  # (B, C, H, W)
-        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-        return per_sample.mean()
+        return self._reduce(out, target)
 
 
 class MaskedDenoisingLoss(_Loss):
@@ -142,5 +145,4 @@ class MaskedDenoisingLoss(_Loss):
             raise ValueError(
                 f"model returned {tuple(out.shape)} for visible targets {tuple(target.shape)}"
             )
-        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-        return per_sample.mean()
+        return self._reduce(out, target)
