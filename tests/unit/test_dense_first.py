@@ -166,3 +166,4 @@ def test_token_blocks_small64() -> None:
             model.token_blocks(bad)
     with pytest.raises(ValueError, match=r"pretrain\.dense_blocks=7"):
         model.token_blocks(32, dense_blocks=7)
+
