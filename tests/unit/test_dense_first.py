@@ -167,3 +167,19 @@ def test_token_blocks_small64() -> None:
     with pytest.raises(ValueError, match=r"pretrain\.dense_blocks=7"):
         model.token_blocks(32, dense_blocks=7)
 
+
+def test_the_masked_loss_hands_dense_blocks_to_the_model() -> None:
+    from maskdm_pipeline.diffusion import MaskedDenoisingLoss, make_schedule
+
+    model, s = _model(depth=4), make_schedule("linear")
+    x0, t, mask = _inputs()
+    noise = torch.randn_like(x0)
+    target = keep_visible(patchify(noise, 4), mask)
+    with torch.no_grad():
+        x_t = s.q_sample(x0, t, noise)
+        for k in (0, 2):
+            expected = (model(x_t, t, mask, dense_blocks=k) - target).pow(2).flatten(1).mean(1).mean()
+            loss = MaskedDenoisingLoss(s, "eps", dense_blocks=k)(model, x0, mask, t=t, noise=noise)
+            torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+        with pytest.raises(ValueError, match=r"pretrain\.dense_blocks=3"):
+            MaskedDenoisingLoss(s, "eps", dense_blocks=3)(model, x0, mask, t=t, noise=noise)

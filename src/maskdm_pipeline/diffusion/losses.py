@@ -220,7 +220,26 @@ class MaskedDenoisingLoss(_Loss):
     exactly :class:`DenoisingLoss` (1.8).
 
     ``mask`` is bool (B, N) over the patch grid, True = masked, the same count in every row.
+
+    Args:
+        dense_blocks: k of dense-first masking, handed to the model as
+            ``model(x_t, t, mask, dense_blocks=k)`` (``models/uvit.py``; checked there against the
+            model's depth). k = 0 calls ``model(x_t, t, mask)``, the plain model contract, so any
+            model with ``forward(x_t, t, mask=None)`` still works.
+        schedule, prediction, weighting, min_snr_gamma: as :class:`_Loss`.
     """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        *,
+        dense_blocks: int = 0,
+        weighting: str = "none",
+        min_snr_gamma: float = 5.0,
+    ) -> None:
+        super().__init__(schedule, prediction, weighting=weighting, min_snr_gamma=min_snr_gamma)
+        self.dense_blocks = dense_blocks
 
     def __call__(
         self,
@@ -244,7 +263,8 @@ class MaskedDenoisingLoss(_Loss):
             )
         mask = mask.to(x0.device)
         t, x_t, target = self._noised(x0, t, noise, generator)
-        out = model(x_t, t, mask)  # (B, N_visible, p*p*C)
+        dense = {"dense_blocks": self.dense_blocks} if self.dense_blocks else {}
+        out = model(x_t, t, mask, **dense)  # (B, N_visible, p*p*C)
         target = keep_visible(patchify(target, p), mask)  # (B, N_visible, p*p*C)
         if out.shape != target.shape:
             raise ValueError(
