@@ -59,8 +59,8 @@ def loss_weights(
 ) -> torch.Tensor:
     """w(t) for t = 0..T-1: float64 (T,) on the schedule's device; multiplies each sample's MSE.
 
-    ``"none"`` gives ones. ``"min_snr"`` is Min-SNR-gamma (Hang et al., ICCV 2023, eq. 7 and
-    section 3.4), defined on the x0-space loss, with SNR(t) = abar_t / (1 - abar_t)::
+    ``"none"`` gives ones. ``"min_snr"`` is Min-SNR-gamma (Hang et al., ICCV 2023), which the
+    paper defines on the x0-space loss, with SNR(t) = abar_t / (1 - abar_t)::
 
         w_x0(t) ||x0 - x0_hat||^2,   w_x0(t) = min(SNR(t), gamma)
 
