@@ -1,6 +1,12 @@
 """Diffusion math (pure torch): schedules, prediction targets, DSM/MDSM losses and samplers."""
 
-from maskdm_pipeline.diffusion.losses import DenoisingLoss, MaskedDenoisingLoss
+from maskdm_pipeline.diffusion.losses import (
+    LOSS_WEIGHTINGS,
+    DenoisingLoss,
+    MaskedDenoisingLoss,
+    loss_weights,
+    validate_weighting,
+)
 from maskdm_pipeline.diffusion.prediction import (
     PREDICTIONS,
     to_x0_eps,
@@ -28,6 +34,7 @@ from maskdm_pipeline.diffusion.schedules import (
 )
 
 __all__ = [
+    "LOSS_WEIGHTINGS",
     "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULES",
@@ -40,6 +47,7 @@ __all__ = [
     "draw_noise",
     "draw_timesteps",
     "get_sampler",
+    "loss_weights",
     "make_schedule",
     "q_sample",
     "sample",
@@ -49,4 +57,5 @@ __all__ = [
     "training_target",
     "validate_prediction",
     "validate_sampling",
+    "validate_weighting",
 ]

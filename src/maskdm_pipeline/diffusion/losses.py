@@ -1,17 +1,27 @@
 """Training objectives: DSM on the whole image and MaskDM's masked DSM (METHOD.md section 1).
 
-Both losses share one call signature,
+The two losses are called as
 
-    loss(model, x0, mask=None, *, t=None, noise=None, generator=None) -> scalar,
+    DenoisingLoss(...)(model, x0, *, t=None, noise=None, generator=None) -> scalar
+    MaskedDenoisingLoss(...)(model, x0, mask, *, t=None, noise=None, generator=None) -> scalar
 
 and draw t ~ U{0..T-1} and eps ~ N(0, I) from ``generator`` only when they are not given.
 The training loop gives them explicitly: it draws them for the global batch from one
 generator and hands each DDP rank its slice, so the loss does not depend on the process count.
-Each sample's loss is a mean over its own elements and the batch loss a mean over samples, so
-the mean of the per-rank losses over equal slices equals the whole-batch loss.
+Each sample's loss is a mean over its own elements, times its timestep weight w(t), and the
+batch loss a mean over samples, so the mean of the per-rank losses over equal slices equals the
+whole-batch loss.
+
+Timestep weighting (``weighting``, the ``diffusion.loss_weighting`` parameter):
+
+- ``"none"``: w(t) = 1, MaskDM's and DDPM's "L_simple" (METHOD.md 1.7).
+- ``"min_snr"``: Min-SNR-gamma (Hang et al., "Efficient Diffusion Training via Min-SNR
+  Weighting Strategy", ICCV 2023), see :func:`loss_weights`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -19,6 +29,71 @@ from torch import nn
 from maskdm_pipeline.diffusion.prediction import training_target, validate_prediction
 from maskdm_pipeline.diffusion.schedules import NoiseSchedule, draw_noise, draw_timesteps
 from maskdm_pipeline.models.patching import keep_visible, patchify
+
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def validate_weighting(weighting: str, min_snr_gamma: float) -> None:
+    """Raise ValueError naming ``diffusion.loss_weighting`` or ``diffusion.min_snr_gamma``.
+
+    gamma is checked whatever the weighting, so a bad value never waits for the day it is used.
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(
+            f"diffusion.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}"
+        )
+    if (
+        isinstance(min_snr_gamma, bool)
+        or not isinstance(min_snr_gamma, (int, float))
+        or not math.isfinite(min_snr_gamma)
+        or min_snr_gamma <= 0
+    ):
+        raise ValueError(
+            "diffusion.min_snr_gamma must be a positive finite number (Hang et al. use 5); "
+            f"got {min_snr_gamma!r}"
+        )
+
+
+def loss_weights(
+    schedule: NoiseSchedule, prediction: str, weighting: str, min_snr_gamma: float = 5.0
+) -> torch.Tensor:
+    """w(t) for t = 0..T-1: float64 (T,) on the schedule's device; multiplies each sample's MSE.
+
+    ``"none"`` gives ones. ``"min_snr"`` is Min-SNR-gamma (Hang et al., ICCV 2023), which the
+    paper defines on the x0-space loss, with SNR(t) = abar_t / (1 - abar_t)::
+
+        w_x0(t) ||x0 - x0_hat||^2,   w_x0(t) = min(SNR(t), gamma)
+
+    With a_t = sqrt(abar_t), s_t = sqrt(1 - abar_t), x_t = a_t x0 + s_t eps and the inverses of
+    ``prediction.py``, the x0 error is a fixed multiple of each target's error:
+
+        eps: x0_hat = (x_t - s_t eps_hat) / a_t  =>  x0 - x0_hat = (s_t / a_t)(eps_hat - eps)
+             ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR
+             w_eps = min(SNR, gamma) / SNR        = min(1, gamma / SNR)
+        x0:  w_x0  = min(SNR, gamma)
+        v:   x0_hat = a_t x_t - s_t v_hat, x0 = a_t x_t - s_t v  =>  x0 - x0_hat = s_t (v_hat - v)
+             ||x0 - x0_hat||^2 = s_t^2 ||v - v_hat||^2 = ||v - v_hat||^2 / (SNR + 1)
+             w_v = min(SNR, gamma) / (SNR + 1)    = min(SNR, gamma) (1 - abar_t)
+
+    (1 / (SNR + 1) = 1 - abar_t because a_t^2 + s_t^2 = 1; v's weight is *not* eps's, the slip
+    a widely used library made more than once.) Computed in float64 in the right-hand forms,
+    which stay finite for every abar in [0, 1): the cosine schedule's abar_{T-1} ~ 2e-9 gives
+    w_eps = 1, w_x0 = SNR ~ 2e-9, w_v ~ 2e-9; SNR(0) ~ 1e4 (linear) or 2.4e4 (cosine) gives
+    w_eps = gamma / SNR, w_x0 = gamma, w_v = gamma (1 - abar_0).
+
+    Raises:
+        ValueError: unknown ``prediction``, ``weighting`` or a gamma <= 0 (naming the parameter).
+    """
+    validate_prediction(prediction)
+    validate_weighting(weighting, min_snr_gamma)
+    abar = schedule.alphas_cumprod.to(torch.float64)
+    if weighting == "none":
+        return torch.ones_like(abar)
+    snr = abar / (1.0 - abar)
+    if prediction == "eps":
+        return (min_snr_gamma / snr).clamp(max=1.0)
+    clipped = snr.clamp(max=min_snr_gamma)  # min(SNR, gamma)
+    return clipped if prediction == "x0" else clipped * (1.0 - abar)
 
 
 def _patch_size(model: nn.Module) -> int:
@@ -35,11 +110,36 @@ def _patch_size(model: nn.Module) -> int:
 
 
 class _Loss:
-    """Shared state and the draw of (t, eps)."""
+    """Shared state, the draw of (t, eps) and the weighted reduction.
 
-    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+    Args:
+        schedule: the noise schedule (its device is where the weights live).
+        prediction: the network's target, one of ``PREDICTIONS`` (``prediction.py``).
+        weighting: one of ``LOSS_WEIGHTINGS`` (module docstring).
+        min_snr_gamma: gamma of ``"min_snr"``, > 0 (checked for any weighting).
+
+    Attributes:
+        weights: float64 (T,) w(t) from :func:`loss_weights`, or None for ``"none"``: no
+            multiply at all, so the unweighted loss stays bitwise MaskDM's.
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        *,
+        weighting: str = "none",
+        min_snr_gamma: float = 5.0,
+    ) -> None:
         self.schedule = schedule
         self.prediction = validate_prediction(prediction)
+        validate_weighting(weighting, min_snr_gamma)
+        self.weighting = weighting
+        self.weights = (
+            None
+            if weighting == "none"
+            else loss_weights(schedule, prediction, weighting, min_snr_gamma)
+        )
 
     def _noised(
         self,
@@ -67,6 +167,18 @@ class _Loss:
         x_t = self.schedule.q_sample(x0, t, noise)
         return t, x_t, training_target(self.prediction, self.schedule, x0, noise, t)
 
+    def _reduce(self, out: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """mean_b w(t_b) * mean_elements (out_b - target_b)^2; float32 under autocast too.
+
+        ``out`` and ``target`` are (B, ...) of one shape, ``t`` int (B,); returns a float32
+        scalar. The weights are gathered in float64 and cast to float32 for the product.
+        """
+        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+        if self.weights is not None:
+            w = self.weights[t.to(self.weights.device)]  # (B,) float64
+            per_sample = per_sample * w.to(per_sample)
+        return per_sample.mean()
+
 
 class DenoisingLoss(_Loss):
     """Denoising score matching on the whole image (fine-tuning and the from-scratch baseline).
@@ -74,29 +186,24 @@ class DenoisingLoss(_Loss):
         L_dsm = E_{t, x0, eps} || y - F_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) eps, t) ||^2
 
     with y = eps, x0 or v by ``prediction`` (Ho et al. 2020 eq. 14, "L_simple"); MSE averaged over
-    each sample's C*H*W elements, then over the batch; no timestep weighting (METHOD.md 1.7).
+    each sample's C*H*W elements, times w(t) of ``weighting`` (1 by default, METHOD.md 1.7;
+    :func:`loss_weights`), then averaged over the batch. Arguments as :class:`_Loss`.
     """
 
     def __call__(
         self,
         model: nn.Module,
         x0: torch.Tensor,
-        mask: torch.Tensor | None = None,
         *,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        # The argument exists only so both losses share one signature; a real mask here would be
-        # silently ignored, which is the kind of bug that costs a run, so refuse it.
-        if mask is not None and bool(mask.any()):
-            raise ValueError(
-                "DenoisingLoss trains on the whole image; use MaskedDenoisingLoss for masks"
-            )
+        """Scalar float32 loss for images ``x0`` (B, C, H, W); ``t`` int (B,) and ``noise`` like
+        ``x0`` are drawn from ``generator`` when not given."""
         t, x_t, target = self._noised(x0, t, noise, generator)
         out = model(x_t, t)  # (B, C, H, W)
-        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-        return per_sample.mean()
+        return self._reduce(out, target, t)
 
 
 class MaskedDenoisingLoss(_Loss):
@@ -107,12 +214,32 @@ class MaskedDenoisingLoss(_Loss):
     where the hat keeps the visible patches only. Noise is added to the whole image first and the
     model drops the masked tokens itself, which is the same because eps is i.i.d. per pixel (1.1).
     The target is patchified in (p1 p2 c) order and reduced to its visible tokens (1.7); the MSE is
-    averaged over each sample's visible elements, then over the batch. Masked patches carry no loss
-    (no MAE term) and there is no timestep weighting. With an all-False mask (fine-tuning, ratio 0)
-    this is exactly :class:`DenoisingLoss` (1.8).
+    averaged over each sample's visible elements, times w(t) of ``weighting`` (1 by default, as in
+    MaskDM; the same :func:`loss_weights` as the whole-image loss), then over the batch. Masked
+    patches carry no loss (no MAE term). With an all-False mask (fine-tuning, ratio 0) this is
+    exactly :class:`DenoisingLoss` (1.8).
 
     ``mask`` is bool (B, N) over the patch grid, True = masked, the same count in every row.
+
+    Args:
+        dense_blocks: k of dense-first masking, handed to the model as
+            ``model(x_t, t, mask, dense_blocks=k)`` (``models/uvit.py``; checked there against the
+            model's depth). k = 0 calls ``model(x_t, t, mask)``, the plain model contract, so any
+            model with ``forward(x_t, t, mask=None)`` still works.
+        schedule, prediction, weighting, min_snr_gamma: as :class:`_Loss`.
     """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        *,
+        dense_blocks: int = 0,
+        weighting: str = "none",
+        min_snr_gamma: float = 5.0,
+    ) -> None:
+        super().__init__(schedule, prediction, weighting=weighting, min_snr_gamma=min_snr_gamma)
+        self.dense_blocks = dense_blocks
 
     def __call__(
         self,
@@ -136,11 +263,11 @@ class MaskedDenoisingLoss(_Loss):
             )
         mask = mask.to(x0.device)
         t, x_t, target = self._noised(x0, t, noise, generator)
-        out = model(x_t, t, mask)  # (B, N_visible, p*p*C)
+        dense = {"dense_blocks": self.dense_blocks} if self.dense_blocks else {}
+        out = model(x_t, t, mask, **dense)  # (B, N_visible, p*p*C)
         target = keep_visible(patchify(target, p), mask)  # (B, N_visible, p*p*C)
         if out.shape != target.shape:
             raise ValueError(
                 f"model returned {tuple(out.shape)} for visible targets {tuple(target.shape)}"
             )
-        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-        return per_sample.mean()
+        return self._reduce(out, target, t)

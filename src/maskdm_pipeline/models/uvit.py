@@ -16,6 +16,13 @@ the block / long-skip layout follows METHOD.md section 3:
 4. Masked tokens are removed (the time token is always kept); no mask tokens, no decoder.
 5. d//2 in-blocks -> 1 mid-block -> d//2 out-blocks with U-ViT long skips.
 6. Final LayerNorm + Linear(D -> p*p*C) per token; the time token's output is discarded.
+
+**Dense-first masking** (``forward(..., dense_blocks=k)``) moves step 4 behind the first k
+in-blocks, which then see all 1 + N tokens, as SPRINT does (Park et al., ICLR 2026: two dense
+blocks, then 75% of the tokens dropped; shown on U-ViT) and MicroDiT's deferred masking
+(Sehwag et al., CVPR 2025: a patch mixer on all tokens before the drop). The long skips of the
+dense blocks keep only the visible tokens for the out-blocks that consume them. k = 0 is
+MaskDM. It adds no weights: the same model trains with any k and samples with ``mask=None``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,28 @@ from torch import nn
 
 from maskdm_pipeline.models.patching import keep_visible, unpatchify
 
-__all__ = ["UViT", "timestep_embedding"]
+__all__ = ["UViT", "check_dense_blocks", "timestep_embedding"]
+
+
+def check_dense_blocks(dense_blocks: int, depth: int) -> int:
+    """Return ``dense_blocks`` if a U-ViT of ``depth`` can run it, else raise ValueError.
+
+    Dense-first masking may keep 0 (MaskDM) up to all depth // 2 in-blocks dense; with all of
+    them dense the drop happens right before the mid-block. The message names the stage
+    parameter ``pretrain.dense_blocks`` (issue 17), so the parameter schema can call this too.
+    """
+    in_blocks = depth // 2
+    if (
+        isinstance(dense_blocks, bool)
+        or not isinstance(dense_blocks, int)
+        or not 0 <= dense_blocks <= in_blocks
+    ):
+        raise ValueError(
+            f"pretrain.dense_blocks={dense_blocks!r}: must be an integer from 0 to {in_blocks}, "
+            f"the number of in-blocks of a depth-{depth} U-ViT (depth // 2); 0 drops the masked "
+            "tokens at the input, as MaskDM does"
+        )
+    return dense_blocks
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -132,12 +160,14 @@ class UViT(nn.Module):
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self._check_config()  # before any layer is built from these numbers
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
 
@@ -173,7 +203,12 @@ class UViT(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        dense_blocks: int = 0,
     ) -> torch.Tensor:
         """Predict ε (or x0 / v, whatever the loss trains) for the noisy image ``x_t``.
 
@@ -181,28 +216,41 @@ class UViT(nn.Module):
             x_t: noisy images (B, C, H, W) with H = W = ``img_size``.
             t: time steps (B,) (or a scalar, broadcast), integers in [0, T), used unscaled.
             mask: optional bool (B, N), True = masked, the same count in every row.
+            dense_blocks: k, the number of in-blocks that see all 1 + N tokens before the
+                masked ones are dropped (dense-first masking, module docstring); 0 drops them
+                at the input (MaskDM). Irrelevant when ``mask`` is None.
 
         Returns:
             ``mask is None``: the prediction as an image (B, C, H, W).
             Otherwise: (B, N_visible, p*p*C) for the visible patches in raster order with
             elements (p1 p2 c), directly comparable with ``keep_visible(patchify(eps, p), mask)``
-            (the MDSM target, METHOD.md section 1 step 7).
+            (the MDSM target, METHOD.md section 1 step 7), whatever ``dense_blocks`` is.
+
+        Raises:
+            ValueError: malformed ``x_t``, ``t`` or ``mask``; ``dense_blocks`` outside
+                [0, depth // 2] (:func:`check_dense_blocks`).
         """
         t = self._check_inputs(x_t, t, mask)
+        check_dense_blocks(dense_blocks, self.depth)
         b = x_t.shape[0]
         x = self.patch_embed(x_t).flatten(2).transpose(1, 2)  # (B, N, D), raster order (h w)
         time_token = timestep_embedding(t, self.embed_dim).to(x.dtype)[:, None]  # (B, 1, D)
         x = torch.cat([time_token, x], dim=1) + self.pos_embed  # (B, 1+N, D)
+        drop = None
         if mask is not None:
             mask = mask.to(x.device)  # masks are usually drawn on the CPU (data side)
             # Prepend "not masked" for the time token so it always survives (section 1 step 5).
             keep_time = torch.zeros(b, 1, dtype=torch.bool, device=x.device)
-            x = keep_visible(x, torch.cat([keep_time, mask], dim=1))  # (B, 1+N_vis, D)
+            drop = torch.cat([keep_time, mask], dim=1)  # (B, 1+N), True = masked
 
         skips: list[torch.Tensor] = []
-        for block in self.in_blocks:
+        for i, block in enumerate(self.in_blocks):
+            if i == dense_blocks and drop is not None:
+                x, skips = _drop_masked(x, skips, drop)  # (B, 1+N_vis, D) from here on
             x = block(x)  # (B, L, D)
             skips.append(x)
+        if dense_blocks == len(self.in_blocks) and drop is not None:
+            x, skips = _drop_masked(x, skips, drop)  # every in-block was dense
         x = self.mid_block(x)  # (B, L, D)
         for block in self.out_blocks:
             # LIFO: the last in-block's output feeds the first out-block (U-ViT long skips).
@@ -212,6 +260,38 @@ class UViT(nn.Module):
         if mask is None:
             return unpatchify(x, self.patch_size, self.in_chans)  # (B, C, H, W)
         return x
+
+    @property
+    def num_blocks(self) -> int:
+        """Transformer blocks in all: depth // 2 in + 1 mid + depth // 2 out (METHOD.md section 3)."""
+        return len(self.in_blocks) + 1 + len(self.out_blocks)
+
+    def token_blocks(self, visible_tokens: int, dense_blocks: int = 0) -> int:
+        """Patch tokens summed over all blocks for one image's forward pass (issue 17 item 2)::
+
+            token_blocks = k * N + (blocks - k) * N_visible
+
+        with k = ``dense_blocks``, N = ``num_patches`` and blocks = ``num_blocks``. The time
+        token is not counted, as ``tokens_per_image`` / ``visible_tokens_per_image`` of the
+        training loop count patch tokens only; it adds ``blocks`` per image whatever k is.
+        Unmasked (``visible_tokens == N``) it is ``blocks * N`` for any k. A cost proxy linear
+        in tokens: it counts the per-token layers (qkv, projection, MLP: about 24 D^2 FLOPs per
+        token and block) and leaves out attention's scores and weighted sum (4 L D per token for
+        L tokens in the block), a share of about L / (6 D): 8% at small-64's 257 tokens, 1% at
+        its 33 visible ones, but more than the per-token layers at 4097 tokens (256 px), where
+        the count under-states what dense blocks cost.
+
+        Raises:
+            ValueError: ``visible_tokens`` outside [1, N]; ``dense_blocks`` as in
+                :func:`check_dense_blocks`.
+        """
+        check_dense_blocks(dense_blocks, self.depth)
+        n = self.num_patches
+        if isinstance(visible_tokens, bool) or not isinstance(visible_tokens, int) or not (
+            1 <= visible_tokens <= n
+        ):
+            raise ValueError(f"visible_tokens must be an integer from 1 to N={n}, got {visible_tokens!r}")
+        return dense_blocks * n + (self.num_blocks - dense_blocks) * visible_tokens
 
     def _check_inputs(
         self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None
@@ -250,30 +330,27 @@ class UViT(nn.Module):
             raise ValueError("mask hides every patch; at least one token must stay visible")
         return t
 
+    def _check_config(self) -> None:
+        """Refuse an architecture that cannot be built, naming the offending argument."""
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
 
-def _check_config(
-    img_size: int,
-    patch_size: int,
-    in_chans: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-) -> None:
-    """Refuse an architecture that cannot be built, naming the offending argument."""
-    for name, value in {
-        "img_size": img_size,
-        "patch_size": patch_size,
-        "in_chans": in_chans,
-        "embed_dim": embed_dim,
-        "depth": depth,
-        "num_heads": num_heads,
-    }.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if img_size % patch_size:
-        raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
-    if embed_dim % num_heads:
-        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
+
+def _drop_masked(
+    x: torch.Tensor, skips: list[torch.Tensor], drop: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Keep the visible tokens of ``x`` (B, 1+N, D) and of the long skips taken so far, each
+    -> (B, 1+N_vis, D); ``drop`` (B, 1+N) is True for masked tokens (never the time token)."""
+    return keep_visible(x, drop), [keep_visible(skip, drop) for skip in skips]
