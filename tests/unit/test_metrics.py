@@ -22,6 +22,7 @@ from PIL import Image
 from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
 from sklearn.datasets import load_digits
 
+from maskdm_pipeline import fd_clf
 from maskdm_pipeline.metrics import (
     FID_WEIGHTS_FILENAME,
     FID_WEIGHTS_URL,
@@ -31,7 +32,6 @@ from maskdm_pipeline.metrics import (
     build_fid_inception,
     classifier_from_state,
     classifier_state,
-    fd_clf,
     fid_from_folders,
     frechet_distance,
     frechet_distance_from_features,
@@ -382,11 +382,12 @@ def test_fd_clf_features_and_distances(trained, digits: tuple[np.ndarray, np.nda
     noise = np.random.default_rng(0).integers(0, 256, real_b.shape, dtype=np.uint8)
     # ~0 up to the sqrt(eps)-level rounding of near-null directions (see trace_sqrt_product).
     scale = np.trace(stats(extractor(real_a))[1])
-    assert abs(fd_clf(extractor, real_a, real_a)) < 1e-7 * scale
-    real_vs_real, real_vs_noise = (
-        fd_clf(extractor, real_a, real_b),
-        fd_clf(extractor, real_a, noise),
-    )
+
+    def fd(samples: np.ndarray, reference: np.ndarray) -> float:
+        return fd_clf.distance_to_reference(extractor, samples, *stats(extractor(reference)))
+
+    assert abs(fd(real_a, real_a)) < 1e-7 * scale
+    real_vs_real, real_vs_noise = fd(real_b, real_a), fd(noise, real_a)
     assert real_vs_noise > 10 * real_vs_real > 0
     # float [0, 1] input gives the same features as uint8
     np.testing.assert_allclose(extractor(images[:20] / 255.0), feats[:20], rtol=1e-5, atol=1e-6)
@@ -419,6 +420,23 @@ def test_classifier_round_trips_through_weights_only_load(
     )
     with pytest.raises(ValueError, match="classifier_state"):
         classifier_from_state({"state_dict": {}})
+
+
+def test_fd_clf_reference_floor_and_final_score(trained, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    images, _ = digits
+    state = {"available": True, **classifier_state(trained)}
+    features = fd_clf.classifier_features(state)
+    reference = {"available": True, **fd_clf.reference_and_floor(features, images[:600], images[600:], 100)}
+    assert (reference["reference_n"], reference["floor_n"]) == (600, 100)
+    assert reference["floor_fd_clf"] == fd_clf.distance_to_reference(
+        features, images[600:700], reference["mu"].numpy(), reference["sigma"].numpy())
+    scored = fd_clf.score(images[600:800], state, reference, 100)
+    assert scored == {"fd_clf": reference["floor_fd_clf"], "fd_clf_n": 100, "fd_clf_reason": None}
+    assert fd_clf.score(images[:50], state, reference, 100)["fd_clf_reason"].startswith("only 50 samples")
+    unlabelled = fd_clf.fit_feature_classifier(images, None, epochs=1, seed=0)
+    assert not unlabelled["available"]
+    missing = fd_clf.score(images, unlabelled, {"available": False}, 100)
+    assert missing == {"fd_clf": None, "fd_clf_n": None, "fd_clf_reason": unlabelled["reason"]}
 
 
 # --------------------------------------------------------------------------- KID-style distance

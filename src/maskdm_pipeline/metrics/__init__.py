@@ -18,7 +18,6 @@ from maskdm_pipeline.metrics.classifier import (
     TrainedClassifier,
     classifier_from_state,
     classifier_state,
-    fd_clf,
     train_classifier,
 )
 from maskdm_pipeline.metrics.frechet import (
@@ -54,7 +53,6 @@ __all__ = [
     "build_fid_inception",
     "classifier_from_state",
     "classifier_state",
-    "fd_clf",
     "fid_from_folders",
     "frechet_distance",
     "frechet_distance_from_features",
