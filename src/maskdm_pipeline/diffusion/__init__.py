@@ -24,7 +24,6 @@ from maskdm_pipeline.diffusion.schedules import (
     draw_noise,
     draw_timesteps,
     make_schedule,
-    q_sample,
 )
 
 __all__ = [
@@ -41,7 +40,6 @@ __all__ = [
     "draw_timesteps",
     "get_sampler",
     "make_schedule",
-    "q_sample",
     "sample",
     "solver_time_grid",
     "time_grid",
