@@ -12,6 +12,7 @@ from maskdm_pipeline import fd_clf
 from maskdm_pipeline.datasets.state import FeatureCache
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.metrics import (
+    FID_WEIGHTS_FILENAME,
     InceptionFeatures,
     InceptionWeightsUnavailable,
     frechet_distance,
@@ -19,6 +20,11 @@ from maskdm_pipeline.metrics import (
 )
 
 logger = logging.getLogger(__name__)
+
+WEIGHTS_PARAMETER = "evaluate.fid.weights_path"
+# How a `kedro run` user points FID at the weights file: the metrics only know their argument.
+_POINT_AT_WEIGHTS = (f"set the parameter `{WEIGHTS_PARAMETER}` to its path "
+                     f"(e.g. kedro run --params {WEIGHTS_PARAMETER}=/path/to/{FID_WEIGHTS_FILENAME})")
 
 
 def _inception(params: Mapping[str, Any], device: str) -> InceptionFeatures:
@@ -53,8 +59,9 @@ def inception_reference(
     try:
         extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))))
     except InceptionWeightsUnavailable as exc:
-        logger.warning("FID unavailable, reported as null. %s", exc)
-        return {"available": False, "reason": str(exc)}
+        reason = exc.explain(_POINT_AT_WEIGHTS)
+        logger.warning("FID unavailable, reported as null. %s", reason)
+        return {"available": False, "reason": reason}
     mu, sigma = stats(extractor(images))
     cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"]})
     return {"available": True, "mu": mu, "sigma": sigma, "n": len(images), "key": key}
