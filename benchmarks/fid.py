@@ -3,7 +3,7 @@
 1. Frechet distance at 2048-d: ``maskdm_pipeline.metrics.frechet_distance`` (symmetric eigh) vs
    ``pytorch_fid.fid_score.calculate_frechet_distance`` (SciPy ``sqrtm``) on the same statistics:
    median seconds, the ratio, and how closely the two values agree. Target: >= 4x.
-2. Inception pool3 activations in images/s from the same PNG files: ``InceptionFeatures.from_files``
+2. Inception pool3 activations in images/s from the same PNG files: ``features_from_files``
    vs ``pytorch_fid.fid_score.get_activations`` (DataLoader with the CLI's default worker count,
    ``min(8, cpus)``, and with 0 workers), plus ours without channels-last to show what it buys.
    The same network object class and weights for all. Target: >= 1.3x.
@@ -14,7 +14,7 @@ does not depend on the weight values (the values printed are then not FID, only 
 Every variant gets a warm-up, then the variants run interleaved for ``--repeats`` rounds and the
 median is reported, so load from other jobs hits all of them alike.
 
-    python benchmarks/fid.py --json out.json [--num-images 100] [--repeats 3] [--threads N]
+    python -m benchmarks.fid --json out.json [--num-images 100] [--repeats 3] [--threads N]
 
 On a machine other jobs share, compare at ``--threads 1`` as well: the ratios are what matter.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -36,29 +35,17 @@ import numpy as np
 import pytorch_fid.fid_score as pfs
 import torch
 from PIL import Image
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
+from benchmarks.machine import load_average, machine_info
+from benchmarks.standin_weights import benchmark_weights
 from maskdm_pipeline.metrics import (
     InceptionFeatures,
+    InceptionWeightsUnavailable,
+    features_from_files,
     frechet_distance,
-    random_fid_inception_state_dict,
     stats,
 )
-from maskdm_pipeline.metrics.inception import InceptionWeightsUnavailable, hub_weights_path
-from maskdm_pipeline.training.runtime import cpu_name
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu": cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "blas_threads": {p["internal_api"]: p["num_threads"] for p in threadpool_info()},
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
 
 
 def _interleaved(
@@ -156,9 +143,9 @@ def bench_activations(
             return go
 
         fns = {
-            "ours": run("ours", lambda: ours.from_files(files)),
+            "ours": run("ours", lambda: features_from_files(ours, files)),
             "ours_without_channels_last": run(
-                "ours_without_channels_last", lambda: ours_nchw.from_files(files)
+                "ours_without_channels_last", lambda: features_from_files(ours_nchw, files)
             ),
             f"pytorch_fid_get_activations_workers{cli_workers}": run(
                 "pytorch_fid",
@@ -224,22 +211,14 @@ def main() -> None:
     # Frechet first: it is numpy/scipy only, so torch's OpenMP threads are not yet spinning.
     result["frechet"] = bench_frechet(args.fd_dims, args.fd_features, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = args.weights or hub_weights_path()
-        if args.weights is None and not weights.is_file():
-            weights = Path(tmp) / "standin_inception.pth"
-            torch.save(random_fid_inception_state_dict(seed=0), weights)
-            result["weights"] = "stand-in random weights (timing only; values are not FID)"
-        else:
-            result["weights"] = str(weights)
+        weights, result["weights"] = benchmark_weights(args.weights, Path(tmp))
         try:
             result["activations"] = bench_activations(
                 weights, args.num_images, args.image_size, args.batch_size, args.repeats
             )
         except InceptionWeightsUnavailable as exc:
             result["activations"] = {"error": str(exc)}
-    result["machine"]["load_average_at_end"] = (
-        os.getloadavg() if hasattr(os, "getloadavg") else None
-    )
+    result["machine"]["load_average_at_end"] = load_average()
 
     fd, act = result["frechet"], result["activations"]
     print(

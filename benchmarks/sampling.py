@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskdm_pipeline import evaluation, generation
-from maskdm_pipeline.metrics import frechet_distance, stats
+from maskdm_pipeline import fd_clf, generation
 from maskdm_pipeline.models import build_uvit, count_parameters
 from maskdm_pipeline.training.checkpoint import load_torch_state
 
@@ -94,7 +93,7 @@ def load_sampling_source(data_dir: Path) -> SamplingSource:
     if missing:
         source.quality_reason = f"missing {', '.join(missing)} (run `kedro run --pipelines preprocess`)"
         return source
-    features = evaluation.classifier_features(load_torch_state(clf_path))
+    features = fd_clf.classifier_features(load_torch_state(clf_path))
     reference = load_torch_state(ref_path)
     if features is None or not reference.get("available", True):
         source.quality_reason = "the fd_clf classifier is unavailable (the training data have no labels)"
@@ -153,8 +152,7 @@ def bench_samplers(
     for spec in samplers:
         fd = None
         if source.features is not None and source.reference is not None:
-            mu, sigma = stats(source.features(images[spec.key]))
-            fd = frechet_distance(mu, sigma, *source.reference)
+            fd = fd_clf.distance_to_reference(source.features, images[spec.key], *source.reference)
         med = statistics.median(times[spec.key])
         results[spec.key] = {"sampler": spec.name, "steps": spec.steps, "label": spec.label,
                              "repeats": len(times[spec.key]), "seconds_median": med,

@@ -18,10 +18,7 @@ GPU name, threads, torch version, load average, date) is recorded with the figur
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks import train_step
@@ -43,6 +39,7 @@ from benchmarks.e2e import (
     make_project_copy,
     run_measured,
 )
+from benchmarks.machine import load_average, machine_info
 from benchmarks.sampling import (
     MIN_TRAINED_STEPS,
     REFERENCE_SAMPLER,
@@ -109,31 +106,6 @@ class SuiteConfig:
         return cls(mode="full", train_presets={"tiny": 64, "small-64": 16})
 
 
-# --------------------------------------------------------------------------- machine
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU model (or GPU name), threads, versions, load average and the date, for the record."""
-    info: dict[str, Any] = {
-        "cpu": train_step.cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_at_start": _loadavg(),
-    }
-    return info
-
-
-def _loadavg() -> list[float] | None:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
 # --------------------------------------------------------------------------- training step
 
 
@@ -181,18 +153,12 @@ def bench_fid(cfg: SuiteConfig, threads: int | None, weights: Path | None) -> di
     through its CLI (``--json``) if its functions cannot be imported or called as expected."""
     try:
         from benchmarks import fid
-        from maskdm_pipeline.metrics import hub_weights_path, random_fid_inception_state_dict
+        from benchmarks.standin_weights import benchmark_weights
 
         out: dict[str, Any] = {"mode": "in-process"}
         out["frechet"] = fid.bench_frechet(cfg.fd_dims, cfg.fd_features, cfg.fd_repeats)
         with tempfile.TemporaryDirectory() as tmp:
-            path = weights or hub_weights_path()
-            if weights is None and not path.is_file():
-                path = Path(tmp) / "standin_inception.pth"
-                torch.save(random_fid_inception_state_dict(seed=0), path)
-                out["weights"] = "stand-in random weights (timing only; values are not FID)"
-            else:
-                out["weights"] = str(path)
+            path, out["weights"] = benchmark_weights(weights, Path(tmp))
             out["activations"] = fid.bench_activations(
                 path, cfg.inception_images, 32, cfg.inception_batch, cfg.inception_repeats)
         return out
@@ -204,7 +170,7 @@ def _fid_subprocess(cfg: SuiteConfig, threads: int | None, weights: Path | None,
                     why: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out_json = Path(tmp) / "fid.json"
-        cmd = [sys.executable, str(PROJECT_ROOT / "benchmarks" / "fid.py"), "--json", str(out_json),
+        cmd = [sys.executable, "-m", "benchmarks.fid", "--json", str(out_json),
                "--repeats", str(cfg.fd_repeats), "--num-images", str(cfg.inception_images),
                "--batch-size", str(cfg.inception_batch), "--fd-dims", str(cfg.fd_dims),
                "--fd-features", str(cfg.fd_features)]
@@ -335,6 +301,6 @@ def run_suite(cfg: SuiteConfig, *, device: str = "cpu", threads: int | None = No
         result["e2e"] = {"skipped": "quick mode (pass --e2e to add a smoke-env run)"}
     result["targets"] = evaluate_targets(result)
     result["ratios"] = flat_ratios(result)
-    result["machine"]["load_average_at_end"] = _loadavg()
+    result["machine"]["load_average_at_end"] = load_average()
     result["suite_wall_s"] = time.perf_counter() - started
     return result

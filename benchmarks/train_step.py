@@ -1,15 +1,21 @@
 """Training-step throughput of the MaskDM U-ViT at several mask ratios, side by side.
 
-Measures one optimisation step (forward + backward + AdamW step) in images per second:
+Measures one optimisation step (forward + backward + AdamW step) in images per second, with the
+pipeline's own loss objects called as the training loop calls them
+(``loss(model, x0, t=t, noise=noise)``, and ``loss(model, x0, mask, t=t, noise=noise)`` when
+masked), so the figure is the step the pipeline runs:
 
-- ratio 0: the unmasked step (``mask=None``), MSE on the whole image (plain DSM);
-- ratio > 0: the masked step of MDSM (METHOD.md section 1), MSE on the visible patches only.
+- ratio 0: :class:`~maskdm_pipeline.diffusion.DenoisingLoss`, DSM on the whole image (fine-tuning
+  and the baseline);
+- ratio > 0: :class:`~maskdm_pipeline.diffusion.MaskedDenoisingLoss`, MDSM on the visible patches
+  only (masked pre-training, METHOD.md section 1).
 
 All ratios run in one process on one model, each with its own warm-up, and the reported
 figure is the median over repeats, so the speed-ups are comparable on a busy machine.
-Mask sampling and noising are inside the timed step (they are part of a real step).
+Drawing t, the noise and the masks is inside the timed step (the loop draws them every step);
+the loop's EMA update, gradient clipping and logging are not.
 
-    python benchmarks/train_step.py --preset small-64 --batch-size 16 --json out.json
+    python -m benchmarks.train_step --preset small-64 --batch-size 16 --json out.json
 
 Issue target: small-64, batch 16, CPU: the 90% block-4 masked step >= 5x the unmasked one.
 
@@ -23,76 +29,53 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from benchmarks.machine import machine_info
+from maskdm_pipeline.devices import synchronize
+from maskdm_pipeline.diffusion import (
+    PREDICTIONS,
+    DenoisingLoss,
+    MaskedDenoisingLoss,
+    draw_noise,
+    draw_timesteps,
+    make_schedule,
+)
 from maskdm_pipeline.masking import MASK_KINDS, mask_count, sample_masks
 from maskdm_pipeline.models import UViT, build_uvit, count_parameters
-from maskdm_pipeline.models.patching import keep_visible, patchify
-from maskdm_pipeline.training.runtime import cpu_name
 
-T = 1000
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU model, torch threads and version, Python, and the GPU's name on CUDA."""
-    info: dict[str, Any] = {
-        "cpu": cpu_name(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+Losses = tuple[DenoisingLoss, MaskedDenoisingLoss]
 
 
 def train_step(
     model: UViT,
     optimizer: torch.optim.Optimizer,
     x0: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
+    losses: Losses,
     kind: str,
     ratio: float,
     block_size: int,
     crop_size: int | None,
 ) -> float:
-    """One DDPM ε-prediction step; masked (MDSM) when ``ratio > 0``. Returns the loss."""
+    """One training step; masked (MDSM) when ``ratio > 0``, else DSM. Returns the loss."""
+    dsm, mdsm = losses
     b = x0.shape[0]
-    t = torch.randint(0, T, (b,), device=x0.device)
-    eps = torch.randn_like(x0)
-    a = alphas_cumprod[t].view(b, 1, 1, 1)
-    # Noise the whole image first, then drop tokens (METHOD.md section 1 step 1).
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    t = draw_timesteps(b, dsm.schedule.num_timesteps, device=x0.device)
+    noise = draw_noise(x0.shape, device=x0.device)
     if ratio == 0:
-        loss = F.mse_loss(model(x_t, t), eps)
+        loss = dsm(model, x0, t=t, noise=noise)
     else:
-        mask = sample_masks(
-            kind,
-            model.grid_size,
-            b,
-            ratio=ratio,
-            block_size=block_size,
-            crop_size=crop_size,
-            device=x0.device,
-        )
-        pred = model(x_t, t, mask)  # (B, N_vis, p*p*C)
-        loss = F.mse_loss(pred, keep_visible(patchify(eps, model.patch_size), mask))
-    optimizer.zero_grad(set_to_none=True)
+        mask = sample_masks(kind, model.grid_size, b, ratio=ratio, block_size=block_size,
+                            crop_size=crop_size, device=x0.device)
+        loss = mdsm(model, x0, mask, t=t, noise=noise)
     loss.backward()
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
 
 
@@ -101,7 +84,7 @@ def _time_blocks(run: tuple[Any, ...], device: torch.device, steps: int) -> floa
     start = time.perf_counter()
     for _ in range(steps):
         train_step(*run)
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -130,7 +113,7 @@ def bench_ratios(
     model: UViT,
     optimizer: torch.optim.Optimizer,
     x0: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
+    losses: Losses,
     ratios: list[float],
     *,
     kind: str = "block",
@@ -148,13 +131,13 @@ def bench_ratios(
     without it each ratio runs all its blocks in turn (the CLI's behaviour).
     """
     runs = [
-        (model, optimizer, x0, alphas_cumprod, kind, r, block_size, crop_size) for r in ratios
+        (model, optimizer, x0, losses, kind, r, block_size, crop_size) for r in ratios
     ]
     per_step: list[list[float]] = [[] for _ in ratios]
     for i, run in enumerate(runs):
         for _ in range(warmup):
             train_step(*run)
-        _sync(x0.device)
+        synchronize(x0.device)
         if not interleave:
             per_step[i] = [_time_blocks(run, x0.device, steps) for _ in range(repeats)]
     if interleave:
@@ -181,6 +164,8 @@ def run_benchmark(
     device: str | torch.device = "cpu",
     seed: int = 0,
     interleave: bool = False,
+    prediction: str = "eps",
+    schedule_kind: str = "linear",
 ) -> dict[str, Any]:
     """Build ``preset`` and measure every ratio on it; returns the report (machine, config, results).
 
@@ -195,13 +180,13 @@ def run_benchmark(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=2e-4, betas=(0.99, 0.99), weight_decay=0.03
     )
-    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1 - betas, 0).to(device=device, dtype=torch.float32)
+    schedule = make_schedule(schedule_kind).to(device)
+    losses = (DenoisingLoss(schedule, prediction), MaskedDenoisingLoss(schedule, prediction))
     x0 = torch.rand(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
     x0 = x0 * 2 - 1
 
     results = bench_ratios(
-        model, optimizer, x0, alphas_cumprod, ratios, kind=kind, block_size=block_size,
+        model, optimizer, x0, losses, ratios, kind=kind, block_size=block_size,
         crop_size=crop_size, warmup=warmup, repeats=repeats, steps=steps, interleave=interleave,
     )
     base = next((r["step_s_median"] for r in results if r["ratio"] == 0), None)
@@ -223,6 +208,8 @@ def run_benchmark(
             "steps_per_repeat": steps,
             "interleaved": interleave,
             "precision": "fp32",
+            "prediction": prediction,
+            "schedule": schedule_kind,
         },
         "results": results,
     }
@@ -263,6 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prediction", choices=PREDICTIONS, default="eps",
+                        help="diffusion.prediction (the paper's eps by default)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -284,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps=args.steps,
         device=args.device,
         seed=args.seed,
+        prediction=args.prediction,
     )
     print_report(report)
     if args.json is not None:

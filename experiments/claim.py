@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.e2e import make_project_copy
+from benchmarks.machine import cpu_name
 from maskdm_pipeline import reporting
-from maskdm_pipeline.training.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,8 +149,9 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
     report = root / "data/08_reporting"
     metrics = json.loads((report / "metrics.json").read_text())
     acc = {s: json.loads((report / f"{s}_accounting.json").read_text()) for s in ("pretrain", "finetune", "baseline")}
-    costs = reporting.stage_costs(metrics, acc)  # the report's own curves: MaskDM charged for pre-training
-    maskdm, baseline = reporting.quality_curves(costs, acc["finetune"], acc["baseline"], None, None)
+    # The report's own costs and curves: MaskDM charged for pre-training.
+    computed = reporting.quality_vs_compute(metrics, acc, None, None)
+    costs, maskdm, baseline = computed.costs, computed.maskdm, computed.baseline
     n = maskdm.n
     target = float(baseline.points["fd_clf"].iloc[-1])
     reach = reporting.cost_to_reach(maskdm, target)

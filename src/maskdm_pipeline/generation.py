@@ -69,14 +69,14 @@ def generate(
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """uint8 (N, C, H, W) -> one uint8 (H', W', C) grid image with ``pad`` pixels between tiles."""
-    n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    ncol = math.ceil(n / nrow)
-    grid = np.zeros((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, y : y + h, x : x + w] = images[i]
-    grid = grid.transpose(1, 2, 0)
+    """uint8 ``(N, C, H, W)`` -> one uint8 grid image ``(H', W', C)`` (``(H', W')`` when C = 1):
+    ``nrow`` tiles per row (default ceil(sqrt(N))), ``pad`` black pixels between and around the
+    tiles. torchvision's ``make_grid``; a single image comes back alone, without the border.
+    """
+    from torchvision.utils import make_grid  # here, not at the top: importing torchvision costs
+    # about a second, which every `kedro run` would pay (tests/unit/test_inception.py checks it)
+
+    n, c = images.shape[:2]
+    grid = make_grid(torch.from_numpy(images), nrow=nrow or math.ceil(math.sqrt(n)), padding=pad)
+    grid = grid.permute(1, 2, 0).numpy()  # (H', W', 3): make_grid repeats one channel to three
     return grid[..., 0] if c == 1 else grid

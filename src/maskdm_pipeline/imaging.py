@@ -1,4 +1,5 @@
-"""Image decoding and conversion for preprocessing (pure: PIL + numpy, no Kedro).
+"""Image decoding and conversion, shared by preprocessing and source pre-training (PIL + numpy,
+no Kedro).
 
 Every input image is either converted to a uint8 ``(C, H, W)`` array or refused with a short,
 human-readable reason; nothing here raises on a bad file. The callers count the reasons in the
@@ -8,15 +9,17 @@ dataset card so a user sees exactly what was skipped and why.
 from __future__ import annotations
 
 import errno
-import hashlib
+import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
 
 CropSpec = str | Sequence[int]  # "none" | "center" | [top, left, height, width]
 
@@ -185,40 +188,76 @@ def convert_array_images(images: np.ndarray, **kwargs: Any) -> np.ndarray:
     return np.stack(out)
 
 
-def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded shuffle, then the last ``round(n * heldout_fraction)`` (at least 1) are held out.
+class NoUsableImagesError(ValueError):
+    """The input held no image that could be converted."""
 
-    Both parts keep the shuffled order: sources are often sorted (the embedded MNIST digits come
-    class by class), and anything that later takes "the first N" of a sorted split would see a
-    few classes only (a first-256 real-data floor was once 35x too high for exactly this reason).
+
+def _conversion_kwargs(params: Mapping[str, Any], log: ConversionLog) -> dict[str, Any]:
+    """The ``preprocess`` parameter block -> :func:`convert`'s keyword arguments."""
+    return {
+        "resolution": int(params["resolution"]),
+        "channels": int(params["channels"]),
+        "crop_spec": params.get("crop", "none"),
+        "min_size": int(params.get("min_size", 0) or 0),
+        "background": int(params.get("alpha_background", 0)),
+        "log": log,
+    }
+
+
+def _convert_partitions(
+    partitions: Mapping[str, Callable[[], Any]], params: Mapping[str, Any], log: ConversionLog
+) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+    """A ``PartitionedDataset`` of images (``{relative path: loader}``) -> arrays.
+
+    Labels come from the first sub-folder of each file when ``preprocess.labels`` is
+    ``subfolder`` (the ImageFolder convention: ``root/<class>/<file>``).
     """
-    order = np.random.default_rng(seed).permutation(n)
-    n_heldout = min(max(1, round(n * heldout_fraction)), n - 1)
-    return order[: n - n_heldout], order[n - n_heldout :]
+    kwargs = _conversion_kwargs(params, log)
+    arrays, names = [], []
+    for name in sorted(partitions):
+        try:
+            image = decode(partitions[name])
+            arrays.append(convert(image, **kwargs))
+            names.append(name)
+        except SkipImage as reason:
+            log.skip(name, str(reason))
+            logger.warning("Skipping %s: %s", name, reason)
+    if not arrays:
+        return None, None, names
+    labels = None
+    if params.get("labels", "none") == "subfolder":
+        classes = sorted({n.split("/")[0] for n in names})
+        labels = np.array([classes.index(n.split("/")[0]) for n in names], dtype=np.int64)
+    return np.stack(arrays), labels, names
 
 
-def subset_indices(indices: np.ndarray, subset: float | int | None, seed: int) -> np.ndarray:
-    """A seeded subset of the training indices: a fraction in (0, 1] or a count (few-shot runs)."""
-    if subset is None:
-        return indices
-    # A float is a fraction of the training split (0.1 = 10%), an int a count (300 images).
-    if isinstance(subset, float):
-        count = max(1, round(len(indices) * subset))
+def convert_images(raw_images: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Decode, convert (mode, crop, antialiased resize) and collect every usable image.
+
+    ``raw_images`` is either an embedded set (``{"images": uint8 (N, C, H, W), "labels",
+    "source"}``) or a ``PartitionedDataset`` mapping of lazy loaders (a user's own folder);
+    ``params`` is the ``preprocess`` parameter block. Returns ``{"images": uint8 (N, C, R, R),
+    "labels": int64 (N,) | None, "source", "found", "log"}``. Shared by preprocessing and by
+    pre-training on a source dataset (``pretrain.data: source``), which must convert alike.
+
+    Raises:
+        NoUsableImagesError: not one image could be converted (the message counts the reasons).
+    """
+    log = ConversionLog()
+    if "images" in raw_images and isinstance(raw_images["images"], np.ndarray):
+        source = str(raw_images.get("source", "embedded"))
+        found = len(raw_images["images"])
+        images = convert_array_images(raw_images["images"], **_conversion_kwargs(params, log))
+        labels = raw_images.get("labels")
     else:
-        count = int(subset)
-    count = min(count, len(indices))
-    chosen = np.random.default_rng(seed + 1).permutation(len(indices))[:count]
-    return indices[chosen]  # shuffled, like split_indices
-
-
-def checksum(*arrays: np.ndarray | None) -> str:
-    """SHA-256 over shapes, dtypes and bytes: the key for cached reference statistics."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        if array is None:
-            digest.update(b"none")
-            continue
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+        source = "image folder"
+        found = len(raw_images)
+        images, labels, _ = _convert_partitions(raw_images, params, log)
+    if images is None:
+        reasons = log.skipped_by_reason()
+        raise NoUsableImagesError(
+            f"No usable image in the raw_images input ({found} files found, all skipped: {reasons}). "
+            "Check the folder that `raw_images.path` points to in conf/<env>/catalog.yml."
+        )
+    logger.info("Converted %d of %d images from %s", len(images), found, source)
+    return {"images": images, "labels": labels, "source": source, "found": found, "log": log}

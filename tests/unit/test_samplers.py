@@ -283,3 +283,19 @@ def test_ancestral_samplers_match_the_data_distribution(sampler, steps, std_tol)
     assert abs(resid.std().item() - s0) < std_tol * s0
     # Per-pixel means follow mu (a sampler ignoring the model would give ~0 everywhere).
     assert (out.mean(0) - mu).abs().max() < 0.06
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_grid_layout(channels: int) -> None:
+    """Tiles in rows of ceil(sqrt(N)), one black pixel between and around them (the PNG grid of
+    the sample stage); grey stays one 2-D channel."""
+    from maskdm_pipeline.generation import image_grid
+
+    images = np.arange(1, 5 * channels * 2 * 3 + 1, dtype=np.uint8).reshape(5, channels, 2, 3)
+    grid = image_grid(images)
+    assert grid.shape == ((7, 13) if channels == 1 else (7, 13, 3)) and grid.dtype == np.uint8
+    expected = np.zeros((7, 13, channels), np.uint8)
+    for i, image in enumerate(images):
+        row, col = divmod(i, 3)
+        expected[1 + 3 * row : 3 + 3 * row, 1 + 4 * col : 4 + 4 * col] = image.transpose(1, 2, 0)
+    np.testing.assert_array_equal(grid, expected[..., 0] if channels == 1 else expected)

@@ -30,7 +30,6 @@ from maskdm_pipeline.diffusion.schedules import (
     draw_noise,
     draw_timesteps,
     make_schedule,
-    q_sample,
 )
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "get_sampler",
     "loss_weights",
     "make_schedule",
-    "q_sample",
     "sample",
     "solver_time_grid",
     "time_grid",

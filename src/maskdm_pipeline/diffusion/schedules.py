@@ -37,40 +37,9 @@ class NoiseSchedule:
         return int(self.betas.shape[0])
 
     @property
-    def alphas(self) -> torch.Tensor:
-        """alpha_t = 1 - beta_t (DDPM notation, not the VP-SDE alpha)."""
-        return 1.0 - self.betas
-
-    @property
-    def alphas_cumprod_prev(self) -> torch.Tensor:
-        """abar_{t-1}, with abar_{-1} = 1 (the clean data)."""
-        return torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
-
-    @property
-    def sqrt_alphas_cumprod(self) -> torch.Tensor:
-        """sqrt(abar_t), the signal scale (alpha_t in DPM-Solver notation)."""
-        return self.alphas_cumprod.sqrt()
-
-    @property
-    def sqrt_one_minus_alphas_cumprod(self) -> torch.Tensor:
-        """sqrt(1 - abar_t), the noise scale (sigma_t in DPM-Solver notation)."""
-        return (1.0 - self.alphas_cumprod).sqrt()
-
-    @property
-    def posterior_variance(self) -> torch.Tensor:
-        """beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t), Var q(x_{t-1} | x_t, x_0) (DDPM eq. 7)."""
-        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-
-    @property
     def log_snr(self) -> torch.Tensor:
         """lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)), DPM-Solver's half log-SNR."""
         return 0.5 * (self.alphas_cumprod.log() - torch.log1p(-self.alphas_cumprod))
-
-    def alpha_bar(self, t: int) -> float:
-        """abar_t as a Python float; t = -1 means the clean data (abar = 1), as in DDIM's grid."""
-        if t < 0:
-            return 1.0
-        return float(self.alphas_cumprod[t])
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """A copy on ``device``; stays on CPU for MPS, which has no float64."""
@@ -133,13 +102,6 @@ def make_schedule(kind: str, T: int = 1000) -> NoiseSchedule:
         )
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     return NoiseSchedule(kind, betas, alphas_cumprod)
-
-
-def q_sample(
-    schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
-) -> torch.Tensor:
-    """Function form of :meth:`NoiseSchedule.q_sample`."""
-    return schedule.q_sample(x0, t, noise)
 
 
 def draw_timesteps(

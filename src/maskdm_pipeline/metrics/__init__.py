@@ -1,14 +1,15 @@
-"""Quality metrics (pure torch / numpy, no Kedro).
+"""Quality metrics (torch / numpy, no Kedro).
 
 * :func:`frechet_distance` / :func:`stats`: the Frechet distance between Gaussians fitted to
   features, float64, via a Cholesky (or ``eigh``) factor and ``eigvalsh``, not SciPy's ``sqrtm``.
-* FID (Heusel et al. 2017): :class:`InceptionFeatures` and :func:`fid_from_folders`, pytorch-fid's
-  InceptionV3 with the real ``pt_inception-2015-12-05`` weights only; when they are missing,
-  :class:`InceptionWeightsUnavailable` says where to put them. Never faked.
-* ``fd_clf``: the Frechet distance on the penultimate features of a small classifier trained on the
-  real training data (the "Frechet LeNet distance" practice), for offline runs on labelled data.
-  It is not FID and is never called FID.
-* :func:`kid_from_features`: the unbiased polynomial-kernel MMD^2 of KID (Binkowski et al. 2018).
+* FID (Heusel et al. 2017): :class:`InceptionFeatures` (the feature math) with pytorch-fid's
+  InceptionV3 and the real ``pt_inception-2015-12-05`` weights only (``inception_weights``: lookup,
+  download, loading; when they are missing, :class:`InceptionWeightsUnavailable` says where to put
+  them; never faked), and :func:`fid_from_folders` (``fid_folders``: the folder I/O).
+* ``fd_clf``'s feature space: :class:`ClassifierFeatures`, the penultimate features of a small
+  classifier trained on the real training data (the "Frechet LeNet distance" practice), for offline
+  runs on labelled data. It is not FID and is never called FID; :mod:`maskdm_pipeline.fd_clf`
+  measures it.
 """
 
 from maskdm_pipeline.metrics.classifier import (
@@ -18,8 +19,13 @@ from maskdm_pipeline.metrics.classifier import (
     TrainedClassifier,
     classifier_from_state,
     classifier_state,
-    fd_clf,
     train_classifier,
+)
+from maskdm_pipeline.metrics.fid_folders import (
+    IMAGE_EXTENSIONS,
+    features_from_files,
+    fid_from_folders,
+    list_images,
 )
 from maskdm_pipeline.metrics.frechet import (
     frechet_distance,
@@ -27,41 +33,35 @@ from maskdm_pipeline.metrics.frechet import (
     stats,
     trace_sqrt_product,
 )
-from maskdm_pipeline.metrics.inception import (
+from maskdm_pipeline.metrics.inception import InceptionFeatures
+from maskdm_pipeline.metrics.inception_weights import (
     FID_WEIGHTS_FILENAME,
     FID_WEIGHTS_URL,
-    InceptionFeatures,
     InceptionWeightsUnavailable,
     build_fid_inception,
-    fid_from_folders,
     hub_weights_path,
-    list_images,
-    random_fid_inception_state_dict,
     resolve_inception_weights,
 )
-from maskdm_pipeline.metrics.kid import KernelDistance, kid_from_features
 
 __all__ = [
     "FID_WEIGHTS_FILENAME",
     "FID_WEIGHTS_URL",
+    "IMAGE_EXTENSIONS",
     "ClassifierConfig",
     "ClassifierFeatures",
     "InceptionFeatures",
     "InceptionWeightsUnavailable",
-    "KernelDistance",
     "SmallConvClassifier",
     "TrainedClassifier",
     "build_fid_inception",
     "classifier_from_state",
     "classifier_state",
-    "fd_clf",
+    "features_from_files",
     "fid_from_folders",
     "frechet_distance",
     "frechet_distance_from_features",
     "hub_weights_path",
-    "kid_from_features",
     "list_images",
-    "random_fid_inception_state_dict",
     "resolve_inception_weights",
     "stats",
     "train_classifier",

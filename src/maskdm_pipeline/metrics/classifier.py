@@ -1,4 +1,4 @@
-"""``fd_clf``: Frechet distance on the features of a small classifier trained on the real data.
+"""The feature space of ``fd_clf``: a small classifier trained on the real data (pure torch).
 
 Without the Inception weights (offline) there is no FID. For labelled data the pipeline still
 measures sample quality the way small-image papers do with the "Frechet LeNet distance": train a
@@ -6,7 +6,8 @@ small CNN classifier on the real training images, take its penultimate-layer fea
 the Frechet distance (Heusel et al. 2017's formula, :func:`~maskdm_pipeline.metrics.frechet.frechet_distance`)
 between Gaussians fitted to real and generated features. The number is called ``fd_clf``, always at
 a fixed sample count, and is NEVER called FID: its scale depends on this classifier, so it is only
-comparable between runs that share the classifier (same data, seed and config).
+comparable between runs that share the classifier (same data, seed and config). What the metric
+is measured on (reference, floor, N, the training probe) is :mod:`maskdm_pipeline.fd_clf`.
 
 The trained classifier is saved as a plain dict (``classifier_state``) that ``torch.save`` writes
 and ``torch.load(..., weights_only=True)`` reads back, so the pipeline can cache it as a catalog
@@ -26,8 +27,6 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
-from maskdm_pipeline.metrics.frechet import frechet_distance_from_features
-
 __all__ = [
     "ClassifierConfig",
     "ClassifierFeatures",
@@ -35,7 +34,6 @@ __all__ = [
     "TrainedClassifier",
     "classifier_from_state",
     "classifier_state",
-    "fd_clf",
     "train_classifier",
 ]
 
@@ -287,15 +285,3 @@ class ClassifierFeatures:
             out[start : start + x.shape[0]] = self.model.features(x).cpu().numpy()
         return out
 
-
-def fd_clf(
-    extractor: ClassifierFeatures,
-    images_a: NDArray[Any] | torch.Tensor,
-    images_b: NDArray[Any] | torch.Tensor,
-) -> float:
-    """Frechet distance between classifier features of two image sets. Not FID; see module doc.
-
-    Like FID, the estimate is biased upwards by an amount that depends on the number of images, so
-    compare values only at the same count (the pipeline fixes it and records it beside the value).
-    """
-    return frechet_distance_from_features(extractor(images_a), extractor(images_b))

@@ -20,7 +20,7 @@ import torch
 from click import ClickException
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.evaluation import QualityProbe
+from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.training.checkpoint import CheckpointError
 from maskdm_pipeline.training.config import StageConfig, TrainerConfig
 from maskdm_pipeline.training.loop import (

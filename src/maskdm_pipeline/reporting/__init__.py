@@ -14,15 +14,16 @@ from maskdm_pipeline.reporting.curves import (
     STAGES,
     ZERO_COST,
     Curve,
+    QualityVsCompute,
     StageCost,
     compare_curves,
     cost_to_reach,
     eval_points,
+    final_points,
     quality_at,
     quality_curve,
-    quality_curves,
+    quality_vs_compute,
     stage_cost,
-    stage_costs,
 )
 from maskdm_pipeline.reporting.figures import curves_figure, samples_figure
 from maskdm_pipeline.reporting.markdown import (
@@ -38,8 +39,8 @@ from maskdm_pipeline.reporting.markdown import (
 )
 
 __all__ = [
-    "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "Curve", "StageCost", "build_markdown",
-    "compare_curves", "compute_table", "cost_to_reach", "curves_figure", "eval_points", "md_table",
-    "quality_at", "quality_curve", "quality_curves", "quality_table", "reach_section", "reading", "samples_figure",
-    "stage_cost", "stage_costs",
+    "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "Curve", "QualityVsCompute", "StageCost",
+    "build_markdown", "compare_curves", "compute_table", "cost_to_reach", "curves_figure", "eval_points",
+    "final_points", "md_table", "quality_at", "quality_curve", "quality_table",
+    "quality_vs_compute", "reach_section", "reading", "samples_figure", "stage_cost",
 ]

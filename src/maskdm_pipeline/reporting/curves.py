@@ -155,26 +155,43 @@ def compare_curves(maskdm: Curve, baseline: Curve,
     return out
 
 
-def stage_costs(
-    metrics: Mapping[str, Any], accountings: Mapping[str, Mapping[str, Any] | None]
-) -> dict[str, StageCost | None]:
-    """Per-stage cost from the accounting records, falling back to ``metrics["stages"]``.
+@dataclass(frozen=True)
+class QualityVsCompute:
+    """Per-stage costs and both quality curves: what the report's text and its figure share,
+    computed once per run."""
 
-    Shared by the report node and ``experiments.claim``.
-    """
-    stages = metrics.get("stages") or {}
-    return {s: stage_cost(accountings.get(s), stages.get(s)) for s in STAGES}
+    costs: Mapping[str, StageCost | None]  # pretrain / finetune / baseline; None when unknown
+    maskdm: Curve  # fine-tuning evaluations, shifted by the pre-training cost
+    baseline: Curve
 
 
-def quality_curves(
-    costs: Mapping[str, StageCost | None],
-    finetune_accounting: Mapping[str, Any],
-    baseline_accounting: Mapping[str, Any],
+def quality_vs_compute(
+    metrics: Mapping[str, Any],
+    accountings: Mapping[str, Mapping[str, Any] | None],
     finetune_history: pd.DataFrame | None,
     baseline_history: pd.DataFrame | None,
-) -> tuple[Curve, Curve]:
-    """MaskDM's fine-tuning evaluations shifted by the pre-training cost, and the baseline's."""
-    points, n = eval_points(finetune_accounting, finetune_history)
+) -> QualityVsCompute:
+    """Per-stage costs from the accounting records (``accountings`` by stage), falling back to
+    ``metrics["stages"]``; MaskDM's fine-tuning evaluations shifted by the pre-training cost, and
+    the baseline's. Used by the report pipeline and ``experiments.claim``."""
+    stages = metrics.get("stages") or {}
+    costs = {s: stage_cost(accountings.get(s), stages.get(s)) for s in STAGES}
+    points, n = eval_points(accountings.get("finetune"), finetune_history)
     maskdm = quality_curve("MaskDM", points, n, costs.get("pretrain") or ZERO_COST)
-    points, n = eval_points(baseline_accounting, baseline_history)
-    return maskdm, quality_curve("baseline", points, n)
+    points, n = eval_points(accountings.get("baseline"), baseline_history)
+    return QualityVsCompute(costs, maskdm, quality_curve("baseline", points, n))
+
+
+def final_points(
+    metrics: Mapping[str, Any], costs: Mapping[str, StageCost | None]
+) -> dict[str, tuple[float, float, int | None]]:
+    """model -> (total training wall s, final fd_clf, its N) where both are known; MaskDM's total
+    is pre-training + fine-tuning."""
+    pre, fine = costs.get("pretrain"), costs.get("finetune")
+    totals = {"maskdm": pre + fine if pre and fine else None, "baseline": costs.get("baseline")}
+    finals = {}
+    for key, total in totals.items():
+        entry = metrics.get(key) or {}
+        if total is not None and entry.get("fd_clf") is not None:
+            finals[key] = (total.wall_time_s, float(entry["fd_clf"]), entry.get("fd_clf_n"))
+    return finals

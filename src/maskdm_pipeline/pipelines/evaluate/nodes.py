@@ -1,4 +1,4 @@
-"""Thin adapters between the catalog and :mod:`maskdm_pipeline.metrics` / ``evaluation``."""
+"""Thin adapters between the catalog and :mod:`maskdm_pipeline.metrics` / :mod:`maskdm_pipeline.fd_clf`."""
 
 from __future__ import annotations
 
@@ -8,18 +8,23 @@ from typing import Any
 
 import numpy as np
 
-from maskdm_pipeline import evaluation
+from maskdm_pipeline import fd_clf
 from maskdm_pipeline.datasets.state import FeatureCache
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.metrics import (
+    FID_WEIGHTS_FILENAME,
     InceptionFeatures,
     InceptionWeightsUnavailable,
     frechet_distance,
     stats,
 )
-from maskdm_pipeline.pipelines.preprocess.classifier_nodes import reference_split
 
 logger = logging.getLogger(__name__)
+
+WEIGHTS_PARAMETER = "evaluate.fid.weights_path"
+# How a `kedro run` user points FID at the weights file: the metrics only know their argument.
+_POINT_AT_WEIGHTS = (f"set the parameter `{WEIGHTS_PARAMETER}` to its path "
+                     f"(e.g. kedro run --params {WEIGHTS_PARAMETER}=/path/to/{FID_WEIGHTS_FILENAME})")
 
 
 def _inception(params: Mapping[str, Any], device: str) -> InceptionFeatures:
@@ -45,7 +50,7 @@ def inception_reference(
     fid = params["fid"]
     if not fid["enabled"]:
         return {"available": False, "reason": "evaluate.fid.enabled=false"}
-    images = reference_split(primary_train)[0]
+    images = fd_clf.reference_split(primary_train)[0]
     key = f"inception-pool{fid['dims']}_{dataset_card['checksum'][:16]}_{images.shape[-1]}px_n{len(images)}"
     cached = cache.get(key)
     if cached is not None:
@@ -54,8 +59,9 @@ def inception_reference(
     try:
         extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))))
     except InceptionWeightsUnavailable as exc:
-        logger.warning("FID unavailable, reported as null. %s", exc)
-        return {"available": False, "reason": str(exc)}
+        reason = exc.explain(_POINT_AT_WEIGHTS)
+        logger.warning("FID unavailable, reported as null. %s", reason)
+        return {"available": False, "reason": reason}
     mu, sigma = stats(extractor(images))
     cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"]})
     return {"available": True, "mu": mu, "sigma": sigma, "n": len(images), "key": key}
@@ -72,17 +78,7 @@ def score_samples(
     """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
-    n = int(params["fd_clf"]["num_samples"])
-    features = evaluation.classifier_features(classifier)
-    if features is None or not clf_reference.get("available", False):
-        scores.update(fd_clf=None, fd_clf_n=None, fd_clf_reason=clf_reference.get("reason") or classifier.get("reason"))
-    elif len(images) < n:
-        scores.update(fd_clf=None, fd_clf_n=None,
-                      fd_clf_reason=f"only {len(images)} samples; evaluate.fd_clf.num_samples={n} are needed")
-    else:
-        mu, sigma = stats(features(images[:n]))
-        ref_mu, ref_sigma = clf_reference["mu"].numpy(), clf_reference["sigma"].numpy()
-        scores.update(fd_clf=frechet_distance(mu, sigma, ref_mu, ref_sigma), fd_clf_n=n, fd_clf_reason=None)
+    scores.update(fd_clf.score(images, classifier, clf_reference, int(params["fd_clf"]["num_samples"])))
     if not inc_reference.get("available", False):
         scores.update(fid=None, fid_n=None, fid_reason=inc_reference.get("reason"))
     else:

@@ -1,13 +1,18 @@
-"""Wiring only: raw_images -> primary arrays and dataset card; then the fd_clf feature space."""
+"""Wiring only: raw_images -> primary arrays and dataset card; then the fd_clf feature space.
+
+The two fd_clf nodes form the modular pipeline ``fd_clf`` (a box of its own in kedro-viz;
+``kedro run --namespaces fd_clf`` refits the classifier alone). They stay in this registered
+pipeline because every training stage needs their outputs, so `kedro run --pipelines preprocess`
+has to produce them. Their datasets keep their catalog names (no namespace prefix).
+"""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .classifier_nodes import fd_clf_reference, fit_feature_classifier
-from .nodes import convert_images, split_images
+from .nodes import convert_images, fd_clf_reference, fit_fd_clf_classifier, split_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return pipeline(
+    images = pipeline(
         [
             node(
                 convert_images,
@@ -21,17 +26,24 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["primary_train", "primary_heldout", "dataset_card"],
                 name="split_images",
             ),
+        ]
+    )
+    fd_clf = pipeline(
+        [
             node(
-                fit_feature_classifier,
+                fit_fd_clf_classifier,
                 inputs=["primary_train", "params:evaluate"],
                 outputs="feature_classifier",
-                name="fit_feature_classifier",
+                name="fit_classifier",
             ),
             node(
                 fd_clf_reference,
                 inputs=["primary_train", "primary_heldout", "feature_classifier", "params:evaluate"],
                 outputs="fd_clf_reference",
-                name="fd_clf_reference",
+                name="reference",
             ),
-        ]
+        ],
+        namespace="fd_clf",
+        prefix_datasets_with_namespace=False,
     )
+    return images + fd_clf

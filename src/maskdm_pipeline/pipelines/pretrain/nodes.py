@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.pipelines.preprocess.nodes import convert_images
+from maskdm_pipeline.imaging import convert_images
 from maskdm_pipeline.pipelines.training_nodes import train_stage
 
 logger = logging.getLogger(__name__)

@@ -10,74 +10,34 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from maskdm_pipeline import reporting
-from maskdm_pipeline.reporting import quality_curves, stage_costs
+from maskdm_pipeline.reporting import QualityVsCompute
 
 
-def _costs_and_curves(
+def quality_vs_compute(
     metrics: Mapping[str, Any],
     pretrain_accounting: Mapping[str, Any],
     finetune_accounting: Mapping[str, Any],
     baseline_accounting: Mapping[str, Any],
     finetune_history: pd.DataFrame,
     baseline_history: pd.DataFrame,
-) -> tuple[Any, Any, Any]:
-    """Per-stage costs and both quality curves, shared by the report and its figure."""
-    costs = stage_costs(
-        metrics,
-        {
-            "pretrain": pretrain_accounting,
-            "finetune": finetune_accounting,
-            "baseline": baseline_accounting,
-        },
-    )
-    maskdm, baseline = quality_curves(
-        costs, finetune_accounting, baseline_accounting, finetune_history, baseline_history
-    )
-    return costs, maskdm, baseline
+) -> QualityVsCompute:
+    """Per-stage costs and both quality curves, once per run, for the report and its figure."""
+    accountings = {"pretrain": pretrain_accounting, "finetune": finetune_accounting,
+                   "baseline": baseline_accounting}
+    return reporting.quality_vs_compute(metrics, accountings, finetune_history, baseline_history)
 
 
 def build_report(
-    metrics: Mapping[str, Any],
-    pretrain_accounting: Mapping[str, Any],
-    finetune_accounting: Mapping[str, Any],
-    baseline_accounting: Mapping[str, Any],
-    finetune_history: pd.DataFrame,
-    baseline_history: pd.DataFrame,
-    dataset_card: Mapping[str, Any],
+    metrics: Mapping[str, Any], curves: QualityVsCompute, dataset_card: Mapping[str, Any]
 ) -> str:
     """The Markdown report (data/08_reporting/report.md)."""
-    costs, maskdm, baseline = _costs_and_curves(
-        metrics, pretrain_accounting, finetune_accounting, baseline_accounting,
-        finetune_history, baseline_history,
-    )
-    return reporting.build_markdown(metrics, costs, maskdm, baseline, dataset_card)
+    return reporting.build_markdown(metrics, curves.costs, curves.maskdm, curves.baseline, dataset_card)
 
 
-def plot_quality_vs_compute(
-    metrics: Mapping[str, Any],
-    pretrain_accounting: Mapping[str, Any],
-    finetune_accounting: Mapping[str, Any],
-    baseline_accounting: Mapping[str, Any],
-    finetune_history: pd.DataFrame,
-    baseline_history: pd.DataFrame,
-) -> Figure:
+def plot_quality_vs_compute(metrics: Mapping[str, Any], curves: QualityVsCompute) -> Figure:
     """fd_clf vs images, tokens and wall time, with the final evaluation as stars at each total cost."""
-    costs, maskdm, baseline = _costs_and_curves(
-        metrics, pretrain_accounting, finetune_accounting, baseline_accounting,
-        finetune_history, baseline_history,
-    )
-    totals = {
-        "maskdm": (costs["pretrain"] + costs["finetune"])
-        if costs["pretrain"] and costs["finetune"]
-        else None,
-        "baseline": costs["baseline"],
-    }
-    finals = {}
-    for key, total in totals.items():
-        entry = metrics.get(key) or {}
-        if total is not None and entry.get("fd_clf") is not None:
-            finals[key] = (total.wall_time_s, float(entry["fd_clf"]), entry.get("fd_clf_n"))
-    return reporting.curves_figure(maskdm, baseline, finals)
+    finals = reporting.final_points(metrics, curves.costs)
+    return reporting.curves_figure(curves.maskdm, curves.baseline, finals)
 
 
 def plot_samples(

@@ -1,8 +1,9 @@
-"""Wiring only: metrics + accounting + histories + sample grids -> report.md and two figures."""
+"""Wiring only: metrics + accounting + histories -> costs and curves (in memory, computed once)
+-> report.md and the quality-vs-compute figure; sample grids -> the samples figure."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import build_report, plot_quality_vs_compute, plot_samples
+from .nodes import build_report, plot_quality_vs_compute, plot_samples, quality_vs_compute
 
 ACCOUNTING = ["pretrain_accounting", "finetune_accounting", "baseline_accounting"]
 HISTORIES = ["finetune_history", "baseline_history"]
@@ -12,14 +13,20 @@ def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
         [
             node(
+                quality_vs_compute,
+                inputs=["metrics", *ACCOUNTING, *HISTORIES],
+                outputs="quality_vs_compute",
+                name="quality_vs_compute",
+            ),
+            node(
                 build_report,
-                inputs=["metrics", *ACCOUNTING, *HISTORIES, "dataset_card"],
+                inputs=["metrics", "quality_vs_compute", "dataset_card"],
                 outputs="report_markdown",
                 name="build_report",
             ),
             node(
                 plot_quality_vs_compute,
-                inputs=["metrics", *ACCOUNTING, *HISTORIES],
+                inputs=["metrics", "quality_vs_compute"],
                 outputs="report_curves",
                 name="plot_quality_vs_compute",
             ),

@@ -1,0 +1,161 @@
+"""fd_clf, the offline quality metric, in one place: its classifier, its real reference, the
+real-data floor, the periodic probe of the training stages and the final score (pure: no Kedro).
+
+``fd_clf`` is the Frechet distance on the penultimate features of a small classifier trained on
+the real training images (the "Frechet LeNet distance" practice; DESIGN.md "Decisions"). It is
+always reported with its sample count and never called FID: its scale depends on the classifier,
+so it is only comparable between runs that share it. FID is computed only with pytorch-fid's real
+Inception weights (:mod:`maskdm_pipeline.metrics`). The network and its training live in
+:mod:`maskdm_pipeline.metrics.classifier` (math); this module decides what the metric is measured
+on (which images, which N, against which reference) and turns unavailability into a reason.
+
+Distances are always ``frechet_distance(samples, reference)`` in that argument order, so the
+probe, the floor and the final score are computed the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from maskdm_pipeline import generation
+from maskdm_pipeline.metrics import (
+    ClassifierFeatures,
+    classifier_from_state,
+    classifier_state,
+    frechet_distance,
+    stats,
+    train_classifier,
+)
+
+# The periodic quality probe during training uses a cheap sampler; the final evaluation uses
+# the `sample` parameters. DPM-Solver++ at 20 steps is close to DDIM-250 quality (see benchmarks).
+PROBE_SAMPLER = "dpm++2m"
+PROBE_STEPS = 20
+
+
+def reference_split(primary_train: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(images, labels) of the whole training split, before any few-shot subset: the real data
+    the classifier is trained on and the metrics' reference (FID's too)."""
+    if "reference_images" in primary_train:
+        return primary_train["reference_images"], primary_train.get("reference_labels")
+    return primary_train["images"], primary_train.get("labels")
+
+
+def fit_feature_classifier(
+    images: np.ndarray, labels: np.ndarray | None, *, epochs: int, seed: int
+) -> dict[str, Any]:
+    """Train the fd_clf classifier on real images uint8 ``(N, C, H, W)`` with int labels ``(N,)``.
+
+    Returns a ``weights_only``-safe dict: ``{"available": True, "reason": None, "config",
+    "state_dict", "test_accuracy", "num_train"}``, or ``{"available": False, "reason": ...}``
+    when ``labels`` is None (unlabelled data have no classifier, and fd_clf is then null).
+    """
+    if labels is None:
+        return {"available": False, "reason": "the training data have no labels (fd_clf needs a classifier)"}
+    trained = train_classifier(images, labels, epochs=epochs, seed=seed)
+    return {"available": True, "reason": None, **classifier_state(trained), "num_train": trained.num_train}
+
+
+def classifier_features(state: Mapping[str, Any], device: str | torch.device = "cpu") -> ClassifierFeatures | None:
+    """The feature extractor of a :func:`fit_feature_classifier` dict, or None when unavailable."""
+    if not state.get("available", False):
+        return None
+    return ClassifierFeatures(classifier_from_state(dict(state)), device=device)
+
+
+def distance_to_reference(
+    features: ClassifierFeatures, images: Any, mu: NDArray[np.float64], sigma: NDArray[np.float64]
+) -> float:
+    """fd_clf of ``images`` (uint8 ``(N, C, H, W)``) against reference statistics ``(mu, sigma)``.
+
+    Like FID, the estimate is biased upwards by an amount that depends on N, so compare values
+    only at the same N (callers fix it and record it beside the value).
+    """
+    sample_mu, sample_sigma = stats(features(images))
+    return frechet_distance(sample_mu, sample_sigma, mu, sigma)
+
+
+def reference_and_floor(
+    features: ClassifierFeatures, train_images: np.ndarray, heldout_images: np.ndarray, n: int
+) -> dict[str, Any]:
+    """Reference statistics of the training images, and the real-data floor: fd_clf of ``n``
+    held-out real images against them (what a perfect generator would score at this N).
+
+    Returns ``{"mu": float64 (D,), "sigma": float64 (D, D)`` (torch tensors, for a
+    ``weights_only`` file), ``"reference_n", "floor_fd_clf", "floor_n"}``.
+    """
+    mu, sigma = stats(features(train_images))
+    held = heldout_images[:n]
+    return {
+        "mu": torch.from_numpy(mu),
+        "sigma": torch.from_numpy(sigma),
+        "reference_n": int(len(train_images)),
+        "floor_fd_clf": distance_to_reference(features, held, mu, sigma),
+        "floor_n": int(len(held)),
+    }
+
+
+def score(
+    images: np.ndarray, classifier: Mapping[str, Any], reference: Mapping[str, Any], n: int
+) -> dict[str, Any]:
+    """The final fd_clf of generated images at the fixed N ``n``: ``{"fd_clf", "fd_clf_n",
+    "fd_clf_reason"}``, with a null value and the reason when there is no classifier or reference,
+    or fewer than ``n`` images."""
+    features = classifier_features(classifier)
+    if features is None or not reference.get("available", False):
+        return {"fd_clf": None, "fd_clf_n": None,
+                "fd_clf_reason": reference.get("reason") or classifier.get("reason")}
+    if len(images) < n:
+        return {"fd_clf": None, "fd_clf_n": None,
+                "fd_clf_reason": f"only {len(images)} samples; evaluate.fd_clf.num_samples={n} are needed"}
+    value = distance_to_reference(features, images[:n], reference["mu"].numpy(), reference["sigma"].numpy())
+    return {"fd_clf": value, "fd_clf_n": n, "fd_clf_reason": None}
+
+
+class QualityProbe:
+    """``probe(step, ema_model) -> {"fd_clf": ..., "fd_clf_n": N}`` for the training loop.
+
+    Picklable (plain tensors and numbers only), so it also works as ``eval_fn`` under DDP, where
+    it runs on rank 0. Samples are drawn with a fixed seed at every probe, so the curve moves
+    only because the model does.
+    """
+
+    def __init__(
+        self,
+        classifier: Mapping[str, Any],
+        reference: tuple[np.ndarray, np.ndarray],
+        *,
+        schedule: str,
+        prediction: str,
+        num_samples: int,
+        seed: int = 0,
+    ):
+        self.classifier = dict(classifier)
+        self.mu, self.sigma = reference
+        self.schedule, self.prediction = schedule, prediction
+        self.num_samples, self.seed = num_samples, seed
+        self._features: ClassifierFeatures | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_features": None}
+
+    def __call__(self, step: int, model: nn.Module) -> dict[str, Any]:
+        device = next(model.parameters()).device
+        if self._features is None:
+            self._features = classifier_features(self.classifier, device)
+        was_training = model.training
+        model.eval()
+        images, _ = generation.generate(
+            model, num_samples=self.num_samples, batch_size=self.num_samples, schedule=self.schedule,
+            prediction=self.prediction, sampler=PROBE_SAMPLER, steps=PROBE_STEPS, eta=0.0,
+            seed=self.seed, device=device,
+        )
+        model.train(was_training)
+        value = distance_to_reference(self._features, images, self.mu, self.sigma)
+        return {"fd_clf": value, "fd_clf_n": self.num_samples}
