@@ -13,9 +13,9 @@ import pytest
 from click import ClickException
 from conftest import squash
 
-import maskdm_pipeline.training.checkpoint as checkpoint_module
+import maskdm_pipeline.fileio as checkpoint_module
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.training.checkpoint import load_checkpoint
+from maskdm_pipeline.fileio import load_checkpoint
 
 MODEL = {"preset": "tiny", "patch_size": 2, "embed_dim": 16, "depth": 2, "num_heads": 2}
 DIFFUSION = {"schedule": "linear", "prediction": "x0"}

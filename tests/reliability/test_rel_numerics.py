@@ -11,7 +11,7 @@ import torch
 from conftest import load_params, squash
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.training.checkpoint import load_checkpoint
+from maskdm_pipeline.fileio import load_checkpoint
 from maskdm_pipeline.training.runtime import NonFiniteLossError
 
 MODEL = {"preset": "tiny", "patch_size": 2, "embed_dim": 16, "depth": 2, "num_heads": 2}

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from maskdm_pipeline.training.checkpoint import load_checkpoint
+from maskdm_pipeline.fileio import load_checkpoint
 from maskdm_pipeline.training.config import (
     MaskConfig,
     StageConfig,

@@ -21,7 +21,7 @@ from click import ClickException
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.evaluation import QualityProbe
-from maskdm_pipeline.training.checkpoint import CheckpointError
+from maskdm_pipeline.fileio import CheckpointError
 from maskdm_pipeline.training.config import StageConfig, TrainerConfig
 from maskdm_pipeline.training.loop import (
     EvalFn,

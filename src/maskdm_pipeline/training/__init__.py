@@ -1,6 +1,6 @@
 """Training loop, EMA, checkpoint state and distributed launch (pure torch, no Kedro)."""
 
-from maskdm_pipeline.training.checkpoint import (
+from maskdm_pipeline.fileio import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,

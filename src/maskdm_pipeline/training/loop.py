@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from maskdm_pipeline import devices
+from maskdm_pipeline.fileio import CHECKPOINT_FORMAT, save_checkpoint, to_cpu, to_plain
 from maskdm_pipeline.training import runtime
-from maskdm_pipeline.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from maskdm_pipeline.training.config import StageConfig, TrainerConfig, check_compatible
 from maskdm_pipeline.training.ema import EMA
 from maskdm_pipeline.training.runtime import (
@@ -305,7 +305,7 @@ class _Run:
         self.stats["eval_time_s"] += seconds
         if result:
             # Our bookkeeping keys win over same-named keys in the eval result.
-            plain = runtime.to_plain(dict(result))
+            plain = to_plain(dict(result))
             self.evals.append({**plain, "step": self.step,
                                "elapsed_s": now, "images_seen": self.stats["images_seen"]})
             # Quality while it trains, not only in the accounting written at the end.
@@ -336,7 +336,7 @@ class _Run:
                  "device": devices.describe(self.device),
                  "precision": self.trainer.precision, "nproc": self.world_size,
                  "epochs": self.streams.epoch}
-        return runtime.to_cpu({
+        return to_cpu({
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),

@@ -249,31 +249,3 @@ def progress_bar(show: bool, total: int, initial: int, name: str) -> Any:
 
     return tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True)
 
-
-def to_cpu(obj: Any) -> Any:
-    """Deep copy with every tensor detached onto the CPU (what ``weights_only`` files hold)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
-
-
-def to_plain(obj: Any) -> Any:
-    """Eval results -> weights_only-safe values: 0-d tensors and numpy scalars become floats."""
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.detach().cpu()
-    if type(obj) in (str, int, float, bool) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars (np.float64 is a float subclass) and 0-d arrays
-        return obj.item()
-    for base in (int, float, str):  # other subclasses, e.g. an IntEnum
-        if isinstance(obj, base):
-            return base(obj)
-    return str(obj)
