@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from benchmarks.machine import cpu_name
 from maskdm_pipeline.metrics import (
     InceptionFeatures,
     frechet_distance,
@@ -45,7 +46,6 @@ from maskdm_pipeline.metrics import (
     stats,
 )
 from maskdm_pipeline.metrics.inception import InceptionWeightsUnavailable, hub_weights_path
-from maskdm_pipeline.training.runtime import cpu_name
 
 
 def machine_info() -> dict[str, Any]:

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.machine import cpu_name
 from maskdm_pipeline.masking import MASK_KINDS, mask_count, sample_masks
 from maskdm_pipeline.models import UViT, build_uvit, count_parameters
 from maskdm_pipeline.models.patching import keep_visible, patchify
-from maskdm_pipeline.training.runtime import cpu_name
 
 T = 1000
 

@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.e2e import make_project_copy
+from benchmarks.machine import cpu_name
 from maskdm_pipeline import reporting
-from maskdm_pipeline.training.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,20 +18,26 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from maskdm_pipeline import tracking
-from maskdm_pipeline.validation import flatten, validate_parameters
+from maskdm_pipeline.tracking import flatten
 
 logger = logging.getLogger(__name__)
 
 
 class ValidateParametersHook:
-    """Checks the merged parameters (conf + ``--params``) against the schema in
-    :mod:`maskdm_pipeline.validation` and stops the run with a message naming the parameter."""
+    """Checks the whole merged parameter tree (conf + ``--params``) against the schema in
+    :mod:`maskdm_pipeline.params` and stops the run with a message naming each parameter.
+
+    It runs as soon as the context exists: before the catalog is built, which is when Kedro's
+    own validation of the typed ``params:`` inputs runs (for the selected pipelines only, and
+    ending in a traceback), and before any node.
+    """
 
     @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        params = catalog.load("parameters")
-        runtime = run_params.get("runtime_params") or {}
-        validate_parameters(params, runtime_params=runtime)
+    def after_context_created(self, context: Any) -> None:
+        from maskdm_pipeline.params import validate_parameters
+
+        loader = context.config_loader
+        validate_parameters(loader["parameters"], runtime_params=loader.runtime_params)
 
 
 class CheckpointSlotHook:

@@ -156,15 +156,17 @@ def test_damaged_checkpoint_is_refused_naming_the_file(tiny_state, tmp_path, dam
 def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_path, tiny_images):
     """A damaged resume checkpoint stops the training node before any step, naming the file and
     both ways out (delete it, or resume=false); it is never silently replaced by a fresh start."""
-    from maskdm_pipeline.pipelines.training_nodes import train_stage
+    from maskdm_pipeline.params import PretrainParams
+    from maskdm_pipeline.train_stage import train_stage
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams
 
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     save_checkpoint(tiny_state, slot.path)
     slot.path.write_bytes(slot.path.read_bytes()[:-100])
-    stage = {"steps": 5, "batch_size": 8, "lr": 1e-3, "resume": True}
+    stage = PretrainParams(steps=5, batch_size=8, lr=1e-3, resume=True)
     with pytest.raises(CheckpointError) as info:
-        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, {"preset": "tiny", "patch_size": 2,
-                    "embed_dim": 16, "depth": 2, "num_heads": 2}, {"schedule": "linear", "prediction": "x0"},
+        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, ModelParams(preset="tiny", patch_size=2,
+                    embed_dim=16, depth=2, num_heads=2), DiffusionConfig(schedule="linear", prediction="x0"),
                     {"device": "cpu"}, slot)
     message = str(info.value)
     assert str(slot.path) in message and "pretrain.resume=false" in message and "delete" in message

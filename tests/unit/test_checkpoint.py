@@ -15,11 +15,17 @@ from maskdm_pipeline.fileio import (
     load_checkpoint,
     save_checkpoint,
 )
-from maskdm_pipeline.training.config import StageConfig, TrainerConfig
-from maskdm_pipeline.training.loop import run_training
+from maskdm_pipeline.training import (
+    DiffusionConfig,
+    MaskConfig,
+    ModelConfig,
+    StageConfig,
+    TrainerConfig,
+    TrainJob,
+    run_training,
+)
 
-TINY = {"preset": "tiny", "img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
-        "num_heads": 2}
+TINY = ModelConfig(preset="tiny", img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +36,10 @@ def real_state() -> dict:
     try:
         images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(0))
-        stage = StageConfig.from_dict({"steps": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1,
-                                       "mask_kind": "patch", "mask_ratio": 0.5})
-        return run_training(images, model_config=TINY,
-                            diffusion_config={"schedule": "linear", "prediction": "eps"},
-                            stage=stage, trainer=TrainerConfig(device="cpu"), progress=False)
+        return run_training(TrainJob(
+            images=images, model=TINY, diffusion=DiffusionConfig(schedule="linear", prediction="eps"),
+            stage=StageConfig(steps=2, batch_size=4, lr=1e-3, log_every=1),
+            mask=MaskConfig(kind="patch", ratio=0.5), trainer=TrainerConfig(device="cpu"), progress=False))
     finally:
         torch.set_num_threads(threads)
 
