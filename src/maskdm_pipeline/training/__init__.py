@@ -19,13 +19,11 @@ from maskdm_pipeline.training.config import (
     StageConfig,
     TrainerConfig,
 )
-from maskdm_pipeline.training.ema import EMA
 from maskdm_pipeline.training.job import EvalFn, NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.run import run_training
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "EMA",
     "CheckpointError",
     "DiffusionConfig",
     "EvalFn",

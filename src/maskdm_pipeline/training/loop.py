@@ -38,7 +38,7 @@ from maskdm_pipeline.training.builders import (
     load_init_weights,
     warmup_lr,
 )
-from maskdm_pipeline.training.ema import EMA
+from maskdm_pipeline.training.ema import build_ema, ema_state_dict, load_ema_state_dict
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.streams import TrainingStreams
 
@@ -77,8 +77,7 @@ class _Run:
         if job.init_weights is not None and job.resume_state is None:
             load_init_weights(self.model, job.init_weights, job.name)
         # The EMA starts from the (possibly fine-tuning) start weights (METHOD.md section 4).
-        self.ema = EMA(self.model, beta=stage.ema_decay,
-                       update_after_step=stage.ema_update_after_step, update_every=1)
+        self.ema = build_ema(self.model, stage)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=stage.lr,
                                            betas=stage.betas, weight_decay=stage.weight_decay)
         self.autocast = devices.autocast(self.device, trainer.precision)
@@ -115,7 +114,7 @@ class _Run:
     def _resume(self, state: Mapping[str, Any]) -> None:
         check_resume_config(state, self.config, self.name)
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        load_ema_state_dict(self.ema, state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # the config, not the old file, is the truth
             group["betas"], group["weight_decay"] = self.stage.betas, self.stage.weight_decay
@@ -162,7 +161,7 @@ class _Run:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model)
+        self.ema.update()
         self.step = step
         self.stats["images_seen"] += self.stage.batch_size
         self.stats["tokens_seen"] += self.stage.batch_size * self.visible_per_image
@@ -234,7 +233,7 @@ class _Run:
             return 0.0
         t0 = time.perf_counter()
         with torch.no_grad():
-            result = self.eval_fn(self.step, self.ema.model)
+            result = self.eval_fn(self.step, self.ema.ema_model)
         devices.synchronize(self.device)
         seconds = time.perf_counter() - t0
         self.stats["eval_time_s"] += seconds
@@ -274,7 +273,7 @@ class _Run:
         return to_cpu({
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "ema": ema_state_dict(self.ema),
             "optimizer": self.optimizer.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "step": self.step,
