@@ -18,40 +18,16 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from maskdm_pipeline.fileio import CheckpointError, load_checkpoint, save_checkpoint
+from maskdm_pipeline.datasets.torch_state import TorchStateDataset
+from maskdm_pipeline.fileio import load_checkpoint, save_checkpoint
 
 
-class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """A MaskDM training state (model, EMA, optimizer, step, RNG states, config) on disk."""
+class TorchCheckpointDataset(TorchStateDataset):
+    """A MaskDM training state (model, EMA, optimizer, step, RNG states, config) on disk: a torch
+    state that must be a ``maskdm-checkpoint/1`` dict, on load and on save."""
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
-        self.metadata = metadata
-
-    @property
-    def filepath(self) -> Path:
-        return self._filepath
-
-    def load(self) -> dict[str, Any]:
-        try:
-            return load_checkpoint(self._filepath)
-        except CheckpointError as exc:
-            raise DatasetError(str(exc)) from exc
-
-    def save(self, data: dict[str, Any]) -> None:
-        try:
-            save_checkpoint(data, self._filepath)
-        except OSError as exc:  # disk full, folder not writable: the old file is untouched
-            raise DatasetError(
-                f"cannot write checkpoint {self._filepath}: {exc}. Any previous "
-                f"{self._filepath.name} is untouched."
-            ) from exc
-
-    def _exists(self) -> bool:
-        return self._filepath.exists()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+    _read = staticmethod(load_checkpoint)
+    _write = staticmethod(save_checkpoint)
 
 
 class CheckpointSlot:

@@ -13,18 +13,27 @@ from maskdm_pipeline.fileio import CheckpointError, load_torch_state, save_torch
 class TorchStateDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     """Any dict of tensors and plain values; atomic save, CRC-checked ``weights_only`` load."""
 
+    _read = staticmethod(load_torch_state)
+    _write = staticmethod(save_torch_state)
+
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
         try:
-            return load_torch_state(self._filepath)
+            return self._read(self._filepath)
         except CheckpointError as exc:
             raise DatasetError(str(exc)) from exc
 
     def save(self, data: dict[str, Any]) -> None:
-        save_torch_state(data, self._filepath)
+        try:
+            self._write(data, self._filepath)
+        except OSError as exc:  # disk full, folder not writable: the old file is untouched
+            raise DatasetError(
+                f"cannot write checkpoint {self._filepath}: {exc}. Any previous "
+                f"{self._filepath.name} is untouched."
+            ) from exc
 
     def _exists(self) -> bool:
         return self._filepath.exists()

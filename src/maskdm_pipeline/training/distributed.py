@@ -29,7 +29,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
-from maskdm_pipeline.training.loop import train_process
+from maskdm_pipeline.training.loop import TrainProcess
 
 __all__ = ["free_port", "run_distributed", "worker_entry"]
 
@@ -66,7 +66,7 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        state = train_process(job, rank=rank, world_size=world_size, local_rank=local_rank)
+        state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank).train()
         return {"state": state}
     except TrainingInterrupted as exc:
         return {"interrupted": str(exc), "state": exc.state}
@@ -78,7 +78,7 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
 
 
 def run_distributed(job: TrainJob) -> dict[str, Any]:
-    """Run ``train_process`` on ``trainer.nproc`` local workers and return rank 0's state."""
+    """Run a ``TrainProcess`` on each of ``trainer.nproc`` local workers; return rank 0's state."""
     nproc = job.trainer.nproc
     try:
         pickle.dumps(job.eval_fn)

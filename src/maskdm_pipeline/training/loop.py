@@ -11,8 +11,8 @@ global batch. What the official code lacked and this adds:
 - time accounting that reviewers found missing: training wall time without evaluation or
   checkpoint I/O, images and tokens seen (masked stages see fewer tokens per image).
 
-``train_process`` returns a ``maskdm-checkpoint/1`` dict (fileio.py); training/run.py is the
-entry that checks a job and starts one or several processes.
+``TrainProcess.train`` returns a ``maskdm-checkpoint/1`` dict (fileio.py); training/run.py is
+the entry that checks a job and starts one or several processes.
 """
 
 from __future__ import annotations
@@ -42,21 +42,17 @@ from maskdm_pipeline.training.ema import build_ema, ema_state_dict, load_ema_sta
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.streams import TrainingStreams
 
-__all__ = ["train_process"]
+__all__ = ["TrainProcess"]
 
 logger = logging.getLogger(__name__)
 
 
-def train_process(job: TrainJob, *, rank: int, world_size: int, local_rank: int) -> dict[str, Any] | None:
-    """Run the loop in this process (rank ``rank`` of ``world_size``); rank 0 returns the state.
-
-    With ``world_size > 1`` the caller has initialised the default process group.
+class TrainProcess:
+    """All live objects of one training process (rank ``rank`` of ``world_size``) and the step
+    that advances them; ``TrainProcess(job, ...).train()`` runs the loop and returns the state
+    on rank 0 (None elsewhere). With ``world_size > 1`` the caller has initialised the default
+    process group (training/distributed.py).
     """
-    return _Run(job, rank=rank, world_size=world_size, local_rank=local_rank).train()
-
-
-class _Run:
-    """All live objects of one training process and the step that advances them."""
 
     def __init__(self, job: TrainJob, *, rank: int, world_size: int, local_rank: int) -> None:
         stage, trainer = job.stage, job.trainer

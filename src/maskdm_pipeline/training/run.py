@@ -12,7 +12,7 @@ import torch
 from maskdm_pipeline.training.config import check_compatible
 from maskdm_pipeline.training.distributed import run_distributed
 from maskdm_pipeline.training.job import TrainJob
-from maskdm_pipeline.training.loop import train_process
+from maskdm_pipeline.training.loop import TrainProcess
 
 __all__ = ["run_training"]
 
@@ -31,7 +31,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     check_inputs(job)
     if job.trainer.nproc > 1:
         return run_distributed(job)
-    state = train_process(job, rank=0, world_size=1, local_rank=0)
+    state = TrainProcess(job, rank=0, world_size=1, local_rank=0).train()
     assert state is not None  # rank 0 always returns its state
     return state
 
