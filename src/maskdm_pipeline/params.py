@@ -153,8 +153,10 @@ class BaselineParams(StageParams):
 
 # ---------------------------------------------------------------------------- sample, evaluate
 class SampleParams(Frozen):
+    """Sampling from the EMA weights (pipelines/sample); ``steps`` null: every step (ddpm)."""
+
     sampler: Literal[SAMPLERS]
-    steps: PositiveInt | None  # null: every step (ddpm); validate_sampling decides
+    steps: PositiveInt | None
     eta: NonNegativeFloat
     num_samples: PositiveInt
     batch_size: PositiveInt
@@ -162,6 +164,8 @@ class SampleParams(Frozen):
 
 
 class FidParams(Frozen):
+    """FID with pytorch-fid's Inception weights (metrics/inception.py)."""
+
     enabled: bool
     weights_path: str | None
     allow_download: bool
@@ -170,6 +174,8 @@ class FidParams(Frozen):
 
 
 class FdClfParams(Frozen):
+    """The Frechet distance on the in-pipeline classifier's features, at a fixed sample count."""
+
     enabled: bool
     num_samples: SampleCount
     epochs: PositiveInt
@@ -177,13 +183,15 @@ class FdClfParams(Frozen):
 
 
 class EvaluateParams(Frozen):
+    """The quality metrics (pipelines/evaluate)."""
+
     fid: FidParams
     fd_clf: FdClfParams
 
 
 # ---------------------------------------------------------------------------- the whole tree
 class Params(Frozen):
-    """The merged parameter tree of a run."""
+    """The merged parameter tree of a run: every block is required (conf/base declares them all)."""
 
     preprocess: PreprocessParams
     model: ModelParams

@@ -31,6 +31,7 @@ from maskdm_pipeline.training.job import EvalFn, NonFiniteLossError, TrainingInt
 
 logger = logging.getLogger(__name__)
 
+
 # The ways a stage stops that the user can act on. Each is also a click.ClickException,
 # so `kedro run` prints `Error: <message>` and exits non-zero instead of burying the message
 # under a screen of traceback; Python callers catch the engine's own exception types as before.
