@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from maskdm_pipeline import fd_clf, generation
+from maskdm_pipeline.fileio import load_torch_state
 from maskdm_pipeline.models import build_uvit, count_parameters
-from maskdm_pipeline.training.checkpoint import load_torch_state
 
 REFERENCE_SAMPLER = "ddim-250"
 # Below this many fine-tuning steps (the quick start trains 3,500) every sampler draws the same

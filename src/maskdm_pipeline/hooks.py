@@ -1,4 +1,5 @@
-"""Project hooks: refuse bad parameters before any node runs; track every run in MLflow.
+"""Project hooks: refuse bad parameters before any node runs; release a training stage's resume
+slot once its final checkpoint is saved; track every run in MLflow.
 
 Tracking is best-effort by design: if the MLflow store is locked, unreachable or misconfigured,
 the hook warns once, stops talking to MLflow for the rest of the run and the pipeline goes on,
@@ -17,20 +18,77 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from maskdm_pipeline import tracking
-from maskdm_pipeline.validation import flatten, validate_parameters
+from maskdm_pipeline.tracking import flatten
 
 logger = logging.getLogger(__name__)
 
 
 class ValidateParametersHook:
-    """Checks the merged parameters (conf + ``--params``) against the schema in
-    :mod:`maskdm_pipeline.validation` and stops the run with a message naming the parameter."""
+    """Checks the whole merged parameter tree (conf + ``--params``) against the schema in
+    :mod:`maskdm_pipeline.params` and stops the run with a message naming each parameter.
+
+    It runs as soon as the context exists: before the catalog is built, which is when Kedro's
+    own validation of the typed ``params:`` inputs runs (for the selected pipelines only, and
+    ending in a traceback), and before any node.
+    """
 
     @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        params = catalog.load("parameters")
-        runtime = run_params.get("runtime_params") or {}
-        validate_parameters(params, runtime_params=runtime)
+    def after_context_created(self, context: Any) -> None:
+        from maskdm_pipeline.params import validate_parameters
+
+        loader = context.config_loader
+        validate_parameters(loader["parameters"], runtime_params=loader.runtime_params)
+
+
+class CheckpointSlotHook:
+    """Owns the life of each training stage's resume slot (``<stage>_resume`` in the catalog).
+
+    The engine writes the finished state to the slot as well as returning it (training/loop.py),
+    so that if the catalog cannot save the final checkpoint (a full disk), the finished state is
+    still on disk and a rerun saves it without training again (README, "Disk full at the final
+    save"). Once the final checkpoint is saved, the slot is cleared, so that the next run of the
+    stage starts afresh instead of "resuming" a finished run with new settings. The node that
+    loaded a slot and saved a ``maskdm-checkpoint/1`` output is the link, so the resume path is
+    declared once, in the slot's catalog entry.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Any] = {}  # node name -> the CheckpointSlot it loaded
+        self._saving: dict[str, Any] = {}  # final saves started, not yet finished
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any, node: Any) -> None:
+        # Imported here: settings.py imports this module for every kedro command, torch is heavy.
+        from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
+
+        if isinstance(data, CheckpointSlot):
+            self._slots[node.name] = data
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        from maskdm_pipeline.fileio import is_checkpoint
+
+        if node.name in self._slots and is_checkpoint(data):
+            self._saving[node.name] = self._slots[node.name]
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        slot = self._saving.pop(node.name, None)
+        if slot is not None:
+            slot.clear()
+            self._slots.pop(node.name, None)
+
+    @hook_impl
+    def on_pipeline_error(self, error: BaseException) -> None:
+        """A final save that failed: say where the finished state is and how to recover."""
+        for slot in self._saving.values():
+            if slot.exists() and hasattr(error, "add_note"):  # Python >= 3.11
+                error.add_note(
+                    f"The finished training state is still in {slot.path} (it is deleted only "
+                    "after the final checkpoint is written): free some space or fix the folder, "
+                    "then rerun the same command; it saves without training again."
+                )
+        self._saving.clear()
 
 
 # Saved outputs whose files are worth keeping with the run.

@@ -25,7 +25,7 @@ from numbers import Real
 
 import torch
 
-__all__ = ["MASK_KINDS", "mask_count", "sample_masks", "validate_mask_params"]
+__all__ = ["MASK_KINDS", "draw_masks", "mask_count", "sample_masks", "validate_mask_params"]
 
 MASK_KINDS: tuple[str, ...] = ("patch", "block", "crop")
 
@@ -107,16 +107,25 @@ def mask_count(
     block_size: int | None = 4,
     crop_size: int | None = None,
 ) -> int:
-    """Number of masked patches per row that ``sample_masks`` realises (METHOD.md section 2 table)."""
+    """Number of masked patches per row that ``sample_masks`` realises (METHOD.md section 2 table).
+
+    Raises:
+        ValueError: as :func:`validate_mask_params`.
+    """
     validate_mask_params(kind, grid_size, ratio, block_size, crop_size, prefix="")
+    return _count(kind, grid_size, ratio, block_size, crop_size)
+
+
+def _count(kind: str, grid_size: int, ratio: float, block_size: int | None,
+           crop_size: int | None) -> int:
     n = grid_size**2
     if kind == "crop":
-        assert crop_size is not None  # validated above
+        assert crop_size is not None  # validated by the caller
         return n - crop_size**2
     nominal = math.floor(float(ratio) * n + _FLOOR_EPS)
     if kind == "patch":
         return nominal
-    assert block_size is not None  # validated above
+    assert block_size is not None  # validated by the caller
     return (nominal // block_size**2) * block_size**2
 
 
@@ -149,15 +158,35 @@ def sample_masks(
 
     Every row masks exactly ``mask_count(kind, grid_size, ratio, block_size, crop_size)``
     patches. ``device`` defaults to the generator's device (or the CPU without one).
+
+    Raises:
+        ValueError: as :func:`validate_mask_params`, or ``batch_size`` is not a positive int.
     """
     validate_mask_params(kind, grid_size, ratio, block_size, crop_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    return draw_masks(kind, grid_size, batch_size, ratio=ratio, block_size=block_size,
+                      crop_size=crop_size, generator=generator, device=device)
+
+
+def draw_masks(
+    kind: str,
+    grid_size: int,
+    batch_size: int,
+    *,
+    ratio: float,
+    block_size: int | None,
+    crop_size: int | None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """:func:`sample_masks` without the checks, for a training loop that validated the settings
+    once (``validate_mask_params``) and draws every step; unchecked settings can fail obscurely."""
     if device is None and generator is not None:
         device = generator.device
     device = torch.device(device) if device is not None else None
     g, n = grid_size, grid_size**2
-    k = mask_count(kind, grid_size, ratio, block_size, crop_size)
+    k = _count(kind, grid_size, ratio, block_size, crop_size)
 
     if kind == "patch":
         return _random_subset(batch_size, n, k, generator, device)

@@ -1,4 +1,5 @@
-"""What goes to MLflow, as pure functions of the saved outputs (no Kedro, no MLflow import).
+"""What goes to MLflow, as pure functions of the parameters and the saved outputs (no Kedro, no
+MLflow import), and the one dotted-name flattener (also used by the parameter schema's messages).
 
 The hook in :mod:`maskdm_pipeline.hooks` calls these and sends the result to the active run.
 """
@@ -10,9 +11,32 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
 HISTORY_COLUMNS = ("loss", "lr", "img_per_s", "fd_clf")
 ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "img_per_s", "steps")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted names of ``--params``, of the parameter
+    messages and of MLflow. A parameter block Kedro has turned into a model flattens as the
+    mapping it was given as; keys that already contain dots are kept as is.
+
+    Our own ten lines, not ``pandas.json_normalize``: that one goes through a DataFrame, so null
+    comes back as NaN and numbers as numpy scalars.
+    """
+    if isinstance(tree, BaseModel):
+        tree = tree.model_dump(mode="json", exclude_unset=True)
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json", exclude_unset=True)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _finite(value: Any) -> bool:
@@ -40,14 +64,4 @@ def accounting_metrics(stage: str, accounting: Mapping[str, Any]) -> dict[str, f
 
 def quality_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Flatten ``metrics.json``: ``maskdm.fd_clf``, ``baseline.fid``, ... (null values skipped)."""
-    flat: dict[str, float] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-        elif _finite(node):
-            flat[prefix] = float(node)
-
-    walk("", metrics)
-    return flat
+    return {name: float(value) for name, value in flatten(metrics).items() if _finite(value)}

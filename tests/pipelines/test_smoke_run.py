@@ -38,6 +38,10 @@ def test_every_stage_writes_its_outputs(smoke_run: Path) -> None:
     assert not missing
     assert len(list((smoke_run / "data/07_model_output/maskdm_png").glob("*.png"))) == 64
     assert not list((smoke_run / "data/06_models").glob("*.resume.pt")), "resume files outlive finished stages"
+    log = (smoke_run / "run.log").read_text()
+    for step in (10, 20):  # checkpoint_every: 10 of 30 steps (the final state is not periodic)
+        assert f"pretrain step {step}/30: periodic checkpoint saved" in log
+    assert "pretrain step 30/30: periodic checkpoint saved" not in log
 
 
 def test_metrics_json_is_complete_and_honest(smoke_run: Path) -> None:

@@ -219,9 +219,16 @@ def tiny_images() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def tiny_state(tiny_images: torch.Tensor) -> dict[str, Any]:
     """A real ``maskdm-checkpoint/1`` state of a tiny model after 3 steps."""
-    from maskdm_pipeline.training.config import StageConfig, TrainerConfig
-    from maskdm_pipeline.training.loop import run_training
+    from maskdm_pipeline.training import (
+        DiffusionConfig,
+        ModelConfig,
+        StageConfig,
+        TrainerConfig,
+        TrainJob,
+        run_training,
+    )
 
-    stage = StageConfig.from_dict({"steps": 3, "batch_size": 8, "lr": 1e-3, "log_every": 1})
-    return run_training(tiny_images, model_config=TINY_MODEL, diffusion_config=DIFFUSION, stage=stage,
-                        trainer=TrainerConfig(device="cpu"), progress=False)
+    return run_training(TrainJob(
+        images=tiny_images, model=ModelConfig(**TINY_MODEL), diffusion=DiffusionConfig(**DIFFUSION),
+        stage=StageConfig(steps=3, batch_size=8, lr=1e-3, log_every=1),
+        trainer=TrainerConfig(device="cpu"), progress=False))

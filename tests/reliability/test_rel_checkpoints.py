@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +26,13 @@ from conftest import squash, subprocess_env
 from kedro.io import DatasetError
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot, TorchCheckpointDataset
-from maskdm_pipeline.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from maskdm_pipeline.fileio import CheckpointError, load_checkpoint, save_checkpoint
 
 # A writer that forks one child per round; the child overwrites the checkpoint with versions
 # v, v+1, ... until the test SIGKILLs it. Forking keeps the torch import to once per test.
 _WRITER = textwrap.dedent("""
     import os, sys, torch
-    from maskdm_pipeline.training.checkpoint import save_checkpoint
+    from maskdm_pipeline.fileio import save_checkpoint
 
     path, numel = sys.argv[1], int(sys.argv[2])
 
@@ -110,8 +111,8 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
             leftovers = list(tmp_path.glob(".pretrained.pt.*.tmp"))
             if leftovers:
                 mid_write_kills += 1
-                for leftover in leftovers:
-                    leftover.unlink()
+                for leftover in leftovers:  # the hidden folder atomic_write writes into
+                    shutil.rmtree(leftover)
             previous = version
     finally:
         writer.kill()
@@ -155,15 +156,17 @@ def test_damaged_checkpoint_is_refused_naming_the_file(tiny_state, tmp_path, dam
 def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_path, tiny_images):
     """A damaged resume checkpoint stops the training node before any step, naming the file and
     both ways out (delete it, or resume=false); it is never silently replaced by a fresh start."""
-    from maskdm_pipeline.pipelines.training_nodes import train_stage
+    from maskdm_pipeline.params import PretrainParams
+    from maskdm_pipeline.train_stage import train_stage
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams
 
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     save_checkpoint(tiny_state, slot.path)
     slot.path.write_bytes(slot.path.read_bytes()[:-100])
-    stage = {"steps": 5, "batch_size": 8, "lr": 1e-3, "resume": True}
+    stage = PretrainParams(steps=5, batch_size=8, lr=1e-3, resume=True)
     with pytest.raises(CheckpointError) as info:
-        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, {"preset": "tiny", "patch_size": 2,
-                    "embed_dim": 16, "depth": 2, "num_heads": 2}, {"schedule": "linear", "prediction": "x0"},
+        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, ModelParams(preset="tiny", patch_size=2,
+                    embed_dim=16, depth=2, num_heads=2), DiffusionConfig(schedule="linear", prediction="x0"),
                     {"device": "cpu"}, slot)
     message = str(info.value)
     assert str(slot.path) in message and "pretrain.resume=false" in message and "delete" in message
@@ -203,12 +206,46 @@ def test_malicious_checkpoint_is_refused_without_running(tmp_path, writer):
         assert marker.exists()
 
 
+def _stage_pipeline_run(final: Path, resume: Path, state: dict[str, Any]) -> BaseException | None:
+    """A node that loads a resume slot and returns a finished state, run by Kedro's SequentialRunner
+    with the project's CheckpointSlotHook; errors are passed to the hook as the session does."""
+    from kedro.framework.hooks.manager import _create_hook_manager
+    from kedro.io import DataCatalog
+    from kedro.pipeline import Pipeline, node
+    from kedro.runner import SequentialRunner
+
+    from maskdm_pipeline.datasets.checkpoint import CheckpointSlotDataset
+    from maskdm_pipeline.hooks import CheckpointSlotHook
+
+    hooks = _create_hook_manager()
+    hooks.register(CheckpointSlotHook())
+    catalog = DataCatalog({"pretrain_resume": CheckpointSlotDataset(str(resume)),
+                           "pretrained": TorchCheckpointDataset(str(final))})
+    pipeline = Pipeline([node(lambda slot: state, "pretrain_resume", "pretrained", name="pretrain")])
+    try:
+        SequentialRunner().run(pipeline, catalog, hooks)
+    except Exception as exc:  # noqa: BLE001 - returned to the test
+        hooks.hook.on_pipeline_error(error=exc, run_params={}, pipeline=pipeline, catalog=catalog)
+        return exc
+    return None
+
+
+def test_resume_slot_is_cleared_once_the_final_checkpoint_is_saved(tiny_state, tmp_path):
+    """The slot's file (the finished state, written by the engine) goes once the final checkpoint
+    is on disk, so the next run of the stage starts afresh."""
+    final, resume = tmp_path / "pretrained.pt", tmp_path / "pretrained.resume.pt"
+    save_checkpoint(tiny_state, resume)
+    assert _stage_pipeline_run(final, resume, tiny_state) is None
+    assert load_checkpoint(final)["step"] == tiny_state["step"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained.pt"]
+
+
 def test_disk_full_during_save_keeps_the_old_file_and_the_resume_state(tiny_state, tmp_path, monkeypatch):
     """ENOSPC at the final rename: the previous checkpoint is untouched, no temp file is left, the
     finished training state stays in the resume file, and the message says how to recover."""
     import errno
 
-    import maskdm_pipeline.training.checkpoint as checkpoint_module
+    import maskdm_pipeline.fileio as checkpoint_module
 
     final, resume = tmp_path / "pretrained.pt", tmp_path / "pretrained.resume.pt"
     old = {**tiny_state, "step": 1}
@@ -220,11 +257,11 @@ def test_disk_full_during_save_keeps_the_old_file_and_the_resume_state(tiny_stat
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
 
     monkeypatch.setattr(checkpoint_module.os, "replace", disk_full)
-    dataset = TorchCheckpointDataset(str(final), resume_filepath=str(resume))
-    with pytest.raises(DatasetError) as info:
-        dataset.save(tiny_state)
-    message = str(info.value)
+    error = _stage_pipeline_run(final, resume, tiny_state)
+    assert isinstance(error, DatasetError)
+    message = "\n".join([str(error), *getattr(error, "__notes__", [])])
     assert "No space left on device" in message and str(final) in message and str(resume) in message
+    assert "rerun the same command" in message
     monkeypatch.undo()
     assert final.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained.pt", "pretrained.resume.pt"]

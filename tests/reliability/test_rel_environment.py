@@ -13,17 +13,19 @@ import pytest
 from click import ClickException
 from conftest import squash
 
-import maskdm_pipeline.training.checkpoint as checkpoint_module
+import maskdm_pipeline.fileio as checkpoint_module
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.training.checkpoint import load_checkpoint
+from maskdm_pipeline.fileio import load_checkpoint
+from maskdm_pipeline.params import BaselineParams
+from maskdm_pipeline.training import DiffusionConfig, ModelParams
 
-MODEL = {"preset": "tiny", "patch_size": 2, "embed_dim": 16, "depth": 2, "num_heads": 2}
-DIFFUSION = {"schedule": "linear", "prediction": "x0"}
-STAGE = {"steps": 30, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 10, "log_every": 10, "resume": True}
+MODEL = ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2)
+DIFFUSION = DiffusionConfig(schedule="linear", prediction="x0")
+STAGE = BaselineParams(steps=30, batch_size=8, lr=1e-3, checkpoint_every=10, log_every=10, resume=True)
 
 
 def _train(images, slot: CheckpointSlot):
-    from maskdm_pipeline.pipelines.training_nodes import train_stage
+    from maskdm_pipeline.train_stage import train_stage
 
     return train_stage("pretrain", {"images": images.numpy()}, STAGE, MODEL, DIFFUSION, {"device": "cpu"}, slot)
 
@@ -31,7 +33,7 @@ def _train(images, slot: CheckpointSlot):
 def test_unwritable_model_folder_is_refused_before_training(tmp_path, tiny_images, monkeypatch):
     """data/06_models is a file, not a folder: the node stops before the first step (not at the
     first checkpoint), naming the folder; nothing was trained."""
-    import maskdm_pipeline.pipelines.training_nodes as nodes
+    import maskdm_pipeline.train_stage as nodes
 
     (tmp_path / "06_models").write_text("not a folder")
     slot = CheckpointSlot(tmp_path / "06_models" / "pretrained.resume.pt")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import squash
 
-from maskdm_pipeline.training.checkpoint import load_checkpoint
+from maskdm_pipeline.fileio import load_checkpoint
 
 STEPS, EVERY = 400, 20
 PARAMS = {"pretrain.steps": STEPS, "pretrain.checkpoint_every": EVERY, "pretrain.log_every": 5}

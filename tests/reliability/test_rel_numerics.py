@@ -11,11 +11,13 @@ import torch
 from conftest import load_params, squash
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.training.checkpoint import load_checkpoint
-from maskdm_pipeline.training.runtime import NonFiniteLossError
+from maskdm_pipeline.fileio import load_checkpoint
+from maskdm_pipeline.params import BaselineParams, PretrainParams
+from maskdm_pipeline.train_stage import train_stage
+from maskdm_pipeline.training import DiffusionConfig, ModelParams, NonFiniteLossError
 
-MODEL = {"preset": "tiny", "patch_size": 2, "embed_dim": 16, "depth": 2, "num_heads": 2}
-DIFFUSION = {"schedule": "linear", "prediction": "x0"}
+MODEL = ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2)
+DIFFUSION = DiffusionConfig(schedule="linear", prediction="x0")
 
 
 def _nan_at(call: int, base: type) -> type:
@@ -38,14 +40,15 @@ def test_nan_at_step_25_keeps_the_step_20_checkpoint(tmp_path, tiny_images, monk
     step 25, the kept checkpoint (step 20) and the knobs; the resume file still holds the finite
     weights of step 20 and no temp file is left."""
     import maskdm_pipeline.diffusion as diffusion
-    from maskdm_pipeline.pipelines.training_nodes import train_stage
 
     name = "MaskedDenoisingLoss" if masked else "DenoisingLoss"
     monkeypatch.setattr(diffusion, name, _nan_at(25, getattr(diffusion, name)))
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     stage = {"steps": 40, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5, "resume": True}
-    if masked:
-        stage.update(mask_kind="patch", mask_ratio=0.5, mask_block_size=1)
+    if masked:  # the unmasked case: the pre-training node's body with a mask-less (baseline) block
+        stage = PretrainParams(**stage, mask_kind="patch", mask_ratio=0.5, mask_block_size=1)
+    else:
+        stage = BaselineParams(**stage)
     with pytest.raises(NonFiniteLossError) as info:
         train_stage("pretrain", {"images": tiny_images.numpy()}, stage, MODEL, DIFFUSION, {"device": "cpu"}, slot)
     message = str(info.value)
@@ -66,14 +69,14 @@ def test_cli_lr_1e30_stops_cleanly_and_keeps_the_checkpoint(make_project, one_th
     checkpoint: exit 1 with one `Error:` line naming the step and the knobs, no traceback, the
     checkpoint byte for byte unchanged, no final model written."""
     from maskdm_pipeline.datasets import NpzDataset
-    from maskdm_pipeline.pipelines.training_nodes import train_stage
 
     project = make_project()
     params = load_params(project.root)
     slot = CheckpointSlot(project.data / "06_models" / "pretrained.resume.pt")
     primary = NpzDataset(str(project.data / "03_primary" / "train.npz")).load()
-    good, _, _ = train_stage("pretrain", primary, {**params["pretrain"], "steps": 20}, params["model"],
-                             params["diffusion"], params["trainer"], slot)
+    good, _, _ = train_stage("pretrain", primary, PretrainParams(**{**params["pretrain"], "steps": 20}),
+                             ModelParams(**params["model"]), DiffusionConfig(**params["diffusion"]),
+                             params["trainer"], slot)
     assert good["step"] == 20 and slot.path.exists()
     before = slot.path.read_bytes()
 

@@ -17,13 +17,13 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, TINY_MODEL, load_params, squash
 
-from maskdm_pipeline.validation import ParameterError, validate_parameters
+from maskdm_pipeline.params import ParameterError, validate_parameters
 
 
-def _refused_before_any_work(project, params: dict[str, Any]) -> str:
+def _refused_before_any_work(project, params: dict[str, Any], pipeline: str = "pretrain") -> str:
     before = project.snapshot()
     assert before, "the project should hold primary data, so that 'nothing touched' means something"
-    code, output = project.run("--pipelines", "pretrain", params=params, timeout=120)
+    code, output = project.run("--pipelines", pipeline, params=params, timeout=120)
     text = squash(output)
     assert code == 2, f"expected exit status 2 (usage error), got {code}:\n{output[-3000:]}"
     assert "Error: Invalid parameters, nothing was run:" in text
@@ -84,6 +84,30 @@ def test_cli_refuses_a_resolution_the_patch_size_does_not_divide(make_project):
     """preprocess.resolution=9 with 2-pixel patches: refused before preprocessing starts."""
     text = _refused_before_any_work(make_project(), {"preprocess.resolution": 9})
     assert "preprocess.resolution=9 is not divisible by the patch size 2 (from model.patch_size)" in text
+
+
+def test_cli_refuses_a_bad_block_that_the_selected_pipeline_does_not_read(make_project):
+    """`--pipelines report` reads no training parameter, so Kedro's own (per-pipeline) validation
+    never looks at `pretrain`; the whole tree is still checked first, with the usual message."""
+    text = _refused_before_any_work(make_project(), {"pretrain.checkpoint_every": -1,
+                                                     "finetune.mask_ratio": 0.5}, pipeline="report")
+    assert "pretrain.checkpoint_every=-1: must be >= 0" in text
+    assert "finetune.mask_ratio: unknown parameter" in text
+
+
+@pytest.mark.slow
+def test_cli_checkpoint_every_zero_switches_periodic_checkpoints_off(make_project):
+    """`pretrain.checkpoint_every=0` is accepted and means off: the stage trains to the end and
+    saves no periodic checkpoint (the smoke run, every 10 steps, logs one per save: see
+    test_smoke_run); the final state is still saved and the resume slot cleared."""
+    project = make_project()
+    code, output = project.run("--pipelines", "pretrain", params={"pretrain.checkpoint_every": 0})
+    text = squash(output)
+    assert code == 0, output[-3000:]
+    assert "pretrain step 30/30" in text and "periodic checkpoint saved" not in text
+    state = torch.load(project.data / "06_models" / "pretrained.pt", weights_only=True)
+    assert state["step"] == 30 and state["config"]["stage"]["checkpoint_every"] == 0
+    assert not (project.data / "06_models" / "pretrained.resume.pt").exists()
 
 
 # ----------------------------------------------------------------------------- one fault at a time
@@ -194,7 +218,9 @@ def test_finetune_refuses_a_checkpoint_of_another_resolution_or_preset(tiny_stat
     """A pre-trained checkpoint made at 8x8 with preset tiny is refused by the finetune node, before
     any training, when the run asks for 16x16 or for another preset; the message names both."""
     from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
+    from maskdm_pipeline.params import FinetuneParams
     from maskdm_pipeline.pipelines.finetune.nodes import finetune
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams
 
     smoke = load_params(PROJECT_ROOT, "smoke")
     model = {"preset": "tiny", **{k: TINY_MODEL[k] for k in ("patch_size", "embed_dim", "depth", "num_heads")}}
@@ -205,14 +231,16 @@ def test_finetune_refuses_a_checkpoint_of_another_resolution_or_preset(tiny_stat
          "'preset': 'small-64'"),
     ]
     for primary, model_params, asked in cases:
-        inputs = {"primary_train": primary, "pretrained": tiny_state, "params": smoke["finetune"],
-                  "model": model_params, "diffusion": smoke["diffusion"], "trainer": smoke["trainer"],
+        inputs = {"primary_train": primary, "pretrained": tiny_state,
+                  "params": FinetuneParams(**smoke["finetune"]), "model": ModelParams(**model_params),
+                  "diffusion": DiffusionConfig(**smoke["diffusion"]), "trainer": smoke["trainer"],
                   "slot": slot}
         # Inputs the node may gain later (e.g. the quality probe's) are never reached.
         extra = {k: None for k in inspect.signature(finetune).parameters if k not in inputs}
         with pytest.raises(ValueError) as info:
             finetune(**inputs, **extra)
         message = str(info.value)
-        assert "pretrained.pt" in message and "'img_size': 8" in message and asked in message
+        # The source is named by its catalog entry: the node does not know (or hard-code) its path.
+        assert "catalog entry 'pretrained'" in message and "'img_size': 8" in message and asked in message
         assert "'preset': 'tiny'" in message
         assert not Path(slot.path).exists(), "training started although the weights do not fit"

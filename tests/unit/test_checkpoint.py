@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, weights_only loads, and clear refusals (training/checkpoint.py)."""
+"""Checkpoint files: atomic writes, weights_only loads, and clear refusals (fileio.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from maskdm_pipeline.training.checkpoint import (
+from maskdm_pipeline.fileio import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from maskdm_pipeline.training.config import StageConfig, TrainerConfig
-from maskdm_pipeline.training.loop import run_training
+from maskdm_pipeline.training import (
+    DiffusionConfig,
+    MaskConfig,
+    ModelConfig,
+    StageConfig,
+    TrainerConfig,
+    TrainJob,
+    run_training,
+)
 
-TINY = {"preset": "tiny", "img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
-        "num_heads": 2}
+TINY = ModelConfig(preset="tiny", img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +36,10 @@ def real_state() -> dict:
     try:
         images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(0))
-        stage = StageConfig.from_dict({"steps": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1,
-                                       "mask_kind": "patch", "mask_ratio": 0.5})
-        return run_training(images, model_config=TINY,
-                            diffusion_config={"schedule": "linear", "prediction": "eps"},
-                            stage=stage, trainer=TrainerConfig(device="cpu"), progress=False)
+        return run_training(TrainJob(
+            images=images, model=TINY, diffusion=DiffusionConfig(schedule="linear", prediction="eps"),
+            stage=StageConfig(steps=2, batch_size=4, lr=1e-3, log_every=1),
+            mask=MaskConfig(kind="patch", ratio=0.5), trainer=TrainerConfig(device="cpu"), progress=False))
     finally:
         torch.set_num_threads(threads)
 
@@ -69,8 +74,8 @@ def test_crash_mid_write_keeps_the_old_file(real_state, tmp_path, monkeypatch):
     save_checkpoint(real_state, path)
     before = path.read_bytes()
 
-    def half_then_crash(obj, handle, *args, **kwargs):
-        handle.write(before[: len(before) // 2])
+    def half_then_crash(obj, target, *args, **kwargs):
+        pathlib.Path(target).write_bytes(before[: len(before) // 2])
         raise OSError("disk full")
 
     newer = {**real_state, "step": 99}
@@ -160,3 +165,93 @@ def test_save_refuses_what_weights_only_could_not_load(real_state, tmp_path):
     with pytest.raises(CheckpointError, match="not a maskdm checkpoint"):
         save_checkpoint({"model": {}}, tmp_path / "y.pt")
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- atomic_write
+def _write_folder(target: pathlib.Path, files: dict[str, str]) -> None:
+    target.mkdir()
+    for name, text in files.items():
+        (target / name).write_text(text)
+
+
+def _listing(folder: pathlib.Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_atomic_write_replaces_a_whole_folder(tmp_path, monkeypatch, exchange):
+    """A folder is replaced whole (no file of the old version survives), with or without the
+    one-step exchange, and nothing hidden is left beside it."""
+    from maskdm_pipeline import fileio
+
+    if not exchange:
+        monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
+    grid = tmp_path / "maskdm_png"
+    with fileio.atomic_write(grid) as target:
+        _write_folder(target, {"0.png": "old", "1.png": "old"})
+    with fileio.atomic_write(grid) as target:
+        _write_folder(target, {"0.png": "new"})
+    assert _listing(grid) == {"0.png": "new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["maskdm_png"]
+
+
+def test_atomic_write_keeps_the_old_version_when_the_writer_fails(tmp_path):
+    """An error (here a KeyboardInterrupt) inside the block: file and folder stay as they were,
+    the hidden temporary is gone; a block that writes nothing is an error, not an empty file."""
+    from maskdm_pipeline.fileio import atomic_write
+
+    folder, file = tmp_path / "shards", tmp_path / "metrics.json"
+    with atomic_write(folder) as target:
+        _write_folder(target, {"a": "1"})
+    file.write_text("old")
+    for path in (folder, file):
+        with pytest.raises(KeyboardInterrupt), atomic_write(path) as target:
+            target.write_text("half") if path is file else _write_folder(target, {"b": "2"})
+            raise KeyboardInterrupt
+    with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_write(file):
+        pass
+    assert _listing(folder) == {"a": "1"} and file.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "shards"]
+
+
+def test_atomic_write_after_kill9_old_version_intact_and_temp_cleaned(tmp_path):
+    """A writer SIGKILLed in the middle of a folder write: the old folder is intact, the hidden
+    temporary is recognisable (``.<name>.*.tmp``), and the next write removes it."""
+    import os
+    import signal
+
+    from maskdm_pipeline.fileio import atomic_write
+
+    folder = tmp_path / "maskdm_png"
+    with atomic_write(folder) as target:
+        _write_folder(target, {"0.png": "old"})
+    pid = os.fork()
+    if pid == 0:  # the child dies half-way through its write
+        with atomic_write(folder) as target:
+            _write_folder(target, {"0.png": "new", "1.png": "new"})
+            os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert _listing(folder) == {"0.png": "old"}
+    assert len(list(tmp_path.glob(".maskdm_png.*.tmp"))) == 1
+    with atomic_write(folder) as target:
+        _write_folder(target, {"0.png": "newer"})
+    assert _listing(folder) == {"0.png": "newer"}
+    assert [p.name for p in tmp_path.iterdir()] == ["maskdm_png"]
+
+
+def test_atomic_write_keeps_the_name_so_writers_can_pick_the_format(tmp_path):
+    """The yielded path ends in the real name: np.savez appends no second '.npz' and PIL picks
+    PNG from the suffix."""
+    from PIL import Image
+
+    from maskdm_pipeline.fileio import atomic_write
+
+    with atomic_write(tmp_path / "grid.png") as target:
+        assert target.name == "grid.png"
+        Image.new("L", (2, 2)).save(target)
+    with atomic_write(tmp_path / "x.npz") as target:
+        np.savez(target, a=np.arange(3))
+    assert Image.open(tmp_path / "grid.png").format == "PNG"
+    assert np.load(tmp_path / "x.npz")["a"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "x.npz"]

@@ -1,4 +1,5 @@
-"""The training engine (training/config.py, loop.py, runtime.py, streams.py, distributed.py).
+"""The training engine (training/config.py, job.py, run.py, loop.py, builders.py, streams.py,
+distributed.py).
 
 Everything runs a tiny real U-ViT (8x8 images, patch 2, 16 tokens, width 32) on the CPU with one
 thread: on shared cores, oversubscribed OpenMP threads made a step ~50x slower.
@@ -15,24 +16,25 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from maskdm_pipeline.training.checkpoint import load_checkpoint
+from maskdm_pipeline.fileio import load_checkpoint
+from maskdm_pipeline.params import FinetuneParams, PretrainParams, describe
+from maskdm_pipeline.training import loop
+from maskdm_pipeline.training.builders import build_loss, warmup_lr
 from maskdm_pipeline.training.config import (
+    DiffusionConfig,
     MaskConfig,
+    ModelConfig,
     StageConfig,
     TrainerConfig,
     check_compatible,
 )
-from maskdm_pipeline.training.loop import (
-    NonFiniteLossError,
-    TrainingInterrupted,
-    run_training,
-)
-from maskdm_pipeline.training.runtime import default_build_loss, warmup_lr
+from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
+from maskdm_pipeline.training.run import run_training
 
-TINY = {"preset": "tiny", "img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
-        "num_heads": 2}
-DIFFUSION = {"schedule": "linear", "prediction": "eps"}
+TINY = ModelConfig(preset="tiny", img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
+DIFFUSION = DiffusionConfig(schedule="linear", prediction="eps")
 CPU = TrainerConfig(device="cpu")
 
 
@@ -50,16 +52,18 @@ def images() -> torch.Tensor:
                          generator=torch.Generator().manual_seed(0))
 
 
-def _stage(**overrides) -> StageConfig:
+def _stage(**overrides) -> PretrainParams:
+    """A pre-training block (the flat mask_* keys users type); its engine part is the job's."""
     base = {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 3, "grad_clip": 1.0,
             "ema_update_after_step": 2, "log_every": 2, "mask_kind": "patch", "mask_ratio": 0.5}
-    return StageConfig.from_dict({**base, **overrides}, name="pretrain")
+    return PretrainParams.model_validate({**base, **overrides})
 
 
-def _train(images, stage, **kwargs):
-    kwargs.setdefault("trainer", CPU)
-    return run_training(images, model_config=TINY, diffusion_config=DIFFUSION, stage=stage,
-                        progress=False, name="pretrain", **kwargs)
+def _train(images, params: PretrainParams, **fields):
+    fields.setdefault("trainer", CPU)
+    return run_training(TrainJob(images=images, model=TINY, diffusion=DIFFUSION,
+                                 stage=params.stage_config(), mask=params.mask_config(),
+                                 progress=False, name="pretrain", **fields))
 
 
 def _assert_tensors_equal(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -84,39 +88,50 @@ class _HookedLoss:
         return value
 
 
-def _hooked(at: int, action: str):
-    def build(diffusion_config, masked, device):
-        loss, steps = default_build_loss(diffusion_config, masked, device)
+def _hooked(monkeypatch, at: int, action: str) -> None:
+    """Make the loop build the real loss wrapped in a _HookedLoss."""
+    def build(diffusion, masked, device):
+        loss, steps = build_loss(diffusion, masked, device)
         return _HookedLoss(loss, at, action), steps
 
-    return build
+    monkeypatch.setattr(loop, "build_loss", build)
 
 
 # ----------------------------------------------------------------------------- config
+_STAGE = {"steps": 5, "batch_size": 4, "lr": 1e-3}
+
+
 @pytest.mark.parametrize(
-    "data, message",
+    "cls, data, message",
     [
-        ({"steps": 0, "batch_size": 4, "lr": 1e-3}, "finetune.steps=0: must be an integer >= 1"),
-        ({"steps": 5, "batch_size": 4, "lr": -1}, "finetune.lr=-1: must be > 0"),
-        ({"steps": 5, "batch_size": True, "lr": 1e-3}, "finetune.batch_size=True: must be an integer"),
-        ({"steps": 5, "lr": 1e-3}, "finetune.batch_size: missing"),
-        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "betas": [0.9]}, "finetune.betas=[0.9]"),
-        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "ema_decay": 1.0},
-         "finetune.ema_decay=1.0: must lie in [0, 1)"),
-        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "grad_clip": 0}, "finetune.grad_clip=0: must be > 0"),
-        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "lrr": 1}, "finetune.lrr: unknown parameter"),
-        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "mask_kind": "pixel"},
-         "finetune.mask.kind='pixel': must be one of patch, block, crop"),
-        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "mask_ratio": 1.0},
-         "finetune.mask.ratio=1.0: must lie in [0, 1)"),
-        ({"steps": 5, "batch_size": 4, "lr": 1e-3, "mask": {"kind": "crop"}},
-         "finetune.mask.crop_size=None: required"),
+        (FinetuneParams, {**_STAGE, "steps": 0}, "finetune.steps=0: must be >= 1"),
+        (FinetuneParams, {**_STAGE, "lr": -1}, "finetune.lr=-1: must be > 0"),
+        (FinetuneParams, {**_STAGE, "batch_size": True}, "finetune.batch_size=True: must be an integer"),
+        (FinetuneParams, {"steps": 5, "lr": 1e-3}, "finetune.batch_size: missing"),
+        (FinetuneParams, {**_STAGE, "betas": [0.9]}, "finetune.betas=[0.9]: must be two numbers"),
+        (FinetuneParams, {**_STAGE, "ema_decay": 1.0}, "finetune.ema_decay=1.0: must be in [0, 1)"),
+        (FinetuneParams, {**_STAGE, "grad_clip": 0}, "finetune.grad_clip=0: must be > 0"),
+        (FinetuneParams, {**_STAGE, "checkpoint_every": -1}, "finetune.checkpoint_every=-1: must be >= 0"),
+        (FinetuneParams, {**_STAGE, "lrr": 1}, "finetune.lrr: unknown parameter"),
+        (FinetuneParams, {**_STAGE, "mask_ratio": 0.5}, "finetune.mask_ratio: unknown parameter"),
+        (PretrainParams, {**_STAGE, "mask_kind": "pixel"},
+         "pretrain.mask_kind='pixel': must be one of patch, block, crop"),
+        (PretrainParams, {**_STAGE, "mask_ratio": 1.0}, "pretrain.mask_ratio=1.0: must be in [0, 1)"),
     ],
 )
-def test_stage_config_errors_name_the_parameter(data, message):
-    with pytest.raises(ValueError) as info:
-        StageConfig.from_dict(data, name="finetune")
-    assert message in str(info.value)
+def test_stage_config_errors_name_the_parameter(cls, data, message):
+    with pytest.raises(ValidationError) as info:
+        cls.model_validate(data)
+    lines = describe(info.value, "pretrain" if cls is PretrainParams else "finetune")
+    assert any(message in line for line in lines), lines
+
+
+def test_checkpoint_every_zero_means_off_and_the_mask_is_checked_against_the_grid():
+    assert FinetuneParams.model_validate({**_STAGE, "checkpoint_every": 0}).checkpoint_every == 0
+    with pytest.raises(ValueError, match="pretrain.mask_crop_size is required for pretrain.mask_kind='crop'"):
+        MaskConfig(kind="crop").count(4)
+    with pytest.raises(ValueError, match="pretrain.mask_block_size=3 does not divide the 4x4 patch grid"):
+        MaskConfig(kind="block", block_size=3).sampler(4)
 
 
 @pytest.mark.parametrize(
@@ -124,37 +139,39 @@ def test_stage_config_errors_name_the_parameter(data, message):
     [
         ({"precision": "fp8"}, "trainer.precision='fp8': must be one of fp32, bf16, fp16"),
         ({"device": "tpu"}, "trainer.device='tpu': must be one of auto, cpu, cuda"),
-        ({"nproc": 0}, "trainer.nproc=0: must be an integer >= 1"),
+        ({"nproc": 0}, "trainer.nproc=0: must be >= 1"),
         ({"compile": "yes"}, "trainer.compile='yes': must be true or false"),
     ],
 )
 def test_trainer_config_errors_name_the_parameter(data, message):
-    with pytest.raises(ValueError) as info:
-        TrainerConfig.from_dict(data)
-    assert message in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        TrainerConfig.model_validate(data)
+    assert message in describe(info.value, "trainer")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_requested_without_gpu_is_refused():
     with pytest.raises(ValueError, match="trainer.device='cuda': CUDA was requested"):
-        TrainerConfig.from_dict({"device": "cuda"})
+        TrainerConfig(device="cuda").check_hardware()
 
 
 def test_batch_must_split_over_processes():
     with pytest.raises(ValueError, match="pretrain.batch_size=6: .*divisible by trainer.nproc=4"):
-        check_compatible(_stage(batch_size=6), TrainerConfig(nproc=4), "pretrain")
+        check_compatible(_stage(batch_size=6).stage_config(), TrainerConfig(nproc=4), "pretrain")
 
 
 def test_config_round_trips_through_json():
-    stage = StageConfig.from_dict({"steps": 5, "batch_size": 4, "lr": 2e-4, "resume": True,
-                                   "mask": {"kind": "block", "ratio": 0.9, "block_size": 2}},
-                                  name="pretrain", ignore=["resume"])
-    assert stage.mask == MaskConfig(kind="block", ratio=0.9, block_size=2)
+    stage = StageConfig(steps=5, batch_size=4, lr=2e-4)
+    mask = MaskConfig(kind="block", ratio=0.9, block_size=2)
     assert stage.betas == (0.99, 0.99) and stage.weight_decay == 0.03  # METHOD.md section 4
-    again = StageConfig.from_dict(json.loads(json.dumps(stage.to_dict())))
-    assert again == stage
-    trainer = TrainerConfig.from_dict({"device": "cpu", "precision": "bf16"})
-    assert TrainerConfig.from_dict(json.loads(json.dumps(trainer.to_dict()))) == trainer
+    saved = json.loads(json.dumps(stage.to_dict(mask)))
+    assert MaskConfig.model_validate(saved.pop("mask")) == mask
+    assert StageConfig.model_validate(saved) == stage
+    trainer = TrainerConfig(device="cpu", precision="bf16")
+    assert TrainerConfig.model_validate(json.loads(json.dumps(trainer.to_dict()))) == trainer
+    params = _stage()
+    assert params.stage_config().to_dict(params.mask_config())["mask"] == \
+        {"kind": "patch", "ratio": 0.5, "block_size": 4, "crop_size": None}
 
 
 def test_warmup_is_linear_then_constant():
@@ -163,20 +180,22 @@ def test_warmup_is_linear_then_constant():
 
 
 # ----------------------------------------------------------------------------- the loop
-def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path):
+def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeypatch):
     stage = _stage(steps=12, checkpoint_every=5)
     full = _train(images, stage)
 
     path = tmp_path / "pretrain.pt"
     previous = signal.getsignal(signal.SIGINT)
+    _hooked(monkeypatch, 7, "signal")
     with pytest.raises(TrainingInterrupted) as info:
-        _train(images, stage, periodic_checkpoint_path=path, build_loss=_hooked(7, "signal"))
+        _train(images, stage, checkpoint_path=path)
+    monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is previous  # our handler is gone again
     assert info.value.step == 7 and str(path) in str(info.value) and "resume_state" in str(info.value)
 
     saved = load_checkpoint(path)  # goes through the weights_only loader
     assert saved["step"] == 7
-    resumed = _train(images, stage, resume_state=saved, periodic_checkpoint_path=path)
+    resumed = _train(images, stage, resume_state=saved, checkpoint_path=path)
     assert resumed["step"] == 12
     # Bitwise on CPU: every generator, the data cursor, AdamW moments and the EMA resumed.
     _assert_tensors_equal(full["model"], resumed["model"])
@@ -203,11 +222,12 @@ def test_masked_stage_counts_fewer_tokens(images):
     assert masked["stats"]["images_seen"] == full["stats"]["images_seen"] == 8
 
 
-def test_nan_loss_raises_and_keeps_the_last_checkpoint(images, tmp_path):
+def test_nan_loss_raises_and_keeps_the_last_checkpoint(images, tmp_path, monkeypatch):
     path = tmp_path / "pretrain.pt"
     stage = _stage(steps=6, checkpoint_every=2)
+    _hooked(monkeypatch, 3, "nan")
     with pytest.raises(NonFiniteLossError) as info:
-        _train(images, stage, periodic_checkpoint_path=path, build_loss=_hooked(3, "nan"))
+        _train(images, stage, checkpoint_path=path)
     message = str(info.value)
     assert "at step 3" in message and str(path) in message and "(step 2) is kept" in message
     assert "pretrain.lr" in message and "grad_clip" in message and "warmup_steps" in message

@@ -1,4 +1,4 @@
-"""Custom Kedro datasets: embedded digit sets, numpy archives, torch checkpoints.
+"""Custom Kedro datasets: embedded digit sets, numpy archives, torch checkpoints, feature caches.
 
 Imported lazily so that a catalog which only needs images does not pay for importing torch.
 """
@@ -13,8 +13,8 @@ _WHERE = {
     "NpzDataset": ".arrays",
     "TorchCheckpointDataset": ".checkpoint",
     "CheckpointSlotDataset": ".checkpoint",
-    "TorchStateDataset": ".state",
-    "FeatureCacheDataset": ".state",
+    "TorchStateDataset": ".torch_state",
+    "FeatureCacheDataset": ".feature_cache",
 }
 
 __all__ = list(_WHERE)

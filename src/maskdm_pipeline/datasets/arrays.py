@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
-
-def _default_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+from maskdm_pipeline.fileio import atomic_write
 
 
 class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
@@ -44,17 +38,10 @@ class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
             ) from exc
 
     def save(self, data: dict[str, np.ndarray]) -> None:
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.asarray(v) for k, v in data.items() if v is not None}
-        fd, tmp = tempfile.mkstemp(dir=self._filepath.parent, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; keep the usual umask
-            os.replace(tmp, self._filepath)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # A handle, not a path: np.savez would append ".npz" to a name without it.
+        with atomic_write(self._filepath) as target, open(target, "wb") as handle:
+            np.savez(handle, **arrays)
 
     def _exists(self) -> bool:
         return self._filepath.exists()

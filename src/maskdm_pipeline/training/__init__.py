@@ -1,24 +1,38 @@
-"""Training loop, EMA, checkpoint state and distributed launch (pure torch, no Kedro)."""
+"""The training engine (pure torch, no Kedro): a :class:`TrainJob` in, a full training state out.
 
-from maskdm_pipeline.training.checkpoint import (
+``config.py`` the typed configs; ``job.py`` the job; ``run.py`` the entry (``run_training``);
+``distributed.py`` the DDP launch; ``loop.py`` the loop of one process; ``builders.py``,
+``process.py``, ``streams.py`` and ``ema.py`` its parts. Checkpoint files: ``fileio.py``.
+"""
+
+from maskdm_pipeline.fileio import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from maskdm_pipeline.training.config import MaskConfig, StageConfig, TrainerConfig
-from maskdm_pipeline.training.ema import EMA
-from maskdm_pipeline.training.loop import run_training
-from maskdm_pipeline.training.runtime import EvalFn, NonFiniteLossError, TrainingInterrupted
+from maskdm_pipeline.training.config import (
+    DiffusionConfig,
+    MaskConfig,
+    ModelConfig,
+    ModelParams,
+    StageConfig,
+    TrainerConfig,
+)
+from maskdm_pipeline.training.job import EvalFn, NonFiniteLossError, TrainingInterrupted, TrainJob
+from maskdm_pipeline.training.run import run_training
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "EMA",
     "CheckpointError",
+    "DiffusionConfig",
     "EvalFn",
     "MaskConfig",
+    "ModelConfig",
+    "ModelParams",
     "NonFiniteLossError",
     "StageConfig",
+    "TrainJob",
     "TrainerConfig",
     "TrainingInterrupted",
     "load_checkpoint",

@@ -1,262 +1,234 @@
-"""Typed, validated configuration of one training stage and of the trainer.
+"""Typed configuration of the training engine: the model, the diffusion, one stage, its mask and
+the trainer.
 
-A training stage (``pretrain``, ``finetune``, ``baseline``) is described by :class:`StageConfig`,
-where the hardware is described by :class:`TrainerConfig`. Both are built from the plain dicts
-Kedro hands over (``from_dict``) and turn back into JSON-able dicts (``to_dict``), which is how they
-travel inside checkpoints.
+Frozen pydantic models: validated once when built (from the parameter files by the schema in
+:mod:`maskdm_pipeline.params`, or directly by Python callers), immutable and picklable after
+that, and turned back into plain dicts (``to_dict``), which is how they travel inside checkpoints.
+The allowed names (mask kinds, presets, schedules, predictions, devices, precisions) are imported
+from the modules that own them. Refusals raise ``pydantic.ValidationError`` (a ``ValueError``)
+naming the field.
 
 Defaults follow METHOD.md section 4 (the official code): AdamW betas (0.99, 0.99), weight decay
 0.03, gradient clipping 1.0 (the code default when a config does not set ``clip_grad``), EMA
 0.999 that copies the weights for the first 100 steps, no warm-up. ``batch_size`` is the GLOBAL
 batch (``split_batches=True`` upstream), so results do not depend on ``nproc``.
-
-Validation happens before any work and every error names the parameter by its dotted name,
-the value and what is allowed, e.g. ``finetune.lr=-1: must be > 0`` (DESIGN.md: "an unknown or
-invalid value is refused before any work, naming the parameter").
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from maskdm_pipeline import masking
 from maskdm_pipeline.devices import DEVICES, PRECISIONS, resolve_device
+from maskdm_pipeline.diffusion.prediction import PREDICTIONS
+from maskdm_pipeline.diffusion.schedules import SCHEDULES
+from maskdm_pipeline.models.presets import PRESETS
 
-MASK_KINDS = ("patch", "block", "crop")
-
-# Flat spellings accepted for the mask (DESIGN.md lists `pretrain.mask_ratio` etc. as the
-# command-line parameters), mapped onto the nested MaskConfig fields.
-_FLAT_MASK_KEYS = {
-    "mask_kind": "kind",
-    "mask_ratio": "ratio",
-    "mask_block_size": "block_size",
-    "mask_crop_size": "crop_size",
-}
+MaskSampler = Callable[..., torch.Tensor]  # (batch_size, generator=...) -> (B, N) bool
 
 
-def _fail(name: str, value: Any, rule: str) -> ValueError:
-    return ValueError(f"{name}={value!r}: {rule}")
+class Frozen(BaseModel):
+    """Unknown keys are refused (usually a typo); no silent coercion ("1" is not 1, 1 is not
+    True); immutable once built."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _int(name: str, value: Any, *, minimum: int) -> int:
-    # bool is an int subclass; `steps: true` in YAML is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(name, value, f"must be an integer >= {minimum}")
-    if value < minimum:
-        raise _fail(name, value, f"must be an integer >= {minimum}")
-    return int(value)
+def interval(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A finite number in an interval; a refusal names the interval, e.g. ``must be in [0, 1)``."""
+    words = f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(value: float) -> float:
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            raise ValueError(words)
+        return value
+
+    return Annotated[float, Field(allow_inf_nan=False), AfterValidator(check)]
 
 
-def _float(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = True,
-           high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(name, value, "must be a finite number")
-    above = value > low if low_open else value >= low
-    below = value < high if high_open else value <= high
-    if not (above and below):
-        if math.isinf(high):
-            raise _fail(name, value, f"must be {'>' if low_open else '>='} {low:g}")
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise _fail(name, value, f"must lie in {interval}")
-    return float(value)
+def _betas(value: Any) -> Any:
+    ok = isinstance(value, list | tuple) and len(value) == 2 and all(
+        type(b) in (int, float) and math.isfinite(b) and 0 <= b < 1 for b in value)
+    if not ok:
+        raise ValueError("must be two numbers in [0, 1), e.g. [0.99, 0.99]")
+    return tuple(float(b) for b in value)
 
 
-def _optional_positive_int(name: str, value: Any) -> int:
-    """0 / None both mean "off" for the periodic knobs (checkpoint_every, eval_every)."""
-    if value is None:
-        return 0
-    return _int(name, value, minimum=0)
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Betas = Annotated[tuple[float, float], BeforeValidator(_betas)]
+
+MaskKind = Literal[masking.MASK_KINDS]
+MaskRatio = interval(0, 1, high_open=True)
+Preset = Literal[tuple(PRESETS)]
 
 
-def _check_keys(name: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    if not isinstance(data, Mapping):
-        raise _fail(name, data, "must be a mapping of parameters")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(
-            f"{name}.{unknown[0]}: unknown parameter; allowed: {', '.join(sorted(allowed))}"
-        )
+# ---------------------------------------------------------------------------- model, diffusion
+class ModelParams(Frozen):
+    """The ``model`` parameter block: a preset (models/presets.py) and overrides (None = the
+    preset's own value). The image size and channels come from the data (``ModelConfig``)."""
+
+    preset: Preset
+    patch_size: PositiveInt | None = None
+    embed_dim: PositiveInt | None = None
+    depth: PositiveInt | None = None
+    num_heads: PositiveInt | None = None
+
+    def for_images(self, images: Any) -> ModelConfig:
+        """The model for uint8 images ``(N, C, H, W)``: their side and channels, these overrides."""
+        return ModelConfig(**self.model_dump(), img_size=int(images.shape[-1]),
+                           in_chans=int(images.shape[1]))
 
 
-@dataclass(frozen=True)
-class MaskConfig:
+class ModelConfig(ModelParams):
+    """The U-ViT to build (nanoGPT's ``GPTConfig``): ``build_uvit(preset, **overrides)``."""
+
+    img_size: PositiveInt | None = None
+    in_chans: PositiveInt | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"preset": ..., **the overrides that are set}``, as stored in checkpoints."""
+        return self.model_dump(exclude_none=True)
+
+    def build(self) -> torch.nn.Module:
+        from maskdm_pipeline.models import build_uvit
+
+        config = self.to_dict()
+        return build_uvit(config.pop("preset"), **config)
+
+
+class DiffusionConfig(Frozen):
+    """The ``diffusion`` block: noise schedule (T = 1000 fixed) and prediction target."""
+
+    schedule: Literal[SCHEDULES] = "linear"
+    prediction: Literal[PREDICTIONS] = "eps"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+# ---------------------------------------------------------------------------- one stage
+class MaskConfig(Frozen):
     """Which tokens to drop during masked pre-training (METHOD.md section 2).
 
     ``ratio`` is ignored by ``crop`` (the crop size alone sets the ratio) and ``block_size`` is
-    in patches. The ratio is fixed for the whole stage: the paper uses no curriculum.
+    in patches. The ratio is fixed for the whole stage: the paper uses no curriculum. What
+    depends on the patch grid (a block size that divides it, a crop that fits, a crop size for
+    ``crop``) is checked by :meth:`sampler` and :meth:`count`, with masking.py's own rules.
     """
 
-    kind: str = "block"
-    ratio: float = 0.9
-    block_size: int = 4
-    crop_size: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], name: str = "mask") -> MaskConfig:
-        _check_keys(name, data, {f.name for f in dataclasses.fields(cls)})
-        kind = data.get("kind", cls.kind)
-        if kind not in MASK_KINDS:
-            raise _fail(f"{name}.kind", kind, f"must be one of {', '.join(MASK_KINDS)}")
-        ratio = _float(f"{name}.ratio", data.get("ratio", cls.ratio), low=0.0, high=1.0,
-                       low_open=False, high_open=True)
-        block_size = _int(f"{name}.block_size", data.get("block_size", cls.block_size), minimum=1)
-        crop_size = data.get("crop_size")
-        if crop_size is not None:
-            crop_size = _int(f"{name}.crop_size", crop_size, minimum=1)
-        elif kind == "crop":
-            raise _fail(f"{name}.crop_size", None, "required when kind is 'crop' (in patches)")
-        return cls(kind=kind, ratio=ratio, block_size=block_size, crop_size=crop_size)
+    kind: MaskKind = "block"
+    ratio: MaskRatio = 0.9
+    block_size: PositiveInt = 4
+    crop_size: PositiveInt | None = None
 
     @property
     def drops_tokens(self) -> bool:
         """A 0-ratio patch/block mask is plain DSM (METHOD.md section 1 item 8)."""
         return self.kind == "crop" or self.ratio > 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def count(self, grid_size: int, name: str = "pretrain") -> int:
+        """Masked patches per image on a ``grid_size`` x ``grid_size`` patch grid.
 
-
-@dataclass(frozen=True)
-class StageConfig:
-    """One training stage; defaults from METHOD.md section 4 (see the module docstring)."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    betas: tuple[float, float] = (0.99, 0.99)
-    weight_decay: float = 0.03
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    ema_decay: float = 0.999
-    ema_update_after_step: int = 100
-    seed: int = 0
-    mask: MaskConfig | None = None
-    checkpoint_every: int = 0
-    log_every: int = 100
-    eval_every: int = 0
-
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], name: str = "stage", ignore: Iterable[str] = ()
-    ) -> StageConfig:
-        """Build and validate; ``name`` is the prefix used in error messages (e.g. ``pretrain``).
-
-        The mask may be given nested (``mask: {kind, ratio, ...}``) or flat (``mask_kind``,
-        ``mask_ratio``, ``mask_block_size``, ``mask_crop_size``), but not both. Keys in
-        ``ignore`` belong to the caller (e.g. a node's ``resume`` or ``eval_num_samples``) and
-        are skipped; any other unknown key is refused, since it is usually a typo.
+        Raises:
+            ValueError: settings that do not fit the grid, naming ``<name>.mask_*``.
         """
-        fields = {f.name for f in dataclasses.fields(cls)}
-        _check_keys(name, data, fields | set(_FLAT_MASK_KEYS) | set(ignore))
-        data = {k: v for k, v in data.items() if k not in set(ignore)}
-        for required in ("steps", "batch_size", "lr"):
-            if required not in data:
-                raise ValueError(f"{name}.{required}: missing; this parameter is required")
+        self._check(grid_size, name)
+        return masking.mask_count(self.kind, grid_size, self.ratio, self.block_size, self.crop_size)
 
-        flat = {_FLAT_MASK_KEYS[k]: v for k, v in data.items() if k in _FLAT_MASK_KEYS}
-        mask_data = data.get("mask")
-        if flat and mask_data is not None:
-            raise ValueError(
-                f"{name}.mask: given both nested and as {name}.mask_*; use one spelling"
-            )
-        mask: MaskConfig | None = None
-        if flat:
-            mask = MaskConfig.from_dict(flat, name=f"{name}.mask")
-        elif isinstance(mask_data, MaskConfig):
-            mask = mask_data
-        elif mask_data is not None:
-            mask = MaskConfig.from_dict(mask_data, name=f"{name}.mask")
+    def sampler(self, grid_size: int, name: str = "pretrain") -> MaskSampler:
+        """``sampler(batch_size, generator=g) -> bool (B, grid_size**2)``, True = masked.
 
-        betas = data.get("betas", cls.betas)
-        if not isinstance(betas, list | tuple) or len(betas) != 2:
-            raise _fail(f"{name}.betas", betas, "must be two numbers in [0, 1)")
-        betas = tuple(
-            _float(f"{name}.betas[{i}]", b, low=0.0, high=1.0, low_open=False, high_open=True)
-            for i, b in enumerate(betas)
-        )
-        grad_clip = data.get("grad_clip", cls.grad_clip)
-        if grad_clip is not None:
-            grad_clip = _float(f"{name}.grad_clip", grad_clip, low=0.0)
+        The settings are checked against the grid here, once; the returned
+        ``functools.partial`` of ``masking.draw_masks`` trusts them on every step.
+        """
+        self._check(grid_size, name)
+        return functools.partial(masking.draw_masks, self.kind, grid_size, ratio=self.ratio,
+                                 block_size=self.block_size, crop_size=self.crop_size)
 
-        return cls(
-            steps=_int(f"{name}.steps", data["steps"], minimum=1),
-            batch_size=_int(f"{name}.batch_size", data["batch_size"], minimum=1),
-            lr=_float(f"{name}.lr", data["lr"], low=0.0),
-            betas=betas,  # type: ignore[arg-type]
-            weight_decay=_float(f"{name}.weight_decay", data.get("weight_decay", cls.weight_decay),
-                                low=0.0, low_open=False),
-            warmup_steps=_int(f"{name}.warmup_steps", data.get("warmup_steps", 0), minimum=0),
-            grad_clip=grad_clip,
-            ema_decay=_float(f"{name}.ema_decay", data.get("ema_decay", cls.ema_decay), low=0.0,
-                             high=1.0, low_open=False, high_open=True),
-            ema_update_after_step=_int(f"{name}.ema_update_after_step",
-                                       data.get("ema_update_after_step", 100), minimum=0),
-            seed=_int(f"{name}.seed", data.get("seed", 0), minimum=0),
-            mask=mask,
-            checkpoint_every=_optional_positive_int(f"{name}.checkpoint_every",
-                                                    data.get("checkpoint_every", 0)),
-            log_every=_int(f"{name}.log_every", data.get("log_every", cls.log_every), minimum=1),
-            eval_every=_optional_positive_int(f"{name}.eval_every", data.get("eval_every", 0)),
-        )
-
-    @property
-    def masked(self) -> bool:
-        """True when this stage drops tokens (MDSM); False means full-image DSM."""
-        return self.mask is not None and self.mask.drops_tokens
+    def _check(self, grid_size: int, name: str) -> None:
+        masking.validate_mask_params(self.kind, grid_size, self.ratio, self.block_size,
+                                     self.crop_size, prefix=name)
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        return self.model_dump()
+
+
+class StageConfig(Frozen):
+    """The optimisation recipe of one training stage; defaults from METHOD.md section 4.
+
+    ``checkpoint_every`` and ``eval_every``: 0 means off.
+    """
+
+    steps: PositiveInt
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    betas: Betas = (0.99, 0.99)
+    weight_decay: NonNegativeFloat = 0.03
+    warmup_steps: NonNegativeInt = 0
+    grad_clip: PositiveFloat | None = 1.0
+    ema_decay: interval(0, 1, high_open=True) = 0.999
+    ema_update_after_step: NonNegativeInt = 100
+    seed: NonNegativeInt = 0
+    checkpoint_every: NonNegativeInt = 0
+    log_every: PositiveInt = 100
+    eval_every: NonNegativeInt = 0
+
+    def to_dict(self, mask: MaskConfig | None = None) -> dict[str, Any]:
+        """The fields of this class (not a subclass's) plus ``mask``, as stored in checkpoints."""
+        out = self.model_dump(include=set(StageConfig.model_fields))
         out["betas"] = list(self.betas)  # lists survive JSON and YAML round trips; tuples do not
-        out["mask"] = None if self.mask is None else self.mask.to_dict()
+        out["mask"] = None if mask is None else mask.to_dict()
         return out
 
 
-@dataclass(frozen=True)
-class TrainerConfig:
-    """Hardware knobs: where, in which precision, compiled or not, on how many processes."""
+# ---------------------------------------------------------------------------- hardware
+class TrainerConfig(Frozen):
+    """The ``trainer`` block: where, in which precision, compiled or not, on how many processes."""
 
-    device: str = "auto"
-    precision: str = "fp32"
+    device: Literal[DEVICES] = "auto"
+    precision: Literal[PRECISIONS] = "fp32"
     compile: bool = False
-    nproc: int = 1
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], name: str = "trainer") -> TrainerConfig:
-        _check_keys(name, data, {f.name for f in dataclasses.fields(cls)})
-        device = data.get("device", cls.device)
-        if device not in DEVICES:
-            raise _fail(f"{name}.device", device, f"must be one of {', '.join(DEVICES)}")
-        precision = data.get("precision", cls.precision)
-        if precision not in PRECISIONS:
-            raise _fail(f"{name}.precision", precision, f"must be one of {', '.join(PRECISIONS)}")
-        compile_ = data.get("compile", cls.compile)
-        if not isinstance(compile_, bool):
-            raise _fail(f"{name}.compile", compile_, "must be true or false")
-        nproc = _int(f"{name}.nproc", data.get("nproc", cls.nproc), minimum=1)
-        if device == "cuda" and not torch.cuda.is_available():
-            raise _fail(f"{name}.device", device,
-                        "CUDA was requested but torch sees no GPU; use auto or cpu")
-        config = cls(device=device, precision=precision, compile=compile_, nproc=nproc)
-        if config.resolved_device() == "cuda" and nproc > torch.cuda.device_count():
-            raise _fail(f"{name}.nproc", nproc,
-                        f"one GPU per process, but only {torch.cuda.device_count()} visible")
-        return config
+    nproc: PositiveInt = 1
 
     def resolved_device(self) -> str:
         """``auto`` means the GPU when there is one."""
         return resolve_device(self.device).type
 
+    def check_hardware(self) -> None:
+        """Refuse what this machine cannot run (the schema leaves it to the training node, so that
+        a GPU config still validates, preprocesses and reports on a CPU-only machine).
+
+        Raises:
+            ValueError: CUDA requested without a GPU, or more processes than GPUs.
+        """
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("trainer.device='cuda': CUDA was requested but torch sees no GPU; "
+                             "use auto or cpu")
+        if self.resolved_device() == "cuda" and self.nproc > torch.cuda.device_count():
+            raise ValueError(f"trainer.nproc={self.nproc}: one GPU per process, but only "
+                             f"{torch.cuda.device_count()} visible")
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
 def check_compatible(stage: StageConfig, trainer: TrainerConfig, name: str = "stage") -> None:
-    """Cross-checks that need both configs: the global batch must split evenly over ranks."""
+    """The global batch must split evenly over the processes.
+
+    Raises:
+        ValueError: ``<name>.batch_size=<B>: the global batch must be divisible by trainer.nproc=<P>``.
+    """
     if stage.batch_size % trainer.nproc:
-        raise _fail(f"{name}.batch_size", stage.batch_size,
-                    f"the global batch must be divisible by trainer.nproc={trainer.nproc}")
+        raise ValueError(f"{name}.batch_size={stage.batch_size}: the global batch must be "
+                         f"divisible by trainer.nproc={trainer.nproc}")

@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from maskdm_pipeline.training.runtime import NonFiniteLossError, TrainingInterrupted
+from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
+from maskdm_pipeline.training.loop import TrainProcess
 
 __all__ = ["free_port", "run_distributed", "worker_entry"]
 
@@ -47,28 +48,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def worker_entry(images: torch.Tensor, kwargs: dict[str, Any], log_level: int) -> dict[str, Any]:
+def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
     """Body of each worker process (top level, so that ``spawn`` can pickle it).
 
     Returns ``{"state": ...}`` (rank 0's state, None elsewhere) or ``{"error": ...}``; errors
     are returned, not raised, so the parent can re-raise them with their own type.
     """
-    from maskdm_pipeline.training.loop import train_process
-
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     # A spawned process starts without the parent's logging set-up; without this, rank 0's
     # progress lines would vanish when stderr is not a terminal.
     logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
-    cuda = kwargs["trainer"].resolved_device() == "cuda"
+    cuda = job.trainer.resolved_device() == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        state = train_process(images, rank=rank, world_size=world_size, local_rank=local_rank,
-                              **kwargs)
+        state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank).train()
         return {"state": state}
     except TrainingInterrupted as exc:
         return {"interrupted": str(exc), "state": exc.state}
@@ -79,18 +77,17 @@ def worker_entry(images: torch.Tensor, kwargs: dict[str, Any], log_level: int) -
         dist.destroy_process_group()
 
 
-def run_distributed(images: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
-    """Run ``train_process`` on ``trainer.nproc`` local workers and return rank 0's state."""
-    nproc = kwargs["trainer"].nproc
-    for key in ("eval_fn", "build_model", "build_loss"):
-        try:
-            pickle.dumps(kwargs[key])
-        except Exception as exc:  # noqa: BLE001 - pickle raises several types
-            raise ValueError(
-                f"{key} must be picklable to reach the {nproc} worker processes (trainer.nproc="
-                f"{nproc}); use a top-level function or functools.partial, not a closure or "
-                f"lambda ({type(exc).__name__}: {exc})"
-            ) from exc
+def run_distributed(job: TrainJob) -> dict[str, Any]:
+    """Run a ``TrainProcess`` on each of ``trainer.nproc`` local workers; return rank 0's state."""
+    nproc = job.trainer.nproc
+    try:
+        pickle.dumps(job.eval_fn)
+    except Exception as exc:  # noqa: BLE001 - pickle raises several types
+        raise ValueError(
+            f"eval_fn must be picklable to reach the {nproc} worker processes (trainer.nproc="
+            f"{nproc}); use a top-level function or functools.partial, not a closure or "
+            f"lambda ({type(exc).__name__}: {exc})"
+        ) from exc
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc,
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
@@ -101,16 +98,16 @@ def run_distributed(images: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
-        results = elastic_launch(config, worker_entry)(images, kwargs, log_level)
+        results = elastic_launch(config, worker_entry)(job, log_level)
     except SignalException as exc:
         # The workers got the signal too: they finish the step and rank 0 saves (elastic
         # waits up to its shutdown timeout, 30 s, before killing them).
-        path = kwargs.get("periodic_checkpoint_path")
+        path = job.checkpoint_path
         where = (f"the state of the last finished step is in {path}; continue with "
                  f"resume_state=load_checkpoint({str(path)!r})") if path else \
-            "no periodic_checkpoint_path was given, so nothing was saved"
+            "the job has no checkpoint_path, so nothing was saved"
         raise TrainingInterrupted(
-            f"{kwargs.get('name', 'stage')}: distributed training stopped by signal "
+            f"{job.name}: distributed training stopped by signal "
             f"{exc.sigval.name}; {where}",
             step=None, checkpoint_path=None if path is None else Path(path),
         ) from exc
@@ -118,10 +115,10 @@ def run_distributed(images: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
-    return _rank0_result(results, kwargs)
+    return _rank0_result(results, job)
 
 
-def _rank0_result(results: dict[int, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
     """Re-raise a worker's error with its own type, or return rank 0's state."""
     errors = [r for r in results.values() if "error" in r]
     if errors:
@@ -136,7 +133,7 @@ def _rank0_result(results: dict[int, Any], kwargs: dict[str, Any]) -> dict[str, 
         raise RuntimeError(f"distributed training failed on {len(errors)} rank(s):\n{details}")
     rank0 = results[0]
     if "interrupted" in rank0:
-        path = kwargs.get("periodic_checkpoint_path")
+        path = job.checkpoint_path
         raise TrainingInterrupted(rank0["interrupted"], step=rank0["state"]["step"],
                                   checkpoint_path=None if path is None else Path(path),
                                   state=rank0["state"])

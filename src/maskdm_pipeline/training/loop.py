@@ -11,14 +11,14 @@ global batch. What the official code lacked and this adds:
 - time accounting that reviewers found missing: training wall time without evaluation or
   checkpoint I/O, images and tokens seen (masked stages see fewer tokens per image).
 
-``run_training`` returns a ``maskdm-checkpoint/1`` dict (training/checkpoint.py).
+``TrainProcess.train`` returns a ``maskdm-checkpoint/1`` dict (fileio.py); training/run.py is
+the entry that checks a job and starts one or several processes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -27,155 +27,77 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from maskdm_pipeline import devices
-from maskdm_pipeline.training import runtime
-from maskdm_pipeline.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from maskdm_pipeline.training.config import StageConfig, TrainerConfig, check_compatible
-from maskdm_pipeline.training.ema import EMA
-from maskdm_pipeline.training.runtime import (
-    EvalFn,
-    LossBuilder,
-    ModelBuilder,
-    NonFiniteLossError,
-    TrainingInterrupted,
-    default_build_loss,
-    default_build_model,
+from maskdm_pipeline.fileio import CHECKPOINT_FORMAT, save_checkpoint, to_cpu, to_plain
+from maskdm_pipeline.training import process
+from maskdm_pipeline.training.builders import (
+    build_loss,
+    check_resume_config,
+    load_init_weights,
     warmup_lr,
 )
+from maskdm_pipeline.training.ema import build_ema, ema_state_dict, load_ema_state_dict
+from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.streams import TrainingStreams
 
-__all__ = ["EvalFn", "NonFiniteLossError", "TrainingInterrupted", "run_training", "train_process"]
+__all__ = ["TrainProcess"]
 
 logger = logging.getLogger(__name__)
 
-def run_training(
-    images: torch.Tensor,
-    *,
-    model_config: Mapping[str, Any],
-    diffusion_config: Mapping[str, Any],
-    stage: StageConfig,
-    trainer: TrainerConfig,
-    init_weights: Mapping[str, Any] | None = None,
-    resume_state: Mapping[str, Any] | None = None,
-    periodic_checkpoint_path: str | os.PathLike[str] | None = None,
-    eval_fn: EvalFn | None = None,
-    progress: bool | None = None,
-    name: str = "stage",
-    build_model: ModelBuilder = default_build_model,
-    build_loss: LossBuilder = default_build_loss,
-) -> dict[str, Any]:
-    """Train one stage and return its final full state (a ``maskdm-checkpoint/1`` dict).
 
-    Args:
-        images: uint8 ``(N, C, H, W)``; scaled to [-1, 1] per batch on the device.
-        model_config: ``{"preset": ..., **overrides}`` for ``build_uvit`` (None values = preset's).
-        diffusion_config: ``{"schedule": ..., "prediction": ...}``.
-        stage, trainer: validated configs (training/config.py).
-        init_weights: fine-tuning start, a model ``state_dict`` or a checkpoint dict whose raw
-            ``"model"`` weights are used (METHOD.md section 4: the non-EMA weights; optimizer
-            and EMA start fresh). Loaded strictly: a silent ``strict=False`` mismatch (the
-            official code's choice, section 8 item 6) would train from a half-random model.
-        resume_state: a checkpoint dict of this stage to continue from (takes precedence).
-        periodic_checkpoint_path: where the full state is written every
-            ``stage.checkpoint_every`` steps, at the end and on interruption (atomically).
-        eval_fn: ``eval_fn(step, ema_model) -> dict | None`` every ``stage.eval_every`` steps;
-            its time is excluded from the training wall time. With ``nproc > 1`` it runs on
-            rank 0 only and must be picklable (a top-level function or a functools.partial).
-        progress: tqdm bar (True), log lines (False), or auto (None: bar when stderr is a TTY).
-        name: the stage name used in messages (``pretrain``, ``finetune``, ...).
-        build_model, build_loss: injectable builders (tests); must be picklable for DDP.
-
-    Raises:
-        ValueError: inconsistent inputs, before any training.
-        NonFiniteLossError: the loss became NaN/inf; the last checkpoint is left as it was.
-        TrainingInterrupted: SIGINT/SIGTERM; the state was saved after the current step.
+class TrainProcess:
+    """All live objects of one training process (rank ``rank`` of ``world_size``) and the step
+    that advances them; ``TrainProcess(job, ...).train()`` runs the loop and returns the state
+    on rank 0 (None elsewhere). With ``world_size > 1`` the caller has initialised the default
+    process group (training/distributed.py).
     """
-    check_compatible(stage, trainer, name)
-    runtime.validate_inputs(images, model_config, stage, build_model, name)
-    kwargs: dict[str, Any] = dict(
-        model_config=dict(model_config), diffusion_config=dict(diffusion_config), stage=stage,
-        trainer=trainer, init_weights=init_weights, resume_state=resume_state,
-        periodic_checkpoint_path=periodic_checkpoint_path, eval_fn=eval_fn, progress=progress,
-        name=name, build_model=build_model, build_loss=build_loss,
-    )
-    if trainer.nproc > 1:
-        from maskdm_pipeline.training.distributed import run_distributed
 
-        return run_distributed(images, **kwargs)
-    state = train_process(images, rank=0, world_size=1, local_rank=0, **kwargs)
-    assert state is not None  # rank 0 always returns its state
-    return state
-
-
-def train_process(
-    images: torch.Tensor,
-    *,
-    rank: int,
-    world_size: int,
-    local_rank: int,
-    **kwargs: Any,
-) -> dict[str, Any] | None:
-    """Run the loop in this process (rank ``rank`` of ``world_size``); rank 0 returns the state.
-
-    With ``world_size > 1`` the caller has initialised the default process group.
-    """
-    return _Run(images, rank=rank, world_size=world_size, local_rank=local_rank, **kwargs).train()
-
-
-class _Run:
-    """All live objects of one training process and the step that advances them."""
-
-    def __init__(
-        self, images: torch.Tensor, *, rank: int, world_size: int, local_rank: int,
-        model_config: dict[str, Any], diffusion_config: dict[str, Any], stage: StageConfig,
-        trainer: TrainerConfig, init_weights: Mapping[str, Any] | None,
-        resume_state: Mapping[str, Any] | None, periodic_checkpoint_path: Any,
-        eval_fn: EvalFn | None, progress: bool | None, name: str,
-        build_model: ModelBuilder, build_loss: LossBuilder,
-    ) -> None:
-        self.images = torch.as_tensor(images)
+    def __init__(self, job: TrainJob, *, rank: int, world_size: int, local_rank: int) -> None:
+        stage, trainer = job.stage, job.trainer
+        self.images = torch.as_tensor(job.images)
         self.rank, self.world_size = rank, world_size
-        self.stage, self.trainer, self.name = stage, trainer, name
-        self.eval_fn = eval_fn
-        self.path = None if periodic_checkpoint_path is None else Path(periodic_checkpoint_path)
-        self.config = {"model": model_config, "diffusion": diffusion_config,
-                       "stage": stage.to_dict(), "trainer": trainer.to_dict()}
-        self.device = runtime.select_device(trainer, local_rank)
-        self.show_bar = rank == 0 and (sys.stderr.isatty() if progress is None else progress)
+        self.stage, self.trainer, self.name = stage, trainer, job.name
+        self.eval_fn = job.eval_fn
+        self.path = None if job.checkpoint_path is None else Path(job.checkpoint_path)
+        self.config = job.config()
+        self.device = process.select_device(trainer, local_rank)
+        self.show_bar = rank == 0 and (sys.stderr.isatty() if job.progress is None else job.progress)
 
         # Seed the initialisation without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stage.seed)
-            self.model = build_model(model_config)
+            self.model = job.model.build()
         self.model.to(self.device).train()
-        if init_weights is not None and resume_state is None:
-            runtime.load_init_weights(self.model, init_weights, name)
+        if job.init_weights is not None and job.resume_state is None:
+            load_init_weights(self.model, job.init_weights, job.name)
         # The EMA starts from the (possibly fine-tuning) start weights (METHOD.md section 4).
-        self.ema = EMA(self.model, beta=stage.ema_decay,
-                       update_after_step=stage.ema_update_after_step, update_every=1)
+        self.ema = build_ema(self.model, stage)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=stage.lr,
                                            betas=stage.betas, weight_decay=stage.weight_decay)
         self.autocast = devices.autocast(self.device, trainer.precision)
         # fp16 has too little range for small gradients; bf16 has fp32's range and needs no scaler.
         self.scaler = torch.amp.GradScaler(self.device.type) if trainer.precision == "fp16" else None
-        self.loss_fn, num_timesteps = build_loss(diffusion_config, stage.masked, self.device)
+        self.loss_fn, num_timesteps = build_loss(job.diffusion, job.masked, self.device)
 
         grid = int(self.model.grid_size)
         self.tokens_per_image = grid * grid
-        self.visible_per_image = self.tokens_per_image - runtime.masked_per_image(stage, grid)
+        masked = job.mask.count(grid, job.name) if job.masked else 0
+        self.visible_per_image = self.tokens_per_image - masked
         self.streams = TrainingStreams(
             num_images=self.images.shape[0], seed=stage.seed, num_timesteps=num_timesteps,
             image_shape=tuple(self.images.shape[1:]), device=self.device,
-            mask_sampler=runtime.mask_sampler(stage, grid),
+            # Checked against the grid here, once; the sampler trusts its settings every step.
+            mask_sampler=job.mask.sampler(grid, job.name) if job.masked else None,
         )
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.stats = {"wall_time_s": 0.0, "eval_time_s": 0.0, "checkpoint_time_s": 0.0,
                       "images_seen": 0, "tokens_seen": 0}
-        if resume_state is not None:
-            self._resume(resume_state)
+        if job.resume_state is not None:
+            self._resume(job.resume_state)
 
         self.train_model: nn.Module = self.model
         if world_size > 1:
@@ -186,9 +108,9 @@ class _Run:
         self._last_saved_step: int | None = None
 
     def _resume(self, state: Mapping[str, Any]) -> None:
-        runtime.check_resume_config(state, self.config, self.name)
+        check_resume_config(state, self.config, self.name)
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        load_ema_state_dict(self.ema, state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # the config, not the old file, is the truth
             group["betas"], group["weight_decay"] = self.stage.betas, self.stage.weight_decay
@@ -202,14 +124,14 @@ class _Run:
             self.stats[key] = type(self.stats[key])(state.get("stats", {}).get(key, 0))
 
     # ------------------------------------------------------------------ the step
-    def _step(self, stop: runtime.StopOnSignal) -> tuple[float, bool]:
+    def _step(self, stop: process.StopOnSignal) -> tuple[float, bool]:
         """One optimizer step; returns (global mean loss, whether to stop after it)."""
         step = self.step + 1
         lr = warmup_lr(step, self.stage.lr, self.stage.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         draws = self.streams.draw(self.stage.batch_size, self.rank, self.world_size)
-        x0 = runtime.images_to_device(self.images, draws.indices, self.device)  # (b, C, H, W)
+        x0 = process.images_to_device(self.images, draws.indices, self.device)  # (b, C, H, W)
         t = draws.t.to(self.device, non_blocking=True)
         with self.autocast:
             if draws.mask is None:
@@ -222,7 +144,7 @@ class _Run:
         else:
             loss.backward()
         # One collective carries both values so every rank takes the same decision below.
-        loss_value, stop_all = runtime.reduce_step(loss.detach(), stop.requested, self.world_size)
+        loss_value, stop_all = process.reduce_step(loss.detach(), stop.requested, self.world_size)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(self._non_finite_message(step, loss_value))
         if self.scaler is not None:
@@ -235,7 +157,7 @@ class _Run:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model)
+        self.ema.update()
         self.step = step
         self.stats["images_seen"] += self.stage.batch_size
         self.stats["tokens_seen"] += self.stage.batch_size * self.visible_per_image
@@ -256,10 +178,11 @@ class _Run:
 
         last_log = (self.step, base_wall)
         losses: list[float] = []
-        bar = runtime.progress_bar(self.show_bar, stage.steps, self.step, self.name)
+        bar = tqdm(total=stage.steps, initial=self.step, desc=self.name, unit="step",
+                   dynamic_ncols=True, disable=not self.show_bar)
         stopped = False
         try:
-            with runtime.StopOnSignal() as stop:
+            with process.StopOnSignal() as stop:
                 while self.step < stage.steps and not stopped:
                     loss_value, stopped = self._step(stop)
                     losses.append(loss_value)
@@ -282,7 +205,14 @@ class _Run:
                             and self.step % stage.checkpoint_every == 0:
                         self.stats["wall_time_s"] = elapsed()
                         excluded += self._save()
+                        if self.rank == 0 and not self.show_bar:
+                            logger.info("%s step %d/%d: periodic checkpoint saved to %s", self.name,
+                                        self.step, stage.steps, self.path)
                 self.stats["wall_time_s"] = elapsed()
+                # The finished (or interrupted) state goes to the resume file too, although the
+                # caller also gets it back: if the caller cannot store it (the catalog's final
+                # save fails on a full disk), it is still on disk, and a rerun resumes at the
+                # last step and only saves (README, "Disk full at the final save").
                 if self.path is not None:
                     self._save()
         finally:
@@ -299,13 +229,13 @@ class _Run:
             return 0.0
         t0 = time.perf_counter()
         with torch.no_grad():
-            result = self.eval_fn(self.step, self.ema.model)
+            result = self.eval_fn(self.step, self.ema.ema_model)
         devices.synchronize(self.device)
         seconds = time.perf_counter() - t0
         self.stats["eval_time_s"] += seconds
         if result:
             # Our bookkeeping keys win over same-named keys in the eval result.
-            plain = runtime.to_plain(dict(result))
+            plain = to_plain(dict(result))
             self.evals.append({**plain, "step": self.step,
                                "elapsed_s": now, "images_seen": self.stats["images_seen"]})
             # Quality while it trains, not only in the accounting written at the end.
@@ -336,10 +266,10 @@ class _Run:
                  "device": devices.describe(self.device),
                  "precision": self.trainer.precision, "nproc": self.world_size,
                  "epochs": self.streams.epoch}
-        return runtime.to_cpu({
+        return to_cpu({
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "ema": ema_state_dict(self.ema),
             "optimizer": self.optimizer.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "step": self.step,
@@ -382,8 +312,8 @@ class _Run:
         head = f"{self.name}: stopped by {signal_name or 'a signal'} after step {self.step}/" \
                f"{self.stage.steps}"
         if self.path is None:
-            return (f"{head}; no periodic_checkpoint_path was given, so nothing was written. "
+            return (f"{head}; the job has no checkpoint_path, so nothing was written. "
                     "The state is attached to this exception as .state.")
         return (f"{head}; the full training state is saved in {self.path}. To continue, run the "
-                f"stage again with resume_state=load_checkpoint({str(self.path)!r}) (the same "
+                f"job again with resume_state=load_checkpoint({str(self.path)!r}) (the same "
                 "configs and images); the result equals an uninterrupted run.")

@@ -24,11 +24,12 @@ Streams (seeds derived from ``stage.seed``):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from maskdm_pipeline.training.config import MaskSampler
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ class Draws:
     t: torch.Tensor  # (b,) int64 time steps (CPU)
     noise: torch.Tensor  # (b, C, H, W) float32 on the device
     mask: torch.Tensor | None  # (b, N) bool (CPU), True = masked; None when not masking
-
-
-MaskSampler = Callable[[int, torch.Generator], torch.Tensor]
 
 
 class TrainingStreams:
@@ -98,7 +96,7 @@ class TrainingStreams:
         t = torch.randint(0, self.num_timesteps, (global_batch,), generator=self.draws)  # (B,)
         mask = None
         if self.mask_sampler is not None:
-            mask = self.mask_sampler(global_batch, self.draws)  # (B, N)
+            mask = self.mask_sampler(global_batch, generator=self.draws)  # (B, N)
         noise = torch.randn(
             (global_batch, *self.image_shape), generator=self.noise, device=self.device
         )  # (B, C, H, W)

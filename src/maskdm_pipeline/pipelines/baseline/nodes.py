@@ -10,14 +10,16 @@ from typing import Any
 import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.pipelines.training_nodes import quality_probe, train_stage
+from maskdm_pipeline.params import BaselineParams
+from maskdm_pipeline.train_stage import quality_probe, train_stage
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
 
 
 def baseline(
     primary_train: Mapping[str, Any],
-    params: Mapping[str, Any],
-    model: Mapping[str, Any],
-    diffusion: Mapping[str, Any],
+    params: BaselineParams,
+    model: ModelParams,
+    diffusion: DiffusionConfig,
     trainer: Mapping[str, Any],
     slot: CheckpointSlot,
     classifier: Mapping[str, Any],

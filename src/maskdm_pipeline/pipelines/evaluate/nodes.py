@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from maskdm_pipeline import fd_clf
-from maskdm_pipeline.datasets.state import FeatureCache
+from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.metrics import (
     FID_WEIGHTS_FILENAME,

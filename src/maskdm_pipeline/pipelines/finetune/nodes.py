@@ -6,23 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-import torch
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.pipelines.training_nodes import (
-    init_weights_from,
-    model_config,
-    quality_probe,
-    train_stage,
-)
+from maskdm_pipeline.params import FinetuneParams
+from maskdm_pipeline.train_stage import quality_probe, train_stage
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
 
 
 def finetune(
     primary_train: Mapping[str, Any],
     pretrained: Mapping[str, Any],
-    params: Mapping[str, Any],
-    model: Mapping[str, Any],
-    diffusion: Mapping[str, Any],
+    params: FinetuneParams,
+    model: ModelParams,
+    diffusion: DiffusionConfig,
     trainer: Mapping[str, Any],
     slot: CheckpointSlot,
     classifier: Mapping[str, Any],
@@ -30,9 +26,25 @@ def finetune(
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Fine-tune the raw (or, with ``finetune.init_from: ema``, the EMA) pre-trained weights;
     optimizer and EMA start fresh, as in the official code."""
-    cfg = model_config(model, torch.from_numpy(primary_train["images"][:1]))
-    weights = init_weights_from(pretrained, params.get("init_from", "raw"), cfg, "data/06_models/pretrained.pt")
+    weights = init_weights_from(pretrained, params.init_from, model.for_images(primary_train["images"]).to_dict())
     probe = quality_probe(params, diffusion, classifier, reference)
     return train_stage(
         "finetune", primary_train, params, model, diffusion, trainer, slot, init_weights=weights, eval_fn=probe
     )
+
+
+def init_weights_from(pretrained: Mapping[str, Any], init_from: str, wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """Pick the raw (official choice, METHOD.md section 4) or EMA pre-trained weights, after
+    checking that the checkpoint was trained with the model this run asks for (before any
+    training, so that a mismatch costs nothing)."""
+    saved = dict(pretrained.get("config", {}).get("model", {}))
+    if saved != dict(wanted):
+        raise ValueError(
+            f"finetune: the pre-trained checkpoint (catalog entry 'pretrained') was trained with model "
+            f"{saved}, but this run asks for {dict(wanted)} (model.preset, preprocess.resolution and "
+            "channels must match). Rerun `kedro run --pipelines pretrain` with the same settings, or "
+            "change them back."
+        )
+    if init_from == "ema":
+        return dict(pretrained["ema"]["model"])
+    return dict(pretrained["model"])

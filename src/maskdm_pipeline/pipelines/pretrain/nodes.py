@@ -10,7 +10,9 @@ import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.imaging import convert_images
-from maskdm_pipeline.pipelines.training_nodes import train_stage
+from maskdm_pipeline.params import PretrainParams
+from maskdm_pipeline.train_stage import train_stage
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +20,7 @@ logger = logging.getLogger(__name__)
 def pretrain_data(
     primary_train: Mapping[str, Any],
     raw_pretrain_images: Mapping[str, Any],
-    params: Mapping[str, Any],
+    params: PretrainParams,
     preprocess: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The images to pre-train on.
@@ -28,7 +30,7 @@ def pretrain_data(
     the target (same resolution and channels, so the weights transfer), as in the paper's
     VGGFace2 -> CelebA-HQ transfer runs (METHOD.md section 4.4).
     """
-    if params.get("data", "target") == "target":
+    if params.data == "target":
         return dict(primary_train)
     converted = convert_images(raw_pretrain_images, preprocess)
     logger.info("pretrain: %d source images from raw_pretrain_images (%s)", len(converted["images"]),
@@ -38,9 +40,9 @@ def pretrain_data(
 
 def pretrain(
     images: Mapping[str, Any],
-    params: Mapping[str, Any],
-    model: Mapping[str, Any],
-    diffusion: Mapping[str, Any],
+    params: PretrainParams,
+    model: ModelParams,
+    diffusion: DiffusionConfig,
     trainer: Mapping[str, Any],
     slot: CheckpointSlot,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:

@@ -1,8 +1,10 @@
-"""Node bodies shared by the ``pretrain``, ``finetune`` and ``baseline`` pipelines.
+"""The node body the ``pretrain``, ``finetune`` and ``baseline`` stages share.
 
-Thin: they turn catalog inputs and parameter blocks into the pure training engine's configs
-(:mod:`maskdm_pipeline.training`), run it, and split its final state into the catalog outputs
-(the checkpoint, a per-step history table and a time-accounting record).
+Thin: the typed parameter blocks (:mod:`maskdm_pipeline.params`) and the catalog's inputs become
+one :class:`~maskdm_pipeline.training.TrainJob`; the engine runs it; its final state is split
+into the catalog outputs (the checkpoint, a per-step history table and a time-accounting
+record); the ways a stage stops that the user can act on become messages that speak
+``kedro run``. Shared by three stages, it lives below them: no stage imports another stage.
 """
 
 from __future__ import annotations
@@ -21,35 +23,13 @@ from click import ClickException
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.fd_clf import QualityProbe
-from maskdm_pipeline.training.checkpoint import CheckpointError
-from maskdm_pipeline.training.config import StageConfig, TrainerConfig
-from maskdm_pipeline.training.loop import (
-    EvalFn,
-    NonFiniteLossError,
-    TrainingInterrupted,
-    run_training,
-)
+from maskdm_pipeline.fileio import CheckpointError
+from maskdm_pipeline.params import StageParams
+from maskdm_pipeline.training import run_training
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
+from maskdm_pipeline.training.job import EvalFn, NonFiniteLossError, TrainingInterrupted, TrainJob
 
 logger = logging.getLogger(__name__)
-
-# Stage parameters that steer the node rather than the training engine.
-NODE_KEYS = ("resume", "eval_num_samples", "init_from", "data")
-MODEL_OVERRIDES = ("patch_size", "embed_dim", "depth", "num_heads")
-
-
-def model_config(model_params: Mapping[str, Any], images: torch.Tensor) -> dict[str, Any]:
-    """The ``build_uvit`` config: the preset, the data's size and channels, explicit overrides."""
-    config: dict[str, Any] = {
-        "preset": model_params["preset"],
-        "img_size": int(images.shape[-1]),
-        "in_chans": int(images.shape[1]),
-    }
-    config.update({k: model_params[k] for k in MODEL_OVERRIDES if model_params.get(k) is not None})
-    return config
-
-
-def stage_config(name: str, stage_params: Mapping[str, Any]) -> StageConfig:
-    return StageConfig.from_dict({k: v for k, v in stage_params.items() if k not in NODE_KEYS}, name=name)
 
 
 # The ways a stage stops that the user can act on. Each is also a click.ClickException,
@@ -103,8 +83,8 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _resume_state(name: str, stage_params: Mapping[str, Any], slot: CheckpointSlot) -> dict[str, Any] | None:
-    if not stage_params.get("resume", True) or not slot.exists():
+def _resume_state(name: str, params: StageParams, slot: CheckpointSlot) -> dict[str, Any] | None:
+    if not params.resume or not slot.exists():
         return None
     try:
         state = slot.load()
@@ -120,43 +100,40 @@ def _resume_state(name: str, stage_params: Mapping[str, Any], slot: CheckpointSl
 def train_stage(
     name: str,
     train: Mapping[str, Any],
-    stage_params: Mapping[str, Any],
-    model_params: Mapping[str, Any],
-    diffusion_params: Mapping[str, Any],
-    trainer_params: Mapping[str, Any],
+    params: StageParams,
+    model: ModelParams,
+    diffusion: DiffusionConfig,
+    trainer: Mapping[str, Any],
     slot: CheckpointSlot,
     *,
     init_weights: Mapping[str, Any] | None = None,
     eval_fn: EvalFn | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Run one training stage; returns (checkpoint, history table, time accounting)."""
+    """Run one training stage; returns (checkpoint, history table, time accounting).
+
+    ``trainer`` is the raw ``params:trainer`` mapping: the sample and evaluate nodes read it too,
+    and Kedro hands every reader the same object, so it is not typed in the pipelines.
+    """
     images = torch.from_numpy(train["images"])
-    stage = stage_config(name, stage_params)
-    trainer = TrainerConfig.from_dict(trainer_params)
     _check_writable(name, slot)
-    resume_state = _resume_state(name, stage_params, slot)
+    resume_state = _resume_state(name, params, slot)
+    job = TrainJob(
+        images=images, model=model.for_images(images), diffusion=diffusion,
+        stage=params.stage_config(), mask=params.mask_config(),
+        trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
+        resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
+    )
     try:
-        state = run_training(
-            images,
-            model_config=model_config(model_params, images),
-            diffusion_config={"schedule": diffusion_params["schedule"], "prediction": diffusion_params["prediction"]},
-            stage=stage,
-            trainer=trainer,
-            init_weights=init_weights,
-            resume_state=resume_state,
-            periodic_checkpoint_path=slot.path,
-            eval_fn=eval_fn,
-            name=name,
-        )
+        state = run_training(job)
     except ValueError as exc:
         if resume_state is not None and "resume_state" in str(exc):
             raise ValueError(f"{exc} (resume checkpoint: {slot.path}; --params {name}.resume=false starts afresh)") from exc
         raise
     except TrainingInterrupted as exc:
-        raise _interrupted(name, exc, slot, resumes=bool(stage_params.get("resume", True))) from None
+        raise _interrupted(name, exc, slot, resumes=params.resume) from None
     except NonFiniteLossError as exc:
         advice = ""
-        if slot.exists() and stage_params.get("resume", True):
+        if slot.exists() and params.resume:
             advice = (f" Rerunning resumes from {_shown(slot.path)} with the new settings; "
                       f"--params {name}.resume=false starts afresh.")
         raise StageDiverged(f"{exc}{advice}") from None
@@ -187,21 +164,21 @@ def _interrupted(name: str, exc: TrainingInterrupted, slot: CheckpointSlot, resu
 
 
 def quality_probe(
-    stage_params: Mapping[str, Any],
-    diffusion_params: Mapping[str, Any],
+    params: StageParams,
+    diffusion: DiffusionConfig,
     classifier: Mapping[str, Any],
     reference: Mapping[str, Any],
 ) -> QualityProbe | None:
     """The periodic fd_clf probe for the report's quality-vs-compute curves, when possible."""
-    if not stage_params.get("eval_every") or not reference.get("available", False):
+    if not params.eval_every or not reference.get("available", False):
         return None
     return QualityProbe(
         classifier,
         (reference["mu"].numpy(), reference["sigma"].numpy()),
-        schedule=diffusion_params["schedule"],
-        prediction=diffusion_params["prediction"],
-        num_samples=int(stage_params.get("eval_num_samples", 256)),
-        seed=int(stage_params.get("seed", 0)),
+        schedule=diffusion.schedule,
+        prediction=diffusion.prediction,
+        num_samples=params.eval_num_samples,
+        seed=params.seed,
     )
 
 
@@ -223,21 +200,3 @@ def accounting(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
         "evals": list(state.get("evals", [])),
         "config": dict(state.get("config", {})),
     }
-
-
-def init_weights_from(
-    pretrained: Mapping[str, Any], init_from: str, model_cfg: Mapping[str, Any], source: str
-) -> dict[str, Any]:
-    """Pick the raw (official choice, METHOD.md section 4) or EMA pre-trained weights, after
-    checking that the checkpoint was trained with the model this run asks for."""
-    saved = dict(pretrained.get("config", {}).get("model", {}))
-    wanted = dict(model_cfg)
-    if saved != wanted:
-        raise ValueError(
-            f"finetune: the pre-trained checkpoint {source} was trained with model {saved}, but this "
-            f"run asks for {wanted} (model.preset, preprocess.resolution and channels must match). "
-            "Rerun `kedro run --pipelines pretrain` with the same settings, or change them back."
-        )
-    if init_from == "ema":
-        return dict(pretrained["ema"]["model"])
-    return dict(pretrained["model"])

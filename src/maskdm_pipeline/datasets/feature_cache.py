@@ -1,4 +1,4 @@
-"""Small torch states (the fd_clf classifier) and a keyed feature-statistics cache."""
+"""A keyed cache of feature statistics (mean, covariance) for the FID reference side."""
 
 from __future__ import annotations
 
@@ -10,30 +10,7 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
-from maskdm_pipeline.training.checkpoint import CheckpointError, load_torch_state, save_torch_state
-
-
-class TorchStateDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """Any dict of tensors and plain values; atomic save, ``weights_only`` load."""
-
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
-        self.metadata = metadata
-
-    def load(self) -> dict[str, Any]:
-        try:
-            return load_torch_state(self._filepath)
-        except CheckpointError as exc:
-            raise DatasetError(str(exc)) from exc
-
-    def save(self, data: dict[str, Any]) -> None:
-        save_torch_state(data, self._filepath)
-
-    def _exists(self) -> bool:
-        return self._filepath.exists()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+from maskdm_pipeline.datasets.arrays import NpzDataset
 
 
 class FeatureCache:
@@ -60,8 +37,6 @@ class FeatureCache:
             return None  # a damaged cache entry is recomputed, never trusted
 
     def put(self, key: str, mu: np.ndarray, sigma: np.ndarray, about: dict[str, Any] | None = None) -> None:
-        from maskdm_pipeline.datasets.arrays import NpzDataset
-
         NpzDataset(str(self._path(key))).save({"mu": mu, "sigma": sigma, "about": np.array(json.dumps(about or {}))})
 
 

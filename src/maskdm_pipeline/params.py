@@ -1,0 +1,316 @@
+"""The parameter schema: every parameter of ``conf/*/parameters*.yml`` as one typed tree.
+
+Kedro merges ``conf/base``, the ``--env`` environment and ``--params``;
+``hooks.ValidateParametersHook`` checks the result with :class:`Params` once per run, as soon as
+the context exists (before the catalog is built and before any node), whatever ``--pipelines``
+selects. Every problem is listed at once, one line each, starting with the dotted name and the
+value given, e.g. ``pretrain.mask_ratio=1.5: must be in [0, 1)``; the run stops with exit status
+2 (:class:`ParameterError`).
+
+Each block is a frozen pydantic model (``extra="forbid"``: a misspelt name is refused; strict:
+``steps: true`` is not 1). The training stages' nodes take their blocks as these models
+(``params:pretrain`` is a :class:`PretrainParams`, built by Kedro with the same class), so once
+:class:`Params` has accepted the tree, Kedro's own per-pipeline validation cannot refuse it.
+Rules that involve several blocks (the patch grid, masks against the grid, the batch against
+``trainer.nproc``, the sampler's steps) are checked once, in :meth:`Params._fit_together`, with
+the checks of the modules that own them. Pure: no Kedro import (click, for the error type only).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from click import ClickException
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+
+from maskdm_pipeline.diffusion.samplers import SAMPLERS, validate_sampling
+from maskdm_pipeline.tracking import flatten
+from maskdm_pipeline.training.config import (
+    DiffusionConfig,
+    Frozen,
+    MaskConfig,
+    MaskKind,
+    MaskRatio,
+    ModelParams,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    StageConfig,
+    TrainerConfig,
+    check_compatible,
+    interval,
+)
+
+__all__ = ["BaselineParams", "FinetuneParams", "ParameterError", "Params", "PretrainParams",
+           "StageParams", "describe", "validate_parameters"]
+
+
+SampleCount = Annotated[int, Field(ge=2)]  # a Frechet distance needs a covariance: N >= 2
+
+
+class ParameterError(ClickException, ValueError):
+    """An unknown parameter name or an invalid value; the message names the parameter.
+
+    A ``ValueError`` for Python callers. Also a ``click.ClickException`` (click is Kedro's
+    CLI library, not Kedro): ``kedro run`` then prints ``Error: <the message>`` and exits with
+    status 2 (a usage error) instead of a screen of traceback that hides the one line that
+    matters.
+    """
+
+    exit_code = 2
+
+
+# ---------------------------------------------------------------------------- preprocess
+def _crop(value: Any) -> Any:
+    if value in ("none", "center", None):
+        return value
+    if isinstance(value, list | tuple) and len(value) == 4 and all(
+            type(i) is int and i >= 0 for i in value):
+        if value[2] > 0 and value[3] > 0:
+            return list(value)
+        raise ValueError("box height and width must be > 0")
+    raise ValueError("must be none, center or [top, left, height, width]")
+
+
+def _subset(value: Any) -> Any:
+    if value is None:
+        return value
+    if type(value) is float:
+        if 0 < value <= 1:
+            return value
+        raise ValueError("a fraction must be in (0, 1]")
+    if type(value) is int:
+        if value >= 1:
+            return value
+        raise ValueError("a count must be >= 1")
+    raise ValueError("must be null, a fraction in (0, 1] or a count >= 1")
+
+
+class PreprocessParams(Frozen):
+    """Every source image -> uint8 (channels, resolution, resolution) (pipelines/preprocess)."""
+
+    resolution: PositiveInt
+    channels: Literal[1, 3]
+    crop: Annotated[Any, BeforeValidator(_crop)]
+    heldout_fraction: interval(0, 1, low_open=True, high_open=True)
+    subset: Annotated[Any, BeforeValidator(_subset)]
+    min_size: NonNegativeInt
+    alpha_background: NonNegativeInt
+    labels: Literal["none", "subfolder"]
+    seed: NonNegativeInt
+
+
+# ---------------------------------------------------------------------------- training stages
+class StageParams(StageConfig):
+    """A training stage's block: the engine's recipe (training/config.py) plus the keys that
+    steer its node: ``resume`` from the stage's resume checkpoint, and the number of samples of
+    the periodic fd_clf probe."""
+
+    resume: bool = True
+    eval_num_samples: SampleCount = 256
+
+    def stage_config(self) -> StageConfig:
+        """The engine's part (already validated, so not validated again)."""
+        return StageConfig.model_construct(**self.model_dump(include=set(StageConfig.model_fields)))
+
+    def mask_config(self) -> MaskConfig | None:
+        """The stage's token mask; None: no masking (plain DSM)."""
+        return None
+
+
+_MASK = MaskConfig()  # the defaults, METHOD.md section 2
+
+
+class PretrainParams(StageParams):
+    """Masked pre-training: the mask as the flat ``mask_*`` keys users type on the command line,
+    and the data to pre-train on (``target``: the training split; ``source``: the catalog entry
+    ``raw_pretrain_images``, for transfer runs)."""
+
+    data: Literal["target", "source"] = "target"
+    mask_kind: MaskKind = _MASK.kind
+    mask_ratio: MaskRatio = _MASK.ratio
+    mask_block_size: PositiveInt = _MASK.block_size
+    mask_crop_size: PositiveInt | None = _MASK.crop_size
+
+    def mask_config(self) -> MaskConfig:
+        return MaskConfig.model_construct(kind=self.mask_kind, ratio=self.mask_ratio,
+                                          block_size=self.mask_block_size,
+                                          crop_size=self.mask_crop_size)
+
+
+class FinetuneParams(StageParams):
+    """Fine-tuning from the raw (the official choice) or the EMA pre-trained weights."""
+
+    init_from: Literal["raw", "ema"] = "raw"
+
+
+class BaselineParams(StageParams):
+    """The from-scratch baseline: the fine-tuning recipe from random weights."""
+
+
+# ---------------------------------------------------------------------------- sample, evaluate
+class SampleParams(Frozen):
+    """Sampling from the EMA weights (pipelines/sample); ``steps`` null: every step (ddpm)."""
+
+    sampler: Literal[SAMPLERS]
+    steps: PositiveInt | None
+    eta: NonNegativeFloat
+    num_samples: PositiveInt
+    batch_size: PositiveInt
+    seed: NonNegativeInt
+
+
+class FidParams(Frozen):
+    """FID with pytorch-fid's Inception weights (metrics/inception.py)."""
+
+    enabled: bool
+    weights_path: str | None
+    allow_download: bool
+    dims: Literal[64, 192, 768, 2048]  # pytorch-fid's InceptionV3.BLOCK_INDEX_BY_DIM
+    batch_size: PositiveInt
+
+
+class FdClfParams(Frozen):
+    """The Frechet distance on the in-pipeline classifier's features, at a fixed sample count."""
+
+    enabled: bool
+    num_samples: SampleCount
+    epochs: PositiveInt
+    seed: NonNegativeInt
+
+
+class EvaluateParams(Frozen):
+    """The quality metrics (pipelines/evaluate)."""
+
+    fid: FidParams
+    fd_clf: FdClfParams
+
+
+# ---------------------------------------------------------------------------- the whole tree
+class Params(Frozen):
+    """The merged parameter tree of a run: every block is required (conf/base declares them all)."""
+
+    preprocess: PreprocessParams
+    model: ModelParams
+    diffusion: DiffusionConfig
+    trainer: TrainerConfig
+    pretrain: PretrainParams
+    finetune: FinetuneParams
+    baseline: BaselineParams
+    sample: SampleParams
+    evaluate: EvaluateParams
+
+    @model_validator(mode="after")
+    def _fit_together(self) -> Params:
+        """Rules across blocks; each message comes from the module that owns the rule. Fast:
+        no model is built."""
+        from maskdm_pipeline.diffusion.schedules import make_schedule
+        from maskdm_pipeline.masking import validate_mask_params
+        from maskdm_pipeline.models.presets import PRESETS
+
+        problems: list[str] = []
+
+        def attempt(check: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                check(*args, **kwargs)
+            except ValueError as exc:
+                problems.append(str(exc))
+
+        # The model's image size is preprocess.resolution (ModelParams.for_images).
+        resolution, model = self.preprocess.resolution, self.model
+        patch = model.patch_size or PRESETS[model.preset]["patch_size"]
+        if resolution % patch:
+            source = "model.patch_size" if model.patch_size else f"model.preset={model.preset!r}"
+            problems.append(
+                f"preprocess.resolution={resolution} is not divisible by the patch size {patch} "
+                f"(from {source}); pick a multiple of {patch}, e.g. {max(patch, resolution // patch * patch)}")
+        else:
+            p = self.pretrain
+            attempt(validate_mask_params, p.mask_kind, resolution // patch, p.mask_ratio,
+                    p.mask_block_size, p.mask_crop_size, prefix="pretrain")
+        for name in ("pretrain", "finetune", "baseline"):
+            attempt(check_compatible, getattr(self, name), self.trainer, name)
+        T = inspect.signature(make_schedule).parameters["T"].default  # T is fixed, not a parameter
+        attempt(validate_sampling, self.sample.sampler, self.sample.steps, T, self.sample.eta)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def validate_parameters(params: Mapping[str, Any],
+                        runtime_params: Mapping[str, Any] | None = None) -> Params:
+    """The validated tree, or :class:`ParameterError` listing every problem.
+
+    ``runtime_params`` (the ``--params`` of ``kedro run``) are only checked for unknown names,
+    so that a typo there is reported as a command-line parameter.
+    """
+    problems = [f"--params {name}: unknown parameter; known names: see conf/base/parameters*.yml"
+                for name in flatten(runtime_params or {}) if not _is_known(name)]
+    try:
+        validated = Params.model_validate(dict(params))
+    except ValidationError as exc:
+        problems += describe(exc)
+    if problems:
+        raise ParameterError("Invalid parameters, nothing was run:\n  - " + "\n  - ".join(problems))
+    return validated
+
+
+# ---------------------------------------------------------------------------- messages
+_WHY = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "model_type": "must be a mapping of parameters",
+    "tuple_type": "must be a list",
+}
+
+
+def describe(exc: ValidationError, prefix: str = "") -> list[str]:
+    """The lines a user reads for a refusal, ``name=value: why``, names prefixed with ``prefix``
+    (e.g. ``pretrain`` for a :class:`PretrainParams` validated on its own)."""
+    return [line for error in exc.errors() for line in _lines(error, prefix)]
+
+
+def _lines(error: Mapping[str, Any], prefix: str) -> list[str]:
+    loc = [str(part) for part in error["loc"]]
+    name = ".".join([prefix, *loc] if prefix else loc)
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return [f"{leaf}: unknown parameter (a typo? every valid name is in conf/base/parameters*.yml)"
+                for leaf in flatten({name: value})]
+    if kind == "missing":
+        return [f"{name}: missing; every parameter is listed in conf/base/parameters*.yml"]
+    if kind == "value_error" and not loc:  # Params._fit_together: lines written by the owners
+        return str(ctx["error"]).splitlines()
+    if kind == "value_error":
+        why = str(ctx["error"])
+    elif kind == "finite_number":
+        why = "must be a number" if value != value else "must be a finite number"  # NaN != NaN
+    elif kind == "literal_error":  # ctx: "'a', 'b' or 'c'" -> "a, b, c"
+        why = "must be one of " + ctx["expected"].replace(" or ", ", ").replace("'", "")
+    else:
+        why = _WHY.get(kind, error["msg"]).format(**ctx)
+    return [f"{name}={value!r}: {why}"]
+
+
+def _is_known(name: str) -> bool:
+    """Whether a dotted name is a parameter of :class:`Params` (or inside one, e.g. a list)."""
+    model: Any = Params
+    for part in name.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        model = field.annotation
+        if get_origin(model) in (Union, types.UnionType):  # X | None -> X
+            model = next(arg for arg in get_args(model) if arg is not type(None))
+    return True
