@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from maskdm_pipeline.devices import autocast
-from maskdm_pipeline.diffusion import make_schedule
+from maskdm_pipeline.diffusion import PerSampleGenerator, make_schedule
 from maskdm_pipeline.diffusion.samplers import sample, validate_sampling
 from maskdm_pipeline.models import build_uvit
 
@@ -47,14 +47,14 @@ def generate(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Draw ``num_samples`` images in batches; returns (uint8 (N, C, H, W), timing).
 
-    One generator seeded with ``seed`` drives every batch, so the same seed gives the same
-    images whatever the batch size only if the batch size is kept; it is recorded with them.
+    Sample i draws all its noise from its own generator, seeded from (``seed``, i)
+    (:class:`~maskdm_pipeline.diffusion.PerSampleGenerator`, EDM's per-image seeds), so the
+    images do not depend on ``batch_size``: it changes speed and memory, not results.
     """
     device = torch.device(device)
     noise_schedule = make_schedule(schedule)
     validate_sampling(sampler, steps, noise_schedule.num_timesteps, eta)
     model = model.to(device)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     shape = (model.in_chans, model.img_size, model.img_size)
     chunks = []
     start = time.perf_counter()
@@ -62,7 +62,8 @@ def generate(
         n = min(batch_size, num_samples - first)
         with autocast(device, precision):
             x = sample(model, (n, *shape), schedule=noise_schedule, prediction=prediction, sampler=sampler,
-                       steps=steps, eta=eta, generator=generator, device=device)
+                       steps=steps, eta=eta, generator=PerSampleGenerator(seed, range(first, first + n)),
+                       device=device)
         chunks.append(to_uint8(x.float()))
     seconds = time.perf_counter() - start
     return np.concatenate(chunks), {"seconds": seconds, "img_per_s": num_samples / max(seconds, 1e-9)}

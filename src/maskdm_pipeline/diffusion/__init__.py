@@ -27,9 +27,11 @@ from maskdm_pipeline.diffusion.samplers import (
 from maskdm_pipeline.diffusion.schedules import (
     SCHEDULES,
     NoiseSchedule,
+    PerSampleGenerator,
     draw_noise,
     draw_timesteps,
     make_schedule,
+    sample_seed,
 )
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "DenoisingLoss",
     "MaskedDenoisingLoss",
     "NoiseSchedule",
+    "PerSampleGenerator",
     "ddim",
     "ddpm",
     "dpmpp_2m",
@@ -49,6 +52,7 @@ __all__ = [
     "loss_weights",
     "make_schedule",
     "sample",
+    "sample_seed",
     "solver_time_grid",
     "time_grid",
     "to_x0_eps",

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from maskdm_pipeline.diffusion.prediction import eps_from_x0, to_x0_eps, validate_prediction
-from maskdm_pipeline.diffusion.schedules import NoiseSchedule, draw_noise
+from maskdm_pipeline.diffusion.schedules import Generator, NoiseSchedule, draw_noise
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 
@@ -47,7 +47,7 @@ class Sampler(Protocol):
         prediction: str,
         steps: int | None,
         eta: float,
-        generator: torch.Generator | None,
+        generator: Generator | None,
         clip: bool = True,
     ) -> torch.Tensor: ...
 
@@ -136,7 +136,7 @@ def ddpm(
     prediction: str,
     steps: int | None = None,
     eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
     """Ancestral DDPM: x_{t-1} = mu~_t(x_t, x0_hat) + sqrt(beta~_t) z (Ho et al. 2020, eqs. 6-7),
@@ -166,7 +166,7 @@ def ddim(
     prediction: str,
     steps: int | None = 250,
     eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
     """DDIM on the respaced grid (Song et al. 2021 eq. 12; METHOD.md section 5). For t -> t':
@@ -201,7 +201,7 @@ def dpmpp_2m(
     prediction: str,
     steps: int | None = 20,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the discrete schedule.
@@ -264,7 +264,7 @@ def sample(
     sampler: str,
     steps: int | None,
     eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     device: torch.device | str | None = None,
     clip: bool = True,
 ) -> torch.Tensor:

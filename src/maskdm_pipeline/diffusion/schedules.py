@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 SCHEDULES = ("linear", "cosine")
@@ -121,14 +122,57 @@ def draw_timesteps(
     return t.to(device) if device is not None else t
 
 
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` of a run seeded with ``seed``: a 64-bit value from NumPy's
+    ``SeedSequence([seed, index])``, so (seed, index) pairs never share a stream (``seed + index``
+    would: seed 1's sample 0 would be seed 0's sample 1)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0])
+
+
+class PerSampleGenerator:
+    """One CPU ``torch.Generator`` per sample, seeded by :func:`sample_seed` (EDM's
+    ``StackedRandomGenerator``, Karras et al. 2022, ``generate.py``).
+
+    Noise drawn through it is the row-wise stack of each sample's own draws, so sample ``i`` gets
+    the same x_T and the same per-step noise whichever batch (or process) it is drawn in: results
+    do not depend on the batch size or on how the N samples are sharded. Drawn on the CPU and then
+    moved, so the noise is the same on any device.
+    """
+
+    def __init__(self, seed: int, indices: range | list[int]) -> None:
+        self.seed = int(seed)
+        self.indices = list(indices)
+        self.generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """float32 ``shape`` = (B, ...) with B = ``len(self)``; row i from generator i."""
+        if shape[0] != len(self.generators):
+            raise ValueError(f"noise for {shape[0]} samples asked of a generator for {len(self)}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in self.generators])
+
+
+# What the samplers draw their noise from: one generator for the batch, or one per sample.
+Generator = torch.Generator | PerSampleGenerator
+
+
 def draw_noise(
     shape: tuple[int, ...] | torch.Size,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """eps ~ N(0, I) of ``shape``; drawn in float32 on the generator's device, then moved/cast."""
-    gen_device = generator.device if generator is not None else device
-    z = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
+    """eps ~ N(0, I) of ``shape``; drawn in float32 on the generator's device, then moved/cast.
+
+    A :class:`PerSampleGenerator` draws each row from its own sample's generator.
+    """
+    if isinstance(generator, PerSampleGenerator):
+        z = generator.randn(tuple(shape))
+    else:
+        gen_device = generator.device if generator is not None else device
+        z = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
     return z.to(device=device if device is not None else z.device, dtype=dtype)
