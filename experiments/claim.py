@@ -7,14 +7,21 @@ quality curve starts after its pre-training cost, the baseline's at zero.
 
     python -m experiments.claim --scales 16 256 --seeds 0 1 2 --jobs 2
 
-Compute is measured two ways: images processed (independent of machine load) and training wall
-time (evaluation excluded; sensitive to load, so runs in parallel share the cores evenly).
+Compute is measured four ways: images processed, tokens processed (visible ones when masked),
+token-blocks (tokens summed over the network's blocks, so dense-first masking's dense blocks are
+charged for every token: ``UViT.token_blocks``), all three independent of machine load, and
+training wall time (evaluation excluded; sensitive to load, so runs in parallel share the cores
+evenly). Each result carries, per axis, the speed-up to the baseline's final quality
+(``speedup_<axis>``) and both models' quality at the smaller of the two budgets
+(``equal_<axis>_budget``, ``at_equal_<axis>``), with ``<axis>`` one of ``images``, ``tokens``,
+``token_blocks`` (and ``wall`` for the speed-up), and each model's recipe (``recipe``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -25,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.e2e import make_project_copy
@@ -32,6 +40,8 @@ from benchmarks.machine import cpu_name
 from maskdm_pipeline import reporting
 
 ROOT = Path(__file__).resolve().parents[1]
+# The compute axes on which "equal compute" is measured besides wall time (reporting's curve columns).
+EQUAL_AXES = ("images", "tokens", "token_blocks")
 
 # Token count -> parameters on top of conf/base. 16 tokens: the quick start itself.
 # 256 tokens: 32x32 digits at patch 2, 90% masks of 2x2-patch blocks. An unmasked step costs ~10x
@@ -156,9 +166,10 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
     target = float(baseline.points["fd_clf"].iloc[-1])
     reach = reporting.cost_to_reach(maskdm, target)
     curves = {"maskdm": maskdm.points, "baseline": baseline.points}
-    budget = {axis: float(min(c[axis].iloc[-1] for c in curves.values())) for axis in ("images", "tokens")}
+    # np.min keeps a NaN (an axis a run did not record) whatever the order; min() would not.
+    budget = {axis: float(np.min([c[axis].iloc[-1] for c in curves.values()])) for axis in EQUAL_AXES}
     at = {axis: {name: _latest(c, axis, budget[axis]) for name, c in curves.items()} for axis in budget}
-    end = {axis: float(baseline.points[axis].iloc[-1]) for axis in ("images", "tokens", "wall_s")}
+    end = {axis: float(baseline.points[axis].iloc[-1]) for axis in (*EQUAL_AXES, "wall_s")}
     return {
         "scale_tokens": int(scale),
         "seed": seed,
@@ -168,17 +179,21 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
         "cost": {s: vars(c) for s, c in costs.items() if c is not None},
         # Model, schedule and budget of each stage: a results file explains itself after SCALES changes.
         "config": {s: a.get("config") for s, a in acc.items()},
+        "recipe": {model: metrics[model].get("recipe") for model in ("maskdm", "baseline")},
         "baseline_target": target,
         "maskdm_reach": reach,
-        # Compute the baseline spent on its final quality over what MaskDM needed to reach it.
-        **{f"speedup_{axis}": end[key] / reach[key] if reach else None
-           for axis, key in (("images", "images"), ("tokens", "tokens"), ("wall", "wall_s"))},
-        "equal_images_budget": budget["images"],
-        "at_equal_images": at["images"],
-        "equal_tokens_budget": budget["tokens"],
-        "at_equal_tokens": at["tokens"],
+        # Compute the baseline spent on its final quality over what MaskDM needed to reach it
+        # (None: not reached, or an axis the accounting did not record).
+        **{f"speedup_{axis}": _ratio(end[key], reach[key]) if reach else None
+           for axis, key in (*((a, a) for a in EQUAL_AXES), ("wall", "wall_s"))},
+        **{f"equal_{axis}_budget": budget[axis] for axis in EQUAL_AXES},
+        **{f"at_equal_{axis}": at[axis] for axis in EQUAL_AXES},
         "curves": {"maskdm": maskdm.points.to_dict("list"), "baseline": baseline.points.to_dict("list")},
     }
+
+
+def _ratio(spent: float, needed: float) -> float | None:
+    return spent / needed if math.isfinite(spent) and math.isfinite(needed) and needed else None
 
 
 def _latest(points: pd.DataFrame, axis: str, budget: float) -> float | None:
@@ -197,12 +212,22 @@ def _spread(values: list[float | None]) -> str:
     return text + (f" ({missing} of {len(values)} seeds never reached it)" if missing else "")
 
 
+def _blocks(rows: list[dict[str, Any]]) -> list[str]:
+    """The token-blocks cells: speed-up, then quality at equal token-blocks (MaskDM, baseline);
+    n/a for results collected before token-blocks were recorded."""
+    if any("speedup_token_blocks" not in r for r in rows):
+        return ["n/a"] * 3
+    return [_spread([r["speedup_token_blocks"] for r in rows]),
+            *(_spread([r["at_equal_token_blocks"][model] for r in rows]) for model in ("maskdm", "baseline"))]
+
+
 def summarise(results: list[dict[str, Any]]) -> str:
     """Markdown: per scale, mean ± std over seeds of the quantities the claim is about."""
     lines = ["| tokens | seeds | fd_clf MaskDM (final) | fd_clf baseline (final) | real floor | "
              "speed-up to baseline's final quality (images) | (tokens processed) | (wall time) | "
-             "at equal images: MaskDM | baseline | at equal tokens: MaskDM | baseline |",
-             "|---" * 12 + "|"]
+             "at equal images: MaskDM | baseline | at equal tokens: MaskDM | baseline | "
+             "speed-up (token-blocks) | at equal token-blocks: MaskDM | baseline |",
+             "|---" * 15 + "|"]
     for scale in sorted({r["scale_tokens"] for r in results}):
         rows = [r for r in results if r["scale_tokens"] == scale]
         lines.append("| " + " | ".join([
@@ -212,6 +237,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
             *(_spread([r[f"speedup_{axis}"] for r in rows]) for axis in ("images", "tokens", "wall")),
             *(_spread([r[f"at_equal_{axis}"][model] for r in rows])
               for axis in ("images", "tokens") for model in ("maskdm", "baseline")),
+            *_blocks(rows),
         ]) + " |")
     return "\n".join(lines)
 
@@ -224,7 +250,8 @@ def compare(files: list[Path]) -> str:
     """
     lines = ["| setting | tokens | seeds | visible tokens per pre-training image | pre-training img/s | "
              "fd_clf MaskDM (final) | fd_clf baseline (final) | speed-up (images) | (tokens) | (wall time) | "
-             "at equal tokens: MaskDM | baseline |", "|---" * 12 + "|"]
+             "at equal tokens: MaskDM | baseline | token-blocks per pre-training image | "
+             "speed-up (token-blocks) | at equal token-blocks: MaskDM | baseline |", "|---" * 16 + "|"]
     for file in files:
         record = json.loads(Path(file).read_text())
         label = ", ".join(f"{k}={v}" for k, v in record["extra_params"].items()) or "as configured"
@@ -238,12 +265,11 @@ def compare(files: list[Path]) -> str:
                 _spread([r["final"]["maskdm"] for r in rows]), _spread([r["final"]["baseline"] for r in rows]),
                 *(_spread([r[f"speedup_{axis}"] for r in rows]) for axis in ("images", "tokens", "wall")),
                 *(_spread([r["at_equal_tokens"][model] for r in rows]) for model in ("maskdm", "baseline")),
+                _spread([p["token_blocks_seen"] / p["images_seen"] for p in pre])
+                if all(p.get("token_blocks_seen") for p in pre) else "n/a",
+                *_blocks(rows),
             ]) + " |")
     return "\n".join(lines)
-
-
-AXES = (("images", "images processed"), ("tokens", "tokens processed (visible tokens when masked)"),
-        ("wall_s", "training wall time (s)"))
 
 
 def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -255,20 +281,22 @@ def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
     from matplotlib.ticker import EngFormatter
 
     scales = sorted({r["scale_tokens"] for r in results})
-    fig = Figure(figsize=(15, 3.8 * len(scales)), layout="constrained")
-    axes = fig.subplots(len(scales), len(AXES), squeeze=False)
+    fig = Figure(figsize=(20, 3.8 * len(scales)), layout="constrained")
+    axes = fig.subplots(len(scales), len(reporting.AXES), squeeze=False)
     colors = {"maskdm": "tab:blue", "baseline": "tab:orange"}
     for row, scale in zip(axes, scales, strict=True):
         rows = [r for r in results if r["scale_tokens"] == scale]
-        for ax, (axis, label) in zip(row, AXES, strict=True):
+        for ax, (axis, label) in zip(row, reporting.AXES.items(), strict=True):
             for r in rows:
                 for model, color in colors.items():
                     curve = r["curves"][model]
+                    if axis not in curve:  # a result collected before token-blocks were recorded
+                        continue
                     ax.plot(curve[axis], curve["fd_clf"], "o-", ms=3, lw=1, alpha=0.8, color=color,
                             label=f"{'MaskDM' if model == 'maskdm' else 'baseline'}" if r is rows[0] else None)
                 pre = r["cost"].get("pretrain") or {}
                 start = {"images": pre.get("images_seen"), "tokens": pre.get("tokens_seen"),
-                         "wall_s": pre.get("wall_time_s")}[axis]
+                         "token_blocks": pre.get("token_blocks_seen"), "wall_s": pre.get("wall_time_s")}[axis]
                 if start:
                     ax.axvline(start, color=colors["maskdm"], ls=":", lw=0.8)
             ax.axhline(rows[0]["real_floor"], color="0.5", ls="--", lw=0.8, label="real-data floor")

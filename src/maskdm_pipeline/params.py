@@ -11,9 +11,10 @@ Each block is a frozen pydantic model (``extra="forbid"``: a misspelt name is re
 ``steps: true`` is not 1). The training stages' nodes take their blocks as these models
 (``params:pretrain`` is a :class:`PretrainParams`, built by Kedro with the same class), so once
 :class:`Params` has accepted the tree, Kedro's own per-pipeline validation cannot refuse it.
-Rules that involve several blocks (the patch grid, masks against the grid, the batch against
-``trainer.nproc``, the sampler's steps) are checked once, in :meth:`Params._fit_together`, with
-the checks of the modules that own them. Pure: no Kedro import (click, for the error type only).
+Rules that involve several blocks (the patch grid, masks against the grid, the dense blocks
+against the model's depth, the batch against ``trainer.nproc``, the sampler's steps) are checked
+once, in :meth:`Params._fit_together`, with the checks of the modules that own them. Pure: no
+Kedro import (click, for the error type only).
 """
 
 from __future__ import annotations
@@ -126,19 +127,22 @@ _MASK = MaskConfig()  # the defaults, METHOD.md section 2
 
 class PretrainParams(StageParams):
     """Masked pre-training: the mask as the flat ``mask_*`` keys users type on the command line,
-    and the data to pre-train on (``target``: the training split; ``source``: the catalog entry
-    ``raw_pretrain_images``, for transfer runs)."""
+    ``dense_blocks`` (k in-blocks on all tokens before the drop: dense-first masking, issue 17;
+    0 is MaskDM), and the data to pre-train on (``target``: the training split; ``source``: the
+    catalog entry ``raw_pretrain_images``, for transfer runs)."""
 
     data: Literal["target", "source"] = "target"
     mask_kind: MaskKind = _MASK.kind
     mask_ratio: MaskRatio = _MASK.ratio
     mask_block_size: PositiveInt = _MASK.block_size
     mask_crop_size: PositiveInt | None = _MASK.crop_size
+    dense_blocks: NonNegativeInt = _MASK.dense_blocks
 
     def mask_config(self) -> MaskConfig:
         return MaskConfig.model_construct(kind=self.mask_kind, ratio=self.mask_ratio,
                                           block_size=self.mask_block_size,
-                                          crop_size=self.mask_crop_size)
+                                          crop_size=self.mask_crop_size,
+                                          dense_blocks=self.dense_blocks)
 
 
 class FinetuneParams(StageParams):
@@ -210,6 +214,7 @@ class Params(Frozen):
         from maskdm_pipeline.diffusion.schedules import make_schedule
         from maskdm_pipeline.masking import validate_mask_params
         from maskdm_pipeline.models.presets import PRESETS
+        from maskdm_pipeline.models.uvit import check_dense_blocks
 
         problems: list[str] = []
 
@@ -231,6 +236,8 @@ class Params(Frozen):
             p = self.pretrain
             attempt(validate_mask_params, p.mask_kind, resolution // patch, p.mask_ratio,
                     p.mask_block_size, p.mask_crop_size, prefix="pretrain")
+        depth = model.depth or PRESETS[model.preset]["depth"]
+        attempt(check_dense_blocks, self.pretrain.dense_blocks, depth)
         for name in ("pretrain", "finetune", "baseline"):
             attempt(check_compatible, getattr(self, name), self.trainer, name)
         T = inspect.signature(make_schedule).parameters["T"].default  # T is fixed, not a parameter

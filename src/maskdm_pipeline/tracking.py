@@ -14,7 +14,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 HISTORY_COLUMNS = ("loss", "lr", "img_per_s", "fd_clf")
-ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "img_per_s", "steps")
+ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "token_blocks_seen",
+                   "img_per_s", "steps")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -63,5 +64,7 @@ def accounting_metrics(stage: str, accounting: Mapping[str, Any]) -> dict[str, f
 
 
 def quality_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Flatten ``metrics.json``: ``maskdm.fd_clf``, ``baseline.fid``, ... (null values skipped)."""
-    return {name: float(value) for name, value in flatten(metrics).items() if _finite(value)}
+    """Flatten ``metrics.json``: ``maskdm.fd_clf``, ``baseline.fid``, ... (null values skipped).
+    The recipes are settings, already logged as parameters, not metrics."""
+    return {name: float(value) for name, value in flatten(metrics).items()
+            if _finite(value) and ".recipe." not in name}

@@ -47,6 +47,8 @@ def test_cli_refuses_every_invalid_value_and_typo_at_once(make_project):
         "sample.steps": 0,
         "baseline.lr": -0.001,
         "pretrain.mask_ratoi": 0.5,
+        "diffusion.min_snr_gamma": 0,
+        "finetune.hflip": 1.5,
     })
     for expected in (
         "pretrain.mask_ratio=1.5: must be in [0, 1)",
@@ -59,20 +61,25 @@ def test_cli_refuses_every_invalid_value_and_typo_at_once(make_project):
         "sample.steps=0: must be >= 1",
         "baseline.lr=-0.001: must be > 0",
         "--params pretrain.mask_ratoi: unknown parameter",
+        "diffusion.min_snr_gamma=0: must be > 0",
+        "finetune.hflip=1.5: must be in [0, 1]",
     ):
         assert expected in text, f"missing: {expected!r}\n{text[-3000:]}"
 
 
 def test_cli_refuses_settings_that_do_not_fit_together(make_project):
     """Block size that does not divide the patch grid, a global batch that does not split over
-    trainer.nproc, and a ddpm sampler asked for fewer than T steps: refused in one go."""
+    trainer.nproc, a ddpm sampler asked for fewer than T steps and more dense blocks than the
+    model has in-blocks: refused in one go."""
     text = _refused_before_any_work(make_project(), {
         "pretrain.mask_kind": "block",
         "pretrain.mask_block_size": 3,
         "trainer.nproc": 3,
         "sample.sampler": "ddpm",
+        "pretrain.dense_blocks": 2,
     })
     for expected in (
+        "pretrain.dense_blocks=2: must be an integer from 0 to 1, the number of in-blocks of a depth-2 U-ViT",
         "pretrain.mask_block_size=3 does not divide the 4x4 patch grid",
         "pretrain.batch_size=16: the global batch must be divisible by trainer.nproc=3",
         "sample.steps must be null or T=1000 for the ddpm sampler",
@@ -160,6 +167,16 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"pretrain.betas": [0.9, 1.5]}, "pretrain.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
     ({"finetune.init_from": "best"}, "finetune.init_from='best': must be one of raw, ema"),
     ({"pretrain.mask_ratoi": 0.5}, "pretrain.mask_ratoi: unknown parameter"),
+    ({"pretrain.dense_blocks": 2}, "pretrain.dense_blocks=2: must be an integer from 0 to 1"),  # smoke: depth 2
+    ({"model.depth": None, "pretrain.dense_blocks": 3},  # tiny's depth 4: two in-blocks
+     "pretrain.dense_blocks=3: must be an integer from 0 to 2, the number of in-blocks of a depth-4 U-ViT"),
+    ({"pretrain.dense_blocks": -1}, "pretrain.dense_blocks=-1: must be >= 0"),
+    ({"diffusion.min_snr_gamma": 0.0}, "diffusion.min_snr_gamma=0.0: must be > 0"),
+    ({"diffusion.min_snr_gamma": -5}, "diffusion.min_snr_gamma=-5: must be > 0"),
+    ({"diffusion.loss_weighting": "p2"}, "diffusion.loss_weighting='p2': must be one of none, min_snr"),
+    ({"pretrain.hflip": -0.1}, "pretrain.hflip=-0.1: must be in [0, 1]"),
+    ({"baseline.hflip": 1.01}, "baseline.hflip=1.01: must be in [0, 1]"),
+    ({"finetune.dense_blocks": 1}, "finetune.dense_blocks: unknown parameter"),  # a pre-training setting
     ({"sampel": {"steps": 3}}, "sampel.steps: unknown parameter"),
 ])
 def test_each_fault_alone_is_named(smoke_params, changes, expected):
@@ -176,6 +193,9 @@ def test_each_fault_alone_is_named(smoke_params, changes, expected):
     {"pretrain.mask_kind": "crop", "pretrain.mask_crop_size": 2},
     {"pretrain.mask_kind": "block", "pretrain.mask_block_size": 2, "pretrain.mask_ratio": 0.5},
     {"trainer.device": "cuda", "trainer.nproc": 2},  # a GPU config still validates on a CPU machine
+    {"pretrain.dense_blocks": 1, "diffusion.loss_weighting": "min_snr", "diffusion.min_snr_gamma": 1,
+     "pretrain.hflip": 1, "finetune.hflip": 0.5},  # all in-blocks dense; integers where numbers go
+    {"model.depth": None, "pretrain.dense_blocks": 2},  # tiny's own depth 4
 ])
 def test_valid_combinations_are_accepted(smoke_params, changes):
     """The cross-checks refuse only what cannot work: these settings pass."""

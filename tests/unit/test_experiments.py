@@ -67,22 +67,23 @@ def test_an_interrupted_copy_is_resumed_not_wiped(tmp_path: Path) -> None:
 
 
 def _accounting(stage: str, images: int, tokens_per_image: int, wall: float,
-                evals: list[tuple[int, float]]) -> dict[str, Any]:
+                evals: list[tuple[int, float]], token_blocks_per_image: int) -> dict[str, Any]:
     """evals: (images_seen, fd_clf) at wall time proportional to images."""
     return {"stage": stage,
             "stats": {"wall_time_s": wall, "images_seen": images, "tokens_seen": images * tokens_per_image,
-                      "steps": images // 10},
+                      "token_blocks_seen": images * token_blocks_per_image, "steps": images // 10},
             "evals": [{"step": i // 10, "elapsed_s": wall * i / images, "images_seen": i, "fd_clf": f,
                        "fd_clf_n": 64} for i, f in evals]}
 
 
 def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
-    # Pre-training: 1000 images at 4 of 16 tokens (4000 tokens, as much as 250 whole images).
+    # Pre-training: 1000 images at 4 of 16 tokens (4000 tokens, as much as 250 whole images), with
+    # one dense block of a 5-block network: 1 x 16 + 4 x 4 = 32 token-blocks per image, 80 unmasked.
     report = tmp_path / "data/08_reporting"
     report.mkdir(parents=True)
-    acc = {"pretrain": _accounting("pretrain", 1000, 4, 10.0, []),
-           "finetune": _accounting("finetune", 1000, 16, 20.0, [(500, 30.0), (1000, 18.0)]),
-           "baseline": _accounting("baseline", 1000, 16, 20.0, [(500, 40.0), (1000, 20.0)])}
+    acc = {"pretrain": _accounting("pretrain", 1000, 4, 10.0, [], 32),
+           "finetune": _accounting("finetune", 1000, 16, 20.0, [(500, 30.0), (1000, 18.0)], 80),
+           "baseline": _accounting("baseline", 1000, 16, 20.0, [(500, 40.0), (1000, 20.0)], 80)}
     for stage, record in acc.items():
         (report / f"{stage}_accounting.json").write_text(json.dumps(record))
     (report / "metrics.json").write_text(json.dumps(
@@ -97,12 +98,22 @@ def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
     assert result["equal_tokens_budget"] == 16_000
     assert result["at_equal_tokens"] == {"maskdm": 30.0, "baseline": 20.0}
     assert result["at_equal_images"] == {"maskdm": None, "baseline": 20.0}  # no MaskDM evaluation by then
+    # Token-blocks charge the dense block: MaskDM reached it after 32,000 + 80,000 of them.
+    assert result["maskdm_reach"]["token_blocks"] == 112_000
+    assert result["speedup_token_blocks"] == pytest.approx(80_000 / 112_000)
+    assert result["equal_token_blocks_budget"] == 80_000  # MaskDM then fine-tuned on 600 images
+    assert result["at_equal_token_blocks"] == {"maskdm": 30.0, "baseline": 20.0}
     table = claim.summarise([result])
-    assert "| 16 | 1 | 18.00 | 20.00 | 4.00 | 0.50 | 0.80 | 0.67 | not reached | 20.00 | 30.00 | 20.00 |" in table
+    assert "| 16 | 1 | 18.00 | 20.00 | 4.00 | 0.50 | 0.80 | 0.67 | not reached | 20.00 | 30.00 | 20.00 |" \
+           " 0.71 | 30.00 | 20.00 |" in table
     claim.plot([result, {**result, "seed": 1}], tmp_path / "claim.png")
     with Image.open(tmp_path / "claim.png") as figure:
-        assert figure.format == "PNG" and figure.width > 3 * figure.height  # one row, three axes
+        assert figure.format == "PNG" and figure.width > 4 * figure.height  # one row, four axes
     sweep = tmp_path / "r050.json"
     sweep.write_text(json.dumps({"extra_params": {"pretrain.mask_ratio": "0.5"}, "results": [result]}))
     row = claim.compare([sweep]).splitlines()[-1]
     assert row.startswith("| pretrain.mask_ratio=0.5 | 16 | 1 | 4.00 | 100.00 | 18.00 | 20.00 | 0.50 | 0.80 |")
+    assert row.endswith("| 32.00 | 0.71 | 30.00 | 20.00 |")
+    # Results collected before token-blocks existed still tabulate, as n/a.
+    old = {k: v for k, v in result.items() if "token_blocks" not in k}
+    assert claim.summarise([old]).splitlines()[-1].endswith("| n/a | n/a | n/a |")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ def accounting(stage: str, wall: float, images: int, evals: list[tuple[int, floa
     return {
         "stage": stage,
         "stats": {"wall_time_s": wall, "images_seen": images, "tokens_seen": images * 16,
+                  "token_blocks_seen": images * 16 * 5,  # tiny: 5 blocks on all 16 tokens
                   "steps": images // 16, "img_per_s": images / wall, "device": device},
         "evals": [{"step": s, "elapsed_s": t, "images_seen": s * 16, "fd_clf": f, "fd_clf_n": 64}
                   for s, t, f in evals],
@@ -53,11 +55,12 @@ def curve(label: str, rows: list[tuple[int, float, float]], offset: StageCost = 
 # ---------------------------------------------------------------------------- costs and curves
 def test_stage_cost_prefers_accounting_then_metrics_stages() -> None:
     cost = reporting.stage_cost(accounting("pretrain", 10.0, 320))
-    assert cost == StageCost(10.0, 320, 320 * 16, 20, "cpu")
+    assert cost == StageCost(10.0, 320, 320 * 16, 20, "cpu", token_blocks_seen=320 * 80)
     assert reporting.stage_cost({}, {"wall_time_s": 2.0, "images_seen": 8}).images_seen == 8
     assert reporting.stage_cost(None, None) is None
-    total = cost + StageCost(5.0, 160, 0, 10, "cuda")
+    total = cost + StageCost(5.0, 160, 0, 10, "cuda", token_blocks_seen=7)
     assert (total.wall_time_s, total.images_seen, total.steps, total.device) == (15.0, 480, 30, "cpu+cuda")
+    assert total.token_blocks_seen == 320 * 80 + 7
     assert total.img_per_s == pytest.approx(32.0)
     assert math.isnan(StageCost(0.0, 5, 0, 1).img_per_s)
 
@@ -87,10 +90,14 @@ def test_eval_points_without_any_evaluation_is_empty() -> None:
 
 
 def test_quality_curve_is_shifted_by_the_pretraining_cost() -> None:
-    pre = StageCost(100.0, 1000, 4000, 50)
+    pre = StageCost(100.0, 1000, 4000, 50, token_blocks_seen=30_000)
     c = curve("MaskDM", [(10, 5.0, 9.0)], offset=pre)
     assert c.points.iloc[0].to_dict() == {"step": 60, "wall_s": 105.0, "images": 1160,
-                                          "tokens": 4000 + 160 * 16, "fd_clf": 9.0}
+                                          "tokens": 4000 + 160 * 16,
+                                          "token_blocks": 30_000 + 160 * 80, "fd_clf": 9.0}
+    # A pre-training whose token-blocks were not recorded leaves that axis unknown, not free.
+    unknown = curve("MaskDM", [(10, 5.0, 9.0)], offset=replace(pre, token_blocks_seen=0))
+    assert math.isnan(unknown.points["token_blocks"].iloc[0])
 
 
 def test_tokens_axis_counts_the_tokens_each_stage_actually_processed() -> None:
@@ -199,12 +206,14 @@ def _png_size(fig) -> tuple[int, int]:
 
 
 def test_curves_figure_draws_both_curves_and_final_stars() -> None:
-    pre = StageCost(4.0, 64, 256, 30)  # 64 pre-training images at 4 visible tokens each
+    pre = StageCost(4.0, 64, 256, 30, token_blocks_seen=2000)  # 64 images at 4 visible tokens each
     fig = reporting.curves_figure(curve("MaskDM", [(10, 2.0, 40.0)], pre), curve("baseline", [(10, 3.0, 45.0)]),
                                   {"maskdm": (8.0, 20.0, 256), "baseline": (6.0, 25.0, 256)})
-    images_ax, tokens_ax, wall_ax = fig.axes[:3]
+    images_ax, tokens_ax, blocks_ax, wall_ax = fig.axes[:4]
     assert [line.get_xdata()[0] for line in images_ax.lines] == [64 + 160, 160]  # MaskDM after pre-training
     assert [line.get_xdata()[0] for line in tokens_ax.lines] == [256 + 160 * 16, 160 * 16]
+    assert blocks_ax.get_xlabel().startswith("token-blocks")
+    assert [line.get_xdata()[0] for line in blocks_ax.lines] == [2000 + 160 * 80, 160 * 80]
     assert len(wall_ax.lines) == 4  # two curves, two final stars
     assert _png_size(fig)[0] > 0
 
@@ -230,7 +239,7 @@ def test_plot_quality_vs_compute_node_with_real_shaped_inputs() -> None:
     curves = nodes.quality_vs_compute(metrics(), accounting("pretrain", 4.0, 320), accounting("finetune", 2.0, 320),
                                       accounting("baseline", 6.0, 480), history, history)
     fig = nodes.plot_quality_vs_compute(metrics(), curves)
-    assert {tuple(line.get_xdata()) for line in fig.axes[2].lines} >= {(5.5,), (1.5,), (6.0,)}  # wall time
+    assert {tuple(line.get_xdata()) for line in fig.axes[3].lines} >= {(5.5,), (1.5,), (6.0,)}  # wall time
 
 
 def test_report_pipeline_computes_costs_and_curves_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,7 +258,7 @@ def test_report_pipeline_computes_costs_and_curves_once(monkeypatch: pytest.Monk
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     assert len(calls) == 1
     assert "MaskDM reached the baseline's last fd_clf (25.00) by **8.0 s**" in catalog.load("report_markdown")
-    assert len(catalog.load("report_curves").axes[2].lines) == 4  # two curves, two final stars
+    assert len(catalog.load("report_curves").axes[3].lines) == 4  # wall time: two curves, two final stars
     assert set(outputs) == {"report_markdown", "report_curves", "report_samples"}
 
 

@@ -31,7 +31,9 @@ from maskdm_pipeline.training.config import (
     check_compatible,
 )
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
+from maskdm_pipeline.training.process import flip_horizontally
 from maskdm_pipeline.training.run import run_training
+from maskdm_pipeline.training.streams import TrainingStreams
 
 TINY = ModelConfig(preset="tiny", img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
 DIFFUSION = DiffusionConfig(schedule="linear", prediction="eps")
@@ -61,9 +63,16 @@ def _stage(**overrides) -> PretrainParams:
 
 def _train(images, params: PretrainParams, **fields):
     fields.setdefault("trainer", CPU)
-    return run_training(TrainJob(images=images, model=TINY, diffusion=DIFFUSION,
-                                 stage=params.stage_config(), mask=params.mask_config(),
-                                 progress=False, name="pretrain", **fields))
+    fields.setdefault("diffusion", DIFFUSION)
+    return run_training(TrainJob(images=images, model=TINY, stage=params.stage_config(),
+                                 mask=params.mask_config(), progress=False, name="pretrain", **fields))
+
+
+# Today's MaskDM, and every recipe of issue 17 at once: flips, a dense block, min-SNR weighting.
+RECIPES = {"maskdm": ({}, DIFFUSION),
+           "recipes": ({"hflip": 0.5, "dense_blocks": 1},
+                       DiffusionConfig(schedule="linear", prediction="eps", loss_weighting="min_snr",
+                                       min_snr_gamma=2.0))}
 
 
 def _assert_tensors_equal(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -169,9 +178,11 @@ def test_config_round_trips_through_json():
     assert StageConfig.model_validate(saved) == stage
     trainer = TrainerConfig(device="cpu", precision="bf16")
     assert TrainerConfig.model_validate(json.loads(json.dumps(trainer.to_dict()))) == trainer
-    params = _stage()
-    assert params.stage_config().to_dict(params.mask_config())["mask"] == \
-        {"kind": "patch", "ratio": 0.5, "block_size": 4, "crop_size": None}
+    params = _stage(dense_blocks=1, hflip=0.5)
+    saved = params.stage_config().to_dict(params.mask_config())
+    assert saved["mask"] == {"kind": "patch", "ratio": 0.5, "block_size": 4, "crop_size": None,
+                             "dense_blocks": 1}
+    assert saved["hflip"] == 0.5
 
 
 def test_warmup_is_linear_then_constant():
@@ -180,22 +191,24 @@ def test_warmup_is_linear_then_constant():
 
 
 # ----------------------------------------------------------------------------- the loop
-def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeypatch):
-    stage = _stage(steps=12, checkpoint_every=5)
-    full = _train(images, stage)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeypatch, recipe):
+    overrides, diffusion = RECIPES[recipe]
+    stage = _stage(steps=12, checkpoint_every=5, **overrides)
+    full = _train(images, stage, diffusion=diffusion)
 
     path = tmp_path / "pretrain.pt"
     previous = signal.getsignal(signal.SIGINT)
     _hooked(monkeypatch, 7, "signal")
     with pytest.raises(TrainingInterrupted) as info:
-        _train(images, stage, checkpoint_path=path)
+        _train(images, stage, checkpoint_path=path, diffusion=diffusion)
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is previous  # our handler is gone again
     assert info.value.step == 7 and str(path) in str(info.value) and "resume_state" in str(info.value)
 
     saved = load_checkpoint(path)  # goes through the weights_only loader
     assert saved["step"] == 7
-    resumed = _train(images, stage, resume_state=saved, checkpoint_path=path)
+    resumed = _train(images, stage, resume_state=saved, checkpoint_path=path, diffusion=diffusion)
     assert resumed["step"] == 12
     # Bitwise on CPU: every generator, the data cursor, AdamW moments and the EMA resumed.
     _assert_tensors_equal(full["model"], resumed["model"])
@@ -203,6 +216,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeyp
     assert full["ema"]["step"] == resumed["ema"]["step"] == 12
     assert [h["step"] for h in resumed["history"]] == [2, 4, 6, 7, 8, 10, 12]
     assert resumed["stats"]["images_seen"] == full["stats"]["images_seen"] == 48
+    assert resumed["stats"]["token_blocks_seen"] == full["stats"]["token_blocks_seen"]
     # Step 8 averages steps 7-8 in one run and step 8 alone in the other; later ones match.
     assert [h["loss"] for h in resumed["history"] if h["step"] > 8] == \
         [h["loss"] for h in full["history"] if h["step"] > 8]
@@ -220,6 +234,54 @@ def test_masked_stage_counts_fewer_tokens(images):
     assert masked["stats"]["visible_tokens_per_image"] == 8
     assert masked["stats"]["tokens_seen"] == 8 * 8 and full["stats"]["tokens_seen"] == 16 * 8
     assert masked["stats"]["images_seen"] == full["stats"]["images_seen"] == 8
+    # Token-blocks: 3 blocks (depth 2: in, mid, out) on the visible tokens, all of them unmasked.
+    assert masked["stats"]["token_blocks_per_image"] == 3 * 8
+    assert full["stats"]["token_blocks_per_image"] == 3 * 16 and full["stats"]["token_blocks_seen"] == 8 * 48
+
+
+def test_dense_first_masking_trains_differently_and_is_charged_for_its_dense_blocks(images):
+    """pretrain.dense_blocks=1: the in-block sees all 16 tokens, so it costs 1 x 16 + 2 x 8
+    token-blocks per image (not MaskDM's 3 x 8) for the same 8 visible tokens, and the loss
+    reaches the model (the weights differ from k = 0's after the same draws)."""
+    masked = _train(images, _stage(steps=2))
+    dense = _train(images, _stage(steps=2, dense_blocks=1))
+    assert dense["stats"]["tokens_seen"] == masked["stats"]["tokens_seen"] == 8 * 8
+    assert dense["stats"]["token_blocks_per_image"] == 16 + 2 * 8
+    assert dense["stats"]["token_blocks_seen"] == 8 * 32 > masked["stats"]["token_blocks_seen"]
+    assert dense["config"]["stage"]["mask"]["dense_blocks"] == 1
+    assert not torch.equal(dense["model"]["head.weight"], masked["model"]["head.weight"])
+
+
+def test_hflip_draws_its_own_stream_at_the_asked_rate():
+    """One flip per image of the global batch, at rate hflip, from a stream of its own: images,
+    t, masks and noise are those of hflip = 0, which draws no flip at all."""
+    def streams(hflip: float) -> TrainingStreams:
+        return TrainingStreams(num_images=50, seed=3, num_timesteps=1000, image_shape=(1, 8, 8),
+                               device=torch.device("cpu"), hflip=hflip,
+                               mask_sampler=MaskConfig(kind="patch", ratio=0.5).sampler(4))
+
+    plain, flipped, always = streams(0.0), streams(0.3), streams(1.0)
+    flips = []
+    for _ in range(50):
+        a, b = plain.draw(64), flipped.draw(64)
+        assert a.flip is None and b.flip.dtype == torch.bool and b.flip.shape == (64,)
+        for field in ("indices", "t", "mask", "noise"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+        flips.append(b.flip)
+        assert always.draw(64).flip.all()
+    assert torch.cat(flips).float().mean().item() == pytest.approx(0.3, abs=0.03)  # 3200 draws, sd 0.008
+    assert "flips" in flipped.state_dict()
+
+
+def test_hflip_mirrors_the_training_images(images):
+    """hflip=1 on the images trains exactly as hflip=0 on the mirrored images (same streams)."""
+    mirrored = _train(images.flip(-1).contiguous(), _stage(steps=2))
+    flipped = _train(images, _stage(steps=2, hflip=1.0))
+    _assert_tensors_equal(mirrored["model"], flipped["model"])
+    assert not torch.equal(flipped["model"]["head.weight"], _train(images, _stage(steps=2))["model"]["head.weight"])
+    half = torch.tensor([True, False])
+    pair = torch.arange(8.0).reshape(2, 1, 1, 4)
+    assert flip_horizontally(pair, half).tolist() == [[[[3.0, 2.0, 1.0, 0.0]]], [[[4.0, 5.0, 6.0, 7.0]]]]
 
 
 def test_nan_loss_raises_and_keeps_the_last_checkpoint(images, tmp_path, monkeypatch):
@@ -282,6 +344,8 @@ def test_inputs_are_checked_before_training(images):
         _train(images.float(), _stage())
     with pytest.raises(ValueError, match="pretrain.mask_block_size=3"):
         _train(images, _stage(mask_kind="block", mask_block_size=3))
+    with pytest.raises(ValueError, match=r"pretrain.dense_blocks=2: must be an integer from 0 to 1"):
+        _train(images, _stage(dense_blocks=2))  # depth 2: one in-block
 
 
 def test_bf16_autocast_trains(images):
@@ -290,15 +354,19 @@ def test_bf16_autocast_trains(images):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_two_gloo_processes_match_one_process(images):
-    """DDP over 2 CPU workers with the same GLOBAL batch gives the single-process result.
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_two_gloo_processes_match_one_process(images, recipe):
+    """DDP over 2 CPU workers with the same GLOBAL batch gives the single-process result, with
+    flips, dense blocks and min-SNR weighting too (flips are drawn for the global batch and
+    sliced per rank, like t, noise and masks).
 
     Gradients are averaged across ranks instead of over one batch, so the sums differ in
     rounding only; after 3 AdamW steps the weights agree to 1e-5 (observed ~1e-7).
     """
-    stage = _stage(steps=3, batch_size=8)
-    single = _train(images, stage)
-    double = _train(images, stage, trainer=TrainerConfig(device="cpu", nproc=2))
+    overrides, diffusion = RECIPES[recipe]
+    stage = _stage(steps=3, batch_size=8, **overrides)
+    single = _train(images, stage, diffusion=diffusion)
+    double = _train(images, stage, trainer=TrainerConfig(device="cpu", nproc=2), diffusion=diffusion)
     assert double["stats"]["nproc"] == 2 and double["step"] == 3
     _assert_tensors_equal(single["model"], double["model"], atol=1e-5)
     _assert_tensors_equal(single["ema"]["model"], double["ema"]["model"], atol=1e-5)

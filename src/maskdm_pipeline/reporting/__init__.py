@@ -25,7 +25,7 @@ from maskdm_pipeline.reporting.curves import (
     quality_vs_compute,
     stage_cost,
 )
-from maskdm_pipeline.reporting.figures import curves_figure, samples_figure
+from maskdm_pipeline.reporting.figures import AXES, curves_figure, samples_figure
 from maskdm_pipeline.reporting.markdown import (
     CLOSE_CALL,
     MODELS,
@@ -36,11 +36,12 @@ from maskdm_pipeline.reporting.markdown import (
     quality_table,
     reach_section,
     reading,
+    recipe_table,
 )
 
 __all__ = [
-    "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "Curve", "QualityVsCompute", "StageCost",
+    "AXES", "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "Curve", "QualityVsCompute", "StageCost",
     "build_markdown", "compare_curves", "compute_table", "cost_to_reach", "curves_figure", "eval_points",
     "final_points", "md_table", "quality_at", "quality_curve", "quality_table",
-    "quality_vs_compute", "reach_section", "reading", "samples_figure", "stage_cost",
+    "quality_vs_compute", "reach_section", "reading", "recipe_table", "samples_figure", "stage_cost",
 ]

@@ -22,13 +22,19 @@ _N_KEYS = ("fd_clf_n", "n_samples", "num_samples", "n")
 
 @dataclass(frozen=True)
 class StageCost:
-    """What a stage (or a sum of stages) cost to train; evaluation and checkpointing excluded."""
+    """What a stage (or a sum of stages) cost to train; evaluation and checkpointing excluded.
+
+    ``tokens_seen`` counts the patch tokens fed to the network (visible ones when masked);
+    ``token_blocks_seen`` the patch tokens summed over its blocks (``UViT.token_blocks``), which
+    also charges dense-first masking's dense blocks for all their tokens. 0: not recorded.
+    """
 
     wall_time_s: float
     images_seen: int
     tokens_seen: int
     steps: int
     device: str = "?"
+    token_blocks_seen: int = 0
 
     @property
     def img_per_s(self) -> float:
@@ -38,7 +44,8 @@ class StageCost:
         device = self.device if self.device == other.device else f"{self.device}+{other.device}"
         return StageCost(self.wall_time_s + other.wall_time_s,
                          self.images_seen + other.images_seen,
-                         self.tokens_seen + other.tokens_seen, self.steps + other.steps, device)
+                         self.tokens_seen + other.tokens_seen, self.steps + other.steps, device,
+                         self.token_blocks_seen + other.token_blocks_seen)
 
 
 ZERO_COST = StageCost(0.0, 0, 0, 0, "-")
@@ -49,7 +56,7 @@ class Curve:
     """fd_clf measured during training on the full cost axis (MaskDM's after pre-training)."""
 
     label: str
-    points: pd.DataFrame  # columns: step, wall_s, images, tokens (NaN if unknown), fd_clf; sorted
+    points: pd.DataFrame  # step, wall_s, images, tokens, token_blocks (NaN if unknown), fd_clf; sorted
     n: int | None  # sample count of the periodic evaluations
     offset: StageCost = ZERO_COST  # cost already spent when this curve's step 0 began
 
@@ -66,18 +73,20 @@ def stage_cost(accounting: Mapping[str, Any] | None,
         return None
     return StageCost(float(stats["wall_time_s"]), int(stats.get("images_seen") or 0),
                      int(stats.get("tokens_seen") or 0), int(stats.get("steps") or 0),
-                     str(stats.get("device", "?")))
+                     str(stats.get("device", "?")), int(stats.get("token_blocks_seen") or 0))
 
 
 def eval_points(accounting: Mapping[str, Any] | None,
                 history: pd.DataFrame | None) -> tuple[pd.DataFrame, int | None]:
-    """A stage's periodic fd_clf evaluations (step, elapsed_s, images_seen, tokens_seen, fd_clf),
-    and their N.
+    """A stage's periodic fd_clf evaluations (step, elapsed_s, images_seen, tokens_seen,
+    token_blocks_seen, fd_clf), and their N.
 
     The accounting's ``evals`` list is the primary source; the history table's fd_clf column is
     the fallback (its eval rows may lack elapsed_s, which is then interpolated from the log rows).
     tokens_seen is images_seen times the stage's tokens per image (visible tokens when masked,
-    from the accounting's totals): the compute axis on which masking's saving shows.
+    from the accounting's totals): the compute axis on which masking's saving shows;
+    token_blocks_seen likewise with the token-blocks per image (dense blocks charged in full).
+    Both NaN when the accounting does not record them.
     """
     cols = ["step", "elapsed_s", "images_seen", "fd_clf"]
     evals = pd.DataFrame(list((accounting or {}).get("evals") or []))
@@ -97,23 +106,35 @@ def eval_points(accounting: Mapping[str, Any] | None,
               if k in source and source[k].notna().any()), None)
     points = source.reindex(columns=cols).apply(pd.to_numeric, errors="coerce")
     stats = (accounting or {}).get("stats") or {}
-    images, tokens = stats.get("images_seen") or 0, stats.get("tokens_seen") or 0
-    points["tokens_seen"] = points["images_seen"] * (tokens / images if images and tokens else np.nan)
+    images = stats.get("images_seen") or 0
+    for key in ("tokens_seen", "token_blocks_seen"):
+        total = stats.get(key) or 0
+        points[key] = points["images_seen"] * (total / images if images and total else np.nan)
     points = points.dropna(subset=["step", "elapsed_s", "fd_clf"]).sort_values("step")
     return points.reset_index(drop=True), n
 
 
 def quality_curve(label: str, points: pd.DataFrame, n: int | None,
                   offset: StageCost = ZERO_COST) -> Curve:
-    """Put a stage's evaluations on the cumulative cost axis, shifted by the cost before it."""
+    """Put a stage's evaluations on the cumulative cost axis, shifted by the cost before it.
+
+    A cost before it without token-blocks (an accounting older than them) leaves that axis
+    NaN rather than charging nothing: pre-training never looks free.
+    """
+    unknown = offset.images_seen and not offset.token_blocks_seen
     shifted = pd.DataFrame({
         "step": points["step"] + offset.steps,
         "wall_s": points["elapsed_s"] + offset.wall_time_s,
         "images": points["images_seen"].fillna(0) + offset.images_seen,
-        "tokens": points.get("tokens_seen", pd.Series(np.nan, index=points.index)) + offset.tokens_seen,
+        "tokens": _column(points, "tokens_seen") + offset.tokens_seen,
+        "token_blocks": _column(points, "token_blocks_seen") + (np.nan if unknown else offset.token_blocks_seen),
         "fd_clf": points["fd_clf"],
     })
     return Curve(label, shifted.reset_index(drop=True), n, offset)
+
+
+def _column(points: pd.DataFrame, name: str) -> pd.Series:
+    return points.get(name, pd.Series(np.nan, index=points.index))
 
 
 def cost_to_reach(curve: Curve, target: float) -> dict[str, float] | None:

@@ -13,26 +13,31 @@ from matplotlib.figure import Figure
 
 from maskdm_pipeline.reporting.curves import Curve
 
+# Curve column -> the label of its axis, in the figure's order.
+AXES = {"images": "images processed (MaskDM: pre-train + fine-tune)",
+        "tokens": "tokens processed (visible tokens when masked)",
+        "token_blocks": "token-blocks (tokens x blocks; dense blocks see all)",
+        "wall_s": "cumulative training wall time (s)"}
+
 
 def curves_figure(maskdm: Curve, baseline: Curve,
                   finals: Mapping[str, tuple[float, float | None, int | None]] | None = None
                   ) -> Figure:
-    """fd_clf vs images processed, tokens processed and cumulative wall time.
+    """fd_clf vs images processed, tokens processed, token-blocks and cumulative wall time.
 
     MaskDM starts after its pre-training on every axis. Tokens count what the network actually
     processed (visible tokens when masked), the axis on which masking's saving shows; images
-    count a masked image as a whole one. ``finals`` maps model -> (total wall s, final fd_clf,
-    N) from the final evaluation, drawn as stars because its N may differ from the periodic
-    evaluations'.
+    count a masked image as a whole one; token-blocks sum the tokens over the network's blocks
+    (``UViT.token_blocks``), so dense-first masking's dense blocks are charged for all tokens.
+    ``finals`` maps model -> (total wall s, final fd_clf, N) from the final evaluation, drawn as
+    stars because its N may differ from the periodic evaluations'.
     """
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(20, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(AXES))
     styles = {"maskdm": ("tab:blue", maskdm), "baseline": ("tab:orange", baseline)}
     pre_cost = {"images": maskdm.offset.images_seen, "tokens": maskdm.offset.tokens_seen,
-                "wall_s": maskdm.offset.wall_time_s}
-    for ax, x, xlabel in ((axes[0], "images", "images processed (MaskDM: pre-train + fine-tune)"),
-                          (axes[1], "tokens", "tokens processed (visible tokens when masked)"),
-                          (axes[2], "wall_s", "cumulative training wall time (s)")):
+                "token_blocks": maskdm.offset.token_blocks_seen, "wall_s": maskdm.offset.wall_time_s}
+    for ax, (x, xlabel) in zip(axes, AXES.items(), strict=True):
         pre = pre_cost[x]
         if pre > 0:
             ax.axvspan(0, pre, color="tab:blue", alpha=0.08, label="MaskDM pre-training")

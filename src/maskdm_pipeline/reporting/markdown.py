@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from maskdm_pipeline.reporting.curves import (
@@ -92,22 +93,54 @@ def quality_table(metrics: Mapping[str, Any], card: Mapping[str, Any]) -> str:
 
 
 def compute_table(costs: Mapping[str, StageCost | None]) -> str:
-    """Wall time, images, tokens, img/s per stage; MaskDM's total and its ratio to the baseline."""
+    """Wall time, images, tokens, token-blocks, img/s per stage; MaskDM's total and its ratio to
+    the baseline. Token-blocks not recorded (older accountings) show as n/a, never as free."""
     pre, fine, base = (costs.get(s) for s in STAGES)
     total = pre + fine if pre and fine else None
+    if total and not (pre.token_blocks_seen and fine.token_blocks_seen):
+        total = replace(total, token_blocks_seen=0)  # a part unknown: the sum is unknown
     rows = []
     for name, cost in [("pretrain (masked)", pre), ("finetune", fine),
                        ("**MaskDM total** (pretrain + finetune)", total),
                        ("**baseline** (from scratch)", base)]:
-        rows.append([name, "missing", "", "", "", "", ""] if cost is None else [
+        rows.append([name, "missing", "", "", "", "", "", ""] if cost is None else [
             name, _fmt(cost.wall_time_s, 1), _fmt(cost.images_seen), _fmt(cost.tokens_seen),
-            _fmt(cost.img_per_s, 0), _fmt(cost.steps), cost.device])
+            _fmt(cost.token_blocks_seen or None), _fmt(cost.img_per_s, 0), _fmt(cost.steps),
+            cost.device])
     if total and base and base.wall_time_s > 0 and base.images_seen > 0:
+        blocks = (f"{total.token_blocks_seen / base.token_blocks_seen:.2f}x"
+                  if total.token_blocks_seen and base.token_blocks_seen else "n/a")
         rows.append(["MaskDM total / baseline", f"{total.wall_time_s / base.wall_time_s:.2f}x",
                      f"{total.images_seen / base.images_seen:.2f}x",
-                     f"{total.tokens_seen / max(base.tokens_seen, 1):.2f}x", "", "", ""])
-    return md_table(["stage", "wall time (s)", "images", "tokens", "img/s", "steps", "device"],
-                    rows)
+                     f"{total.tokens_seen / max(base.tokens_seen, 1):.2f}x", blocks, "", "", ""])
+    return md_table(["stage", "wall time (s)", "images", "tokens", "token-blocks", "img/s", "steps",
+                     "device"], rows)
+
+
+def _mask_text(mask: Mapping[str, Any] | None) -> str:
+    if mask is None:
+        return "none"
+    if mask["kind"] == "crop":
+        return f"crop, {mask['crop_size']}x{mask['crop_size']} patches kept"
+    blocks = f" in {mask['block_size']}x{mask['block_size']}-patch blocks" if mask["kind"] == "block" else ""
+    return f"{mask['kind']}, {mask['ratio']:.0%} dropped{blocks}"
+
+
+def recipe_table(metrics: Mapping[str, Any]) -> str:
+    """A row per model and stage: mask, dense blocks, target and loss weighting, hflip (the
+    ``recipe`` of ``metrics.json``, ``training.config.stage_recipe``)."""
+    rows = []
+    for key, name in MODELS.items():
+        for stage, r in ((metrics.get(key) or {}).get("recipe") or {"?": None}).items():
+            if r is None:
+                rows.append([name, stage, "n/a", "", "", ""])
+                continue
+            weighting = (f"min-SNR, gamma {r['min_snr_gamma']:g}" if r["loss_weighting"] == "min_snr"
+                         else "unweighted")
+            dense = "-" if r["dense_blocks"] is None else str(r["dense_blocks"])
+            rows.append([name, stage, _mask_text(r["mask"]), dense,
+                         f"{r['prediction']} prediction ({r['schedule']}), {weighting}", f"{r['hflip']:g}"])
+    return md_table(["model", "stage", "mask", "dense blocks", "loss", "hflip"], rows)
 
 
 def reach_section(maskdm: Curve, baseline: Curve, cmp: Mapping[str, Any]) -> str:
@@ -134,6 +167,7 @@ def reach_section(maskdm: Curve, baseline: Curve, cmp: Mapping[str, Any]) -> str
         lines.append(f"- MaskDM reached the baseline's last fd_clf ({_fmt(target)}) by "
                      f"**{_fmt(reach['wall_s'], 1)} s** of total training "
                      f"({_fmt(int(reach['images']))} images, {_count(reach.get('tokens'))} tokens, "
+                     f"{_count(reach.get('token_blocks'))} token-blocks, "
                      f"step {_fmt(int(reach['step']))}, "
                      f"both counting pre-training), i.e. {frac} the baseline's "
                      f"{_fmt(base_s, 1)} s (first evaluation at or below the target: an upper bound).")
@@ -248,10 +282,16 @@ def build_markdown(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | N
         f"Data: {data} Lower FID / fd_clf is better. fd_clf is the Frechet distance on the "
         "features of a small classifier trained on the real data (not FID); the real-data floor is "
         "the same distance between two sets of real images.",
+        "## Recipes",
+        "What each model was trained with (`metrics.json`: `recipe`); dense blocks: the first k "
+        "in-blocks see every token before the masked ones are dropped (0: MaskDM).",
+        recipe_table(metrics),
         "## Sample quality", quality_table(metrics, card),
         "## Compute",
         "Training wall time only (evaluation and checkpointing excluded); MaskDM is charged for "
-        "its pre-training.",
+        "its pre-training. Tokens: patch tokens fed to the network (visible ones when masked); "
+        "token-blocks: patch tokens summed over the network's blocks, so dense blocks count every "
+        "token (attention's quadratic part is not counted, see README).",
         compute_table(costs),
         "## Quality vs compute", "![quality vs compute](quality_vs_compute.png)",
         reach_section(maskdm, baseline, cmp),

@@ -11,20 +11,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdm_pipeline.training.config import DiffusionConfig
+from maskdm_pipeline.training.config import (
+    DIFFUSION_MODEL_KEYS,
+    DiffusionConfig,
+    MaskConfig,
+    saved_stage_with_defaults,
+)
 
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[..., torch.Tensor]
 
 
-def build_loss(diffusion: DiffusionConfig, masked: bool, device: torch.device) -> tuple[LossFn, int]:
-    """(loss, T): MDSM for masked stages, DSM otherwise (METHOD.md section 1); T = 1000."""
+def build_loss(diffusion: DiffusionConfig, mask: MaskConfig | None,
+               device: torch.device) -> tuple[LossFn, int]:
+    """(loss, T): MDSM for a mask that drops tokens, with its dense blocks; DSM otherwise
+    (METHOD.md section 1); both with ``diffusion.loss_weighting``. T = 1000."""
     from maskdm_pipeline import diffusion as dm
 
     schedule = dm.make_schedule(diffusion.schedule).to(device)
-    loss_cls = dm.MaskedDenoisingLoss if masked else dm.DenoisingLoss
-    return loss_cls(schedule, diffusion.prediction), schedule.num_timesteps
+    weighting = {"weighting": diffusion.loss_weighting, "min_snr_gamma": diffusion.min_snr_gamma}
+    if mask is not None and mask.drops_tokens:
+        loss = dm.MaskedDenoisingLoss(schedule, diffusion.prediction, dense_blocks=mask.dense_blocks,
+                                      **weighting)
+    else:
+        loss = dm.DenoisingLoss(schedule, diffusion.prediction, **weighting)
+    return loss, schedule.num_timesteps
 
 
 def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
@@ -55,20 +67,34 @@ def load_init_weights(model: nn.Module, weights: Mapping[str, Any], name: str) -
 
 
 def check_resume_config(state: Mapping[str, Any], config: Mapping[str, Any], name: str) -> None:
-    """Resuming needs the same model and diffusion; other stage changes are only reported.
+    """Resuming needs the same model, schedule and prediction target; other changes (the stage's
+    recipe, the loss weighting) are only reported.
+
+    The loss weighting is a training choice like the learning rate, not a property of the
+    network: a state trained under one weighting is a valid start for another (the resumed run
+    then differs from an uninterrupted one, as the warning says). Keys a checkpoint written
+    before they existed lacks count as their defaults, which is what it was trained with.
 
     Raises:
-        ValueError: the saved state was trained with another model or diffusion config.
+        ValueError: the saved state was trained with another model, schedule or prediction.
     """
     saved = state.get("config", {})
+    saved_diffusion = {**DiffusionConfig().to_dict(), **saved.get("diffusion", {})}
+    wanted = {"model": config["model"],
+              "diffusion": {k: config["diffusion"][k] for k in DIFFUSION_MODEL_KEYS}}
+    found = {"model": saved.get("model"),
+             "diffusion": {k: saved_diffusion[k] for k in DIFFUSION_MODEL_KEYS}}
     for part in ("model", "diffusion"):
-        if saved.get(part) != config[part]:
+        if found[part] != wanted[part]:
             raise ValueError(
-                f"{name}: resume_state was trained with {part} config {saved.get(part)} but this "
-                f"run asks for {config[part]}; resume with the same config or start afresh"
+                f"{name}: resume_state was trained with {part} config {found[part]} but this "
+                f"run asks for {wanted[part]}; resume with the same config or start afresh"
             )
+    saved_stage = saved_stage_with_defaults(saved.get("stage", {}))
     changed = sorted(k for k, v in config["stage"].items()
-                     if k != "steps" and saved.get("stage", {}).get(k) != v)
+                     if k != "steps" and saved_stage.get(k) != v)
+    changed += sorted(f"diffusion.{k}" for k, v in config["diffusion"].items()
+                      if saved_diffusion[k] != v)
     if changed:
         logger.warning("%s: resuming with changed stage settings %s; the continuation will "
                        "differ from an uninterrupted run", name, changed)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import torch
@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from maskdm_pipeline import masking
 from maskdm_pipeline.devices import DEVICES, PRECISIONS, resolve_device
+from maskdm_pipeline.diffusion.losses import LOSS_WEIGHTINGS
 from maskdm_pipeline.diffusion.prediction import PREDICTIONS
 from maskdm_pipeline.diffusion.schedules import SCHEDULES
 from maskdm_pipeline.models.presets import PRESETS
@@ -108,13 +109,27 @@ class ModelConfig(ModelParams):
 
 
 class DiffusionConfig(Frozen):
-    """The ``diffusion`` block: noise schedule (T = 1000 fixed) and prediction target."""
+    """The ``diffusion`` block: noise schedule (T = 1000 fixed), prediction target and the loss's
+    timestep weighting, used by every training stage's loss (diffusion/losses.py).
+
+    ``loss_weighting``: ``none`` (MaskDM's L_simple, METHOD.md 1.7) or ``min_snr`` (Min-SNR-gamma,
+    Hang et al., ICCV 2023) with ``min_snr_gamma`` (their 5). Schedule and prediction define what
+    the network computes; the weighting only how its errors are counted during training
+    (:data:`DIFFUSION_MODEL_KEYS`).
+    """
 
     schedule: Literal[SCHEDULES] = "linear"
     prediction: Literal[PREDICTIONS] = "eps"
+    loss_weighting: Literal[LOSS_WEIGHTINGS] = "none"
+    min_snr_gamma: PositiveFloat = 5.0
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+# What a trained network's output means: resuming or sampling needs these equal. The loss
+# weighting is a training choice, like the learning rate (training/builders.py).
+DIFFUSION_MODEL_KEYS = ("schedule", "prediction")
 
 
 # ---------------------------------------------------------------------------- one stage
@@ -122,8 +137,11 @@ class MaskConfig(Frozen):
     """Which tokens to drop during masked pre-training (METHOD.md section 2).
 
     ``ratio`` is ignored by ``crop`` (the crop size alone sets the ratio) and ``block_size`` is
-    in patches. The ratio is fixed for the whole stage: the paper uses no curriculum. What
-    depends on the patch grid (a block size that divides it, a crop that fits, a crop size for
+    in patches. ``dense_blocks`` (k, dense-first masking, models/uvit.py) lets the first k
+    in-blocks see every token before the masked ones are dropped; 0 is MaskDM. It needs no
+    weights, so it is part of the stage's recipe, not of the model (fine-tuning ignores it); the
+    model checks it against its depth (``models.check_dense_blocks``). The ratio is fixed for
+    the whole stage: the paper uses no curriculum. What depends on the patch grid (a block size that divides it, a crop that fits, a crop size for
     ``crop``) is checked by :meth:`sampler` and :meth:`count`, with masking.py's own rules.
     """
 
@@ -131,6 +149,7 @@ class MaskConfig(Frozen):
     ratio: MaskRatio = 0.9
     block_size: PositiveInt = 4
     crop_size: PositiveInt | None = None
+    dense_blocks: NonNegativeInt = 0
 
     @property
     def drops_tokens(self) -> bool:
@@ -167,7 +186,10 @@ class MaskConfig(Frozen):
 class StageConfig(Frozen):
     """The optimisation recipe of one training stage; defaults from METHOD.md section 4.
 
-    ``checkpoint_every`` and ``eval_every``: 0 means off.
+    ``checkpoint_every`` and ``eval_every``: 0 means off. ``hflip``: the probability that a
+    training image is mirrored left-right, drawn per image from the stage's seeded streams
+    (training/streams.py); 0 (the official default) draws nothing, the official transfer
+    fine-tuning uses 0.5 (METHOD.md section 4 table).
     """
 
     steps: PositiveInt
@@ -183,6 +205,7 @@ class StageConfig(Frozen):
     checkpoint_every: NonNegativeInt = 0
     log_every: PositiveInt = 100
     eval_every: NonNegativeInt = 0
+    hflip: interval(0, 1) = 0.0
 
     def to_dict(self, mask: MaskConfig | None = None) -> dict[str, Any]:
         """The fields of this class (not a subclass's) plus ``mask``, as stored in checkpoints."""
@@ -190,6 +213,45 @@ class StageConfig(Frozen):
         out["betas"] = list(self.betas)  # lists survive JSON and YAML round trips; tuples do not
         out["mask"] = None if mask is None else mask.to_dict()
         return out
+
+
+def saved_stage_with_defaults(stage: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage config as stored in a checkpoint (``StageConfig.to_dict``), with the fields it
+    predates (``hflip``, the mask's ``dense_blocks``) at their defaults: what it was trained with."""
+    filled = {k: f.default for k, f in StageConfig.model_fields.items()
+              if k not in stage and not f.is_required()}
+    filled.update(stage)
+    if isinstance(filled.get("mask"), Mapping):
+        filled["mask"] = {**MaskConfig().to_dict(), **filled["mask"]}
+    return filled
+
+
+def stage_recipe(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a trained stage did, from its checkpoint ``config`` (``TrainJob.config()``): the mask
+    (None: none dropped) and its dense blocks, the diffusion target and loss weighting, hflip.
+
+    For the report and ``metrics.json`` (issue 17 item 5): two runs compare without reading
+    their configs. Keys missing from an older checkpoint take today's defaults, which are what
+    that checkpoint was trained with. ``dense_blocks`` is None when no token was dropped and
+    ``min_snr_gamma`` None under ``loss_weighting: none`` (neither had an effect). None when
+    ``config`` has no diffusion block (not a checkpoint's config: nothing to tell).
+    """
+    if not config.get("diffusion"):
+        return None
+    stage = saved_stage_with_defaults(config.get("stage") or {})
+    diffusion = DiffusionConfig.model_validate(dict(config["diffusion"]))
+    mask = None if stage.get("mask") is None else MaskConfig.model_validate(stage["mask"])
+    masked = mask is not None and mask.drops_tokens
+    min_snr = diffusion.loss_weighting == "min_snr"
+    return {
+        "mask": mask.model_dump(exclude={"dense_blocks"}) if masked else None,
+        "dense_blocks": mask.dense_blocks if masked else None,
+        "schedule": diffusion.schedule,
+        "prediction": diffusion.prediction,
+        "loss_weighting": diffusion.loss_weighting,
+        "min_snr_gamma": diffusion.min_snr_gamma if min_snr else None,
+        "hflip": float(stage["hflip"]),
+    }
 
 
 # ---------------------------------------------------------------------------- hardware

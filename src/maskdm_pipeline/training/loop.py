@@ -9,7 +9,9 @@ global batch. What the official code lacked and this adds:
 - per-rank samples differ (METHOD.md section 8 item 5) while the result does not depend on
   ``nproc``: draws are made for the global batch and each rank keeps its slice;
 - time accounting that reviewers found missing: training wall time without evaluation or
-  checkpoint I/O, images and tokens seen (masked stages see fewer tokens per image).
+  checkpoint I/O, images and tokens seen (masked stages see fewer tokens per image), and
+  token-blocks (patch tokens summed over the blocks, ``UViT.token_blocks``), which charges the
+  dense blocks of dense-first masking for every token they see.
 
 ``TrainProcess.train`` returns a ``maskdm-checkpoint/1`` dict (fileio.py); training/run.py is
 the entry that checks a job and starts one or several processes.
@@ -79,23 +81,27 @@ class TrainProcess:
         self.autocast = devices.autocast(self.device, trainer.precision)
         # fp16 has too little range for small gradients; bf16 has fp32's range and needs no scaler.
         self.scaler = torch.amp.GradScaler(self.device.type) if trainer.precision == "fp16" else None
-        self.loss_fn, num_timesteps = build_loss(job.diffusion, job.masked, self.device)
+        self.loss_fn, num_timesteps = build_loss(job.diffusion, job.mask, self.device)
 
         grid = int(self.model.grid_size)
         self.tokens_per_image = grid * grid
         masked = job.mask.count(grid, job.name) if job.masked else 0
         self.visible_per_image = self.tokens_per_image - masked
+        # Also checks the dense blocks against the depth, before any step.
+        self.token_blocks_per_image = self.model.token_blocks(
+            self.visible_per_image, job.mask.dense_blocks if job.masked else 0)
         self.streams = TrainingStreams(
             num_images=self.images.shape[0], seed=stage.seed, num_timesteps=num_timesteps,
             image_shape=tuple(self.images.shape[1:]), device=self.device,
             # Checked against the grid here, once; the sampler trusts its settings every step.
             mask_sampler=job.mask.sampler(grid, job.name) if job.masked else None,
+            hflip=stage.hflip,
         )
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.stats = {"wall_time_s": 0.0, "eval_time_s": 0.0, "checkpoint_time_s": 0.0,
-                      "images_seen": 0, "tokens_seen": 0}
+                      "images_seen": 0, "tokens_seen": 0, "token_blocks_seen": 0}
         if job.resume_state is not None:
             self._resume(job.resume_state)
 
@@ -120,8 +126,11 @@ class TrainProcess:
         self.streams.load_state_dict(state["rng"], resumed_step=self.step)
         self.history = [dict(h) for h in state.get("history", [])]
         self.evals = [dict(e) for e in state.get("evals", [])]
+        saved = dict(state.get("stats", {}))
+        # A state saved before token-blocks were counted trained with this recipe all along.
+        saved.setdefault("token_blocks_seen", int(saved.get("images_seen", 0)) * self.token_blocks_per_image)
         for key in self.stats:
-            self.stats[key] = type(self.stats[key])(state.get("stats", {}).get(key, 0))
+            self.stats[key] = type(self.stats[key])(saved.get(key, 0))
 
     # ------------------------------------------------------------------ the step
     def _step(self, stop: process.StopOnSignal) -> tuple[float, bool]:
@@ -132,6 +141,8 @@ class TrainProcess:
             group["lr"] = lr
         draws = self.streams.draw(self.stage.batch_size, self.rank, self.world_size)
         x0 = process.images_to_device(self.images, draws.indices, self.device)  # (b, C, H, W)
+        if draws.flip is not None:
+            x0 = process.flip_horizontally(x0, draws.flip)
         t = draws.t.to(self.device, non_blocking=True)
         with self.autocast:
             if draws.mask is None:
@@ -161,6 +172,7 @@ class TrainProcess:
         self.step = step
         self.stats["images_seen"] += self.stage.batch_size
         self.stats["tokens_seen"] += self.stage.batch_size * self.visible_per_image
+        self.stats["token_blocks_seen"] += self.stage.batch_size * self.token_blocks_per_image
         # Alone, a signal that came after the collective still stops after this step; with
         # several ranks only the reduced flag counts, so that all stop at the same step.
         return loss_value, stop_all or (self.world_size == 1 and stop.requested)
@@ -263,6 +275,7 @@ class TrainProcess:
                  "img_per_s": self.stats["images_seen"] / wall if wall > 0 else 0.0,
                  "tokens_per_image": self.tokens_per_image,
                  "visible_tokens_per_image": self.visible_per_image,
+                 "token_blocks_per_image": self.token_blocks_per_image,
                  "device": devices.describe(self.device),
                  "precision": self.trainer.precision, "nproc": self.world_size,
                  "epochs": self.streams.epoch}

@@ -31,6 +31,13 @@ def images_to_device(images: torch.Tensor, indices: torch.Tensor,
     return batch.to(device).float().div_(127.5).sub_(1.0)
 
 
+def flip_horizontally(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images (b, C, H, W) whose ``flip`` (b,) bool is True (``<stage>.hflip``,
+    the official transfer configs' augmentation, METHOD.md section 4); the others are unchanged."""
+    flip = flip.to(images.device, non_blocking=True)[:, None, None, None]  # (b, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
 def reduce_step(loss: torch.Tensor, stop: bool, world_size: int) -> tuple[float, bool]:
     """Global mean loss and "any rank was signalled", in one collective."""
     if world_size == 1:

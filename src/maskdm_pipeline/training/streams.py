@@ -18,7 +18,11 @@ Streams (seeds derived from ``stage.seed``):
   (batches continue across epoch boundaries, so no image is dropped and tiny sets work);
 - ``draws``: CPU; time steps t and masks (small tensors; CPU keeps masks identical on any device);
 - ``noise``: on the training device, because ε has the size of the batch of images and
-  drawing it on the CPU would cost a host-to-device copy per step.
+  drawing it on the CPU would cost a host-to-device copy per step;
+- ``flips``: CPU; one horizontal-flip decision per image (``<stage>.hflip``), drawn only when
+  hflip > 0. A stream of its own, so that a flip probability changes nothing else a step draws
+  (the same images, t, masks and noise with or without flips) and hflip = 0 is bitwise what it
+  was before flips existed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 # neighbouring seeds that other stages use (seed, seed + 1, ...).
 _DRAWS_OFFSET = 0x9E3779B1
 _NOISE_OFFSET = 2 * 0x9E3779B1
+_FLIPS_OFFSET = 3 * 0x9E3779B1
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Draws:
     t: torch.Tensor  # (b,) int64 time steps (CPU)
     noise: torch.Tensor  # (b, C, H, W) float32 on the device
     mask: torch.Tensor | None  # (b, N) bool (CPU), True = masked; None when not masking
+    flip: torch.Tensor | None = None  # (b,) bool (CPU), True = mirror left-right; None: hflip 0
 
 
 class TrainingStreams:
@@ -61,6 +67,7 @@ class TrainingStreams:
         image_shape: tuple[int, int, int],
         device: torch.device,
         mask_sampler: MaskSampler | None = None,
+        hflip: float = 0.0,
     ) -> None:
         self.num_images = num_images
         self.num_timesteps = num_timesteps
@@ -70,6 +77,8 @@ class TrainingStreams:
         self.data = torch.Generator().manual_seed(seed)
         self.draws = torch.Generator().manual_seed(seed + _DRAWS_OFFSET)
         self.noise = torch.Generator(device=device).manual_seed(seed + _NOISE_OFFSET)
+        self.hflip = hflip
+        self.flips = torch.Generator().manual_seed(seed + _FLIPS_OFFSET)
         self._seed = seed
         self._perm: torch.Tensor | None = None
         self._cursor = 0
@@ -100,6 +109,9 @@ class TrainingStreams:
         noise = torch.randn(
             (global_batch, *self.image_shape), generator=self.noise, device=self.device
         )  # (B, C, H, W)
+        flip = None
+        if self.hflip > 0:
+            flip = torch.rand(global_batch, generator=self.flips) < self.hflip  # (B,) bool
         per_rank = global_batch // world_size
         rows = slice(rank * per_rank, (rank + 1) * per_rank)
         return Draws(
@@ -107,6 +119,7 @@ class TrainingStreams:
             t=t[rows],
             noise=noise[rows],
             mask=None if mask is None else mask[rows],
+            flip=None if flip is None else flip[rows],
         )
 
     @property
@@ -119,6 +132,7 @@ class TrainingStreams:
             "draws": self.draws.get_state(),
             "noise": self.noise.get_state(),
             "noise_device": self.device.type,
+            "flips": self.flips.get_state(),
             "perm": self._perm,
             "cursor": self._cursor,
             "epoch": self._epoch,
@@ -134,6 +148,8 @@ class TrainingStreams:
             )
         self.data.set_state(state["data"])
         self.draws.set_state(state["draws"])
+        if "flips" in state:  # absent from states saved before flips existed: none was drawn
+            self.flips.set_state(state["flips"])
         self._perm = perm
         self._cursor = int(state["cursor"])
         self._epoch = int(state["epoch"])

@@ -18,8 +18,14 @@ from maskdm_pipeline.metrics import (
     frechet_distance,
     stats,
 )
+from maskdm_pipeline.training.config import stage_recipe
 
 logger = logging.getLogger(__name__)
+
+# A model's training cost: summed over its stages (MaskDM: pre-training + fine-tuning).
+COST_KEYS = ("wall_time_s", "images_seen", "tokens_seen", "token_blocks_seen")
+STAGE_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "token_blocks_seen",
+              "img_per_s", "steps", "device", "nproc")
 
 WEIGHTS_PARAMETER = "evaluate.fid.weights_path"
 # How a `kedro run` user points FID at the weights file: the metrics only know their argument.
@@ -99,19 +105,19 @@ def collect_metrics(
     finetune: Mapping[str, Any],
     baseline_accounting: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """``metrics.json``: quality per model, the real-data floor, and per-stage compute."""
-    def stage(acc: Mapping[str, Any]) -> dict[str, Any]:
-        s = acc.get("stats", {})
-        keys = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "img_per_s", "steps", "device", "nproc")
-        return {k: s.get(k) for k in keys}
-
-    stages = {"pretrain": stage(pretrain), "finetune": stage(finetune), "baseline": stage(baseline_accounting)}
-    maskdm_cost = {k: (stages["pretrain"][k] or 0) + (stages["finetune"][k] or 0)
-                   for k in ("wall_time_s", "images_seen", "tokens_seen")}
+    """``metrics.json``: quality per model, the real-data floor, per-stage compute (token-blocks
+    too: what the network computed, dense blocks included) and each model's recipe by stage
+    (``training.config.stage_recipe``)."""
+    accountings = {"pretrain": pretrain, "finetune": finetune, "baseline": baseline_accounting}
+    stages = {name: {k: acc.get("stats", {}).get(k) for k in STAGE_KEYS} for name, acc in accountings.items()}
+    recipes = {name: stage_recipe(acc.get("config") or {}) for name, acc in accountings.items()}
+    maskdm_cost = {k: (stages["pretrain"][k] or 0) + (stages["finetune"][k] or 0) for k in COST_KEYS}
     metrics = {
-        "maskdm": {**maskdm, "sampling": dict(maskdm_sampling), "training_cost": maskdm_cost},
+        "maskdm": {**maskdm, "sampling": dict(maskdm_sampling), "training_cost": maskdm_cost,
+                   "recipe": {s: recipes[s] for s in ("pretrain", "finetune")}},
         "baseline": {**baseline, "sampling": dict(baseline_sampling),
-                     "training_cost": {k: stages["baseline"][k] for k in ("wall_time_s", "images_seen", "tokens_seen")}},
+                     "training_cost": {k: stages["baseline"][k] for k in COST_KEYS},
+                     "recipe": {"baseline": recipes["baseline"]}},
         "real_floor": {
             "fd_clf": clf_reference.get("floor_fd_clf"),
             "fd_clf_n": clf_reference.get("floor_n"),

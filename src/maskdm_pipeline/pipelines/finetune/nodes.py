@@ -36,7 +36,12 @@ def finetune(
 def init_weights_from(pretrained: Mapping[str, Any], init_from: str, wanted: Mapping[str, Any]) -> dict[str, Any]:
     """Pick the raw (official choice, METHOD.md section 4) or EMA pre-trained weights, after
     checking that the checkpoint was trained with the model this run asks for (before any
-    training, so that a mismatch costs nothing)."""
+    training, so that a mismatch costs nothing).
+
+    Only the model config is compared: pre-training's dense blocks and loss weighting
+    (``pretrain.dense_blocks``, ``diffusion.loss_weighting``) shape how the weights were
+    trained, not what they are, so weights pre-trained under either start fine-tuning, which
+    trains with its own loss (issue 17)."""
     saved = dict(pretrained.get("config", {}).get("model", {}))
     if saved != dict(wanted):
         raise ValueError(
