@@ -8,6 +8,13 @@ from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, Valida
 
 # Third-party chatter that users can do nothing about (MLflow's pyfunc module on import).
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
+# OmegaConf 2.4 deprecates register_new_resolver(), which Kedro's OmegaConfigLoader calls for its
+# own `globals` and `runtime_params` resolvers each time a loader is made (two or more warnings per
+# command). The call is Kedro's: which OmegaConf function is right depends on the OmegaConf version
+# (before 2.4 `register_resolver` is the legacy, string-only API), so the project does not
+# override it; only this warning, raised from that Kedro module, is silenced.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning,
+                        module=r"kedro\.config\.omegaconf_config")
 
 # Parameter validation runs before any node (and before an MLflow run is opened): an unknown or
 # invalid value is refused up front, naming the parameter, instead of failing an hour in.
