@@ -24,10 +24,14 @@ def make_project(root: Path) -> Path:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """One torch thread per process: with several processes on 2 cores, more threads only wait."""
-    env = dict(os.environ)
-    env.update(KEDRO_DISABLE_TELEMETRY="1", COLUMNS="200", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    """One torch thread per process: with several processes on 2 cores, more threads only wait.
+
+    No ``COLUMNS`` and no ``PYTHONWARNINGS``: the tests read the output a user gets in a pipe,
+    where every log record must be one full line and the project's own commands print no
+    warning the user can do nothing about (tests/pipelines/test_console.py).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "PYTHONWARNINGS")}
+    env.update(KEDRO_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 

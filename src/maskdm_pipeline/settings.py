@@ -4,7 +4,11 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
+from maskdm_pipeline.console import plain_logs_unless_terminal
 from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, ValidateParametersHook
+
+# Rich log layout on a terminal; one plain, full-width line per record in a file or pipe.
+plain_logs_unless_terminal()
 
 # Third-party chatter that users can do nothing about (MLflow's pyfunc module on import).
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
