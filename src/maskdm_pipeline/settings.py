@@ -17,8 +17,9 @@ warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` me
 # command). The call is Kedro's: which OmegaConf function is right depends on the OmegaConf version
 # (before 2.4 `register_resolver` is the legacy, string-only API), so the project does not
 # override it; only this warning, raised from that Kedro module, is silenced.
-warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning,
-                        module=r"kedro\.config\.omegaconf_config")
+KEDRO_RESOLVER_DEPRECATION = {"message": r"register_new_resolver\(\) is deprecated", "category": UserWarning,
+                               "module": r"kedro\.config\.omegaconf_config"}
+warnings.filterwarnings("ignore", **KEDRO_RESOLVER_DEPRECATION)
 
 # Parameter validation runs before any node (and before an MLflow run is opened): an unknown or
 # invalid value is refused up front, naming the parameter, instead of failing an hour in.
