@@ -20,7 +20,7 @@ from maskdm_pipeline.reporting import StageCost, markdown
 
 def accounting(stage: str, wall: float, images: int, evals: list[tuple[int, float, float]] = (),
                device: str = "cpu") -> dict[str, Any]:
-    """An accounting record like training_nodes.accounting writes; evals are (step, elapsed_s, fd_clf)."""
+    """An accounting record like train_stage.accounting writes; evals are (step, elapsed_s, fd_clf)."""
     return {
         "stage": stage,
         "stats": {"wall_time_s": wall, "images_seen": images, "tokens_seen": images * 16,
