@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is a folder of the project, not installed
@@ -24,12 +26,30 @@ def make_project(root: Path) -> Path:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """One torch thread per process: with several processes on 2 cores, more threads only wait."""
-    env = dict(os.environ)
-    env.update(KEDRO_DISABLE_TELEMETRY="1", COLUMNS="200", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    """One torch thread per process: with several processes on 2 cores, more threads only wait.
+
+    No ``COLUMNS`` and no ``PYTHONWARNINGS``: the tests read the output a user gets in a pipe,
+    where every log record must be one full line and the project's own commands print no
+    warning the user can do nothing about (tests/pipelines/test_console.py).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "PYTHONWARNINGS")}
+    env.update(KEDRO_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+def load_params(root: Path = PROJECT_ROOT, env_name: str = "smoke",
+                runtime_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The merged parameters exactly as ``kedro run --env <env_name> --params ...`` sees them."""
+    from kedro.config import OmegaConfigLoader
+
+    from maskdm_pipeline import settings
+
+    args = {**settings.CONFIG_LOADER_ARGS, "default_run_env": env_name}
+    with warnings.catch_warnings():  # pytest restores the filters settings.py set at import around each test
+        warnings.filterwarnings("ignore", **settings.KEDRO_RESOLVER_DEPRECATION)
+        loader = OmegaConfigLoader(str(root / "conf"), env=env_name, runtime_params=runtime_params, **args)
+        return dict(loader["parameters"])
 
 
 def kedro(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

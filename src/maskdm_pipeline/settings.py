@@ -4,10 +4,22 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
+from maskdm_pipeline.console import plain_logs_unless_terminal
 from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, ValidateParametersHook
+
+# Rich log layout on a terminal; one plain, full-width line per record in a file or pipe.
+plain_logs_unless_terminal()
 
 # Third-party chatter that users can do nothing about (MLflow's pyfunc module on import).
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
+# OmegaConf 2.4 deprecates register_new_resolver(), which Kedro's OmegaConfigLoader calls for its
+# own `globals` and `runtime_params` resolvers each time a loader is made (two or more warnings per
+# command). The call is Kedro's: which OmegaConf function is right depends on the OmegaConf version
+# (before 2.4 `register_resolver` is the legacy, string-only API), so the project does not
+# override it; only this warning, raised from that Kedro module, is silenced.
+KEDRO_RESOLVER_DEPRECATION = {"message": r"register_new_resolver\(\) is deprecated", "category": UserWarning,
+                               "module": r"kedro\.config\.omegaconf_config"}
+warnings.filterwarnings("ignore", **KEDRO_RESOLVER_DEPRECATION)
 
 # Parameter validation runs before any node (and before an MLflow run is opened): an unknown or
 # invalid value is refused up front, naming the parameter, instead of failing an hour in.

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kedro_project import PROJECT_ROOT, subprocess_env
+from kedro_project import PROJECT_ROOT, load_params, subprocess_env
 from kedro_project import make_project as copy_project
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -135,19 +134,6 @@ class KedroProject:
             if running.proc.poll() is None:
                 running.proc.kill()
                 running.proc.wait()
-
-
-def load_params(root: Path, env_name: str = "smoke") -> dict[str, Any]:
-    """The merged parameters exactly as ``kedro run --env <env_name>`` sees them."""
-    from kedro.config import OmegaConfigLoader
-
-    from maskdm_pipeline import settings
-
-    args = {**settings.CONFIG_LOADER_ARGS, "default_run_env": env_name}
-    with warnings.catch_warnings():  # OmegaConf's register_new_resolver deprecation, Kedro's to fix
-        warnings.simplefilter("ignore", UserWarning)
-        loader = OmegaConfigLoader(str(root / "conf"), env=env_name, **args)
-        return dict(loader["parameters"])
 
 
 @pytest.fixture(scope="session")

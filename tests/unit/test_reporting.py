@@ -21,7 +21,7 @@ from maskdm_pipeline.reporting import StageCost, markdown
 
 def accounting(stage: str, wall: float, images: int, evals: list[tuple[int, float, float]] = (),
                device: str = "cpu") -> dict[str, Any]:
-    """An accounting record like training_nodes.accounting writes; evals are (step, elapsed_s, fd_clf)."""
+    """An accounting record like train_stage.accounting writes; evals are (step, elapsed_s, fd_clf)."""
     return {
         "stage": stage,
         "stats": {"wall_time_s": wall, "images_seen": images, "tokens_seen": images * 16,
@@ -253,7 +253,7 @@ def test_report_pipeline_computes_costs_and_curves_once(monkeypatch: pytest.Monk
               "finetune_accounting": accounting("finetune", 4.0, 320, [(10, 2.0, 40.0), (20, 4.0, 20.0)]),
               "baseline_accounting": accounting("baseline", 6.0, 480, [(20, 6.0, 25.0)]),
               "finetune_history": EMPTY_HISTORY, "baseline_history": EMPTY_HISTORY, "dataset_card": CARD,
-              "maskdm.sample_grid": grid, "baseline.sample_grid": grid}
+              "maskdm_sample_grid": grid, "baseline_sample_grid": grid}
     catalog = DataCatalog({name: MemoryDataset(data, copy_mode="assign") for name, data in inputs.items()})
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     assert len(calls) == 1

@@ -1,4 +1,5 @@
-"""Wiring only: reference statistics, per-model scores, then metrics.json."""
+"""Wiring only: reference statistics, per-model scores (namespaces maskdm and baseline, reading
+``<model>_samples`` and writing ``<model>_scores``), then metrics.json."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -31,7 +32,9 @@ def create_pipeline(**kwargs) -> Pipeline:
         pipeline(
             score,
             namespace=model,
-            inputs={"feature_classifier", "fd_clf_reference", "inception_reference"},
+            inputs={"samples": f"{model}_samples", "feature_classifier": "feature_classifier",
+                    "fd_clf_reference": "fd_clf_reference", "inception_reference": "inception_reference"},
+            outputs={"scores": f"{model}_scores"},
             parameters={"params:evaluate": "params:evaluate", "params:trainer": "params:trainer"},
         )
         for model in ("maskdm", "baseline")
@@ -40,8 +43,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 collect_metrics,
-                inputs=["maskdm.scores", "baseline.scores", "fd_clf_reference", "maskdm.sampling_info",
-                        "baseline.sampling_info", "pretrain_accounting", "finetune_accounting",
+                inputs=["maskdm_scores", "baseline_scores", "fd_clf_reference", "maskdm_sampling_info",
+                        "baseline_sampling_info", "pretrain_accounting", "finetune_accounting",
                         "baseline_accounting"],
                 outputs="metrics",
                 name="collect_metrics",

@@ -32,7 +32,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 plot_samples,
-                inputs=["metrics", "maskdm.sample_grid", "baseline.sample_grid"],
+                inputs=["metrics", "maskdm_sample_grid", "baseline_sample_grid"],
                 outputs="report_samples",
                 name="plot_samples",
             ),

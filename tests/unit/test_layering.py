@@ -1,0 +1,148 @@
+"""The floors of docs/architecture.md, checked on the code: every ``import`` under ``src/`` (read
+with ``ast``, so lazy imports inside functions count too) points to its own floor or below.
+
+From the bottom: math (models, masking, diffusion, metrics) and the neutral modules (fileio,
+devices); the rooms, with training/ and datasets/ side by side; params.py; train_stage.py; the
+stages (pipelines/<stage>/); the wiring. The one import by name, ``datasets/__init__.py``'s lazy
+``importlib.import_module``, loads that package's own modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+PACKAGE = "maskdm_pipeline"
+SRC = Path(__file__).resolve().parents[2] / "src" / PACKAGE
+
+# Floor of each top-level room of the package (the package root itself holds only __version__).
+FLOORS = {
+    "": 0,
+    **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices"), 0),
+    **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "splitting", "reporting",
+                     "tracking"), 1),
+    "params": 2,
+    "train_stage": 3,
+    "pipelines": 4,
+    **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "__main__"), 5),
+}
+MATH = ("models", "masking", "diffusion", "metrics")
+NEUTRAL = ("fileio", "devices")
+# Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
+KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "__main__")
+
+
+def module_name(path: Path) -> str:
+    parts = [PACKAGE, *path.relative_to(SRC).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """Absolute names of the modules ``source`` imports (``from a import b`` is ``a.b`` when that
+    is a module in ``known``), wherever the import statement is."""
+    here = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.update(f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names)
+    return found
+
+
+@cache
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in SRC.rglob("*.py")}
+    known = set(files)
+    return {name: imported_modules(p.read_text(), name, p.name == "__init__.py", known)
+            for name, p in sorted(files.items())}
+
+
+def room(name: str) -> str:
+    """``maskdm_pipeline.training.loop`` -> ``training``; the package root -> ``""``."""
+    return name.removeprefix(PACKAGE).lstrip(".").split(".")[0]
+
+
+def violations(rule: Callable[[str, str], bool], graph_: dict[str, set[str]] | None = None) -> list[str]:
+    """``"a imports b"`` for each import of the project between two rooms that ``rule(room_a,
+    room_b)`` refuses."""
+    graph_ = graph() if graph_ is None else graph_
+    return [f"{a} imports {b}" for a, modules in graph_.items() for b in sorted(modules)
+            if (b == PACKAGE or b.startswith(PACKAGE + ".")) and room(a) != room(b) and rule(room(a), room(b))]
+
+
+def points_up(a: str, b: str) -> bool:
+    return FLOORS[b] > FLOORS[a]
+
+
+def math_leaves_math(a: str, b: str) -> bool:
+    return a in MATH and b not in (*MATH, "devices", "")
+
+
+def neutral_imports_ours(a: str, b: str) -> bool:
+    return a in NEUTRAL
+
+
+def crosses_training_and_datasets(a: str, b: str) -> bool:
+    return {a, b} == {"training", "datasets"}
+
+
+def test_the_reader_sees_lazy_relative_and_from_imports() -> None:
+    source = ("from .patching import patchify\nfrom maskdm_pipeline import fd_clf, tracking\n"
+              "def f():\n    import maskdm_pipeline.training.loop\n    from .. import devices\n")
+    known = {"maskdm_pipeline.models.patching", "maskdm_pipeline.fd_clf", "maskdm_pipeline.devices"}
+    assert imported_modules(source, "maskdm_pipeline.models.uvit", False, known) == {
+        "maskdm_pipeline.models.patching", "maskdm_pipeline.fd_clf", "maskdm_pipeline",
+        "maskdm_pipeline.training.loop", "maskdm_pipeline.devices"}
+
+
+def test_the_rules_refuse_what_they_should() -> None:
+    """Each rule on a made-up graph with one wrong arrow of each kind."""
+    bad = {"maskdm_pipeline.masking": {"maskdm_pipeline.training.config"},
+           "maskdm_pipeline.fileio": {"maskdm_pipeline.devices"},
+           "maskdm_pipeline.datasets.arrays": {"maskdm_pipeline.training.job"},
+           "maskdm_pipeline.metrics.inception": {"maskdm_pipeline.devices", "maskdm_pipeline.metrics.frechet"}}
+    assert violations(points_up, bad) == ["maskdm_pipeline.masking imports maskdm_pipeline.training.config"]
+    assert violations(math_leaves_math, bad) == ["maskdm_pipeline.masking imports maskdm_pipeline.training.config"]
+    assert violations(neutral_imports_ours, bad) == ["maskdm_pipeline.fileio imports maskdm_pipeline.devices"]
+    assert violations(crosses_training_and_datasets, bad) == [
+        "maskdm_pipeline.datasets.arrays imports maskdm_pipeline.training.job"]
+
+
+def test_every_module_stands_on_a_floor() -> None:
+    """A new room must be placed in docs/architecture.md and in FLOORS before it is used."""
+    assert not [name for name in graph() if room(name) not in FLOORS]
+
+
+def test_imports_point_down() -> None:
+    assert not violations(points_up)
+
+
+def test_math_imports_only_math_and_devices() -> None:
+    assert not violations(math_leaves_math)
+
+
+def test_neutral_modules_import_nothing_of_the_project() -> None:
+    assert not violations(neutral_imports_ours)
+
+
+def test_training_and_datasets_stand_side_by_side() -> None:
+    assert not violations(crosses_training_and_datasets)
+
+
+def test_no_stage_imports_another_stage() -> None:
+    stage = {name: name.split(".")[2] for name in graph() if room(name) == "pipelines" and name.count(".") >= 2}
+    assert not [f"{a} imports {b}" for a in stage for b in graph()[a] if b in stage and stage[b] != stage[a]]
+
+
+def test_kedro_only_in_datasets_pipeline_files_and_wiring() -> None:
+    """Nodes, the engine and the math run without Kedro (nodes.py is a plain function)."""
+    users = {name for name, modules in graph().items() if any(m.split(".")[0] == "kedro" for m in modules)}
+    assert not {name for name in users if room(name) not in KEDRO_ALLOWED and not name.endswith(".pipeline")}
