@@ -34,10 +34,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from benchmarks.e2e import make_project_copy
 from benchmarks.machine import cpu_name
 from maskdm_pipeline import reporting
+from maskdm_pipeline.models import build_uvit
 
 ROOT = Path(__file__).resolve().parents[1]
 # The compute axes on which "equal compute" is measured besides wall time (reporting's curve columns).
@@ -173,6 +175,8 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
     report = root / "data/08_reporting"
     metrics = json.loads((report / "metrics.json").read_text())
     acc = {s: json.loads((report / f"{s}_accounting.json").read_text()) for s in ("pretrain", "finetune", "baseline")}
+    for record in acc.values():
+        _backfill_token_blocks(record)
     # The report's own costs and curves: MaskDM charged for pre-training.
     computed = reporting.quality_vs_compute(metrics, acc, None, None)
     costs, maskdm, baseline = computed.costs, computed.maskdm, computed.baseline
@@ -208,6 +212,22 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
 
 def _ratio(spent: float, needed: float) -> float | None:
     return spent / needed if math.isfinite(spent) and math.isfinite(needed) and needed else None
+
+
+def _backfill_token_blocks(accounting: dict[str, Any]) -> None:
+    """Token-blocks for an accounting record written before they were recorded (issue 17).
+
+    Such runs had no dense blocks (k = 0), so every block saw exactly the stage's tokens:
+    token-blocks = tokens x blocks, with the block count of the model the record names.
+    """
+    stats = accounting.get("stats") or {}
+    if stats.get("token_blocks_seen") is not None or not stats.get("tokens_seen"):
+        return
+    config = {k: v for k, v in accounting["config"]["model"].items() if v is not None}
+    with torch.device("meta"):  # the block count only: no memory, no init cost
+        blocks = build_uvit(config.pop("preset"), **config).num_blocks
+    stats["token_blocks_seen"] = int(stats["tokens_seen"]) * blocks
+    stats["token_blocks_per_image"] = int(stats["visible_tokens_per_image"]) * blocks
 
 
 def _latest(points: pd.DataFrame, axis: str, budget: float) -> float | None:

@@ -117,3 +117,16 @@ def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
     # Results collected before token-blocks existed still tabulate, as n/a.
     old = {k: v for k, v in result.items() if "token_blocks" not in k}
     assert claim.summarise([old]).splitlines()[-1].endswith("| n/a | n/a | n/a |")
+
+
+def test_token_blocks_are_backfilled_for_runs_recorded_before_them() -> None:
+    """Accounting from before token-blocks existed had k = 0: tokens x blocks, from its model."""
+    record = {"config": {"model": {"preset": "tiny", "img_size": 16, "in_chans": 1, "patch_size": 2,
+                                   "embed_dim": None, "depth": None, "num_heads": None}},
+              "stats": {"tokens_seen": 8 * 640, "visible_tokens_per_image": 8, "images_seen": 640}}
+    claim._backfill_token_blocks(record)
+    assert record["stats"]["token_blocks_seen"] == 5 * 8 * 640  # tiny: depth 4 -> 2 + 1 + 2 blocks
+    assert record["stats"]["token_blocks_per_image"] == 5 * 8
+    recorded = {"config": record["config"], "stats": {"tokens_seen": 1, "token_blocks_seen": 7}}
+    claim._backfill_token_blocks(recorded)
+    assert recorded["stats"]["token_blocks_seen"] == 7  # a recorded value is never replaced
