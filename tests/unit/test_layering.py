@@ -22,7 +22,7 @@ FLOORS = {
     "": 0,
     **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "splitting", "reporting",
-                     "tracking"), 1),
+                     "tracking", "fingerprint"), 1),
     "params": 2,
     "train_stage": 3,
     "pipelines": 4,
