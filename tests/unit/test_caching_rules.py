@@ -141,3 +141,37 @@ def test_cache_rerun_names_a_stage_or_all() -> None:
     assert check_rerun(None, stages) is None and check_rerun("all", stages) is None
     assert check_rerun("sample", stages) is None
     assert check_rerun("smaple", stages) == "cache.rerun='smaple': not a stage; use all or one of pretrain, sample"
+
+
+
+def copied(data: dict[str, Any]) -> dict[str, Any]:
+    return dict(data)
+
+
+def test_an_input_from_a_stage_outside_the_run_is_named_when_that_stage_would_rerun(
+        project: dict[str, Any]) -> None:
+    """`--pipelines third` alone: the writer of its input (`second`) is judged on disk, and so are
+    the stages before it: here `second` is current and `first`, before it, is not."""
+    from kedro.runner import SequentialRunner
+
+    from maskdm_pipeline.caching.judge import Upstream
+
+    catalog, root = project["catalog"], project["root"]
+    for name in ("copy", "report"):
+        catalog[name] = JSONDataset(filepath=str(root / f"{name}.json"))
+    catalog["params:block"] = project["params"]["block"]
+    pipe = pipeline([node(scale, ["raw", "params:block", "slot"], "out", name="scale"),
+                     node(copied, "out", "copy", name="copy"), node(copied, "copy", "report", name="read")])
+    parts = split_parts(pipe, lambda name: name in catalog and not name.startswith("params:"),
+                        {"scale": "first", "copy": "second", "read": "third"})
+    writers = {out: p for p in parts for out in p.outputs}
+    SequentialRunner().run(pipe, catalog)
+    judge = Judge(catalog, project["params"], writers, {})
+    for part in parts:
+        judge.record(judge.decide(part))
+
+    third = frozenset({"read"})
+    assert Upstream(Judge(catalog, project["params"], writers, {}), third).stale("copy") is None
+    changed = Judge(catalog, {"block": {"k": 5}}, writers, {})
+    assert Upstream(changed, third).stale("copy") == ("first", "parameters changed: block.k 3 -> 5")
+    assert Upstream(changed, frozenset({"scale", "copy", "read"})).stale("copy") is None  # decided in the run
