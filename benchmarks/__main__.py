@@ -115,11 +115,22 @@ def _e2e_row(result: dict[str, Any], targets: dict[str, Any]) -> list[str]:
             _fmt_result(targets.get("kedro_run_e2e"))]
 
 
+def _cache_row(result: dict[str, Any]) -> list[str] | None:
+    cache = result.get("cache", {})
+    if "noop_vs_full" not in cache:
+        return None
+    noop, full = cache["noop"], cache["forced_full"]
+    return [f"{cache['label']} again, every stage up to date (no-op), vs a full run",
+            f"{noop['wall_s']:.1f} s ({noop['nodes_run']} nodes run)",
+            f"{full['wall_s']:.1f} s (`--params cache.rerun=all`)", f"{cache['noop_vs_full']:.0%} of it", "-", "-"]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The README "Performance" table (and a caption naming the machine) from a suite result."""
     targets = result.get("targets", {})
     rows = [*_train_rows(result, targets), *_sampling_rows(result, targets),
             *_fid_rows(result, targets), _e2e_row(result, targets)]
+    rows += [row for row in [_cache_row(result)] if row]
     lines = ["| benchmark | ours | reference | ratio | target | result |",
              "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -10,7 +10,9 @@ Sections (each a dict in the result; ``run_suite`` assembles them and checks the
 - ``fid``: Frechet distance ours vs SciPy ``sqrtm`` and Inception activations ours vs
   pytorch-fid's loop (``benchmarks/fid.py``);
 - ``e2e``: every pipeline of ``kedro run`` as its own subprocess in a throw-away copy of the
-  project, wall time and peak RSS per stage (``benchmarks/e2e.py``).
+  project, wall time and peak RSS per stage (``benchmarks/e2e.py``);
+- ``cache``: a ``kedro run`` in which every stage is up to date against a full one, in the same
+  environment as ``e2e`` (``benchmarks/cache.py``).
 
 Every comparison gets a warm-up and the median of several repeats; the machine (CPU model or
 GPU name, threads, torch version, load average, date) is recorded with the figures.
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks import train_step
+from benchmarks.cache import bench_cache
 from benchmarks.e2e import (
     LAYERS,
     PIPELINES,
@@ -58,7 +61,7 @@ SCHEMA = "maskdm-benchmarks/1"
 
 __all__ = [
     "LAYERS", "MIN_TRAINED_STEPS", "PIPELINES", "PROJECT_ROOT", "REFERENCE_SAMPLER", "SAMPLERS",
-    "SCHEMA", "SamplerSpec", "SamplingSource", "SuiteConfig", "bench_e2e", "bench_fid",
+    "SCHEMA", "SamplerSpec", "SamplingSource", "SuiteConfig", "bench_cache", "bench_e2e", "bench_fid",
     "bench_samplers", "bench_train_steps", "choose_mask", "evaluate_targets", "flat_ratios",
     "load_sampling_source", "machine_info", "make_project_copy", "run_measured", "run_suite",
     "untrained_source",
@@ -270,6 +273,8 @@ def flat_ratios(result: dict[str, Any]) -> dict[str, float | None]:
         out["fid.activations.ours_vs_pytorch_fid"] = fid["activations"]["speedup_vs_pytorch_fid"]
     if "speedup" in fid.get("frechet", {}):
         out["fid.frechet.ours_vs_scipy_sqrtm"] = fid["frechet"]["speedup"]
+    if "noop_vs_full" in result.get("cache", {}):
+        out["cache.noop_vs_full"] = result["cache"]["noop_vs_full"]
     return out
 
 
@@ -297,8 +302,11 @@ def run_suite(cfg: SuiteConfig, *, device: str = "cpu", threads: int | None = No
     if cfg.e2e:
         log(f"e2e: kedro run per stage (env {cfg.e2e_env or 'base'}) ...")
         result["e2e"] = bench_e2e(cfg.e2e_env, threads, cfg.e2e_stage_timeout_s)
+        log(f"cache: a no-op kedro run against a full one (env {cfg.e2e_env or 'base'}) ...")
+        result["cache"] = bench_cache(cfg.e2e_env, threads, cfg.e2e_stage_timeout_s)
     else:
         result["e2e"] = {"skipped": "quick mode (pass --e2e to add a smoke-env run)"}
+        result["cache"] = {"skipped": "runs with the e2e section (--e2e)"}
     result["targets"] = evaluate_targets(result)
     result["ratios"] = flat_ratios(result)
     result["machine"]["load_average_at_end"] = load_average()

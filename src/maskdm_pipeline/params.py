@@ -45,7 +45,7 @@ from maskdm_pipeline.training.config import (
     interval,
 )
 
-__all__ = ["BaselineParams", "FinetuneParams", "ParameterError", "Params", "PretrainParams",
+__all__ = ["BaselineParams", "CacheParams", "FinetuneParams", "ParameterError", "Params", "PretrainParams",
            "StageParams", "describe", "validate_parameters"]
 
 
@@ -193,6 +193,16 @@ class EvaluateParams(Frozen):
     fd_clf: FdClfParams
 
 
+class CacheParams(Frozen):
+    """The cache (``maskdm_pipeline.caching``). Not part of any fingerprint: no node reads it.
+
+    ``rerun``: a stage name (``pretrain``, ...) or ``all`` forces that stage to run even when its
+    outputs are up to date (``--params cache.rerun=pretrain``); the names are checked against the
+    registered pipelines before anything runs. null: the cache decides alone."""
+
+    rerun: str | None = None
+
+
 # ---------------------------------------------------------------------------- the whole tree
 class Params(Frozen):
     """The merged parameter tree of a run: every block is required (conf/base declares them all)."""
@@ -206,6 +216,7 @@ class Params(Frozen):
     baseline: BaselineParams
     sample: SampleParams
     evaluate: EvaluateParams
+    cache: CacheParams = CacheParams()
 
     @model_validator(mode="after")
     def _fit_together(self) -> Params:

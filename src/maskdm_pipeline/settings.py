@@ -4,6 +4,7 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
+from maskdm_pipeline.caching.session import CachingSession
 from maskdm_pipeline.console import plain_logs_unless_terminal
 from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, ValidateParametersHook
 
@@ -28,6 +29,10 @@ HOOKS = (ValidateParametersHook(), CheckpointSlotHook(), MlflowTrackingHook())
 # kedro-mlflow's hooks stop a run when the store is locked or unreachable, so the project logs
 # through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")  # if a user installs it anyway
+
+# `kedro run` with the cache (README "Caching and reruns"): a stage whose outputs are current is
+# skipped; the session hands the chosen runner a wrapper that decides part by part.
+SESSION_CLASS = CachingSession
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -153,8 +153,8 @@ def _interrupted(name: str, exc: TrainingInterrupted, slot: CheckpointSlot, resu
     head = str(exc).split(";")[0]  # "<stage>: stopped by SIGINT after step 57/400"
     if resumes:
         how = ("rerun the same `kedro run` command to resume from it (the result equals an uninterrupted "
-               "run; add --only-missing-outputs so that stages that already finished are not run "
-               f"again), or start afresh with --params {name}.resume=false")
+               "run; the stages that already finished are skipped as up to date), or start afresh with "
+               f"--params {name}.resume=false")
     else:
         how = f"to continue from it, run again with --params {name}.resume=true"
     error = StageInterrupted(f"{head}. The full training state is saved in {_shown(slot.path)}; {how}.",

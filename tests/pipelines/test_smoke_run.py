@@ -83,8 +83,9 @@ def test_mlflow_store_holds_one_run_with_histories(smoke_run: Path) -> None:
 
 
 def test_finetune_alone_reruns_from_the_saved_checkpoint(smoke_copy: Path) -> None:
+    """Forced (it is up to date, so the cache would skip it: tests/pipelines/test_caching.py)."""
     before = _mtimes(smoke_copy)
-    result = kedro(smoke_copy, "run", "--env", "smoke", "--pipelines", "finetune")
+    result = kedro(smoke_copy, "run", "--env", "smoke", "--pipelines", "finetune", "--params", "cache.rerun=finetune")
     assert result.returncode == 0, result.stderr[-3000:]
     after = _mtimes(smoke_copy)
     changed = {rel for rel in ALL_OUTPUTS if after[rel] != before[rel]}
@@ -103,7 +104,9 @@ def test_only_missing_outputs_skips_finished_stages(smoke_copy: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_ddp_run_writes_one_checkpoint(smoke_copy: Path) -> None:
-    result = kedro(smoke_copy, "run", "--env", "smoke", "--pipelines", "pretrain", "--params", "trainer.nproc=2")
+    # trainer.nproc changes the speed, not the result, so the cache would skip the stage: forced.
+    result = kedro(smoke_copy, "run", "--env", "smoke", "--pipelines", "pretrain", "--params",
+                   "trainer.nproc=2,cache.rerun=pretrain")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = torch.load(smoke_copy / "data/06_models/pretrained.pt", weights_only=True)
     assert state["config"]["trainer"]["nproc"] == 2 and state["step"] == 30

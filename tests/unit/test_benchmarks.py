@@ -107,9 +107,11 @@ def test_targets_markdown_and_cli(sampling: dict, tmp_path: Path) -> None:
                                                 "pytorch_fid_get_activations_workers0": 4.0}}}
     e2e = {"env": "base", "label": "default `kedro run`", "completed": True, "total_wall_s": 500.0,
            "peak_rss_mib": 1500.0, "stages": {"preprocess": {"wall_s": 500.0, "peak_rss_mib": 1500.0}}}
+    cache = {"label": "`kedro run --env smoke`", "completed": True, "noop_vs_full": 0.25,
+             "noop": {"wall_s": 5.0, "nodes_run": 0}, "forced_full": {"wall_s": 20.0}}
     result = {"schema": suite.SCHEMA, "mode": "quick", "note": "fake",
               "machine": suite.machine_info(torch.device("cpu")),
-              "train_step": {"small-64": train}, "sampling": sampling, "fid": fid, "e2e": e2e}
+              "train_step": {"small-64": train}, "sampling": sampling, "fid": fid, "e2e": e2e, "cache": cache}
     result["machine"]["load_average_at_end"] = result["machine"]["load_average_at_start"]
     result["targets"] = suite.evaluate_targets(result)
     result["ratios"] = suite.flat_ratios(result)
@@ -129,6 +131,8 @@ def test_targets_markdown_and_cli(sampling: dict, tmp_path: Path) -> None:
     table = render_markdown(result)
     assert table.startswith("| benchmark | ours | reference | ratio | target | result |")
     assert "**FAIL**" in table and "DPM-Solver++ 25" in table and "6.00x" in table
+    assert "every stage up to date (no-op), vs a full run | 5.0 s (0 nodes run) | 20.0 s" in table
+    assert result["ratios"]["cache.noop_vs_full"] == 0.25
     path = tmp_path / "benchmarks.json"
     path.write_text(json.dumps(result))
     assert main(["--markdown", str(path)]) == 0

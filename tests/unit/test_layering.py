@@ -22,16 +22,16 @@ FLOORS = {
     "": 0,
     **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "splitting", "reporting",
-                     "tracking"), 1),
+                     "tracking", "fingerprint"), 1),
     "params": 2,
     "train_stage": 3,
     "pipelines": 4,
-    **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "__main__"), 5),
+    **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "caching", "__main__"), 5),
 }
 MATH = ("models", "masking", "diffusion", "metrics")
 NEUTRAL = ("fileio", "devices")
 # Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
-KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "__main__")
+KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "__main__")
 
 
 def module_name(path: Path) -> str:

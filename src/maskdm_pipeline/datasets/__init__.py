@@ -1,4 +1,11 @@
-"""Custom Kedro datasets: embedded digit sets, numpy archives, torch checkpoints, feature caches.
+"""Custom Kedro datasets: embedded digit sets, numpy archives, torch checkpoints, feature caches,
+a folder of PNGs replaced whole, and the kedro-datasets file datasets with atomic saves.
+
+Every dataset that writes, writes atomically (``fileio.atomic_write``). For the cache
+(``maskdm_pipeline.caching``) a dataset may define ``content_identity() -> str | None``: a string
+that changes whenever what it holds changes, or None when what it holds never changes what its
+readers compute (a keyed cache, a resume slot); without it, a file is identified by its content
+hash and a folder by its listing.
 
 Imported lazily so that a catalog which only needs images does not pay for importing torch.
 """
@@ -15,6 +22,12 @@ _WHERE = {
     "CheckpointSlotDataset": ".checkpoint",
     "TorchStateDataset": ".torch_state",
     "FeatureCacheDataset": ".feature_cache",
+    "PngFolderDataset": ".image_folder",
+    "JSONDataset": ".files",
+    "CSVDataset": ".files",
+    "TextDataset": ".files",
+    "ImageDataset": ".files",
+    "MatplotlibDataset": ".files",
 }
 
 __all__ = list(_WHERE)

@@ -70,8 +70,18 @@ class CheckpointSlotDataset(AbstractDataset[None, CheckpointSlot]):
     def load(self) -> CheckpointSlot:
         return CheckpointSlot(self._filepath)
 
+    @property
+    def filepath(self) -> Path:
+        return self._filepath
+
     def save(self, data: None) -> None:
         raise DatasetError("a CheckpointSlot is written by its training node, not by the catalog")
+
+    def content_identity(self) -> None:
+        """Not part of its stage's fingerprint: resuming gives the result of an uninterrupted run.
+        That the file exists is what counts (``maskdm_pipeline.caching``: an unfinished stage is
+        not current)."""
+        return None
 
     def _exists(self) -> bool:
         return True

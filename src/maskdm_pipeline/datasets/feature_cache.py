@@ -16,8 +16,9 @@ from maskdm_pipeline.datasets.arrays import NpzDataset
 class FeatureCache:
     """Feature statistics (mean, covariance) on disk, one ``.npz`` per key.
 
-    The key names everything the statistics depend on (data checksum, resolution, feature
-    extractor, N), so they are computed once and reused until any of it changes.
+    The key is a fingerprint (:mod:`maskdm_pipeline.fingerprint`, the project's one rule for cache
+    keys) of everything the statistics depend on (the images, the feature extractor and its
+    weights file), so they are computed once and reused until any of it changes.
     """
 
     def __init__(self, folder: Path):
@@ -52,6 +53,11 @@ class FeatureCacheDataset(AbstractDataset[None, FeatureCache]):
 
     def save(self, data: None) -> None:
         raise DatasetError("the feature cache is written by the nodes that use it")
+
+    def content_identity(self) -> None:
+        """Not part of its readers' fingerprints: each entry is keyed by everything that determines
+        it (``maskdm_pipeline.fingerprint``), so what the folder holds never changes a result."""
+        return None
 
     def _exists(self) -> bool:
         return True

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from maskdm_pipeline import fd_clf
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import resolve_device
+from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document
 from maskdm_pipeline.metrics import (
     FID_WEIGHTS_FILENAME,
     InceptionFeatures,
     InceptionWeightsUnavailable,
     frechet_distance,
+    resolve_inception_weights,
     stats,
 )
 from maskdm_pipeline.training.config import stage_recipe
@@ -33,12 +37,25 @@ _POINT_AT_WEIGHTS = (f"set the parameter `{WEIGHTS_PARAMETER}` to its path "
                      f"(e.g. kedro run --params {WEIGHTS_PARAMETER}=/path/to/{FID_WEIGHTS_FILENAME})")
 
 
-def _inception(params: Mapping[str, Any], device: str) -> InceptionFeatures:
+def _inception(params: Mapping[str, Any], device: str, weights_path: Any = None) -> InceptionFeatures:
     fid = params["fid"]
     return InceptionFeatures(
-        dims=int(fid["dims"]), weights_path=fid.get("weights_path"), device=device,
+        dims=int(fid["dims"]), weights_path=weights_path or fid.get("weights_path"), device=device,
         batch_size=int(fid["batch_size"]), allow_download=bool(fid["allow_download"]), download_timeout=10.0,
     )
+
+
+def reference_key(dims: int, checksum: str, images: np.ndarray, weights: Path) -> str:
+    """The feature cache's key of the Inception reference statistics: a fingerprint by the
+    project's one rule (:mod:`maskdm_pipeline.fingerprint`) of the feature layer, the images
+    (the dataset card's content checksum, their count and shape) and the weights file's content."""
+    document = key_document(
+        what="Inception pool features of the reference split: mean and covariance",
+        params={"evaluate.fid.dims": int(dims)},
+        inputs={"reference_images": f"{checksum}:n{len(images)}:{'x'.join(map(str, images.shape[1:]))}"},
+        files={FID_WEIGHTS_FILENAME: file_digest(weights)},
+    )
+    return f"inception-pool{dims}_{fingerprint(document)}"
 
 
 def inception_reference(
@@ -48,7 +65,8 @@ def inception_reference(
     params: Mapping[str, Any],
     trainer: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Inception statistics of the training images, from the cache when the data are unchanged.
+    """Inception statistics of the training images (``mu`` ``(D,)``, ``sigma`` ``(D, D)``, float64
+    tensors), from the feature cache when the images and the weights are unchanged.
 
     Without the real weights this returns ``available: False`` and the exact message of where
     to put the file; FID is then reported as null, never computed from other weights.
@@ -57,20 +75,26 @@ def inception_reference(
     if not fid["enabled"]:
         return {"available": False, "reason": "evaluate.fid.enabled=false"}
     images = fd_clf.reference_split(primary_train)[0]
-    key = f"inception-pool{fid['dims']}_{dataset_card['checksum'][:16]}_{images.shape[-1]}px_n{len(images)}"
-    cached = cache.get(key)
-    if cached is not None:
-        logger.info("FID reference statistics from the cache (%s)", key)
-        return {"available": True, "mu": cached[0], "sigma": cached[1], "n": len(images), "key": key}
     try:
-        extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))))
+        weights = resolve_inception_weights(fid.get("weights_path"), allow_download=bool(fid["allow_download"]),
+                                            download_timeout=10.0)
     except InceptionWeightsUnavailable as exc:
         reason = exc.explain(_POINT_AT_WEIGHTS)
         logger.warning("FID unavailable, reported as null. %s", reason)
         return {"available": False, "reason": reason}
-    mu, sigma = stats(extractor(images))
-    cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"]})
-    return {"available": True, "mu": mu, "sigma": sigma, "n": len(images), "key": key}
+    key = reference_key(int(fid["dims"]), dataset_card["checksum"], images, weights)
+    cached = cache.get(key)
+    if cached is not None:
+        logger.info("FID reference statistics from the cache (%s)", key)
+        mu, sigma = cached
+    else:
+        extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))), weights)
+        mu, sigma = stats(extractor(images))
+        cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"],
+                                   "weights": str(weights)})
+    # Tensors: the catalog keeps the result as a weights_only torch state (inception_reference).
+    return {"available": True, "mu": torch.from_numpy(np.asarray(mu)), "sigma": torch.from_numpy(np.asarray(sigma)),
+            "n": len(images), "key": key}
 
 
 def score_samples(

@@ -1,0 +1,270 @@
+"""Whether a part of the pipeline is current, and why not.
+
+A part is current when every file it writes exists, has its fingerprint record beside it, is as
+that record describes it, and the record's fingerprint equals the one the part would get now
+from its parameters, the content of its inputs as they are on disk, the files it reads and the
+package version; and when no resume checkpoint of it exists (an unfinished run). An input's
+content is the one its writer recorded, so a part whose rerun wrote the same bytes as before
+changes nothing downstream (early cut-off).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maskdm_pipeline.caching import records
+from maskdm_pipeline.caching.units import PARAMS_PREFIX, Part
+from maskdm_pipeline.datasets.checkpoint import CheckpointSlotDataset
+from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document
+
+_SHOWN = 4  # changed parameters named per line
+
+
+def fid_weights(params: Mapping[str, Any]) -> dict[str, Path]:
+    """The Inception weights file FID reads (where ``evaluate.fid`` says, else the hub cache)."""
+    from maskdm_pipeline.metrics import FID_WEIGHTS_FILENAME, hub_weights_path
+
+    fid = params["evaluate"]["fid"]
+    if not fid["enabled"]:
+        return {}
+    return {FID_WEIGHTS_FILENAME: Path(fid["weights_path"]).expanduser() if fid["weights_path"] else hub_weights_path()}
+
+
+def files_read() -> dict[Callable[..., Any], Callable[[Mapping[str, Any]], dict[str, Path]]]:
+    """Files a node reads that are not catalog inputs, by node function: their content hash goes
+    into the fingerprint of the part that calls it."""
+    from maskdm_pipeline.pipelines.evaluate import nodes as evaluate
+
+    return {evaluate.inception_reference: fid_weights, evaluate.score_samples: fid_weights}
+
+
+@dataclass
+class Decision:
+    """What the cache decided for one part, and why."""
+
+    part: Part
+    reasons: list[str]  # empty: current
+    document: dict[str, Any]
+    fingerprint: str
+    written: str | None = None  # the newest of its records, when current
+    stale_inputs: list[str] = field(default_factory=list)
+    ran: bool = False
+
+    @property
+    def current(self) -> bool:
+        return not self.reasons
+
+
+def shown(path: Path) -> str:
+    """A path relative to the project (the working directory) when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _dotted(tree: Mapping[str, Any], name: str) -> Any:
+    value: Any = tree
+    for key in name.split("."):
+        value = value[key]
+    return value
+
+
+class Judge:
+    """The decisions of one ``kedro run``: identities are computed once per run and updated when
+    a part has run.
+
+    Args:
+        catalog: the run's catalog.
+        params: the validated parameter tree as plain values (``Params.model_dump(mode="json")``).
+        writers: dataset name -> the part (of the whole DAG) that writes it.
+        files_read: node function -> ``f(params) -> {name: path}``, files a node reads that are not
+            catalog inputs (their content hash goes into the fingerprint).
+    """
+
+    def __init__(self, catalog: Any, params: Mapping[str, Any], writers: Mapping[str, Part],
+                 files_read: Mapping[Callable[..., Any], Callable[[Mapping[str, Any]], Mapping[str, Path]]]):
+        self.catalog = catalog
+        self.params = params
+        self.writers = writers
+        self.files_read = files_read
+        self._identities: dict[str, str] = {}
+        self._digests: dict[tuple[Path, int, int], str] = {}
+
+    # ------------------------------------------------------------------ what goes into the key
+    def _dataset(self, name: str) -> Any:
+        return self.catalog.get(name, fallback_to_runtime_pattern=True)
+
+    def identity(self, name: str) -> str:
+        """The content identity of input ``name`` as it is on disk now."""
+        if name not in self._identities:
+            dataset = self._dataset(name)
+            path = records.dataset_path(dataset)
+            if name not in self.writers or path is None:
+                self._identities[name] = records.raw_identity(dataset, path)
+            else:
+                try:
+                    record = records.read_record(path)
+                except records.RecordUnreadable:
+                    record = None
+                if record is not None and path.exists() and self._unchanged(dataset, path, record):
+                    self._identities[name] = record["content"]
+                else:
+                    self._identities[name] = records.content(dataset, path)
+        return self._identities[name]
+
+    def _files(self, part: Part) -> dict[str, str]:
+        files: dict[str, str] = {}
+        for node in part.nodes:
+            finder = self.files_read.get(node.func)
+            for label, path in (finder(self.params) if finder else {}).items():
+                files[label] = self._file_digest(path)
+        return files
+
+    def _file_digest(self, path: Path) -> str:
+        try:
+            info = path.stat()
+        except OSError:
+            return f"absent:{path}"
+        key = (path, info.st_size, info.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = file_digest(path)
+        return self._digests[key]
+
+    def key(self, part: Part) -> tuple[dict[str, Any], str]:
+        """The key document of ``part`` now, and its fingerprint."""
+        blocks = {name[len(PARAMS_PREFIX):]: _dotted(self.params, name[len(PARAMS_PREFIX):]) for name in part.params}
+        inputs = {name: self.identity(name) for name in part.inputs if not records.exempt(self._dataset(name))}
+        document = key_document(part.what(), blocks, inputs, self._files(part))
+        return document, fingerprint(document)
+
+    # ------------------------------------------------------------------ the decision
+    def _unchanged(self, dataset: Any, path: Path, record: Mapping[str, Any]) -> bool:
+        """Whether the output is what its record describes; a matching content with a new stamp
+        (a copy that did not keep modification times) refreshes the record's stamp."""
+        now = records.stamp(dataset, path)
+        if now == record["stamp"]:
+            return True
+        if records.content(dataset, path) != record["content"]:
+            return False
+        records.write_record(path, {**record, "stamp": now})
+        return True
+
+    def decide(self, part: Part, forced: str | None = None) -> Decision:
+        """Judge ``part`` against what is on disk; ``forced`` (a ``cache.rerun`` value) reruns it."""
+        document, key = self.key(part)
+        reasons = [f"cache.rerun={forced}"] if forced else []
+        for name in part.inputs:
+            dataset = self._dataset(name)
+            if isinstance(dataset, CheckpointSlotDataset) and dataset.filepath.exists():
+                reasons.append(f"resume checkpoint {shown(dataset.filepath)} exists: an unfinished run, "
+                               "which continues from it")
+        missing, unrecorded, written = [], [], []
+        for name in part.outputs:
+            path = records.dataset_path(self._dataset(name))
+            if path is None:
+                reasons.append(f"{name} is not a local file, so it is never taken as up to date")
+            elif not self.catalog.exists(name):
+                missing.append(shown(path))
+            else:
+                try:
+                    record = records.read_record(path)
+                except records.RecordUnreadable as exc:
+                    reasons.append(f"the fingerprint {shown(records.record_path(path))} is unreadable ({exc})")
+                    continue
+                if record is None:
+                    unrecorded.append(shown(path))
+                elif not self._unchanged(self._dataset(name), path, record):
+                    reasons.append(f"{shown(path)} changed since its fingerprint was written")
+                else:
+                    written.append(record["written"])
+                    if record["fingerprint"] != key:
+                        reasons += [r for r in changes(record, document) if r not in reasons]
+        if missing:
+            reasons.append(_some(missing, "does not exist", "do not exist"))
+        if unrecorded:
+            reasons.append(_some(unrecorded, "has no fingerprint", "have no fingerprint")
+                           + " (written by an older version or copied by hand)")
+        if not part.outputs:
+            reasons.append("it writes no file to fingerprint")
+        return Decision(part, reasons, document, key, written=max(written) if written and not reasons else None)
+
+    def record(self, decision: Decision) -> None:
+        """Write the records of a part that has just run (the files it read are hashed again: a
+        download during the run is what it read)."""
+        part = decision.part
+        document = {**decision.document, "files": self._files(part)}
+        key = fingerprint(document)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for name in part.outputs:
+            dataset = self._dataset(name)
+            path = records.dataset_path(dataset)
+            if path is None or not path.exists():
+                continue
+            held = records.content(dataset, path)
+            records.write_record(path, {**document, "fingerprint": key, "dataset": name, "stage": part.stage,
+                                        "part": part.label, "path": shown(path), "written": now, "content": held,
+                                        "stamp": records.stamp(dataset, path)})
+            self._identities[name] = held
+        decision.fingerprint, decision.written, decision.ran = key, now, True
+
+
+def _some(paths: list[str], one: str, many: str) -> str:
+    if len(paths) == 1:
+        return f"{paths[0]} {one}"
+    return f"{paths[0]} and {len(paths) - 1} more outputs {many}"
+
+
+def _value(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def changes(record: Mapping[str, Any], document: Mapping[str, Any]) -> list[str]:
+    """What differs between a record and the key document a part would get now, in words."""
+    out: list[str] = []
+    old, new = record.get("params", {}), document["params"]
+    names = [k for k in sorted({*old, *new}) if old.get(k, ...) != new.get(k, ...)]
+    if names:
+        described = [f"{k} {_value(old[k]) if k in old else '(not set)'} -> {_value(new[k]) if k in new else '(removed)'}"
+                     for k in names[:_SHOWN]]
+        more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+        out.append("parameters changed: " + ", ".join(described) + more)
+    for field_name, what in (("inputs", "input"), ("files", "file")):
+        old_items, new_items = record.get(field_name, {}), document[field_name]
+        changed = [k for k in sorted({*old_items, *new_items}) if old_items.get(k) != new_items.get(k)]
+        if changed:
+            out.append(f"{what}{'s' if len(changed) > 1 else ''} {', '.join(changed)} changed")
+    if record.get("package") != document["package"]:
+        out.append(f"package version {record.get('package')} -> {document['package']}")
+    if record.get("what") != document["what"] or record.get("format") != document["format"]:
+        out.append("the nodes of this part or the fingerprint format changed")
+    return out or ["its fingerprint differs"]
+
+
+class Upstream:
+    """Whether an input that a stage outside the run writes is current: the stage, or one before
+    it, would rerun. Judged on what is on disk, once per part."""
+
+    def __init__(self, judge: Judge, in_run: frozenset[str]):
+        self.judge = judge
+        self.in_run = in_run  # node names of this run
+        self._verdicts: dict[int, tuple[str, str] | None] = {}
+
+    def stale(self, name: str) -> tuple[str, str] | None:
+        """(the stage that would rerun, why), or None when ``name`` is current or written in this run."""
+        writer = self.judge.writers.get(name)
+        if writer is None or writer.node_names & self.in_run:
+            return None
+        if id(writer) not in self._verdicts:
+            self._verdicts[id(writer)] = None  # a cycle cannot recurse forever
+            decision = self.judge.decide(writer)
+            verdict = None if decision.current else (writer.stage, decision.reasons[0])
+            for up in writer.inputs if verdict is None else ():
+                verdict = verdict or self.stale(up)
+            self._verdicts[id(writer)] = verdict
+        return self._verdicts[id(writer)]

@@ -1,0 +1,228 @@
+"""The cache through the real CLI (issue 14): a finished smoke project (one ``kedro run --env smoke``
+for the whole session, ``smoke_run``) copied per scenario, then the commands a user types.
+
+Each scenario reads the cache's log lines (``maskdm_pipeline.caching``): ``<stage>: up to date
+(fingerprint ..., written ...), skipped`` for a stage whose parts are all current, else one line
+per part, ``<stage> [<part>]: runs (<why>)`` or ``... up to date ...``. The three runners are each
+used once (Sequential by default, Thread and Parallel below). MLflow tracking stays on in the
+no-op run (the smoke run checks the store); the other scenarios switch it off in their copy,
+which saves its start-up (about 2 s a command here) and changes nothing the cache does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from image_factory import good_image
+from kedro_project import kedro, make_project, subprocess_env
+
+STAGES = ("preprocess", "pretrain", "baseline", "finetune", "sample", "evaluate", "report")
+UP_TO_DATE = r"{}: up to date \(fingerprint [0-9a-f]{{6}}, written \d{{4}}-\d\d-\d\d \d\d:\d\d\), skipped"
+CACHE_LINE = re.compile(r" - maskdm_pipeline\.caching - \w+ - (.*)$", re.MULTILINE)
+
+
+def _run(root: Path, *args: str, env_name: str = "smoke") -> list[str]:
+    """``kedro run --env <env_name> <args>``; the cache's log lines."""
+    result = kedro(root, "run", "--env", env_name, *args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return CACHE_LINE.findall(output) + [f"[log] {line}" for line in output.splitlines() if "Running node" in line]
+
+
+def _has(lines: list[str], pattern: str) -> bool:
+    return any(re.fullmatch(pattern, line) for line in lines)
+
+
+def _up_to_date(lines: list[str], *names: str) -> None:
+    for name in names:
+        hits = [line for line in lines if re.fullmatch(UP_TO_DATE.format(re.escape(name)), line)]
+        assert len(hits) == 1, f"{name}: {hits or 'no up-to-date line'} in\n" + "\n".join(lines)
+
+
+def _runs(lines: list[str], name: str, why: str = ".*") -> None:
+    assert _has(lines, rf"{re.escape(name)}: runs \({why}\)"), f"{name} did not run ({why}):\n" + "\n".join(lines)
+
+
+def _untracked(root: Path, env_name: str = "smoke") -> Path:
+    """No MLflow run for the commands of this test (``disable_tracking`` of conf/*/mlflow.yml)."""
+    names = ", ".join(("__default__", *STAGES))
+    (root / "conf" / env_name / "mlflow.yml").write_text(f"tracking:\n  disable_tracking:\n    pipelines: [{names}]\n")
+    return root
+
+
+@pytest.fixture
+def copy(smoke_copy: Path) -> Path:
+    """A private copy of the finished smoke project, MLflow off."""
+    return _untracked(smoke_copy)
+
+
+def _digests(root: Path, *patterns: str) -> dict[str, str]:
+    files = sorted(p for pattern in patterns for p in (root / "data").rglob(pattern) if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_second_run_skips_every_stage_and_trains_nothing(smoke_copy: Path) -> None:
+    before = _digests(smoke_copy, "*.pt", "*.npz")
+    lines = _run(smoke_copy)
+    _up_to_date(lines, *STAGES)
+    assert not [line for line in lines if line.startswith("[log]")], "a node ran"
+    assert _digests(smoke_copy, "*.pt", "*.npz") == before
+
+
+def test_finetune_lr_reruns_finetuning_and_what_reads_it(copy: Path) -> None:
+    """With ThreadRunner: MaskDM's side reruns, the pre-training and the baseline side do not."""
+    kept = _digests(copy, "pretrained.pt", "baseline.pt", "baseline_samples.npz")
+    lines = _run(copy, "--runner", "ThreadRunner", "--params", "finetune.lr=0.001")
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "sample [baseline]", "evaluate [baseline]")
+    _runs(lines, "finetune", r"parameters changed: finetune\.lr 0\.002 -> 0\.001")
+    _runs(lines, "sample [maskdm]", "input finetuned changed")
+    _runs(lines, "evaluate [maskdm]")
+    _runs(lines, "evaluate [collect_metrics]")
+    assert [line for line in lines if line.startswith("report") and "runs (" in line]
+    assert _digests(copy, "pretrained.pt", "baseline.pt", "baseline_samples.npz") == kept
+    state = torch.load(copy / "data/06_models/finetuned.pt", weights_only=True)
+    assert state["config"]["stage"]["lr"] == 0.001 and state["step"] == 30
+
+
+def test_mask_ratio_reruns_pretraining_and_everything_after_it(copy: Path) -> None:
+    """With ParallelRunner (the session keeps its shared-memory catalog)."""
+    baseline = _digests(copy, "baseline.pt")
+    lines = _run(copy, "--runner", "ParallelRunner", "--params", "pretrain.mask_ratio=0.5")
+    _up_to_date(lines, "preprocess", "baseline", "sample [baseline]", "evaluate [baseline]")
+    _runs(lines, "pretrain", r"parameters changed: pretrain\.mask_ratio 0\.75 -> 0\.5")
+    _runs(lines, "finetune", "input pretrained changed")
+    _runs(lines, "sample [maskdm]")
+    _runs(lines, "evaluate [maskdm]")
+    assert _digests(copy, "baseline.pt") == baseline
+    state = torch.load(copy / "data/06_models/pretrained.pt", weights_only=True)
+    assert state["config"]["stage"]["mask"]["ratio"] == 0.5
+
+
+def test_sampler_change_reruns_sampling_scoring_and_report_and_fewer_samples_leave_that_many_pngs(
+        copy: Path) -> None:
+    """Another sampler and 8 samples instead of 64 (the batch size is left out of fingerprints)."""
+    lines = _run(copy, "--params", "sample.sampler=ddim,sample.num_samples=8,sample.batch_size=8")
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune")
+    for model in ("maskdm", "baseline"):
+        _runs(lines, f"sample [{model}]", r"parameters changed: sample\.num_samples 64 -> 8, "
+                                          r"sample\.sampler 'dpm\+\+2m' -> 'ddim'")
+        _runs(lines, f"evaluate [{model}]", f"input {model}_samples changed")
+        folder = copy / f"data/07_model_output/{model}_png"
+        assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.png" for i in range(8)]
+        assert (folder.parent / f"{model}_png.fingerprint.json").is_file()
+    assert [line for line in lines if line.startswith("report") and "runs (" in line]
+
+
+def _interrupt(root: Path, params: str, after: str) -> tuple[int, str]:
+    """``kedro run --env smoke --params <params>``, Ctrl-C once ``after`` is logged."""
+    script = Path(sys.executable).with_name("kedro")
+    proc = subprocess.Popen([str(script), "run", "--env", "smoke", "--params", params], cwd=root,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(after, line):
+            proc.send_signal(signal.SIGINT)
+            break
+    lines += proc.stdout.readlines()
+    return proc.wait(timeout=120), "".join(lines)
+
+
+def test_interrupted_rerun_then_the_command_the_message_gives(copy: Path) -> None:
+    params = "baseline.steps=300,baseline.eval_every=0"
+    code, output = _interrupt(copy, params, r"baseline step ([5-9]\d|[1-9]\d\d)/300")
+    assert code == 130, output[-3000:]
+    message = re.search(r"Error: baseline: stopped by SIGINT after step (\d+)/300\. .* rerun the same `kedro run` "
+                        r"command to resume from it", output)
+    assert message, output[-3000:]
+    resume = copy / "data/06_models/baseline.resume.pt"
+    assert resume.is_file()
+
+    result = kedro(copy, "run", "--env", "smoke", "--params", params)  # the same command
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    lines = CACHE_LINE.findall(output)
+    _runs(lines, "baseline", r".*resume checkpoint data/06_models/baseline\.resume\.pt exists.*")
+    assert re.search(rf"baseline: resuming from \S*baseline\.resume\.pt at step {message.group(1)}\b", output)
+    _up_to_date(lines, "preprocess", "pretrain", "finetune", "sample [maskdm]", "evaluate [maskdm]")
+    _runs(lines, "sample [baseline]", "input baseline changed")
+    _runs(lines, "evaluate [baseline]")
+    assert torch.load(copy / "data/06_models/baseline.pt", weights_only=True)["step"] == 300
+    assert not resume.exists()
+
+
+def test_cache_rerun_reruns_what_it_names(copy: Path) -> None:
+    """``cache.rerun=sample``: sampling reruns; it draws the same images (per-sample seeds), so
+    the scores are still current (early cut-off); only what reads the timings reruns."""
+    samples = _digests(copy, "*_samples.npz")
+    lines = _run(copy, "--params", "cache.rerun=sample")
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune", "evaluate [maskdm]", "evaluate [baseline]")
+    for model in ("maskdm", "baseline"):
+        _runs(lines, f"sample [{model}]", r"cache\.rerun=sample")
+    assert sum("Running node: draw_samples" in line for line in lines) == 2
+    assert _digests(copy, "*_samples.npz") == samples
+
+
+FOLDER = """
+  type: partitions.PartitionedDataset
+  path: data/01_raw/{}
+  dataset:
+    type: pillow.ImageDataset
+"""
+# raw_pretrain_images in a folder of its own too (pretrain_data reads it even with pretrain.data:
+# target): loading the embedded digits would only add seconds here.
+FOLDER_CATALOG = f"raw_images:{FOLDER.format('digits')}raw_pretrain_images:{FOLDER.format('source')}"
+
+
+@pytest.fixture
+def folder_project(tmp_path: Path) -> Path:
+    """A project whose raw images are a folder of 160 PNGs (env ``folder``: smoke sizes)."""
+    root = make_project(tmp_path / "project")
+    env = root / "conf" / "folder"
+    shutil.copytree(root / "conf" / "smoke", env)
+    (env / "catalog.yml").write_text(FOLDER_CATALOG)
+    _untracked(root, "folder")
+    (env / "parameters_preprocess.yml").write_text("preprocess:\n  resolution: 8\n  subset: null\n")
+    for name, count in (("digits", 160), ("source", 2)):
+        folder = root / "data/01_raw" / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            good_image("L", size=(12, 12), seed=i).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_one_raw_image_replaced_reruns_preprocessing_and_later_stages_only_if_the_data_changed(
+        folder_project: Path) -> None:
+    run = ("--pipelines", "preprocess,pretrain")
+    _run(folder_project, *run, env_name="folder")
+    image = folder_project / "data/01_raw/digits/0000.png"
+    primary = _digests(folder_project, "*.npz")
+    pretrained = _digests(folder_project, "pretrained.pt")
+
+    # The same bytes, written again (a new modification time): preprocessing reruns, its
+    # arrays come out byte-identical, so nothing after it reruns.
+    image.write_bytes(image.read_bytes())
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    lines = _run(folder_project, *run, env_name="folder")
+    _runs(lines, "preprocess [split_images]", "input raw_images changed")
+    _up_to_date(lines, "preprocess [fd_clf.fit_classifier]", "preprocess [fd_clf.reference]", "pretrain")
+    assert _digests(folder_project, "*.npz") == primary
+
+    # Another image: the arrays change, and pre-training reruns on them.
+    good_image("L", size=(12, 12), seed=999).save(image)
+    lines = _run(folder_project, *run, env_name="folder")
+    _runs(lines, "preprocess [split_images]", "input raw_images changed")
+    assert _digests(folder_project, "train.npz") != {k: v for k, v in primary.items() if k.endswith("train.npz")}
+    _runs(lines, "pretrain", "input primary_train changed")
+    assert _digests(folder_project, "pretrained.pt") != pretrained

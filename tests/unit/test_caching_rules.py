@@ -1,0 +1,177 @@
+"""The cache's rules in process, on a one-node pipeline in a temporary folder (the CLI scenarios
+are in tests/pipelines/test_caching.py): the one fingerprint rule, what makes an output stale and
+how the reason reads, the records beside the outputs, and the public API for other hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kedro.io import DataCatalog
+from kedro.pipeline import node, pipeline
+
+from maskdm_pipeline import caching
+from maskdm_pipeline.caching import records
+from maskdm_pipeline.caching.judge import Judge
+from maskdm_pipeline.caching.session import check_rerun
+from maskdm_pipeline.caching.units import split_parts
+from maskdm_pipeline.datasets import CheckpointSlotDataset, JSONDataset
+from maskdm_pipeline.fingerprint import fingerprint, key_document, speed_only
+from maskdm_pipeline.pipelines.evaluate.nodes import reference_key
+
+
+def scale(raw: dict[str, Any], block: dict[str, Any], slot: Any) -> dict[str, Any]:
+    return {"v": raw["v"] * block["k"]}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """raw.json -> [scale, params:block, a resume slot] -> out.json, and a judge over it."""
+    monkeypatch.chdir(tmp_path)
+    catalog = DataCatalog({"raw": JSONDataset(filepath=str(tmp_path / "raw.json")),
+                           "out": JSONDataset(filepath=str(tmp_path / "out.json")),
+                           "slot": CheckpointSlotDataset(filepath=str(tmp_path / "out.resume.pt"))})
+    catalog.save("raw", {"v": 2})
+    pipe = pipeline([node(scale, ["raw", "params:block", "slot"], "out", name="scale")])
+    (part,) = split_parts(pipe, lambda name: name in catalog, {"scale": "stage"})
+    state = {"catalog": catalog, "part": part, "root": tmp_path, "params": {"block": {"k": 3}}}
+
+    def judge() -> Judge:
+        return Judge(catalog, state["params"], {"out": part}, {})
+
+    def run() -> None:
+        decision = judge().decide(part)
+        catalog.save("out", scale(catalog.load("raw"), state["params"]["block"], None))
+        judge().record(decision)
+
+    state.update(judge=judge, run=run)
+    return state
+
+
+def test_speed_only_keys_stay_out_of_the_fingerprint() -> None:
+    base = {"trainer": {"device": "cpu", "nproc": 1}, "sample": {"batch_size": 64, "steps": 10}}
+    faster = {"trainer": {"device": "cpu", "nproc": 8}, "sample": {"batch_size": 8, "steps": 10}}
+    assert speed_only("trainer.rdzv_endpoint") and speed_only("pretrain.resume") and not speed_only("trainer.device")
+    assert fingerprint(key_document("x", base)) == fingerprint(key_document("x", faster))
+    other = {"trainer": {"device": "cuda", "nproc": 1}, "sample": {"batch_size": 64, "steps": 10}}
+    assert fingerprint(key_document("x", base)) != fingerprint(key_document("x", other))
+    # The computation, the inputs and the files read are part of the key too.
+    assert fingerprint(key_document("x", base)) != fingerprint(key_document("y", base))
+    assert fingerprint(key_document("x", base, {"a": "1"})) != fingerprint(key_document("x", base, {"a": "2"}))
+    assert fingerprint(key_document("x", base, files={"w": "1"})) != fingerprint(key_document("x", base, files={"w": "2"}))
+
+
+def test_the_feature_cache_key_follows_the_same_rule(tmp_path: Path) -> None:
+    """The FID reference statistics' key changes with the weights file's content, not its name."""
+    images = np.zeros((10, 1, 8, 8), np.uint8)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"a")
+    key = reference_key(64, "c" * 64, images, weights)
+    assert key.startswith("inception-pool64_") and len(key) == len("inception-pool64_") + 64
+    assert reference_key(64, "c" * 64, images, weights) == key
+    weights.write_bytes(b"b")
+    assert reference_key(64, "c" * 64, images, weights) != key
+    assert reference_key(64, "d" * 64, images, weights) != reference_key(64, "c" * 64, images, weights)
+
+
+def test_an_output_is_current_only_with_its_record(project: dict[str, Any]) -> None:
+    judge, part, root = project["judge"], project["part"], project["root"]
+    assert judge().decide(part).reasons == ["out.json does not exist"]
+    project["run"]()
+    decision = judge().decide(part)
+    assert decision.current and decision.written
+    record = json.loads((root / "out.json.fingerprint.json").read_text())
+    assert record["params"] == {"block.k": 3} and record["dataset"] == "out"
+    assert record["inputs"] == {"raw": records.raw_identity(None, root / "raw.json")}
+    assert record["fingerprint"] == decision.fingerprint and record["content"].startswith("sha256:")
+
+    project["params"] = {"block": {"k": 4}}
+    assert judge().decide(part).reasons == ["parameters changed: block.k 3 -> 4"]
+    project["params"] = {"block": {"k": 3}}
+    project["catalog"].save("raw", {"v": 5})
+    assert judge().decide(part).reasons == ["input raw changed"]
+
+
+def test_missing_unreadable_or_outdated_records_make_it_stale_and_say_why(project: dict[str, Any]) -> None:
+    judge, part, root = project["judge"], project["part"], project["root"]
+    project["run"]()
+    sidecar = root / "out.json.fingerprint.json"
+    good = sidecar.read_text()
+    sidecar.write_text("{not json")
+    (reason,) = judge().decide(part).reasons
+    assert reason.startswith("the fingerprint out.json.fingerprint.json is unreadable (JSONDecodeError")
+    sidecar.unlink()
+    assert judge().decide(part).reasons == [
+        "out.json has no fingerprint (written by an older version or copied by hand)"]
+    sidecar.write_text(good)
+    (root / "out.json").write_text('{"v": 7}')  # changed by hand after the record was written
+    assert judge().decide(part).reasons == ["out.json changed since its fingerprint was written"]
+    assert (root / "out.json").read_text() == '{"v": 7}', "a stale output is never deleted"
+
+
+def test_a_copy_that_loses_modification_times_stays_current(project: dict[str, Any]) -> None:
+    judge, part, root = project["judge"], project["part"], project["root"]
+    project["run"]()
+    out = root / "out.json"
+    os.utime(out, ns=(out.stat().st_atime_ns, out.stat().st_mtime_ns + 10**9))
+    assert judge().decide(part).current  # same content: the stamp is refreshed, not the output
+    assert records.read_record(out)["stamp"] == records.stamp(None, out)
+
+
+def test_a_resume_checkpoint_makes_its_stage_not_current(project: dict[str, Any]) -> None:
+    project["run"]()
+    (project["root"] / "out.resume.pt").write_bytes(b"unfinished")
+    (reason,) = project["judge"]().decide(project["part"]).reasons
+    assert reason == "resume checkpoint out.resume.pt exists: an unfinished run, which continues from it"
+
+
+def test_read_fingerprints_gives_each_output_its_record(project: dict[str, Any]) -> None:
+    project["run"]()
+    found = caching.read_fingerprints(project["catalog"])
+    assert set(found) == {"out"}
+    assert found["out"]["fingerprint"] == project["judge"]().decide(project["part"]).fingerprint
+
+
+def test_cache_rerun_names_a_stage_or_all() -> None:
+    stages = ["pretrain", "sample"]
+    assert check_rerun(None, stages) is None and check_rerun("all", stages) is None
+    assert check_rerun("sample", stages) is None
+    assert check_rerun("smaple", stages) == "cache.rerun='smaple': not a stage; use all or one of pretrain, sample"
+
+
+
+def copied(data: dict[str, Any]) -> dict[str, Any]:
+    return dict(data)
+
+
+def test_an_input_from_a_stage_outside_the_run_is_named_when_that_stage_would_rerun(
+        project: dict[str, Any]) -> None:
+    """`--pipelines third` alone: the writer of its input (`second`) is judged on disk, and so are
+    the stages before it: here `second` is current and `first`, before it, is not."""
+    from kedro.runner import SequentialRunner
+
+    from maskdm_pipeline.caching.judge import Upstream
+
+    catalog, root = project["catalog"], project["root"]
+    for name in ("copy", "report"):
+        catalog[name] = JSONDataset(filepath=str(root / f"{name}.json"))
+    catalog["params:block"] = project["params"]["block"]
+    pipe = pipeline([node(scale, ["raw", "params:block", "slot"], "out", name="scale"),
+                     node(copied, "out", "copy", name="copy"), node(copied, "copy", "report", name="read")])
+    parts = split_parts(pipe, lambda name: name in catalog and not name.startswith("params:"),
+                        {"scale": "first", "copy": "second", "read": "third"})
+    writers = {out: p for p in parts for out in p.outputs}
+    SequentialRunner().run(pipe, catalog)
+    judge = Judge(catalog, project["params"], writers, {})
+    for part in parts:
+        judge.record(judge.decide(part))
+
+    third = frozenset({"read"})
+    assert Upstream(Judge(catalog, project["params"], writers, {}), third).stale("copy") is None
+    changed = Judge(catalog, {"block": {"k": 5}}, writers, {})
+    assert Upstream(changed, third).stale("copy") == ("first", "parameters changed: block.k 3 -> 5")
+    assert Upstream(changed, frozenset({"scale", "copy", "read"})).stale("copy") is None  # decided in the run
