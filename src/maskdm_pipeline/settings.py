@@ -6,7 +6,10 @@ from kedro.config import OmegaConfigLoader
 
 from maskdm_pipeline.console import plain_logs_unless_terminal
 from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, ValidateParametersHook
+from maskdm_pipeline.project import ProjectContext, use_project_logging
 
+# conf/logging.yml (and its log file at the project root) also when Kedro starts in a sub-folder.
+use_project_logging()
 # Rich log layout on a terminal; one plain, full-width line per record in a file or pipe.
 plain_logs_unless_terminal()
 
@@ -28,6 +31,10 @@ HOOKS = (ValidateParametersHook(), CheckpointSlotHook(), MlflowTrackingHook())
 # kedro-mlflow's hooks stop a run when the store is locked or unreachable, so the project logs
 # through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")  # if a user installs it anyway
+
+# Parameters that name files (params.ProjectPath) are relative to the project root, like the
+# catalog's file paths, wherever Kedro is started.
+CONTEXT_CLASS = ProjectContext
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
