@@ -329,8 +329,9 @@ def _corrupted(path: Path, exc: BaseException) -> CheckpointError:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of the first line (torch adds paragraphs of advice after the fact)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------- the format

@@ -4,7 +4,7 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from maskdm_pipeline.console import plain_logs_unless_terminal
+from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
 from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, ValidateParametersHook
 from maskdm_pipeline.project import ProjectContext, use_project_logging
 
@@ -12,6 +12,9 @@ from maskdm_pipeline.project import ProjectContext, use_project_logging
 use_project_logging()
 # Rich log layout on a terminal; one plain, full-width line per record in a file or pipe.
 plain_logs_unless_terminal()
+# An error written for the user (a click.ClickException, e.g. a damaged checkpoint) ends the
+# command with its one line, also when it reaches the top wrapped in Kedro's DatasetError.
+one_line_user_errors()
 
 # Third-party chatter that users can do nothing about (MLflow's pyfunc module on import).
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
