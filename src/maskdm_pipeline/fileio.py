@@ -59,6 +59,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write",
     "check_plain",
+    "remove_stale_temporaries",
     "is_checkpoint",
     "load_checkpoint",
     "load_torch_state",
@@ -78,7 +79,8 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     """Replace the file or folder at ``path`` all at once: yield a path to fill, then swap it in.
 
     The yielded path has ``path``'s own name (so writers that pick a format from the suffix,
-    such as PIL or ``np.savez``, work) inside a hidden sibling folder ``.<name>.<random>.tmp``.
+    such as PIL or ``np.savez``, work) inside a hidden sibling folder ``.<name>.<pid>-<random>.tmp``
+    (``<pid>``: the writing process).
     Write a file there, or create and fill a folder. When the block ends without an error, the
     content is fsynced and moved over ``path`` in one step: ``os.replace`` for a file; for a
     folder, Linux's ``renameat2(RENAME_EXCHANGE)``, or elsewhere two renames (a crash between
@@ -88,7 +90,8 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     If the block raises (``KeyboardInterrupt`` included), the hidden sibling is removed and
     ``path`` is untouched. A ``kill -9`` can leave the hidden sibling behind; the next
     ``atomic_write`` to the same ``path`` removes it, so there must be one writer per path at a
-    time (the project's rule: only rank 0 writes).
+    time (the project's rule: only rank 0 writes), and every run removes those of writers that
+    are gone (:func:`remove_stale_temporaries`, from ``hooks.TemporaryFilesHook``).
 
     Raises:
         FileNotFoundError: the block wrote nothing at the yielded path.
@@ -97,7 +100,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     target = scratch / path.name
     try:
         yield target
@@ -120,6 +123,48 @@ def _remove_stale(path: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+
+
+# The hidden sibling of an atomic_write in progress or killed: ".<name>.<pid>-<random>.tmp".
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove, in ``folder`` (not below it), the hidden temporaries of :func:`atomic_write`\\ s
+    whose writing process is gone (killed mid-write: ``kill -9``, a power cut, an OOM kill); those
+    of live writers are left alone, so concurrent runs in one project are safe. Returns what was
+    removed. A missing folder has nothing to remove.
+
+    Such a temporary is never read as data: it is hidden and not at the path of any catalog
+    entry, but a folder of them holds a file with the real one's name (``pretrained.pt``) that a
+    recursive listing (Kedro's ``PartitionedDataset``, a user's ``glob("**/*.pt")``) would find.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or a platform without it
+        return True
+    return True
 
 
 def _replace_folder(new: Path, path: Path) -> None:

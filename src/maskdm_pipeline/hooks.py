@@ -1,5 +1,6 @@
 """Project hooks: refuse bad parameters before any node runs; release a training stage's resume
-slot once its final checkpoint is saved; track every run in MLflow.
+slot once its final checkpoint is saved; remove what killed writes left behind; track every run
+in MLflow.
 
 Tracking is best-effort by design: if the MLflow store is locked, unreachable or misconfigured,
 the hook warns once, stops talking to MLflow for the rest of the run and the pipeline goes on,
@@ -94,6 +95,38 @@ class CheckpointSlotHook:
                     "then rerun the same command; it saves without training again."
                 )
         self._saving.clear()
+
+
+class TemporaryFilesHook:
+    """Every run starts by removing the hidden temporaries that killed writes left beside (and
+    inside) the catalog's files and folders: ``fileio.atomic_write`` writes aside and swaps in,
+    and a ``kill -9`` during a save leaves its ``.<name>.<pid>-<random>.tmp`` behind. Only those
+    whose writer is gone are removed (``fileio.remove_stale_temporaries``), so a second run in
+    the same project is safe. Folders are not searched below their first level (a folder of
+    raw images can be large)."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        from maskdm_pipeline.fileio import remove_stale_temporaries
+
+        folders: set[Path] = set()
+        for name in sorted(set(catalog.keys()) | set(pipeline.datasets())):
+            path = _local_path(catalog.get(name))
+            if path is not None:
+                folders.update((path.parent, path) if path.is_dir() else (path.parent,))
+        for folder in sorted(folders):
+            for removed in remove_stale_temporaries(folder):
+                logger.info("Removed %s, left by a write that was killed before it finished.", removed)
+
+
+def _local_path(dataset: Any) -> Path | None:
+    """A catalog dataset's local file or folder (kedro-datasets keep it in ``_filepath`` or
+    ``_path``); None for memory, parameters and remote (``s3://...``) datasets."""
+    for attribute in ("_filepath", "_path"):
+        value = getattr(dataset, attribute, None)
+        if value is not None and "://" not in str(value):
+            return Path(str(value))
+    return None
 
 
 class MlflowTrackingHook:
@@ -257,9 +290,7 @@ class MlflowTrackingHook:
                 self._client.log_artifact(self._run_id, str(path), artifact_path="reports")
 
     def _filepath(self, name: str) -> Path | None:
-        dataset = self._catalog.get(name) if self._catalog is not None else None
-        filepath = getattr(dataset, "_filepath", None)
-        return Path(str(filepath)) if filepath is not None else None
+        return _local_path(self._catalog.get(name)) if self._catalog is not None else None
 
 
 def _class_name(runner: str) -> str:

@@ -5,7 +5,12 @@ import warnings
 from kedro.config import OmegaConfigLoader
 
 from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
-from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, ValidateParametersHook
+from maskdm_pipeline.hooks import (
+    CheckpointSlotHook,
+    MlflowTrackingHook,
+    TemporaryFilesHook,
+    ValidateParametersHook,
+)
 from maskdm_pipeline.project import ProjectContext, use_project_logging
 
 # conf/logging.yml (and its log file at the project root) also when Kedro starts in a sub-folder.
@@ -29,7 +34,7 @@ warnings.filterwarnings("ignore", **KEDRO_RESOLVER_DEPRECATION)
 
 # Parameter validation runs before any node (and before an MLflow run is opened): an unknown or
 # invalid value is refused up front, naming the parameter, instead of failing an hour in.
-HOOKS = (ValidateParametersHook(), CheckpointSlotHook(), MlflowTrackingHook())
+HOOKS = (ValidateParametersHook(), TemporaryFilesHook(), CheckpointSlotHook(), MlflowTrackingHook())
 
 # kedro-mlflow's hooks stop a run when the store is locked or unreachable, so the project logs
 # through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
