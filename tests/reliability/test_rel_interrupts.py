@@ -1,5 +1,6 @@
 """Interrupted training, through the real CLI: Ctrl-C (SIGINT), SIGTERM (what schedulers and
-`docker stop` send) and `kill -9` on `kedro run --env smoke --pipelines pretrain`.
+`docker stop` send) and `kill -9` on `kedro run --env smoke --pipelines pretrain`, in one process
+and in two (`trainer.nproc=2`).
 
 What is proved, in one sequence on one project: SIGINT and SIGTERM save the state after the
 current step and exit with 130 / 143 and a one-line message that says where the state is and
@@ -30,19 +31,19 @@ def _wait_for_step(run, at_least: int) -> int:
     return int(match.group(1))
 
 
-def _assert_clean_stop(code: int, output: str, signame: str, expected_code: int) -> int:
+def _assert_clean_stop(code: int, output: str, signame: str, expected_code: int, steps: int = STEPS) -> int:
     text = squash(output)
     assert code == expected_code, f"exit status {code}, expected {expected_code}:\n{output[-3000:]}"
     assert "Traceback" not in output and "╭" not in output, "the user sees a stack trace:\n" + output[-3000:]
-    match = re.search(rf"Error: pretrain: stopped by {signame} after step (\d+)/400\. The full training "
+    match = re.search(rf"Error: pretrain: stopped by {signame} after step (\d+)/{steps}\. The full training "
                       r"state is saved in data/06_models/pretrained\.resume\.pt; rerun the same `kedro run` "
                       r"command to resume from it", text)
     assert match, "the message is missing or unclear:\n" + text[-2000:]
     return int(match.group(1))
 
 
-def _same_weights(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"] == STEPS
+def _same_weights(a: dict, b: dict, steps: int = STEPS) -> None:
+    assert a["step"] == b["step"] == steps
     for part in ("model",):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
@@ -102,3 +103,58 @@ def test_sigint_sigterm_and_kill9_then_rerun_equal_an_uninterrupted_run(make_pro
     assert code == 0, output[-3000:]
     assert "resuming" not in output
     _same_weights(load_checkpoint(final), load_checkpoint(reference_project.data / "06_models" / "pretrained.pt"))
+
+
+DDP_STEPS = 120
+DDP = {"trainer.nproc": 2, "pretrain.steps": DDP_STEPS, "pretrain.checkpoint_every": EVERY, "pretrain.log_every": 5}
+
+
+def _wait_for_ddp_step(run, at_least: int) -> int:
+    match = run.wait_for(rf"pretrain step (\d+)/{DDP_STEPS}", timeout=240,
+                         accept=lambda m: int(m.group(1)) >= at_least)
+    return int(match.group(1))
+
+
+def _assert_one_message(output: str) -> None:
+    """The user reads one error, not elastic's shutdown chatter or a leaked-resource warning."""
+    assert squash(output).count("Error: ") == 1, output[-3000:]
+    for noise in ("torch/distributed/elastic", "death signal", "forcefully exiting", "leaked semaphore"):
+        assert noise not in output, f"{noise!r} in the output:\n{output[-3000:]}"
+
+
+@pytest.mark.slow
+def test_two_process_run_stops_cleanly_on_sigint_and_sigterm_and_resumes_bitwise(make_project):
+    """trainer.nproc=2: the launcher passes SIGINT / SIGTERM on to its workers, which finish the
+    step, save once and return, so the command ends at once with the one message of a single
+    process (the step, where the state is, how to go on) and exit 130 / 143; each rerun resumes
+    at that step, and the end result equals, bit for bit, an uninterrupted two-process run."""
+    reference_project, project = make_project("reference2"), make_project("interrupted2")
+    reference = reference_project.start("--pipelines", "pretrain", params=DDP)
+    resume = project.data / "06_models" / "pretrained.resume.pt"
+
+    run = project.start("--pipelines", "pretrain", params=DDP)
+    _wait_for_ddp_step(run, EVERY + 5)
+    run.send(signal.SIGINT)
+    code, output = run.finish()
+    stopped_at = _assert_clean_stop(code, output, "SIGINT", 130, DDP_STEPS)
+    _assert_one_message(output)
+    assert load_checkpoint(resume)["step"] == stopped_at > EVERY
+
+    run = project.start("--pipelines", "pretrain", params=DDP)
+    run.wait_for(rf"pretrain: resuming from .{{0,300}}?pretrained\.resume\.pt at step {stopped_at}\b")
+    _wait_for_ddp_step(run, stopped_at + EVERY + 5)
+    run.send(signal.SIGTERM)
+    code, output = run.finish()
+    terminated_at = _assert_clean_stop(code, output, "SIGTERM", 143, DDP_STEPS)
+    _assert_one_message(output)
+    assert load_checkpoint(resume)["step"] == terminated_at > stopped_at + EVERY
+
+    code, output = project.run("--pipelines", "pretrain", params=DDP)
+    assert code == 0, output[-3000:]
+    assert re.search(rf"pretrain: resuming from .{{0,300}}?pretrained\.resume\.pt at step {terminated_at}\b",
+                     squash(output))
+    code, output = reference.finish()
+    assert code == 0, output[-3000:]
+    final = load_checkpoint(project.data / "06_models" / "pretrained.pt")
+    assert final["stats"]["nproc"] == 2
+    _same_weights(final, load_checkpoint(reference_project.data / "06_models" / "pretrained.pt"), DDP_STEPS)
