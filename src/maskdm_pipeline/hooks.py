@@ -175,15 +175,16 @@ class MlflowTrackingHook:
     def _experiment(self) -> dict[str, Any]:
         return (self._config.get("tracking") or {}).get("experiment") or {}
 
-    def _artifact_location(self) -> str:
-        """Where a new experiment keeps its files: ``mlruns/`` under the project root unless
-        ``tracking.experiment.artifact_location`` says otherwise (a relative path is relative to
-        the root too; MLflow would take it relative to the working directory)."""
+    def _artifact_location(self, experiment: str) -> str:
+        """Where a new experiment keeps its files: ``mlruns/<experiment>`` under the project root
+        unless ``tracking.experiment.artifact_location`` names another folder (relative: to the
+        root; MLflow would take its default relative to the working directory) or a URI."""
         location = str(self._experiment().get("artifact_location") or "mlruns")
         if "://" in location:
-            return location
+            return f"{location.rstrip('/')}/{experiment}"
         path = Path(location).expanduser()
-        return (path if path.is_absolute() else self._project_path / path).as_uri()
+        folder = path if path.is_absolute() else self._project_path / path
+        return (folder / re.sub(r"[^\w.-]+", "_", experiment)).as_uri()
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -211,7 +212,7 @@ class MlflowTrackingHook:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                experiment_id = client.create_experiment(name, artifact_location=self._artifact_location(),
+                experiment_id = client.create_experiment(name, artifact_location=self._artifact_location(name),
                                                          tags={tracking.EXPERIMENT_KIND_TAG: tracking.EXPERIMENT_KIND})
             except MlflowException:  # created meanwhile by another run
                 experiment_id = client.get_experiment_by_name(name).experiment_id
