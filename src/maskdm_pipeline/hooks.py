@@ -222,19 +222,27 @@ class MlflowTrackingHook:
                 client.set_experiment_tag(experiment_id, tracking.EXPERIMENT_KIND_TAG, tracking.EXPERIMENT_KIND)
         parameters = catalog.load("parameters")
         env = str(run_params.get("env") or "local")
+        runner = _class_name(str(run_params.get("runner") or "SequentialRunner"))
         run = client.create_run(experiment_id, run_name=tracking.run_name(
-            names, env, parameters, run_params.get("runtime_params")), tags={
+            names, env, parameters, run_params.get("runtime_params"), runner), tags={
             "kedro.env": env,
             "kedro.pipelines": ",".join(names),
-            "kedro.runner": _class_name(str(run_params.get("runner") or "SequentialRunner")),
+            "kedro.runner": runner,
             "kedro.session_id": str(run_params.get("session_id") or run_params.get("run_id") or ""),
+            # What MLflow's UI shows as the run's source, beside the git commit.
+            "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": f"kedro run --env {env} --pipelines {','.join(names)}",
             **code_version(self._project_path),
         })
         self._client, self._run_id = client, run.info.run_id
         items = sorted((k, str(v)[:tracking.PARAM_VALUE_LIMIT]) for k, v in flatten(parameters).items())
         for start in range(0, len(items), 100):
             client.log_batch(self._run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
-        logger.info("MLflow run %s (%s) in %s", self._run_id, run.info.run_name, self._tracking_uri())
+        # MLflow 3.17's UI opens every experiment in its GenAI view unless told otherwise (its
+        # "GenAI / Model training" switch, remembered by the browser, or this URL parameter).
+        logger.info("MLflow run %s (%s) in %s; browse it with `mlflow ui --backend-store-uri %s` at "
+                    "<its address>/#/experiments/%s/runs/%s?workflowType=machine_learning", self._run_id,
+                    run.info.run_name, self._tracking_uri(), self._tracking_uri(), experiment_id, self._run_id)
 
     @hook_impl
     def after_node_run(self, node: Any) -> None:

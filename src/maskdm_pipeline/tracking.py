@@ -49,11 +49,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
-             runtime_params: Mapping[str, Any] | None = None) -> str:
+             runtime_params: Mapping[str, Any] | None = None, runner: str = "SequentialRunner") -> str:
     """What a run is called in MLflow's list: its pipelines and environment, and its seed where
     one is set: the seed of a pipeline that has exactly one (``pretrain.seed``, ...), and every
-    seed given on the command line. E.g. ``pretrain · smoke · seed 7``,
-    ``__default__ · local · finetune.seed=3``."""
+    seed given on the command line; a runner other than Kedro's default last. E.g.
+    ``pretrain · smoke · seed 7``, ``__default__ · local · finetune.seed=3 · ThreadRunner``."""
     flat = flatten(parameters)
     parts = ["+".join(pipelines), env]
     own = [name for name in flat if len(pipelines) == 1 and name.startswith(f"{pipelines[0]}.")
@@ -62,6 +62,8 @@ def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
         parts.append(f"seed {flat[own[0]]}")
     given = sorted(name for name in flatten(runtime_params or {}) if name.endswith("seed"))
     parts += [f"{name}={flat.get(name)}" for name in given if own != [name]]
+    if runner != "SequentialRunner":
+        parts.append(runner)
     return " · ".join(parts)
 
 

@@ -68,7 +68,8 @@ def test_every_runner_logs_the_run_through_its_id(evaluate_runs: dict[str, tuple
     assert "MLflow logging failed" not in output, output[-3000:]
     client, experiment, run = _latest_run(root, "from_notebooks" if runner == FROM_NOTEBOOKS else "maskdm_pipeline")
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "evaluate · smoke · seed 0"  # evaluate.fd_clf.seed
+    shown = "" if runner == "SequentialRunner" else f" · {runner}"
+    assert run.info.run_name == f"evaluate · smoke · seed 0{shown}"  # evaluate.fd_clf.seed
     assert run.data.tags["kedro.runner"] == runner and run.data.tags["maskdm.version"] == __version__
     written = json.loads((root / "data" / "08_reporting" / "metrics.json").read_text())
     expected = tracking.quality_metrics(written)

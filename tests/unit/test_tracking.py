@@ -29,6 +29,7 @@ PARAMETERS = {"preprocess": {"seed": 0}, "pretrain": {"seed": 0}, "finetune": {"
 ])
 def test_runs_are_named_by_pipeline_environment_and_seed(pipelines, runtime, name) -> None:
     assert tracking.run_name(pipelines, "smoke", PARAMETERS, runtime) == name
+    assert tracking.run_name(pipelines, "smoke", PARAMETERS, runtime, "ThreadRunner") == f"{name} · ThreadRunner"
 
 
 def test_each_tracked_output_gives_its_metrics_and_files() -> None:
