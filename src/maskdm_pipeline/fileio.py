@@ -130,39 +130,28 @@ _TEMPORARY = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
 
 
 def remove_stale_temporaries(folder: PathLike) -> list[Path]:
-    """Remove, in ``folder`` (not below it), the hidden temporaries of :func:`atomic_write`\\ s
-    whose writing process is gone (killed mid-write: ``kill -9``, a power cut, an OOM kill); those
-    of live writers are left alone, so concurrent runs in one project are safe. Returns what was
-    removed. A missing folder has nothing to remove.
-
-    Such a temporary is never read as data: it is hidden and not at the path of any catalog
-    entry, but a folder of them holds a file with the real one's name (``pretrained.pt``) that a
-    recursive listing (Kedro's ``PartitionedDataset``, a user's ``glob("**/*.pt")``) would find.
+    """Remove, in ``folder`` (not below), the hidden temporaries of :func:`atomic_write`\\ s whose
+    process is gone (``kill -9``, an OOM kill, a power cut) and return them; those of live writers
+    stay, so concurrent runs are safe. A folder of one holds a file with the real name
+    (``pretrained.pt``) that a recursive listing would find.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for entry in folder.iterdir():
-        match = _TEMPORARY.match(entry.name)
-        if match is None or _alive(int(match.group(1))):
-            continue
+    stale = [entry for entry in (folder.iterdir() if folder.is_dir() else ())
+             if (match := _TEMPORARY.match(entry.name)) and not _alive(int(match.group(1)))]
+    for entry in stale:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
+    return stale
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # another user's process, or a platform without it
+    except OSError:  # PermissionError: another user's process
         return True
     return True
 
