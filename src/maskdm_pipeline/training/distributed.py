@@ -27,7 +27,6 @@ import os
 import pickle
 import signal
 import socket
-import threading
 import traceback
 import uuid
 from pathlib import Path
@@ -41,6 +40,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.loop import TrainProcess
+from maskdm_pipeline.training.process import HandledSignals
 
 __all__ = ["ForwardSignals", "free_port", "run_distributed", "worker_entry"]
 
@@ -90,17 +90,14 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
         dist.destroy_process_group()
 
 
-class ForwardSignals:
+class ForwardSignals(HandledSignals):
     """In the launching process, while the workers run: the first SIGINT/SIGTERM is passed on to
     every worker (which stops cleanly after its step); a second one raises elastic's
-    ``SignalException``, whose shutdown stops them at once. Only in the main thread (Python's
-    rule for handlers); a signal the process was told to ignore stays ignored."""
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    ``SignalException``, whose shutdown stops them at once."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: signal.Signals | None = None
-        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         sig = signal.Signals(signum)
@@ -114,16 +111,8 @@ class ForwardSignals:
                 pass
 
     def __enter__(self) -> ForwardSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self._SIGNALS:
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._previous[sig] = signal.signal(sig, self._handle)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous.clear()
 
 
 def run_distributed(job: TrainJob) -> dict[str, Any]:
