@@ -291,7 +291,8 @@ class MlflowTrackingHook:
                 continue  # a failed run: only what it wrote itself
             self._logged.add(name)
             now = int(time.time() * 1000)
-            rows = tracking.metrics_of(name, self._catalog.load(name)) if tracking.has_metrics(name) else []
+            # The dataset itself, not catalog.load: no "Loading data from ..." line per logged file.
+            rows = tracking.metrics_of(name, self._catalog.get(name).load()) if tracking.has_metrics(name) else []
             for start in range(0, len(rows), 1000):
                 self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, step)
                                                               for k, v, step in rows[start : start + 1000]])
