@@ -52,9 +52,13 @@ def load_params(root: Path = PROJECT_ROOT, env_name: str = "smoke",
         return dict(loader["parameters"])
 
 
+def kedro_command() -> list[str]:
+    """The installed ``kedro`` console script, as a user starts it."""
+    script = Path(sys.executable).with_name("kedro")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kedro"]
+
+
 def kedro(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``kedro <args>`` in ``root`` the way a user does, through the installed console script."""
-    script = Path(sys.executable).with_name("kedro")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "kedro"]
-    return subprocess.run([*command, *args], cwd=root, env=subprocess_env(), capture_output=True, text=True,
+    return subprocess.run([*kedro_command(), *args], cwd=root, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)

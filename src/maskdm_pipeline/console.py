@@ -16,7 +16,11 @@ uses) has its own plain handler in ``conf/logging.yml``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Any
+
+from click import ClickException, echo
 
 # The layout of conf/logging.yml's `simple` formatter (info.log), so a piped log reads the same.
 PLAIN_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -48,3 +52,55 @@ def plain_logs_unless_terminal(logger: logging.Logger | None = None) -> bool:
     if swapped and getattr(sys.excepthook, "__module__", None) == "rich.traceback":
         sys.excepthook = sys.__excepthook__  # installed by kedro.logging.RichHandler(rich_tracebacks=True)
     return swapped
+
+
+def user_error_in(error: BaseException) -> bool:
+    """Whether a ``click.ClickException`` (an error written for the user) caused ``error``:
+    ``error`` itself or one of its ``__cause__``\\ s.
+
+    An error from another process (Kedro's ``ParallelRunner``) arrives without its chain, with
+    the worker's formatted traceback as its cause (``concurrent.futures``); there the chain is
+    read by the names of its exception classes, among those already imported.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ClickException):
+            return True
+        if type(current).__name__ == "_RemoteTraceback":
+            return any(_is_user_error_class(name) for name in _RAISED.findall(str(current)))
+        seen.add(id(current))
+        current = current.__cause__
+    return False
+
+
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*\.[A-Za-z_]\w*):", re.MULTILINE)  # "package.module.Class: message"
+
+
+def _is_user_error_class(dotted: str) -> bool:
+    module, _, name = dotted.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    return isinstance(cls, type) and issubclass(cls, ClickException)
+
+
+def one_line_user_errors() -> None:
+    """An uncaught exception caused by an error written for the user ends the command with one
+    ``Error: <message>`` line on stderr (and its notes), as click prints a ``ClickException``;
+    any other exception keeps the traceback of the hook installed before.
+
+    Why: click prints a ``ClickException`` raised by a node as one line, but one raised while
+    the catalog loads a node's inputs (a damaged checkpoint) reaches the user wrapped in Kedro's
+    own ``DatasetError``, which click does not know, so the message came at the end of a screen
+    of traceback. The message shown is the outermost one: Kedro's adds the catalog entry's name.
+    The exit status stays 1, Python's for an uncaught exception.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if not user_error_in(error):
+            previous(kind, error, tb)
+            return
+        lines = [f"Error: {error}", *getattr(error, "__notes__", [])]
+        echo("\n".join(lines), err=True)
+
+    sys.excepthook = hook

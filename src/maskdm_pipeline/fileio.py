@@ -59,6 +59,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write",
     "check_plain",
+    "remove_stale_temporaries",
     "is_checkpoint",
     "load_checkpoint",
     "load_torch_state",
@@ -78,7 +79,8 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     """Replace the file or folder at ``path`` all at once: yield a path to fill, then swap it in.
 
     The yielded path has ``path``'s own name (so writers that pick a format from the suffix,
-    such as PIL or ``np.savez``, work) inside a hidden sibling folder ``.<name>.<random>.tmp``.
+    such as PIL or ``np.savez``, work) inside a hidden sibling folder ``.<name>.<pid>-<random>.tmp``
+    (``<pid>``: the writing process).
     Write a file there, or create and fill a folder. When the block ends without an error, the
     content is fsynced and moved over ``path`` in one step: ``os.replace`` for a file; for a
     folder, Linux's ``renameat2(RENAME_EXCHANGE)``, or elsewhere two renames (a crash between
@@ -88,7 +90,8 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     If the block raises (``KeyboardInterrupt`` included), the hidden sibling is removed and
     ``path`` is untouched. A ``kill -9`` can leave the hidden sibling behind; the next
     ``atomic_write`` to the same ``path`` removes it, so there must be one writer per path at a
-    time (the project's rule: only rank 0 writes).
+    time (the project's rule: only rank 0 writes), and every run removes those of writers that
+    are gone (:func:`remove_stale_temporaries`, from ``hooks.TemporaryFilesHook``).
 
     Raises:
         FileNotFoundError: the block wrote nothing at the yielded path.
@@ -97,7 +100,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     target = scratch / path.name
     try:
         yield target
@@ -120,6 +123,37 @@ def _remove_stale(path: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+
+
+# The hidden sibling of an atomic_write in progress or killed: ".<name>.<pid>-<random>.tmp".
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove, in ``folder`` (not below), the hidden temporaries of :func:`atomic_write`\\ s whose
+    process is gone (``kill -9``, an OOM kill, a power cut) and return them; those of live writers
+    stay, so concurrent runs are safe. A folder of one holds a file with the real name
+    (``pretrained.pt``) that a recursive listing would find.
+    """
+    folder = Path(folder)
+    stale = [entry for entry in (folder.iterdir() if folder.is_dir() else ())
+             if (match := _TEMPORARY.match(entry.name)) and not _alive(int(match.group(1)))]
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True
 
 
 def _replace_folder(new: Path, path: Path) -> None:
@@ -329,8 +363,9 @@ def _corrupted(path: Path, exc: BaseException) -> CheckpointError:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of the first line (torch adds paragraphs of advice after the fact)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------- the format

@@ -1,5 +1,6 @@
 """Project hooks: refuse bad parameters before any node runs; release a training stage's resume
-slot once its final checkpoint is saved; track every run in MLflow.
+slot once its final checkpoint is saved; remove what killed writes left behind; track every run
+in MLflow.
 
 Tracking is best-effort by design: if the MLflow store is locked, unreachable or misconfigured,
 the hook warns once, stops talking to MLflow for the rest of the run and the pipeline goes on,
@@ -12,6 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,21 +97,63 @@ class CheckpointSlotHook:
         self._saving.clear()
 
 
-# Saved outputs whose files are worth keeping with the run.
-_ARTIFACT_SUFFIXES = ("_history", "_accounting", "sample_grid", "metrics", "dataset_card", "report_markdown",
-                      "report_curves", "report_samples")
-_MLFLOW_PARAM_LIMIT = 6000  # characters MLflow stores per parameter value
+class TemporaryFilesHook:
+    """Every run starts by removing the hidden temporaries that killed writes left beside (and
+    inside) the catalog's files and folders: ``fileio.atomic_write`` writes aside and swaps in,
+    and a ``kill -9`` during a save leaves its ``.<name>.<pid>-<random>.tmp`` behind. Only those
+    whose writer is gone are removed (``fileio.remove_stale_temporaries``), so a second run in
+    the same project is safe. Folders are not searched below their first level (a folder of
+    raw images can be large)."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        from maskdm_pipeline.fileio import remove_stale_temporaries
+
+        folders: set[Path] = set()
+        for name in sorted(set(catalog.keys()) | set(pipeline.datasets())):
+            path = _local_path(catalog.get(name))
+            if path is not None:
+                folders.update((path.parent, path) if path.is_dir() else (path.parent,))
+        for folder in sorted(folders):
+            for removed in remove_stale_temporaries(folder):
+                logger.info("Removed %s, left by a write that was killed before it finished.", removed)
+
+
+def _local_path(dataset: Any) -> Path | None:
+    """A catalog dataset's local file or folder (kedro-datasets keep it in ``_filepath`` or
+    ``_path``); None for memory, parameters and remote (``s3://...``) datasets."""
+    for attribute in ("_filepath", "_path"):
+        value = getattr(dataset, attribute, None)
+        if value is not None and "://" not in str(value):
+            return Path(str(value))
+    return None
 
 
 class MlflowTrackingHook:
-    """One MLflow run per ``kedro run``: flattened parameters, metric histories, time accounting,
-    quality metrics and report files; every MLflow failure is a warning, never an error."""
+    """One MLflow run per ``kedro run``, under every Kedro runner: flattened parameters, metric
+    histories, time accounting, quality metrics and report files; every MLflow failure is a
+    warning, never an error.
+
+    Everything goes through an ``MlflowClient`` and the run's id, never MLflow's fluent API,
+    whose active run is per thread (a ``ThreadRunner`` node saw none) and per process (a
+    ``ParallelRunner`` worker has none). What a run produced is read back from the catalog's
+    files in the main process: after each node there (Sequential and Thread runners: results
+    appear stage by stage), and at the end for every output of the pipeline not yet logged
+    (ParallelRunner's nodes run in other processes; a node skipped because its outputs were
+    current still gets its current values logged). A failed run logs the outputs written since
+    it started.
+    """
 
     def __init__(self) -> None:
         self._catalog: Any = None
         self._config: dict[str, Any] = {}
         self._project_path = Path.cwd()
-        self._active = False
+        self._client: Any = None
+        self._run_id: str | None = None
+        self._started_ns = 0
+        self._pid = os.getpid()
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -114,10 +162,6 @@ class MlflowTrackingHook:
             self._config = dict(context.config_loader["mlflow"])
         except Exception:  # noqa: BLE001 - no mlflow.yml in this environment: track with defaults
             self._config = {}
-
-    @hook_impl
-    def after_catalog_created(self, catalog: Any) -> None:
-        self._catalog = catalog
 
     def _tracking_uri(self) -> str:
         """``sqlite:///mlflow.db`` is relative to the project root, wherever Kedro is started from
@@ -128,82 +172,179 @@ class MlflowTrackingHook:
             uri = prefix + str(self._project_path / uri[len(prefix):])
         return uri
 
+    def _experiment(self) -> dict[str, Any]:
+        return (self._config.get("tracking") or {}).get("experiment") or {}
+
+    def _artifact_location(self, experiment: str) -> str:
+        """Where a new experiment keeps its files: ``mlruns/<experiment>`` under the project root
+        unless ``tracking.experiment.artifact_location`` names another folder (relative: to the
+        root; MLflow would take its default relative to the working directory) or a URI."""
+        location = str(self._experiment().get("artifact_location") or "mlruns")
+        if "://" in location:
+            return f"{location.rstrip('/')}/{experiment}"
+        path = Path(location).expanduser()
+        folder = path if path.is_absolute() else self._project_path / path
+        return (folder / re.sub(r"[^\w.-]+", "_", experiment)).as_uri()
+
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         tracking_cfg = self._config.get("tracking") or {}
         names = run_params.get("pipeline_names") or ["__default__"]
-        if set(names) & set((tracking_cfg.get("disable_tracking") or {}).get("pipelines") or []):
+        off = set(names) & set((tracking_cfg.get("disable_tracking") or {}).get("pipelines") or [])
+        if off:
+            logger.info("MLflow tracking is off for this run: tracking.disable_tracking.pipelines lists %s "
+                        "(conf/*/mlflow.yml).", ", ".join(sorted(off)))
             return
         # Fail fast instead of retrying for minutes when a tracking server is down.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        self._active = True
-        self._safely(self._start, names, run_params, catalog)
+        self._catalog, self._pid, self._logged = catalog, os.getpid(), set()
+        self._started_ns = time.time_ns()
+        self._guarded(self._start, names, run_params, catalog)
 
-    def _start(self, mlflow: Any, names: list[str], run_params: dict[str, Any], catalog: Any) -> None:
-        mlflow.set_tracking_uri(self._tracking_uri())
-        experiment = ((self._config.get("tracking") or {}).get("experiment") or {}).get("name") or "maskdm_pipeline"
-        mlflow.set_experiment(experiment)
-        mlflow.start_run(run_name=",".join(names), tags={
-            "kedro.env": str(run_params.get("env") or "local"),
+    def _start(self, names: list[str], run_params: dict[str, Any], catalog: Any) -> None:
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self._tracking_uri())
+        name = self._experiment().get("name") or "maskdm_pipeline"
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                experiment_id = client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                         tags={tracking.EXPERIMENT_KIND_TAG: tracking.EXPERIMENT_KIND})
+            except MlflowException:  # created meanwhile by another run
+                experiment_id = client.get_experiment_by_name(name).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+            if tracking.EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the project set it
+                client.set_experiment_tag(experiment_id, tracking.EXPERIMENT_KIND_TAG, tracking.EXPERIMENT_KIND)
+        parameters = catalog.load("parameters")
+        env = str(run_params.get("env") or "local")
+        runner = _class_name(str(run_params.get("runner") or "SequentialRunner"))
+        run = client.create_run(experiment_id, run_name=tracking.run_name(
+            names, env, parameters, run_params.get("runtime_params"), runner), tags={
+            "kedro.env": env,
             "kedro.pipelines": ",".join(names),
+            "kedro.runner": runner,
             "kedro.session_id": str(run_params.get("session_id") or run_params.get("run_id") or ""),
+            # What MLflow's UI shows as the run's source, beside the git commit.
+            "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": f"kedro run --env {env} --pipelines {','.join(names)}",
+            **code_version(self._project_path),
         })
-        params = {k: str(v)[:_MLFLOW_PARAM_LIMIT] for k, v in flatten(catalog.load("parameters")).items()}
-        items = sorted(params.items())
+        self._client, self._run_id = client, run.info.run_id
+        items = sorted((k, str(v)[:tracking.PARAM_VALUE_LIMIT]) for k, v in flatten(parameters).items())
         for start in range(0, len(items), 100):
-            mlflow.log_params(dict(items[start : start + 100]))
-        logger.info("MLflow run %s in %s", mlflow.active_run().info.run_id, self._tracking_uri())
+            client.log_batch(self._run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+        # MLflow 3.17's UI opens every experiment in its GenAI view unless told otherwise (its
+        # "GenAI / Model training" switch, remembered by the browser, or this URL parameter).
+        logger.info("MLflow run %s (%s) in %s; browse it with `mlflow ui --backend-store-uri %s` at "
+                    "<its address>/#/experiments/%s/runs/%s?workflowType=machine_learning", self._run_id,
+                    run.info.run_name, self._tracking_uri(), self._tracking_uri(), experiment_id, self._run_id)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
-        self._safely(self._log, dataset_name, data)
+    def after_node_run(self, node: Any) -> None:
+        if os.getpid() == self._pid:  # a ParallelRunner worker leaves it to the main process
+            self._safely(self._log_outputs, node.outputs)
 
     @hook_impl
-    def after_pipeline_run(self) -> None:
-        self._safely(lambda mlflow: mlflow.end_run("FINISHED"))
-        self._active = False
+    def after_pipeline_run(self, pipeline: Any) -> None:
+        self._safely(self._log_outputs, sorted(pipeline.all_outputs()))
+        self._safely(self._log_cache, sorted(pipeline.all_outputs()))
+        self._safely(self._end, "FINISHED")
+
+    def _log_cache(self, names: list[str]) -> None:
+        """The fingerprint of each output and what the cache decided, as tags of the run."""
+        from mlflow.entities import RunTag
+
+        from maskdm_pipeline import caching
+
+        tags = tracking.cache_tags(caching.read_fingerprints(self._catalog, names), caching.run_decisions())
+        items = sorted(tags.items())
+        for start in range(0, len(items), 100):
+            self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in items[start : start + 100]])
 
     @hook_impl
-    def on_pipeline_error(self) -> None:
-        self._safely(lambda mlflow: mlflow.end_run("FAILED"))
-        self._active = False
+    def on_pipeline_error(self, pipeline: Any) -> None:
+        self._safely(self._log_outputs, sorted(pipeline.all_outputs()), self._started_ns)
+        self._safely(self._end, "FAILED")
+
+    def _end(self, status: str) -> None:
+        self._client.set_terminated(self._run_id, status)
+        self._run_id = None
 
     def _safely(self, action: Any, *args: Any) -> None:
-        if not self._active:
-            return
-        try:
-            import mlflow
+        if self._run_id is not None:  # None: disabled in mlflow.yml (said at the start) or failed (warned)
+            self._guarded(action, *args)
 
-            action(mlflow, *args)
+    def _guarded(self, action: Any, *args: Any) -> None:
+        try:
+            with self._lock:  # ThreadRunner's nodes finish in several threads
+                action(*args)
         except Exception as exc:  # noqa: BLE001 - tracking must never cost the user their results
-            self._active = False
+            run_id, self._run_id = self._run_id, None
             logger.warning("MLflow logging failed (%s: %s); MLflow tracking is off for the rest of this run. "
                            "The pipeline goes on and every output is still written under data/.",
                            type(exc).__name__, exc)
+            try:  # a run left RUNNING would claim it is still going: mark it as failed if the store lets us
+                self._client.set_terminated(run_id, "FAILED")
+            except Exception:  # noqa: BLE001 - the store is what failed; the warning above says so
+                pass
 
-    def _log(self, mlflow: Any, name: str, data: Any) -> None:
+    def _log_outputs(self, names: list[str], written_since_ns: int | None = None) -> None:
+        """Log each tracked dataset among ``names`` once, read back from its file."""
         from mlflow.entities import Metric
 
-        if mlflow.active_run() is None:
-            return
-        stage = name.split("_")[0]
-        if name.endswith("_history"):
-            rows = tracking.history_metrics(stage, data)
-            client, run_id = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id
-            for start in range(0, len(rows), 1000):
-                client.log_batch(run_id, metrics=[Metric(k, v, 0, s) for k, v, s in rows[start : start + 1000]])
-        elif name.endswith("_accounting"):
-            mlflow.log_metrics(tracking.accounting_metrics(stage, data))
-        elif name == "metrics":
-            mlflow.log_metrics(tracking.quality_metrics(data))
-        if name.endswith(_ARTIFACT_SUFFIXES):
+        for name in names:
+            if name in self._logged or not tracking.is_tracked(name):
+                continue
             path = self._filepath(name)
-            if path is not None and path.is_file():
-                mlflow.log_artifact(str(path), artifact_path="reports")
+            if path is None or not path.is_file():
+                continue
+            if written_since_ns is not None and path.stat().st_mtime_ns < written_since_ns:
+                continue  # a failed run: only what it wrote itself
+            self._logged.add(name)
+            now = int(time.time() * 1000)
+            # The dataset itself, not catalog.load: no "Loading data from ..." line per logged file.
+            rows = tracking.metrics_of(name, self._catalog.get(name).load()) if tracking.has_metrics(name) else []
+            for start in range(0, len(rows), 1000):
+                self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, step)
+                                                              for k, v, step in rows[start : start + 1000]])
+            if tracking.is_artifact(name):
+                self._client.log_artifact(self._run_id, str(path), artifact_path="reports")
 
     def _filepath(self, name: str) -> Path | None:
-        if self._catalog is None:
-            return None
-        filepath = getattr(self._catalog.get(name), "_filepath", None)
-        return Path(str(filepath)) if filepath is not None else None
+        return _local_path(self._catalog.get(name)) if self._catalog is not None else None
+
+
+def _class_name(runner: str) -> str:
+    """``<kedro.runner.thread_runner.ThreadRunner object at 0x...>`` -> ``ThreadRunner`` (Kedro
+    records the runner instance's ``str`` in the run parameters)."""
+    match = re.search(r"(\w+) object at 0x", runner)
+    return match.group(1) if match else runner
+
+
+def code_version(root: Path) -> dict[str, str]:
+    """Tags that say which code ran: the package version, and the git commit (MLflow's own
+    ``mlflow.source.git.commit``, shown in its UI) with whether the work tree had changes,
+    when the project is a git checkout."""
+    from maskdm_pipeline import __version__
+
+    tags = {"maskdm.version": __version__}
+    git = shutil.which("git")
+    if git is None:
+        return tags
+    try:
+        commit = subprocess.run([git, "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return tags
+        changes = subprocess.run([git, "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    tags["maskdm.git.dirty"] = "true" if changes.stdout.strip() else "false"
+    return tags

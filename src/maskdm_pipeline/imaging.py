@@ -14,6 +14,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -204,31 +205,80 @@ def _conversion_kwargs(params: Mapping[str, Any], log: ConversionLog) -> dict[st
     }
 
 
+def class_folder(name: str) -> str:
+    """The class of the image at ``name``, a path relative to the image folder, under the
+    ImageFolder convention (``preprocess.labels: subfolder``): its first folder,
+    ``<class>/<file>`` (deeper folders belong to their first folder's class).
+
+    Raises:
+        SkipImage: the path has no class folder (a file at the top of the image folder, which
+            would otherwise become a class of its own, named after the file) or its first
+            folder is hidden (``.ipynb_checkpoints/``, ``.cache/``: tools' copies, not a class).
+    """
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if len(parts) < 2:
+        raise SkipImage("outside a class sub-folder: with preprocess.labels: subfolder every image must be "
+                        "in <folder>/<class>/, so this file has no class")
+    if parts[0].startswith("."):
+        raise SkipImage(f"in the hidden folder {parts[0]}/, which is not a class")
+    return parts[0]
+
+
+def class_report(folders: Sequence[str], labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Images per class, and the classes a labelled set should not have: class folders where
+    no image could be used (``empty_classes``; a folder with no file at all is not listed by
+    Kedro's PartitionedDataset, so it cannot be seen here) and classes of one image
+    (``single_image_classes``: one example is all the fd_clf classifier, fd_clf.py, can learn from)."""
+    counts = np.bincount(labels, minlength=len(classes))
+    return {
+        "images_per_class": {name: int(n) for name, n in zip(classes, counts, strict=True)},
+        "empty_classes": sorted(set(folders) - set(classes)),
+        "single_image_classes": [name for name, n in zip(classes, counts, strict=True) if n == 1],
+    }
+
+
+def _class_or_none(name: str) -> str | None:
+    try:
+        return class_folder(name)
+    except SkipImage:
+        return None
+
+
 def _convert_partitions(
     partitions: Mapping[str, Callable[[], Any]], params: Mapping[str, Any], log: ConversionLog
-) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any] | None]:
     """A ``PartitionedDataset`` of images (``{relative path: loader}``) -> arrays.
 
-    Labels come from the first sub-folder of each file when ``preprocess.labels`` is
-    ``subfolder`` (the ImageFolder convention: ``root/<class>/<file>``).
+    Labels come from the first sub-folder of each file (:func:`class_folder`) when
+    ``preprocess.labels`` is ``subfolder`` (the ImageFolder convention: ``root/<class>/<file>``);
+    files of another shape are skipped with the reason, after their own decoding problems.
     """
     kwargs = _conversion_kwargs(params, log)
+    by_folder = params.get("labels", "none") == "subfolder"
     arrays, names = [], []
     for name in sorted(partitions):
         try:
             image = decode(partitions[name])
+            if by_folder:
+                class_folder(name)  # a file outside a class folder has no label
             arrays.append(convert(image, **kwargs))
             names.append(name)
         except SkipImage as reason:
             log.skip(name, str(reason))
             logger.warning("Skipping %s: %s", name, reason)
     if not arrays:
-        return None, None, names
-    labels = None
-    if params.get("labels", "none") == "subfolder":
-        classes = sorted({n.split("/")[0] for n in names})
-        labels = np.array([classes.index(n.split("/")[0]) for n in names], dtype=np.int64)
-    return np.stack(arrays), labels, names
+        return None, None, None
+    if not by_folder:
+        return np.stack(arrays), None, None
+    classes = sorted({class_folder(n) for n in names})
+    labels = np.array([classes.index(class_folder(n)) for n in names], dtype=np.int64)
+    report = class_report(sorted({_class_or_none(n) for n in partitions} - {None}), labels, classes)
+    if report["empty_classes"] or report["single_image_classes"]:
+        logger.warning("Class folders without a usable image: %s; classes with a single image: %s. Labels come "
+                       "from sub-folders (preprocess.labels: subfolder); see data/08_reporting/dataset_card.json.",
+                       ", ".join(report["empty_classes"]) or "none",
+                       ", ".join(report["single_image_classes"]) or "none")
+    return np.stack(arrays), labels, report
 
 
 def convert_images(raw_images: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,7 +287,8 @@ def convert_images(raw_images: Mapping[str, Any], params: Mapping[str, Any]) -> 
     ``raw_images`` is either an embedded set (``{"images": uint8 (N, C, H, W), "labels",
     "source"}``) or a ``PartitionedDataset`` mapping of lazy loaders (a user's own folder);
     ``params`` is the ``preprocess`` parameter block. Returns ``{"images": uint8 (N, C, R, R),
-    "labels": int64 (N,) | None, "source", "found", "log"}``. Shared by preprocessing and by
+    "labels": int64 (N,) | None, "source", "found", "log", "classes"}`` (``classes``: the
+    :func:`class_report` of labels from sub-folders, else None). Shared by preprocessing and by
     pre-training on a source dataset (``pretrain.data: source``), which must convert alike.
 
     Raises:
@@ -249,10 +300,11 @@ def convert_images(raw_images: Mapping[str, Any], params: Mapping[str, Any]) -> 
         found = len(raw_images["images"])
         images = convert_array_images(raw_images["images"], **_conversion_kwargs(params, log))
         labels = raw_images.get("labels")
+        classes = None
     else:
         source = "image folder"
         found = len(raw_images)
-        images, labels, _ = _convert_partitions(raw_images, params, log)
+        images, labels, classes = _convert_partitions(raw_images, params, log)
     if images is None:
         reasons = log.skipped_by_reason()
         raise NoUsableImagesError(
@@ -260,4 +312,4 @@ def convert_images(raw_images: Mapping[str, Any], params: Mapping[str, Any]) -> 
             "Check the folder that `raw_images.path` points to in conf/<env>/catalog.yml."
         )
     logger.info("Converted %d of %d images from %s", len(images), found, source)
-    return {"images": images, "labels": labels, "source": source, "found": found, "log": log}
+    return {"images": images, "labels": labels, "source": source, "found": found, "log": log, "classes": classes}

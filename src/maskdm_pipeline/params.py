@@ -20,9 +20,11 @@ Kedro import (click, for the error type only).
 from __future__ import annotations
 
 import inspect
+import os
 import types
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from click import ClickException
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
@@ -46,10 +48,26 @@ from maskdm_pipeline.training.config import (
 )
 
 __all__ = ["BaselineParams", "CacheParams", "FinetuneParams", "ParameterError", "Params", "PretrainParams",
-           "StageParams", "describe", "validate_parameters"]
+           "ProjectPath", "StageParams", "describe", "path_parameters", "resolve_path_parameters",
+           "validate_parameters"]
 
 
 SampleCount = Annotated[int, Field(ge=2)]  # a Frechet distance needs a covariance: N >= 2
+
+
+class _PathMarker:
+    """Marks a parameter that names a file or folder (see :data:`ProjectPath`)."""
+
+    def __repr__(self) -> str:
+        return "ProjectPath"
+
+
+_PATH = _PathMarker()
+# A parameter that names a file or folder. A relative value means relative to the project root,
+# wherever Kedro was started (a notebook in notebooks/, `kedro run` in a sub-folder), like the
+# catalog's `filepath`s, which Kedro itself resolves; `~` is the user's home. Resolved once per
+# run by project.ProjectContext with resolve_path_parameters, so the nodes see absolute paths.
+ProjectPath = Annotated[str, _PATH]
 
 
 class ParameterError(ClickException, ValueError):
@@ -121,6 +139,16 @@ class StageParams(StageConfig):
         """The stage's token mask; None: no masking (plain DSM)."""
         return None
 
+    @classmethod
+    def parameter_name(cls, stage: str, key: str) -> str:
+        """The ``--params`` name of an engine config key of this stage's run: ``seed`` ->
+        ``pretrain.seed``; ``model.*`` and ``diffusion.*`` are blocks of their own."""
+        if key.startswith(("model.", "diffusion.")):
+            return key
+        return f"{stage}.{cls._MASK_PARAMETERS.get(key, key)}"
+
+    _MASK_PARAMETERS: ClassVar[dict[str, str]] = {}
+
 
 _MASK = MaskConfig()  # the defaults, METHOD.md section 2
 
@@ -137,6 +165,10 @@ class PretrainParams(StageParams):
     mask_block_size: PositiveInt = _MASK.block_size
     mask_crop_size: PositiveInt | None = _MASK.crop_size
     dense_blocks: NonNegativeInt = _MASK.dense_blocks
+
+    _MASK_PARAMETERS: ClassVar[dict[str, str]] = {
+        "mask.kind": "mask_kind", "mask.ratio": "mask_ratio", "mask.block_size": "mask_block_size",
+        "mask.crop_size": "mask_crop_size", "mask.dense_blocks": "dense_blocks"}
 
     def mask_config(self) -> MaskConfig:
         return MaskConfig.model_construct(kind=self.mask_kind, ratio=self.mask_ratio,
@@ -171,7 +203,7 @@ class FidParams(Frozen):
     """FID with pytorch-fid's Inception weights (metrics/inception.py)."""
 
     enabled: bool
-    weights_path: str | None
+    weights_path: ProjectPath | None
     allow_download: bool
     dims: Literal[64, 192, 768, 2048]  # pytorch-fid's InceptionV3.BLOCK_INDEX_BY_DIM
     batch_size: PositiveInt
@@ -317,6 +349,55 @@ def _lines(error: Mapping[str, Any], prefix: str) -> list[str]:
     else:
         why = _WHY.get(kind, error["msg"]).format(**ctx)
     return [f"{name}={value!r}: {why}"]
+
+
+# ---------------------------------------------------------------------------- paths
+def _names_a_path(annotation: Any) -> bool:
+    """Whether a field's annotation is :data:`ProjectPath`, alone or in a union (``| None``)."""
+    if get_origin(annotation) is Annotated and any(m is _PATH for m in annotation.__metadata__):
+        return True
+    return any(_names_a_path(arg) for arg in get_args(annotation))
+
+
+def path_parameters(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+    """The dotted names of every :data:`ProjectPath` parameter, e.g. ``evaluate.fid.weights_path``."""
+    names: list[str] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if _names_a_path(field.annotation):
+            names.append(dotted)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names += path_parameters(field.annotation, f"{dotted}.")
+    return names
+
+
+def resolve_path_parameters(params: Mapping[str, Any], root: str | os.PathLike[str]) -> dict[str, Any]:
+    """A copy of the parameter tree with every relative :data:`ProjectPath` value made absolute
+    against ``root`` (``~`` expanded); absolute values, nulls and URLs are kept as they are.
+    Blocks Kedro has already turned into models are copied with the new value."""
+    resolved = dict(params)
+    for dotted in path_parameters():
+        keys = dotted.split(".")
+        value = _get(resolved, keys)
+        if isinstance(value, str) and value and "://" not in value:
+            path = Path(value).expanduser()
+            resolved = _replaced(resolved, keys, str(path if path.is_absolute() else Path(root) / path))
+    return resolved
+
+
+def _get(tree: Any, keys: list[str]) -> Any:
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, Mapping) else getattr(tree, key, None)
+    return tree
+
+
+def _replaced(tree: Any, keys: list[str], value: Any) -> Any:
+    """``tree`` with ``tree[keys[0]]...[keys[-1]] = value``, copied along the way."""
+    head, *rest = keys
+    new = _replaced(_get(tree, [head]), rest, value) if rest else value
+    if isinstance(tree, BaseModel):
+        return tree.model_copy(update={head: new})
+    return {**tree, head: new}
 
 
 def _is_known(name: str) -> bool:

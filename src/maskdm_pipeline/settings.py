@@ -5,11 +5,22 @@ import warnings
 from kedro.config import OmegaConfigLoader
 
 from maskdm_pipeline.caching.session import CachingSession
-from maskdm_pipeline.console import plain_logs_unless_terminal
-from maskdm_pipeline.hooks import CheckpointSlotHook, MlflowTrackingHook, ValidateParametersHook
+from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
+from maskdm_pipeline.hooks import (
+    CheckpointSlotHook,
+    MlflowTrackingHook,
+    TemporaryFilesHook,
+    ValidateParametersHook,
+)
+from maskdm_pipeline.project import ProjectContext, use_project_logging
 
+# conf/logging.yml (and its log file at the project root) also when Kedro starts in a sub-folder.
+use_project_logging()
 # Rich log layout on a terminal; one plain, full-width line per record in a file or pipe.
 plain_logs_unless_terminal()
+# An error written for the user (a click.ClickException, e.g. a damaged checkpoint) ends the
+# command with its one line, also when it reaches the top wrapped in Kedro's DatasetError.
+one_line_user_errors()
 
 # Third-party chatter that users can do nothing about (MLflow's pyfunc module on import).
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
@@ -24,7 +35,7 @@ warnings.filterwarnings("ignore", **KEDRO_RESOLVER_DEPRECATION)
 
 # Parameter validation runs before any node (and before an MLflow run is opened): an unknown or
 # invalid value is refused up front, naming the parameter, instead of failing an hour in.
-HOOKS = (ValidateParametersHook(), CheckpointSlotHook(), MlflowTrackingHook())
+HOOKS = (ValidateParametersHook(), TemporaryFilesHook(), CheckpointSlotHook(), MlflowTrackingHook())
 
 # kedro-mlflow's hooks stop a run when the store is locked or unreachable, so the project logs
 # through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
@@ -33,6 +44,10 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")  # if a user instal
 # `kedro run` with the cache (README "Caching and reruns"): a stage whose outputs are current is
 # skipped; the session hands the chosen runner a wrapper that decides part by part.
 SESSION_CLASS = CachingSession
+
+# Parameters that name files (params.ProjectPath) are relative to the project root, like the
+# catalog's file paths, wherever Kedro is started.
+CONTEXT_CLASS = ProjectContext
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -1,17 +1,26 @@
 """What goes to MLflow, as pure functions of the parameters and the saved outputs (no Kedro, no
 MLflow import), and the one dotted-name flattener (also used by the parameter schema's messages).
 
-The hook in :mod:`maskdm_pipeline.hooks` calls these and sends the result to the active run.
+The hook in :mod:`maskdm_pipeline.hooks` calls these and sends the result to the run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
+
+# The experiment's kind: MLflow's UI opens an experiment without it in its generative-AI view
+# (traces, judges, prompts); this one trains models.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+PARAM_VALUE_LIMIT = 6000  # characters MLflow stores per parameter value
+# Saved outputs whose files are worth keeping with the run.
+ARTIFACT_SUFFIXES = ("_history", "_accounting", "sample_grid", "metrics", "dataset_card", "report_markdown",
+                     "report_curves", "report_samples")
 
 HISTORY_COLUMNS = ("loss", "lr", "img_per_s", "fd_clf")
 ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "token_blocks_seen",
@@ -38,6 +47,69 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
+             runtime_params: Mapping[str, Any] | None = None, runner: str = "SequentialRunner") -> str:
+    """What a run is called in MLflow's list: its pipelines and environment, and its seed where
+    one is set: the seed of a pipeline that has exactly one (``pretrain.seed``, ...), and every
+    seed given on the command line; a runner other than Kedro's default last. E.g.
+    ``pretrain · smoke · seed 7``, ``__default__ · local · finetune.seed=3 · ThreadRunner``."""
+    flat = flatten(parameters)
+    parts = ["+".join(pipelines), env]
+    own = [name for name in flat if len(pipelines) == 1 and name.startswith(f"{pipelines[0]}.")
+           and name.endswith(".seed")]
+    if len(own) == 1:
+        parts.append(f"seed {flat[own[0]]}")
+    given = sorted(name for name in flatten(runtime_params or {}) if name.endswith("seed"))
+    parts += [f"{name}={flat.get(name)}" for name in given if own != [name]]
+    if runner != "SequentialRunner":
+        parts.append(runner)
+    return " · ".join(parts)
+
+
+def cache_tags(records: Mapping[str, Mapping[str, Any]],
+               decisions: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """MLflow tags of the cache (README "Caching and reruns"): ``fingerprint.<dataset>`` for every
+    output with a fingerprint record, and ``cache.<stage>[/<part>]`` = ``ran`` or ``up to date``
+    for each part the run decided (``caching.run_decisions``)."""
+    tags = {f"fingerprint.{name}": str(record["fingerprint"]) for name, record in records.items()
+            if record.get("fingerprint")}
+    for decision in decisions:
+        stage, label = decision["stage"], decision.get("part")
+        part = f"cache.{stage}" + (f"/{label}" if label and label != stage else "")
+        tags[_TAG_UNSAFE.sub("_", part)] = "ran" if decision.get("reasons") else "up to date"
+    return tags
+
+
+# What MLflow refuses in a tag key (it allows letters, digits, _ - . space : /).
+_TAG_UNSAFE = re.compile(r"[^\w\-. :/]")
+
+
+def is_tracked(name: str) -> bool:
+    """Whether the dataset ``name`` is logged to MLflow (as metrics, an artifact or both)."""
+    return has_metrics(name) or is_artifact(name)
+
+
+def has_metrics(name: str) -> bool:
+    return name.endswith(("_history", "_accounting")) or name == "metrics"
+
+
+def is_artifact(name: str) -> bool:
+    return name.endswith(ARTIFACT_SUFFIXES)
+
+
+def metrics_of(name: str, data: Any) -> list[tuple[str, float, int]]:
+    """(name, value, step) rows for a tracked dataset: a stage's history (one row per logged
+    step), its accounting (step 0) or ``metrics.json`` (step 0)."""
+    stage = name.split("_")[0]
+    if name.endswith("_history"):
+        return history_metrics(stage, data)
+    if name.endswith("_accounting"):
+        return [(k, v, 0) for k, v in accounting_metrics(stage, data).items()]
+    if name == "metrics":
+        return [(k, v, 0) for k, v in quality_metrics(data).items()]
+    return []
 
 
 def _finite(value: Any) -> bool:

@@ -26,6 +26,7 @@ from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.fileio import CheckpointError
 from maskdm_pipeline.params import StageParams
 from maskdm_pipeline.training import run_training
+from maskdm_pipeline.training.builders import ResumeMismatchError, check_resume
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.job import EvalFn, NonFiniteLossError, TrainingInterrupted, TrainJob
 
@@ -48,6 +49,16 @@ class StageDiverged(NonFiniteLossError, ClickException):
 
 class ResumeCheckpointError(CheckpointError, ClickException):
     """The resume checkpoint cannot be used; the message names the file and the way out."""
+
+
+class ResumeRefused(ResumeMismatchError, ClickException):
+    """The resume checkpoint was trained with other settings: refused, kept, and the two ways out.
+    Exit status 2, as for parameters that do not fit (nothing was run)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        ClickException.__init__(self, message)
 
 
 class StageWriteError(ClickException):
@@ -93,8 +104,28 @@ def _resume_state(name: str, params: StageParams, slot: CheckpointSlot) -> dict[
             f"{name}: cannot resume: {exc} To start {name} afresh instead, delete {_shown(slot.path)} "
             f"or run with --params {name}.resume=false."
         ) from exc
-    logger.info("%s: resuming from %s at step %d", name, slot.path, state["step"])
     return state
+
+
+def _check_resume(job: TrainJob, params: StageParams, slot: CheckpointSlot) -> None:
+    """Refuse, before anything runs, a resume file trained with other settings; it is never
+    adopted, and never deleted unless the user asks (``resume=false`` starts afresh and its
+    checkpoints replace it)."""
+    state, name = job.resume_state, job.name
+    assert state is not None
+    try:
+        check_resume(state, job.config(), job.name, len(job.images))
+    except ResumeMismatchError as exc:
+        saved_steps = state.get("config", {}).get("stage", {}).get("steps", "?")
+        shown = "; ".join(f"{type(params).parameter_name(name, key) if key != 'images' else 'training images'} "
+                          f"{saved!r} -> {asked!r}" for key, saved, asked in exc.differences)
+        raise ResumeRefused(
+            f"{name}: refused to resume from {_shown(slot.path)} (step {exc.step}/{saved_steps}): it was "
+            f"trained with other settings (saved -> asked: {shown}). It is kept as it is: rerun with the "
+            f"settings it was trained with to resume it, or start afresh with --params {name}.resume=false "
+            "(its checkpoints then replace it)."
+        ) from None
+    logger.info("%s: resuming from %s at step %d", name, slot.path, state["step"])
 
 
 def train_stage(
@@ -123,12 +154,10 @@ def train_stage(
         trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
     )
+    if resume_state is not None:
+        _check_resume(job, params, slot)
     try:
         state = run_training(job)
-    except ValueError as exc:
-        if resume_state is not None and "resume_state" in str(exc):
-            raise ValueError(f"{exc} (resume checkpoint: {slot.path}; --params {name}.resume=false starts afresh)") from exc
-        raise
     except TrainingInterrupted as exc:
         raise _interrupted(name, exc, slot, resumes=params.resume) from None
     except NonFiniteLossError as exc:

@@ -12,6 +12,7 @@ which saves its start-up (about 2 s a command here) and changes nothing the cach
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -76,6 +77,18 @@ def test_second_run_skips_every_stage_and_trains_nothing(smoke_copy: Path) -> No
     _up_to_date(lines, *STAGES)
     assert not [line for line in lines if line.startswith("[log]")], "a node ran"
     assert _digests(smoke_copy, "*.pt", "*.npz") == before
+    # Nothing was recomputed, yet the run's MLflow record holds the current metrics and the
+    # fingerprints of the outputs they come from.
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{smoke_copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("maskdm_pipeline")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    metrics = json.loads((smoke_copy / "data/08_reporting/metrics.json").read_text())
+    assert run.data.metrics["maskdm.fd_clf"] == pytest.approx(metrics["maskdm"]["fd_clf"])
+    record = json.loads((smoke_copy / "data/06_models/pretrained.pt.fingerprint.json").read_text())
+    assert run.data.tags["fingerprint.pretrained"] == record["fingerprint"]
+    assert run.data.tags["cache.pretrain"] == "up to date"
 
 
 def test_finetune_lr_reruns_finetuning_and_what_reads_it(copy: Path) -> None:

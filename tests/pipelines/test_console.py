@@ -102,3 +102,50 @@ def test_rich_stays_on_a_terminal_and_in_a_notebook(logger: logging.Logger, cons
     hook = sys.excepthook
     assert not plain_logs_unless_terminal(logger)
     assert logger.handlers == [rich] and sys.excepthook is hook
+
+
+# ----------------------------------------------------------------------------- errors written for the user
+def test_an_error_for_the_user_ends_in_one_line_even_when_kedro_wraps_it(monkeypatch, capsys) -> None:
+    """Kedro's catalog rewraps a dataset's error in its own DatasetError, which click prints as a
+    traceback; the project's excepthook prints the outermost message, with its notes, for any
+    chain that holds a ClickException, and leaves every other exception to the hook before it."""
+    from click import ClickException
+    from kedro.io import DatasetError
+
+    from maskdm_pipeline.console import one_line_user_errors, user_error_in
+    from maskdm_pipeline.datasets.errors import UnreadableFileError
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *args: seen.append(args[1]))
+    one_line_user_errors()
+    try:
+        try:
+            raise UnreadableFileError("checkpoint /p/x.pt is corrupted. Delete it")
+        except DatasetError as inner:
+            raise DatasetError(f"pretrained: {inner}") from inner
+    except DatasetError as outer:
+        outer.add_note("a note")
+        sys.excepthook(type(outer), outer, outer.__traceback__)
+    assert capsys.readouterr().err == "Error: pretrained: checkpoint /p/x.pt is corrupted. Delete it\na note\n"
+    other = RuntimeError("a bug")
+    sys.excepthook(RuntimeError, other, None)
+    assert seen == [other] and not user_error_in(other)
+    assert user_error_in(ClickException("plain"))
+
+
+def test_an_error_for_the_user_from_a_worker_process_is_recognised_by_its_class_name() -> None:
+    """ParallelRunner's error arrives without its chain: concurrent.futures attaches the worker's
+    formatted traceback as the cause, which names the exception classes."""
+    import maskdm_pipeline.datasets.errors  # noqa: F401 - imported in the main process too
+    from maskdm_pipeline.console import user_error_in
+
+    class _RemoteTraceback(Exception):  # concurrent.futures.process's own name
+        pass
+
+    def remote(text: str) -> BaseException:
+        error = RuntimeError("finetuned: cannot read")
+        error.__cause__ = _RemoteTraceback(text)
+        return error
+
+    assert user_error_in(remote('\n"""\nTraceback ...\nmaskdm_pipeline.datasets.errors.UnreadableFileError: x\n"""'))
+    assert not user_error_in(remote('\n"""\nTraceback ...\nkedro.io.core.DatasetError: x\n"""'))

@@ -1,4 +1,5 @@
-"""`kedro viz build` (the real CLI) on a copy of the project's config, and the DAG it describes.
+"""`kedro viz build` (the real CLI) on a copy of the project's config, and the DAG it describes;
+with `--include-previews` on a finished smoke project, what a click on a dataset shows.
 
 The copy keeps build/ and viz metadata out of the work tree; the package itself is imported
 from the installed (editable) distribution, so the copy only needs conf/, pyproject.toml and
@@ -7,6 +8,7 @@ an empty src/ (Kedro checks that the source folder exists).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 PIPELINES = {"preprocess", "pretrain", "finetune", "baseline", "sample", "evaluate", "report"}
@@ -116,3 +119,65 @@ def test_viz_build_prints_no_naming_or_resolver_warning(viz: dict[str, Any]) -> 
     """`kedro viz build` loads every pipeline and the config: neither Kedro's warning about dotted
     dataset names nor OmegaConf's register_new_resolver deprecation reaches the user."""
     assert "contain '.' characters" not in viz["log"] and "register_new_resolver" not in viz["log"], viz["log"][-3000:]
+
+
+# ----------------------------------------------------------------------------- previews
+# `kedro viz build --include-previews` on a finished smoke project: clicking a dataset shows its
+# content. kedro-datasets' pillow.ImageDataset has no `preview`; the sample grids' catalog type
+# (datasets.ImageDataset) gets one from datasets.previews.ImagePreviewMixin.
+
+@pytest.fixture(scope="module")
+def previews(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``{dataset name: (its file, the node's details as the static site serves them)}``."""
+    root = tmp_path_factory.mktemp("viz_previews") / "project"
+    shutil.copytree(smoke_run, root, symlinks=True)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    result = subprocess.run([sys.executable, "-m", "kedro", "viz", "build", "--include-previews"], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "could not be previewed" not in result.stdout + result.stderr, result.stdout[-3000:]
+    api = root / "build" / "api"
+    main = json.loads((api / "main").read_text())
+    return {n["name"]: json.loads((api / "nodes" / n["id"]).read_text())
+            for n in main["nodes"] if n["type"] == "data" and (api / "nodes" / n["id"]).is_file()}
+
+
+def _file(details: dict[str, Any]) -> Path:
+    return Path(details["filepath"])
+
+
+@pytest.mark.parametrize("name", ["metrics", "dataset_card"])
+def test_json_outputs_preview_their_content(previews: dict[str, Any], name: str) -> None:
+    details = previews[name]
+    assert details["preview_type"] == "JSONPreview"
+    assert json.loads(details["preview"]) == json.loads(_file(details).read_text())
+
+
+@pytest.mark.parametrize("name", ["report_curves", "report_samples", "maskdm_sample_grid"])
+def test_figures_and_grids_preview_as_images(previews: dict[str, Any], name: str) -> None:
+    details = previews[name]
+    assert details["preview_type"] == "ImagePreview"
+    assert base64.b64decode(details["preview"]) == _file(details).read_bytes()
+
+
+def test_histories_preview_their_logged_steps(previews: dict[str, Any]) -> None:
+    details = previews["pretrain_history"]
+    assert details["preview_type"] == "TablePreview"
+    rows = pd.read_csv(_file(details))
+    assert details["preview"]["columns"] == list(rows.columns)
+    assert len(details["preview"]["data"]) == min(len(rows), 20)  # preview_args: nrows 20
+
+
+def test_the_grids_preview_is_annotated_as_kedro_viz_expects(tmp_path: Path) -> None:
+    """kedro-viz reads the kind of preview from the return annotation (ImagePreview: a base64 PNG)."""
+    import inspect
+
+    from PIL import Image
+
+    from maskdm_pipeline.datasets import ImageDataset
+
+    dataset = ImageDataset(filepath=str(tmp_path / "grid.png"))
+    dataset.save(Image.new("L", (16, 8), 128))
+    annotation = inspect.signature(dataset.preview).return_annotation
+    assert getattr(annotation, "__name__", str(annotation)) == "ImagePreview"  # kedro-viz's test
+    assert base64.b64decode(dataset.preview()) == (tmp_path / "grid.png").read_bytes()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kedro_project import PROJECT_ROOT, load_params, subprocess_env
+from kedro_project import PROJECT_ROOT, kedro_command, load_params, subprocess_env
 from kedro_project import make_project as copy_project
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -33,11 +33,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def squash(text: str) -> str:
     """Output without colour codes and with every run of whitespace as one space (rich wraps)."""
     return re.sub(r"\s+", " ", ANSI.sub("", text))
-
-
-def kedro_command() -> list[str]:
-    script = Path(sys.executable).with_name("kedro")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kedro"]
 
 
 def _default_sigint() -> None:

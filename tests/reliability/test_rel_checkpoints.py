@@ -172,6 +172,50 @@ def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_
     assert str(slot.path) in message and "pretrain.resume=false" in message and "delete" in message
 
 
+def test_a_resume_file_of_another_configuration_is_refused_and_kept(tmp_path, tiny_images, one_thread, caplog):
+    """fail-03 at the node: a finished pretrain's resume file (seed 0, mask ratio 0.75) met by a
+    run that asks for seed 7 and ratio 0.5 is refused before any step, in one line naming each
+    difference by its --params name and both ways out (exit status 2); the file stays byte for
+    byte. Extending `steps`, or a divergence remedy (lr) with steps left, resumes; resume=false
+    starts afresh."""
+    import logging
+
+    from click import ClickException
+
+    from maskdm_pipeline.params import PretrainParams
+    from maskdm_pipeline.train_stage import train_stage
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams
+
+    slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
+    base = {"steps": 4, "batch_size": 8, "lr": 1e-3, "log_every": 2, "mask_kind": "patch", "mask_ratio": 0.75}
+
+    def run(**changes: Any) -> dict[str, Any]:
+        return train_stage("pretrain", {"images": tiny_images.numpy()}, PretrainParams(**{**base, **changes}),
+                           ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2),
+                           DiffusionConfig(schedule="linear", prediction="x0"), {"device": "cpu"}, slot)[0]
+
+    run()
+    finished = slot.path.read_bytes()
+    with pytest.raises(ClickException) as info:
+        run(seed=7, mask_ratio=0.5)
+    message = info.value.format_message()
+    assert info.value.exit_code == 2 and "\n" not in message
+    assert message.startswith(f"pretrain: refused to resume from {slot.path} (step 4/4): it was trained with other "
+                              "settings (saved -> asked: pretrain.mask_ratio 0.75 -> 0.5; pretrain.seed 0 -> 7)")
+    assert "rerun with the settings it was trained with" in message and "--params pretrain.resume=false" in message
+    with pytest.raises(ClickException, match=r"pretrain.steps 4 -> 3"):
+        run(steps=3)  # the state went past the asked length
+    with pytest.raises(ClickException, match=r"pretrain.lr 0.001 -> 0.002"):
+        run(lr=2e-3)  # nothing left to train with a remedy
+    assert slot.path.read_bytes() == finished
+
+    with caplog.at_level(logging.WARNING):
+        extended = run(steps=6, lr=2e-3)
+    assert extended["step"] == 6 and "resuming with changed lr 0.001 -> 0.002" in caplog.text
+    afresh = run(steps=2, seed=7, resume=False)
+    assert afresh["step"] == 2 and afresh["config"]["stage"]["seed"] == 7
+
+
 class _Payload:
     """Unpickling this runs ``os.system`` (what a hostile checkpoint would do)."""
 
@@ -268,25 +312,64 @@ def test_disk_full_during_save_keeps_the_old_file_and_the_resume_state(tiny_stat
     assert load_checkpoint(resume)["step"] == tiny_state["step"]
 
 
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_only_the_temporaries_of_writers_that_are_gone_are_removed(tmp_path, tiny_state):
+    """What a kill -9 during atomic_write leaves (a hidden folder holding a complete-looking
+    pretrained.pt) is removed; the temporary of a writer still running, an older name without a
+    process id and other hidden files are left alone."""
+    from maskdm_pipeline.fileio import remove_stale_temporaries
+
+    killed = tmp_path / f".pretrained.pt.{_dead_pid()}-k1ll3d.tmp"
+    killed.mkdir()
+    save_checkpoint(tiny_state, killed / "pretrained.pt")
+    killed_file = tmp_path / f".metrics.json.{_dead_pid()}-x.tmp"
+    killed_file.write_text("{")
+    running = tmp_path / f".baseline.pt.{os.getpid()}-busy.tmp"
+    running.mkdir()
+    for name in (".finetuned.pt.abc.tmp", ".hidden.tmp", "notes.tmp"):
+        (tmp_path / name).write_text("kept")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([killed, killed_file])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [running.name, ".finetuned.pt.abc.tmp", ".hidden.tmp", "notes.tmp"])
+    assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
 @pytest.mark.slow
-def test_cli_refuses_a_corrupted_pretrained_checkpoint(make_project, tiny_state):
-    """`kedro run --pipelines finetune` with one flipped byte in data/06_models/pretrained.pt: exit 1,
-    no node runs, nothing is written, and the last words on screen name the file, the CRC failure
-    and the way out. (Kedro's catalog re-wraps dataset errors, so a traceback comes first; see
-    docs/reliability.md.)"""
+def test_cli_refuses_a_corrupted_checkpoint_in_one_line_and_removes_killed_writes(make_project, tiny_state):
+    """`kedro run --pipelines finetune` with one flipped byte in data/06_models/pretrained.pt and,
+    beside it, what a kill -9 during an earlier save left (a hidden folder holding an intact
+    pretrained.pt): exit 1 with one `Error:` line naming the entry, the file, the CRC failure and
+    the way out, no traceback, no node run; the killed write's folder is removed (and never read
+    instead of the damaged file), a running writer's is kept, nothing else changes."""
     project = make_project()
-    path = project.data / "06_models" / "pretrained.pt"
+    models = project.data / "06_models"
+    path = models / "pretrained.pt"
     save_checkpoint(tiny_state, path)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    before = project.snapshot()
+    killed = models / f".pretrained.pt.{_dead_pid()}-k1ll3d.tmp"
+    killed.mkdir()
+    save_checkpoint(tiny_state, killed / "pretrained.pt")
+    running = models / f".finetuned.pt.{os.getpid()}-busy.tmp"
+    running.mkdir()
+    before = {name: value for name, value in project.snapshot().items() if killed.name not in name}
+
     code, output = project.run("--pipelines", "finetune")
     assert code == 1, output[-3000:]
+    assert "Traceback" not in output and "╭" not in output, output[-3000:]
     assert "Running node" not in squash(output)
-    # After the traceback: rich's box on a terminal, Python's own in a pipe (maskdm_pipeline/console.py).
-    final_words = squash(output.rsplit("╯", 1)[-1].rsplit("Traceback (most recent call last):", 1)[-1])
-    assert re.search(rf"DatasetError: pretrained: checkpoint {re.escape(str(path))} is corrupted: its entry "
-                     r"'\S+' fails its CRC-32 check.* Delete it and rerun the stage that writes it", final_words), (
-        final_words)
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and output.rstrip().endswith(errors[0]), output[-3000:]
+    assert re.fullmatch(rf"Error: pretrained: checkpoint {re.escape(str(path))} is corrupted: its entry '\S+' fails "
+                        r"its CRC-32 check.* Delete it and rerun the stage that writes it, or restore an intact copy\.",
+                        errors[0]), errors[0]
+    assert f"Removed {killed}" in squash(output)
+    assert not killed.exists() and running.is_dir()
     assert project.snapshot() == before

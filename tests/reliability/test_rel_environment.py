@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -73,23 +74,31 @@ def test_disk_full_at_a_periodic_checkpoint(tmp_path, tiny_images, monkeypatch, 
     assert state["step"] == 30 and history["step"].max() == 30
 
 
-def test_mlflow_failure_during_the_run_only_warns(caplog, monkeypatch):
+def test_mlflow_failure_during_the_run_only_warns(caplog, tmp_path):
     """The project's MLflow hook (metric histories, accounting, artifacts) meets a locked store:
     it warns once and lets the pipeline go on; it never raises."""
-    import mlflow
+    from kedro.io import DataCatalog
+    from kedro_datasets.json import JSONDataset
+    from kedro_datasets.pandas import CSVDataset
 
     from maskdm_pipeline.hooks import MlflowTrackingHook
 
-    def locked(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("(sqlite3.OperationalError) database is locked")
+    class LockedStore:
+        def log_batch(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
 
-    monkeypatch.setattr(mlflow, "active_run", locked)
+        log_artifact = set_terminated = log_batch
+
+    catalog = DataCatalog({"pretrain_history": CSVDataset(filepath=str(tmp_path / "h.csv")),
+                           "pretrain_accounting": JSONDataset(filepath=str(tmp_path / "a.json"))})
+    catalog.save("pretrain_history", pd.DataFrame({"step": [10, 20], "loss": [0.5, 0.4]}))
+    catalog.save("pretrain_accounting", {"stats": {"wall_time_s": 1.0}})
     hook = MlflowTrackingHook()
-    hook._active = True
-    history = pd.DataFrame({"step": [10, 20], "loss": [0.5, 0.4]})
+    hook._catalog, hook._client, hook._run_id = catalog, LockedStore(), "run"
+    node = SimpleNamespace(outputs=["pretrain_history", "pretrain_accounting"])
     with caplog.at_level(logging.WARNING):
-        hook.after_dataset_saved(dataset_name="pretrain_history", data=history, node=None)
-        hook.after_dataset_saved(dataset_name="pretrain_accounting", data={"stats": {}}, node=None)
+        hook.after_node_run(node=node)
+        hook.after_pipeline_run(pipeline=SimpleNamespace(all_outputs=lambda: set(node.outputs)))
     warnings = [r for r in caplog.records if "MLflow logging failed" in r.getMessage()]
     assert len(warnings) == 1 and "database is locked" in warnings[0].getMessage()
 

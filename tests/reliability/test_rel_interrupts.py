@@ -1,5 +1,6 @@
 """Interrupted training, through the real CLI: Ctrl-C (SIGINT), SIGTERM (what schedulers and
-`docker stop` send) and `kill -9` on `kedro run --env smoke --pipelines pretrain`.
+`docker stop` send) and `kill -9` on `kedro run --env smoke --pipelines pretrain`, in one process
+and in two (`trainer.nproc=2`).
 
 What is proved, in one sequence on one project: SIGINT and SIGTERM save the state after the
 current step and exit with 130 / 143 and a one-line message that says where the state is and
@@ -30,19 +31,19 @@ def _wait_for_step(run, at_least: int) -> int:
     return int(match.group(1))
 
 
-def _assert_clean_stop(code: int, output: str, signame: str, expected_code: int) -> int:
+def _assert_clean_stop(code: int, output: str, signame: str, expected_code: int, steps: int = STEPS) -> int:
     text = squash(output)
     assert code == expected_code, f"exit status {code}, expected {expected_code}:\n{output[-3000:]}"
     assert "Traceback" not in output and "╭" not in output, "the user sees a stack trace:\n" + output[-3000:]
-    match = re.search(rf"Error: pretrain: stopped by {signame} after step (\d+)/400\. The full training "
+    match = re.search(rf"Error: pretrain: stopped by {signame} after step (\d+)/{steps}\. The full training "
                       r"state is saved in data/06_models/pretrained\.resume\.pt; rerun the same `kedro run` "
                       r"command to resume from it", text)
     assert match, "the message is missing or unclear:\n" + text[-2000:]
     return int(match.group(1))
 
 
-def _same_weights(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"] == STEPS
+def _same_weights(a: dict, b: dict, steps: int = STEPS) -> None:
+    assert a["step"] == b["step"] == steps
     for part in ("model",):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
@@ -102,3 +103,60 @@ def test_sigint_sigterm_and_kill9_then_rerun_equal_an_uninterrupted_run(make_pro
     assert code == 0, output[-3000:]
     assert "resuming" not in output
     _same_weights(load_checkpoint(final), load_checkpoint(reference_project.data / "06_models" / "pretrained.pt"))
+
+
+DDP_STEPS, DDP_EVERY = 120, 10
+# Every step logged: the history then records each step's loss, a bitwise trace of the run.
+DDP = {"trainer.nproc": 2, "pretrain.steps": DDP_STEPS, "pretrain.checkpoint_every": DDP_EVERY,
+       "pretrain.log_every": 1}
+
+
+def _wait_for_ddp_step(run, at_least: int) -> int:
+    match = run.wait_for(rf"pretrain step (\d+)/{DDP_STEPS}", timeout=240,
+                         accept=lambda m: int(m.group(1)) >= at_least)
+    return int(match.group(1))
+
+
+def _assert_one_message(output: str) -> None:
+    """The user reads one error, not elastic's shutdown chatter or a leaked-resource warning."""
+    assert squash(output).count("Error: ") == 1, output[-3000:]
+    for noise in ("torch/distributed/elastic", "death signal", "forcefully exiting", "leaked semaphore"):
+        assert noise not in output, f"{noise!r} in the output:\n{output[-3000:]}"
+
+
+@pytest.mark.slow
+def test_two_process_run_stops_cleanly_on_sigint_and_sigterm_and_resumes_bitwise(make_project):
+    """trainer.nproc=2: the launcher passes SIGINT / SIGTERM on to its workers, which finish the
+    step, save once and return, so the command ends at once with the one message of a single
+    process (the step, where the state is, how to go on) and exit 130 / 143. The rerun resumes at
+    that step, and every step's loss up to the second stop equals, bit for bit, that of an
+    uninterrupted two-process run (a loss is computed from the previous step's weights, so a
+    resumed optimizer or random stream that differed would show at the next step)."""
+    reference_project, project = make_project("reference2"), make_project("interrupted2")
+    reference = reference_project.start("--pipelines", "pretrain", params=DDP)
+    resume = project.data / "06_models" / "pretrained.resume.pt"
+
+    run = project.start("--pipelines", "pretrain", params=DDP)
+    _wait_for_ddp_step(run, DDP_EVERY + 5)
+    run.send(signal.SIGINT)
+    code, output = run.finish()
+    stopped_at = _assert_clean_stop(code, output, "SIGINT", 130, DDP_STEPS)
+    _assert_one_message(output)
+    assert load_checkpoint(resume)["step"] == stopped_at > DDP_EVERY
+
+    run = project.start("--pipelines", "pretrain", params=DDP)
+    run.wait_for(rf"pretrain: resuming from .{{0,300}}?pretrained\.resume\.pt at step {stopped_at}\b")
+    _wait_for_ddp_step(run, stopped_at + DDP_EVERY + 5)
+    run.send(signal.SIGTERM)
+    code, output = run.finish()
+    terminated_at = _assert_clean_stop(code, output, "SIGTERM", 143, DDP_STEPS)
+    _assert_one_message(output)
+    resumed = load_checkpoint(resume)
+    assert resumed["step"] == terminated_at > stopped_at + DDP_EVERY and resumed["stats"]["nproc"] == 2
+
+    code, output = reference.finish()
+    assert code == 0 and "resuming" not in output, output[-3000:]
+    uninterrupted = load_checkpoint(reference_project.data / "06_models" / "pretrained.pt")
+    losses = [(h["step"], h["loss"]) for h in resumed["history"]]
+    assert [step for step, _ in losses] == list(range(1, terminated_at + 1))
+    assert losses == [(h["step"], h["loss"]) for h in uninterrupted["history"] if h["step"] <= terminated_at]

@@ -124,3 +124,52 @@ def test_embedded_conversion_and_card_checksum_is_deterministic():
     assert cards[0]["checksum"] == cards[1]["checksum"]
     assert cards[0]["train"] == round(cards[0]["train_before_subset"] * 0.5)
     assert cards[0]["labels"] is True  # embedded sets carry their own labels
+
+
+# ----------------------------------------------------------------------------- labels from sub-folders
+@pytest.mark.parametrize("name, label", [("cat/001.png", "cat"), ("cat/deeper/001.png", "cat"),
+                                         ("dog\\001.png", "dog")])
+def test_a_class_is_the_first_folder_of_the_path(name, label):
+    assert imaging.class_folder(name) == label
+
+
+@pytest.mark.parametrize("name, reason", [("stray_0.png", "outside a class sub-folder"),
+                                          (".ipynb_checkpoints/001.png", "in the hidden folder .ipynb_checkpoints/")])
+def test_a_path_without_a_class_folder_is_a_skip_reason(name, reason):
+    with pytest.raises(imaging.SkipImage, match=reason):
+        imaging.class_folder(name)
+
+
+def test_labels_only_from_class_folders_and_odd_classes_reported(tmp_path, caplog):
+    """fail-05's folder and more: images at the top become no class (skipped with the reason, in
+    the card), a class folder with no usable image and a class of one image are reported in the
+    card and by one warning; the classifier's labels are those of the class folders."""
+    import logging
+
+    rng = np.random.default_rng(0)
+
+    def image(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((12, 12)) * 255).astype(np.uint8)).save(path)
+
+    for cls in ("cat", "dog"):
+        for i in range(4):
+            image(tmp_path / cls / f"{i:03d}.png")
+    for i in range(3):
+        image(tmp_path / f"stray_{i}.png")
+    image(tmp_path / "solo" / "000.png")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="maskdm_pipeline.imaging"):
+        converted = convert_images(_folder_dataset(tmp_path).load(), {**PARAMS, "heldout_fraction": 0.2})
+    _, _, card = split_images(converted, {**PARAMS, "heldout_fraction": 0.2})
+    assert card["num_classes"] == 3 and card["used"] == 9
+    assert card["images_per_class"] == {"cat": 4, "dog": 4, "solo": 1}
+    assert card["empty_classes"] == ["junk"] and card["single_image_classes"] == ["solo"]
+    skipped = {item["file"]: item["reason"] for item in card["skipped_files"]}
+    assert {f"stray_{i}" for i in range(3)} <= {name.rsplit(".", 1)[0] for name in skipped}
+    assert all(reason.startswith("outside a class sub-folder") for name, reason in skipped.items() if "stray" in name)
+    assert card["skipped_by_reason"]["outside a class sub-folder"] == 3
+    odd = [r.getMessage() for r in caplog.records if "Class folders without a usable image" in r.getMessage()]
+    assert len(odd) == 1 and "junk" in odd[0] and "solo" in odd[0]
+    assert sorted(np.unique(converted["labels"])) == [0, 1, 2]

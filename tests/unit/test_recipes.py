@@ -7,7 +7,6 @@ test_dense_first.py and test_min_snr.py.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from maskdm_pipeline import diffusion as dm
 from maskdm_pipeline import tracking
 from maskdm_pipeline.pipelines.evaluate.nodes import collect_metrics
 from maskdm_pipeline.pipelines.finetune.nodes import init_weights_from
-from maskdm_pipeline.training.builders import build_loss, check_resume_config
+from maskdm_pipeline.training.builders import ResumeMismatchError, build_loss, check_resume
 from maskdm_pipeline.training.config import (
     DiffusionConfig,
     MaskConfig,
@@ -53,28 +52,26 @@ def _job(diffusion: DiffusionConfig, **stage: Any) -> dict[str, Any]:
                     trainer=TrainerConfig(device="cpu"), mask=MaskConfig(kind="patch", ratio=0.5)).config()
 
 
-def test_resume_refuses_another_target_but_only_reports_another_weighting(caplog):
-    """Schedule and prediction define what the network outputs: refused. The weighting (and
-    hflip) only how it is trained: a warning that the continuation differs."""
-    saved = {"config": _job(DiffusionConfig(prediction="x0"))}
-    with pytest.raises(ValueError, match=r"pretrain: resume_state was trained with diffusion config"):
-        check_resume_config(saved, _job(DiffusionConfig(prediction="eps")), "pretrain")
-    with caplog.at_level(logging.WARNING):
-        check_resume_config(saved, _job(DiffusionConfig(prediction="x0", loss_weighting="min_snr"),
-                                        hflip=0.5), "pretrain")
-    assert "changed stage settings ['hflip', 'diffusion.loss_weighting']" in caplog.text
+def test_resume_refuses_another_target_weighting_or_recipe():
+    """Schedule and prediction define what the network outputs, the weighting and hflip how it is
+    trained: a resume continues one run, so each is refused (issue 16), all named at once."""
+    saved = {"config": _job(DiffusionConfig(prediction="x0")), "step": 2}
+    with pytest.raises(ResumeMismatchError, match=r"pretrain: resume_state \(step 2\) was trained with other "
+                                                  r"settings \(diffusion.prediction: 'x0' -> 'eps'\)"):
+        check_resume(saved, _job(DiffusionConfig(prediction="eps")), "pretrain")
+    with pytest.raises(ResumeMismatchError) as info:
+        check_resume(saved, _job(DiffusionConfig(prediction="x0", loss_weighting="min_snr"), hflip=0.5), "pretrain")
+    assert info.value.differences == [("diffusion.loss_weighting", "none", "min_snr"), ("hflip", 0.0, 0.5)]
 
 
-def test_resume_from_a_checkpoint_older_than_the_recipes_sees_no_change(caplog):
+def test_resume_from_a_checkpoint_older_than_the_recipes_sees_no_change():
     """A state saved before the weighting, hflip and dense blocks existed was trained with
-    their defaults: it resumes without a warning."""
+    their defaults: it resumes, with no change to report."""
     config = _job(DiffusionConfig(prediction="x0"))
     old = {"model": config["model"], "diffusion": {"schedule": "linear", "prediction": "x0"},
            "stage": {k: v for k, v in config["stage"].items() if k != "hflip"}}
     old["stage"]["mask"] = {k: v for k, v in old["stage"]["mask"].items() if k != "dense_blocks"}
-    with caplog.at_level(logging.WARNING):
-        check_resume_config({"config": old}, config, "pretrain")
-    assert "changed" not in caplog.text
+    assert check_resume({"config": old, "step": 2}, config, "pretrain") == []
     assert stage_recipe(old) == stage_recipe(config)
 
 

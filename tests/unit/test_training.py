@@ -7,6 +7,7 @@ thread: on shared cores, oversubscribed OpenMP threads made a step ~50x slower.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -220,6 +221,21 @@ def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeyp
     # Step 8 averages steps 7-8 in one run and step 8 alone in the other; later ones match.
     assert [h["loss"] for h in resumed["history"] if h["step"] > 8] == \
         [h["loss"] for h in full["history"] if h["step"] > 8]
+
+
+def test_a_resumed_process_never_updates_the_given_state_in_place(images):
+    """With trainer.nproc > 1 the resume state reaches every worker through torch.multiprocessing,
+    which shares tensors instead of copying them; AdamW's load_state_dict keeps the given step
+    counts and moments and updates them in place, so two ranks moved one Adam state twice per
+    step (a resumed two-process run drifted; the CLI test is in test_rel_interrupts.py)."""
+    stage = _stage(steps=4)
+    saved = _train(images, _stage(steps=2))
+    given = copy.deepcopy(saved)
+    _train(images, stage, resume_state=saved)
+    for index, state in given["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(saved["optimizer"]["state"][index][name], value), (index, name)
+    _assert_tensors_equal(given["model"], saved["model"])
 
 
 def test_result_differs_with_the_seed(images):

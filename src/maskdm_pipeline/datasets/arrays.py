@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import AbstractDataset
 
+from maskdm_pipeline.datasets.errors import UnreadableFileError
 from maskdm_pipeline.fileio import atomic_write
 
 
@@ -24,7 +25,7 @@ class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
 
     def load(self) -> dict[str, np.ndarray]:
         if not self._filepath.exists():
-            raise DatasetError(
+            raise UnreadableFileError(
                 f"{self._filepath} does not exist: run the stage that writes it first "
                 "(for example `kedro run --pipelines preprocess`)"
             )
@@ -32,7 +33,7 @@ class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
             with np.load(self._filepath, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except (ValueError, OSError, EOFError) as exc:
-            raise DatasetError(
+            raise UnreadableFileError(
                 f"{self._filepath} is not a readable .npz archive ({exc}); delete it and rerun "
                 "the stage that writes it"
             ) from exc

@@ -23,6 +23,7 @@ from kedro_datasets.pandas import CSVDataset as _CSVDataset
 from kedro_datasets.pillow import ImageDataset as _ImageDataset
 from kedro_datasets.text import TextDataset as _TextDataset
 
+from maskdm_pipeline.datasets.previews import ImagePreviewMixin
 from maskdm_pipeline.fileio import atomic_write
 
 __all__ = ["AtomicSaveMixin", "CSVDataset", "ImageDataset", "JSONDataset", "MatplotlibDataset", "TextDataset"]
@@ -77,8 +78,9 @@ class TextDataset(AtomicSaveMixin, _TextDataset):
     """``kedro_datasets.text.TextDataset``, saved atomically."""
 
 
-class ImageDataset(AtomicSaveMixin, _ImageDataset):
-    """``kedro_datasets.pillow.ImageDataset``, saved atomically."""
+class ImageDataset(ImagePreviewMixin, AtomicSaveMixin, _ImageDataset):
+    """``kedro_datasets.pillow.ImageDataset``, saved atomically, with the image as its kedro-viz
+    preview (kedro-datasets gives this class none)."""
 
 
 class MatplotlibDataset(AtomicSaveMixin, _MatplotlibDataset):

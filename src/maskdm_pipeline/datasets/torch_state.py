@@ -7,6 +7,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from maskdm_pipeline.datasets.errors import UnreadableFileError
 from maskdm_pipeline.fileio import CheckpointError, load_torch_state, save_torch_state
 
 
@@ -24,7 +25,7 @@ class TorchStateDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         try:
             return self._read(self._filepath)
         except CheckpointError as exc:
-            raise DatasetError(str(exc)) from exc
+            raise UnreadableFileError(str(exc)) from exc
 
     def save(self, data: dict[str, Any]) -> None:
         try:

@@ -114,8 +114,8 @@ class DiffusionConfig(Frozen):
 
     ``loss_weighting``: ``none`` (MaskDM's L_simple, METHOD.md 1.7) or ``min_snr`` (Min-SNR-gamma,
     Hang et al., ICCV 2023) with ``min_snr_gamma`` (their 5). Schedule and prediction define what
-    the network computes; the weighting only how its errors are counted during training
-    (:data:`DIFFUSION_MODEL_KEYS`).
+    the network computes, the weighting how its errors are counted during training; a resumed
+    run needs all of them unchanged (training/builders.py ``check_resume``).
     """
 
     schedule: Literal[SCHEDULES] = "linear"
@@ -126,10 +126,6 @@ class DiffusionConfig(Frozen):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
-
-# What a trained network's output means: resuming or sampling needs these equal. The loss
-# weighting is a training choice, like the learning rate (training/builders.py).
-DIFFUSION_MODEL_KEYS = ("schedule", "prediction")
 
 
 # ---------------------------------------------------------------------------- one stage

@@ -9,11 +9,20 @@ the single-process gradient of the global batch, so ``nproc`` changes speed, not
 
 Backend: NCCL with one GPU per rank on CUDA, gloo on CPU (each worker then gets
 ``cpu_count // nproc`` threads so the workers do not fight over cores).
+
+Signals: SIGINT (Ctrl-C) and SIGTERM (schedulers, ``docker stop``) reach the launching process
+first. Elastic's own handling kills the workers (its shutdown: the signal, then SIGKILL after
+30 s, while they wait for it to read their results) and reports only "stopped by signal", with
+a screen of elastic warnings. So the launcher handles these two itself (:class:`ForwardSignals`):
+it passes the signal on to the workers, which finish their step, agree to stop (one collective),
+save once (rank 0) and return normally, and the caller gets the usual ``TrainingInterrupted``
+naming the step. A second signal stops them at once through elastic's shutdown.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -26,12 +35,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.loop import TrainProcess
+from maskdm_pipeline.training.process import HandledSignals
 
-__all__ = ["free_port", "run_distributed", "worker_entry"]
+__all__ = ["ForwardSignals", "free_port", "run_distributed", "worker_entry"]
 
 # Exceptions a worker reports by name so the parent can raise the same type with the same
 # message (instead of elastic's generic ChildFailedError).
@@ -56,9 +67,11 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
     """
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
-    # A spawned process starts without the parent's logging set-up; without this, rank 0's
-    # progress lines would vanish when stderr is not a terminal.
-    logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    # A spawned process starts without the parent's logging set-up (or with Kedro's default one,
+    # rich and 80 columns wide, when spawn re-imports the `kedro` script): one plain line per
+    # record, marked with the rank, so that rank 0's progress lines read the same in a pipe.
+    logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        force=True)
     cuda = job.trainer.resolved_device() == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -77,6 +90,31 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
         dist.destroy_process_group()
 
 
+class ForwardSignals(HandledSignals):
+    """In the launching process, while the workers run: the first SIGINT/SIGTERM is passed on to
+    every worker (which stops cleanly after its step); a second one raises elastic's
+    ``SignalException``, whose shutdown stops them at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: signal.Signals | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        sig = signal.Signals(signum)
+        if self.received is not None:
+            raise SignalException(f"a second {sig.name}: stopping the workers now", sigval=sig)
+        self.received = sig
+        for child in multiprocessing.active_children():
+            try:
+                os.kill(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> ForwardSignals:
+        super().__enter__()
+        return self
+
+
 def run_distributed(job: TrainJob) -> dict[str, Any]:
     """Run a ``TrainProcess`` on each of ``trainer.nproc`` local workers; return rank 0's state."""
     nproc = job.trainer.nproc
@@ -93,22 +131,31 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
         run_id=f"maskdm-{uuid.uuid4().hex[:8]}", max_restarts=0, start_method="spawn",
         local_addr="127.0.0.1",  # skip the FQDN lookup, which can stall on sandboxed hosts
+        signals_to_handle="SIGHUP,SIGQUIT",  # SIGINT and SIGTERM: ForwardSignals
     )
-    # elastic installs its own SIGINT/SIGTERM handlers and does not restore them afterwards.
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    path = job.checkpoint_path
+    # elastic installs its own handlers (SIGHUP, SIGQUIT) and does not restore them afterwards.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
-        results = elastic_launch(config, worker_entry)(job, log_level)
+        with ForwardSignals() as forwarded:
+            results = elastic_launch(config, worker_entry)(job, log_level)
     except SignalException as exc:
-        # The workers got the signal too: they finish the step and rank 0 saves (elastic
-        # waits up to its shutdown timeout, 30 s, before killing them).
-        path = job.checkpoint_path
-        where = (f"the state of the last finished step is in {path}; continue with "
+        # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
+        where = (f"the last periodic checkpoint is in {path}; continue with "
                  f"resume_state=load_checkpoint({str(path)!r})") if path else \
             "the job has no checkpoint_path, so nothing was saved"
         raise TrainingInterrupted(
-            f"{job.name}: distributed training stopped by signal "
-            f"{exc.sigval.name}; {where}",
+            f"{job.name}: distributed training stopped by {exc.sigval.name}; {where}",
+            step=None, checkpoint_path=None if path is None else Path(path),
+        ) from exc
+    except ChildFailedError as exc:
+        if forwarded.received is None:
+            raise
+        # Signalled before a worker could install its handler (while it started up).
+        raise TrainingInterrupted(
+            f"{job.name}: stopped by {forwarded.received.name} while the worker processes started; "
+            + (f"any earlier checkpoint in {path} is untouched" if path else "nothing was saved"),
             step=None, checkpoint_path=None if path is None else Path(path),
         ) from exc
     finally:

@@ -36,7 +36,6 @@ from maskdm_pipeline.fileio import CHECKPOINT_FORMAT, save_checkpoint, to_cpu, t
 from maskdm_pipeline.training import process
 from maskdm_pipeline.training.builders import (
     build_loss,
-    check_resume_config,
     load_init_weights,
     warmup_lr,
 )
@@ -114,7 +113,12 @@ class TrainProcess:
         self._last_saved_step: int | None = None
 
     def _resume(self, state: Mapping[str, Any]) -> None:
-        check_resume_config(state, self.config, self.name)
+        # Private copies first: with trainer.nproc > 1 the job reaches each worker through
+        # torch.multiprocessing, which shares tensors between processes instead of copying them,
+        # and the optimizer's load_state_dict keeps its step counts and moments as given and then
+        # updates them in place: every rank would advance the same Adam state (it moved twice per
+        # step with two ranks, so a resumed two-process run drifted from an uninterrupted one).
+        state = to_cpu(state)
         self.model.load_state_dict(state["model"])
         load_ema_state_dict(self.ema, state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

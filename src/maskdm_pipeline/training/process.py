@@ -48,35 +48,49 @@ def reduce_step(loss: torch.Tensor, stop: bool, world_size: int) -> tuple[float,
 
 
 # ---------------------------------------------------------------------------- signals
-class StopOnSignal:
-    """Turn SIGINT/SIGTERM into a request to stop after the current step.
-
-    A step killed half-way would leave optimizer and EMA out of step with the model; finishing
-    it costs well under a second at the scales here. Handlers can only be installed in the
-    main thread (Python's rule), so elsewhere (e.g. a Kedro thread runner) this is a no-op.
-    Previous handlers are restored on exit.
-    """
+class HandledSignals:
+    """SIGINT and SIGTERM go to :meth:`_handle` while the ``with`` block runs; the previous
+    handlers come back on exit. Handlers can only be installed in the main thread (Python's
+    rule), so elsewhere (e.g. a Kedro thread runner) this is a no-op; a signal the process was
+    told to ignore (nohup, `cmd &`) stays ignored."""
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        raise NotImplementedError
 
-    def __enter__(self) -> StopOnSignal:
+    def __enter__(self) -> HandledSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in self._SIGNALS:
-                # A signal the process was told to ignore (nohup, `cmd &`) stays ignored.
                 if signal.getsignal(sig) is not signal.SIG_IGN:
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
+
+
+class StopOnSignal(HandledSignals):
+    """Turn SIGINT/SIGTERM into a request to stop after the current step.
+
+    A step killed half-way would leave optimizer and EMA out of step with the model; finishing
+    it costs well under a second at the scales here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested = False
+        self.signal_name: str | None = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> StopOnSignal:
+        super().__enter__()
+        return self

@@ -4,17 +4,21 @@ on ``trainer.nproc`` local worker processes (training/distributed.py), and retur
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import torch
 
+from maskdm_pipeline.training.builders import check_resume
 from maskdm_pipeline.training.config import check_compatible
 from maskdm_pipeline.training.distributed import run_distributed
 from maskdm_pipeline.training.job import TrainJob
 from maskdm_pipeline.training.loop import TrainProcess
 
 __all__ = ["run_training"]
+
+logger = logging.getLogger(__name__)
 
 
 def run_training(job: TrainJob) -> dict[str, Any]:
@@ -23,12 +27,19 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     Raises:
         ValueError: inconsistent inputs (hardware, batch against ``nproc``, images against the
             model, mask against the patch grid), before any process starts or step runs.
+        ResumeMismatchError: ``resume_state`` was trained with other settings (a ValueError;
+            training/builders.py ``check_resume`` says what may differ).
         NonFiniteLossError: the loss became NaN/inf; the last checkpoint is left as it was.
         TrainingInterrupted: SIGINT/SIGTERM; the state was saved after the current step.
     """
     job.trainer.check_hardware()
     check_compatible(job.stage, job.trainer, job.name)
     check_inputs(job)
+    if job.resume_state is not None:
+        changed = check_resume(job.resume_state, job.config(), job.name, len(job.images))
+        if changed:
+            logger.warning("%s: resuming with changed %s; the continuation differs from an uninterrupted run",
+                           job.name, ", ".join(f"{key} {saved!r} -> {asked!r}" for key, saved, asked in changed))
     if job.trainer.nproc > 1:
         return run_distributed(job)
     state = TrainProcess(job, rank=0, world_size=1, local_rank=0).train()
