@@ -1,4 +1,5 @@
-"""Custom Kedro datasets: embedded digit sets, numpy archives, torch checkpoints, feature caches.
+"""Custom Kedro datasets: embedded digit sets, image folders, image shards, numpy archives, torch
+checkpoints, feature caches.
 
 Imported lazily so that a catalog which only needs images does not pay for importing torch.
 """
@@ -10,7 +11,9 @@ from typing import Any
 
 _WHERE = {
     "EmbeddedDigitsDataset": ".embedded",
+    "ImageFolder": ".folder",
     "NpzDataset": ".arrays",
+    "ShardDataset": ".shards",
     "TorchCheckpointDataset": ".checkpoint",
     "CheckpointSlotDataset": ".checkpoint",
     "TorchStateDataset": ".torch_state",

@@ -17,6 +17,7 @@ from maskdm_pipeline.metrics import (
     InceptionWeightsUnavailable,
     frechet_distance,
     stats,
+    stats_from_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def inception_reference(
         reason = exc.explain(_POINT_AT_WEIGHTS)
         logger.warning("FID unavailable, reported as null. %s", reason)
         return {"available": False, "reason": reason}
-    mu, sigma = stats(extractor(images))
+    mu, sigma = stats_from_batches(extractor.batches(images))  # the shards, batch by batch
     cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"]})
     return {"available": True, "mu": mu, "sigma": sigma, "n": len(images), "key": key}
 
