@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -144,6 +146,12 @@ def _init_worker(source: Any, kwargs: dict[str, Any]) -> None:
     _WORKER.update(source=source, kwargs=kwargs)
 
 
+def _init_pool_worker(source: Any, kwargs: dict[str, Any]) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, a worker finishes its chunk.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(source, kwargs)
+
+
 def _convert_range(start: int, stop: int) -> _Chunk:
     source, kwargs = _WORKER["source"], _WORKER["kwargs"]
     log = ConversionLog()
@@ -166,32 +174,35 @@ class Conversion:
     parameters. What the ``convert_images`` node returns: the catalog's shard dataset runs it
     while it writes (Kedro's lazy saving), so the images never exist in memory at once.
 
-    After :meth:`run`: ``found``, ``log`` (counts and skipped files), ``labels`` (int64 per row,
-    or None) and ``count`` (rows written).
+    ``label``: the catalog entry ``raw`` came from, for messages. After :meth:`run`: ``found``,
+    ``log`` (counts and skipped files), ``labels`` (int64 per row, or None) and ``count`` (rows
+    written).
     """
 
     raw: Any
     params: Mapping[str, Any]
     workers: int | None = None
     progress: bool | None = None  # None: a bar when stderr is a terminal
+    label: str = "raw_images"
     found: int = 0
     count: int = 0
     labels: np.ndarray | None = None
     log: ConversionLog = field(default_factory=ConversionLog)
-    _description: str = ""
+    _description: str = field(default="", repr=False)
 
     @property
     def item_shape(self) -> tuple[int, int, int]:
         return (int(self.params["channels"]), int(self.params["resolution"]), int(self.params["resolution"]))
 
-    def run(self, sink: Sink, label: str = "raw_images") -> Conversion:
+    def run(self, sink: Sink) -> Conversion:
         """Convert every image of the source into ``sink`` in source order.
 
         Raises:
             NoUsableImagesError: not one image could be converted (the message counts the reasons).
         """
         source = image_source(self.raw)
-        self.found = n = len(source)
+        self.found, self.count, self.log = len(source), 0, ConversionLog()
+        n = self.found
         kwargs = imaging.conversion_kwargs(self.params)
         # Embedded arrays need no decoding (~40 us an image): a pool's start-up would cost more.
         workers = 1 if isinstance(source, _ArraySource) else self.workers or default_workers()
@@ -221,8 +232,8 @@ class Conversion:
             bar.close()
         if self.count == 0:
             raise NoUsableImagesError(
-                f"No usable image in the {label} input ({n} files found, all skipped: "
-                f"{self.log.skipped_by_reason()}). Check the folder that `{label}.path` points to in "
+                f"No usable image in the {self.label} input ({n} files found, all skipped: "
+                f"{self.log.skipped_by_reason()}). Check the folder that `{self.label}.path` points to in "
                 "conf/<env>/catalog.yml."
             )
         used = np.concatenate(positions)
@@ -236,11 +247,7 @@ class Conversion:
         return self
 
     def _show_bar(self) -> bool:
-        if self.progress is not None:
-            return self.progress
-        import sys
-
-        return sys.stderr.isatty()
+        return sys.stderr.isatty() if self.progress is None else self.progress
 
     def summary(self) -> dict[str, Any]:
         """Plain values for the shard index (and from there the dataset card)."""
@@ -260,7 +267,7 @@ def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int):  # -> It
             _WORKER.clear()
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
                              initargs=(source, kwargs)) as pool:
         pending: deque[Future[_Chunk]] = deque()
         todo = iter(bounds)

@@ -168,6 +168,7 @@ class ShardWriter:
                 "checksum": content_checksum(self.item_shape, digests, labels)}
 
     def abort(self) -> None:
+        """Close an open shard file (after a failure; the folder aside is then removed)."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -185,10 +186,8 @@ def write_index(folder: Path, groups: Mapping[str, Mapping[str, Any]], meta: Map
 
 def iter_chunks(images: Any, max_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
     """``images[a:b]`` as numpy arrays in row order, each at most ``max_bytes`` (at least a row)."""
-    n = len(images)
-    row_bytes = int(np.prod(images.shape[1:])) * np.dtype(np.uint8).itemsize
-    step = max(1, max_bytes // max(row_bytes, 1))
-    for start in range(0, n, step):
+    step = max(1, max_bytes // max(int(np.prod(images.shape[1:])), 1))  # uint8: a byte a value
+    for start in range(0, len(images), step):
         yield np.asarray(images[start:start + step])
 
 

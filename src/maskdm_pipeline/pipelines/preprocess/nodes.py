@@ -48,7 +48,8 @@ def convert_pretrain_images(
     folder is written empty, and raw_pretrain_images is not read.
     """
     if pretrain.data == "source":
-        return Conversion(raw_pretrain_images, dict(params), workers=params.get("workers"))
+        return Conversion(raw_pretrain_images, dict(params), workers=params.get("workers"),
+                          label="raw_pretrain_images")
     shape = (int(params["channels"]), int(params["resolution"]), int(params["resolution"]))
     return {"images": np.empty((0, *shape), np.uint8), "labels": None,
             "meta": {"pretrain_data": "target", "note": "pretrain.data is target: nothing to convert"}}
