@@ -138,12 +138,43 @@ def test_stats_from_batches_is_stats_for_one_chunk_and_close_beyond():
 
 def test_open_shards_reads_only_headers(tmp_path, monkeypatch):
     """Opening checks every shard against the index without mapping or reading pixels."""
+    from maskdm_pipeline.shards import ShardArray
+
     _save(tmp_path / "s", {"images": _images(40)}, max_shard_bytes=480)
+
+    def no_map(self):
+        raise AssertionError("opening mapped the shards")
+
+    monkeypatch.setattr(ShardArray, "_open", no_map)
+    monkeypatch.setattr(ShardArray, "read", no_map)
     loaded = np.load
 
-    def no_pixel_maps(path, *args, **kwargs):
+    def no_pixels(path, *args, **kwargs):
         assert "images-" not in str(path), f"opened {path}"
         return loaded(path, *args, **kwargs)
 
-    monkeypatch.setattr(np, "load", no_pixel_maps)
+    monkeypatch.setattr(np, "load", no_pixels)
     assert len(open_shards(tmp_path / "s")["images"]) == 40
+
+
+def test_random_rows_read_only_their_pages_from_disk(tmp_path):
+    """Rows by index come from maps advised MADV_RANDOM: out of the page cache, 16 random rows of
+    a 48 MB shard read about their own pages, not the kernel's read-around of every fault."""
+    import os
+
+    if not Path("/proc/self/io").is_file() or not hasattr(os, "posix_fadvise"):
+        pytest.skip("needs Linux's /proc/self/io and posix_fadvise")
+    rows = np.random.default_rng(0).integers(0, 256, (4096, 3, 64, 64), dtype=np.uint8)
+    arr = _save(tmp_path / "s", {"images": rows})["images"]
+    shard = tmp_path / "s" / "images-00000.npy"
+    fd = os.open(shard, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # written and fsynced: clean, so evicted
+    os.close(fd)
+
+    def read_bytes() -> int:
+        return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                        if line.startswith("read_bytes")).split()[1])
+
+    before, idx = read_bytes(), np.random.default_rng(1).integers(0, 4096, 16)
+    assert np.array_equal(arr[idx], rows[idx])
+    assert read_bytes() - before < 2 << 20, "random rows pulled in far more than their pages"
