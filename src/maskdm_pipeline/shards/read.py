@@ -14,6 +14,9 @@ import numpy as np
 
 from maskdm_pipeline.shards.format import FORMAT, GROUPS, INDEX, RERUN, ShardError
 
+# madvise where the platform has it (Linux, macOS); elsewhere plain memory maps.
+_ADVISE = hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_RANDOM") and hasattr(mmap, "MADV_WILLNEED")
+
 
 def take_rows(images: Any, indices: np.ndarray) -> np.ndarray:
     """``images[indices]`` as a numpy array for any array-like here (ShardArray, RowView, ndarray,
@@ -28,13 +31,17 @@ class ShardArray:
 
     Indexing (an int, a slice, or a 1-D integer array in any order) returns a numpy copy of the
     rows, read two ways. Rows by index (a training batch, a shuffled split) come from memory
-    maps advised ``MADV_RANDOM``: with the kernel's default read-around, 20 batches of 64 random
-    64x64 RGB rows of a 2.4 GB set that was not in the page cache read 2.1 GB from disk for
-    15 MB of rows, and 20 MB with the advice (``posix_fadvise`` to evict, ``/proc/self/io`` to
-    count). Slices (sequential scans: features, copies) are read with ``readinto`` of the whole
-    range instead: one large read, no page faults. Files are opened on first use, in the process
-    that uses them: the object pickles as its file names only, so a DDP worker that receives one
-    opens the shards itself, and no image travels through pickles or shared memory.
+    maps advised ``MADV_RANDOM``, after a ``MADV_WILLNEED`` for exactly the rows' pages. Measured
+    on 20 batches of 64 random rows of sets that were not in the page cache (evicted with
+    ``posix_fadvise``; disk reads from ``/proc/self/io``): with the kernel's default read-around
+    a 2.4 GB set of 64x64 RGB rows read 2.1 GB from disk for 15 MB of rows; ``MADV_RANDOM``
+    alone read 20 MB but faulted page by page (16 ms a batch; 230 ms at 256x256); with the
+    ``WILLNEED`` requests all of a batch's reads overlap (2.5 ms; 11 ms at 256x256), against 4 and
+    23 ms with one ``pread`` per row. Page-cached, a batch costs 0.2 ms (0.1 ms without the
+    requests). Slices (sequential scans: features, copies) are read with ``readinto`` of the
+    whole range: one large read, no page faults. Files are opened on first use, in the process
+    that uses them: the object pickles as its file names only, so a DDP worker that receives
+    one opens the shards itself, and no image travels through pickles or shared memory.
     """
 
     dtype = np.dtype(np.uint8)
@@ -49,6 +56,7 @@ class ShardArray:
         self._row_bytes = int(np.prod(self.item_shape))
         self._starts = np.concatenate([[0], np.cumsum(self.rows, dtype=np.int64)])
         self._maps: list[np.ndarray] | None = None
+        self._mmaps: list[mmap.mmap] = []
         self._offsets: list[int] | None = None
 
     @property
@@ -62,7 +70,7 @@ class ShardArray:
         return f"ShardArray({self.folder}, shape={self.shape}, {len(self.files)} shard(s))"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": None}
+        return {**self.__dict__, "_maps": None, "_mmaps": []}
 
     def check_files(self) -> list[int]:
         """Check every shard against the index (header and size; ShardError otherwise), once;
@@ -78,10 +86,11 @@ class ShardArray:
             for name, n, offset in zip(self.files, self.rows, self.check_files(), strict=True):
                 with open(self.folder / name, "rb") as handle:
                     mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-                if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+                if _ADVISE:
                     mapped.madvise(mmap.MADV_RANDOM)
                 flat = np.frombuffer(mapped, np.uint8, count=n * self._row_bytes, offset=offset)
                 maps.append(flat.reshape(n, *self.item_shape))
+                self._mmaps.append(mapped)
             self._maps = maps
         return self._maps
 
@@ -127,10 +136,16 @@ class ShardArray:
             raise IndexError(f"index out of range for {n} images")
         idx = np.where(idx < 0, idx + n, idx)
         maps = self._open()
+        shard = np.searchsorted(self._starts, idx, side="right") - 1
+        if _ADVISE:  # ask for exactly these rows' pages, all at once: the reads then overlap
+            begin = np.asarray(self.check_files(), np.int64)[shard] + (idx - self._starts[shard]) * self._row_bytes
+            aligned = begin - begin % mmap.PAGESIZE
+            for s, a, length in zip(shard.tolist(), aligned.tolist(), (begin + self._row_bytes - aligned).tolist(),
+                                    strict=True):
+                self._mmaps[s].madvise(mmap.MADV_WILLNEED, a, length)
         if len(maps) == 1:
             return maps[0][idx]
         out = np.empty((idx.size, *self.item_shape), dtype=np.uint8)
-        shard = np.searchsorted(self._starts, idx, side="right") - 1
         for s in np.unique(shard):
             sel = shard == s
             out[sel] = maps[s][idx[sel] - self._starts[s]]
