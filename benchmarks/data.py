@@ -127,11 +127,31 @@ def _job(images: Any, steps: int, batch: int, **stage: Any) -> Any:
         trainer=TrainerConfig(device="cpu"), progress=False)
 
 
-def _loop_img_per_s(job: Any) -> float:
+def _loop_img_per_s(job: Any) -> tuple[float, float]:
+    """(img/s of wall time, as the loop accounts it; img per CPU second of this process)."""
     from maskdm_pipeline.training import run_training
 
+    cpu = time.process_time()
     state = run_training(job)
-    return state["stats"]["images_seen"] / state["stats"]["wall_time_s"]
+    cpu = time.process_time() - cpu  # includes building the model: ~1% of these runs
+    images = state["stats"]["images_seen"]
+    return images / state["stats"]["wall_time_s"], images / cpu
+
+
+def _pair(values: dict[str, list[tuple[float, float]]], a: str, b: str) -> dict[str, Any]:
+    """Medians of wall and CPU rates of ``a`` and ``b``, and the median of their per-repeat ratios."""
+    out: dict[str, Any] = {}
+    for i, kind in enumerate(("wall", "cpu")):
+        rates = {k: [v[i] for v in vs] for k, vs in values.items()}
+        out[f"img_per_{kind}_s"] = {k: statistics.median(v) for k, v in rates.items()}
+        out[f"img_per_{kind}_s_all"] = rates
+        out[f"ratio_{kind}"] = statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+    return out
+
+
+CPU_NOTE = ("wall-time rates swing by tens of percent between consecutive runs when other jobs share the "
+            "cores, so the target is judged on img per CPU second of the benchmark process (the same on "
+            "an idle machine for this one-thread, page-cached loop); both are reported")
 
 
 def bench_mmap_vs_ram(n: int = 20_000, size: int = 32, steps: int = 40, batch: int = 64,
@@ -141,7 +161,7 @@ def bench_mmap_vs_ram(n: int = 20_000, size: int = 32, steps: int = 40, batch: i
     with tempfile.TemporaryDirectory(prefix="maskdm-bench-mmap-") as tmp:
         ShardDataset(str(Path(tmp) / "s")).save({"images": images})
         shards = ShardDataset(str(Path(tmp) / "s")).load()["images"]
-        rates: dict[str, list[float]] = {"mmap": [], "ram": []}
+        rates: dict[str, list[tuple[float, float]]] = {"mmap": [], "ram": []}
         gather: dict[str, list[float]] = {"mmap": [], "ram": []}
         idx = np.random.default_rng(1).integers(0, n, (200, batch))
         for source in (shards, images):  # warm-up (and page cache)
@@ -153,13 +173,13 @@ def bench_mmap_vs_ram(n: int = 20_000, size: int = 32, steps: int = 40, batch: i
                 for rows in idx:
                     source[rows]
                 gather[name].append(idx.size / (time.perf_counter() - start))
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    pair = _pair(rates, "mmap", "ram")
     return {"num_images": n, "image": [3, size, size], "model": "tiny", "batch_size": batch, "steps": steps,
-            "img_per_s": med, "img_per_s_all": rates, "ratio_mmap_vs_ram": med["mmap"] / med["ram"],
+            **pair, "ratio_mmap_vs_ram": pair["ratio_cpu"], "note": CPU_NOTE,
             "batch_gather_rows_per_s": {k: statistics.median(v) for k, v in gather.items()}}
 
 
-def _bare_img_per_s(images: np.ndarray, steps: int, batch: int) -> float:
+def _bare_img_per_s(images: np.ndarray, steps: int, batch: int) -> tuple[float, float]:
     """The bare step of the same model on one batch: benchmarks/train_step.py's step."""
     from benchmarks.train_step import train_step
     from maskdm_pipeline.diffusion import DenoisingLoss, MaskedDenoisingLoss, make_schedule
@@ -174,10 +194,10 @@ def _bare_img_per_s(images: np.ndarray, steps: int, batch: int) -> float:
     x0 = torch.from_numpy(images[:batch]).float().div_(127.5).sub_(1.0)
     run = (model, optimizer, x0, losses, "patch", 0.0, 1, None)
     train_step(*run)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         train_step(*run)
-    return steps * batch / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - start), steps * batch / (time.process_time() - cpu)
 
 
 def quickstart_images() -> np.ndarray:
@@ -201,15 +221,13 @@ def bench_loop_vs_bare(steps: int = 200, batch: int = 64, repeats: int = 3,
         ShardDataset(str(Path(tmp) / "s")).save({"images": images})
         shards = ShardDataset(str(Path(tmp) / "s")).load()["images"]
         _loop_img_per_s(_job(shards, min(10, steps), batch, **recipe))  # warm-up
-        loop, bare = [], []
+        rates: dict[str, list[tuple[float, float]]] = {"loop": [], "bare": []}
         for _ in range(repeats):
-            loop.append(_loop_img_per_s(_job(shards, steps, batch, **recipe)))
-            bare.append(_bare_img_per_s(images, steps, batch))
-    ratios = [a / b for a, b in zip(loop, bare, strict=True)]
+            rates["loop"].append(_loop_img_per_s(_job(shards, steps, batch, **recipe)))
+            rates["bare"].append(_bare_img_per_s(images, steps, batch))
+    pair = _pair(rates, "loop", "bare")
     return {"model": "tiny (quick start: 16x16, 1 channel, x0)", "batch_size": batch, "steps": steps,
-            "img_per_s": {"loop": statistics.median(loop), "bare": statistics.median(bare)},
-            "img_per_s_all": {"loop": loop, "bare": bare}, "ratio_per_repeat": ratios,
-            "ratio_loop_vs_bare": statistics.median(ratios)}
+            **pair, "ratio_loop_vs_bare": pair["ratio_cpu"], "note": CPU_NOTE}
 
 
 # --------------------------------------------------------------------------- memory of kedro runs
