@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -255,7 +255,7 @@ class Conversion:
                 "converted": dict(self.log.converted), "skipped": list(self.log.skipped)}
 
 
-def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int):  # -> Iterator[_Chunk]
+def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int) -> Iterator[_Chunk]:
     """The source's chunks in order, converted here (one worker) or by a spawned pool."""
     bounds = [(s, min(s + CHUNK_IMAGES, n)) for s in range(0, n, CHUNK_IMAGES)]
     if workers == 1:
