@@ -3,6 +3,7 @@
     python -m benchmarks --quick                  # about 2 minutes on 2 CPU cores, no kedro run
     python -m benchmarks --quick --e2e            # plus the DAG end to end with --env smoke
     python -m benchmarks                          # full: paper-size batch, N=256, default kedro run
+    python -m benchmarks --quick --memory 20000 200000   # plus the memory of 20k and 200k images
     python -m benchmarks --markdown data/08_reporting/benchmarks.json   # print the table only
 
 On a machine other jobs share, pass ``--threads 1``: with more threads than free cores every
@@ -16,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks import SECTIONS
 
 DEFAULT_JSON = Path("data/08_reporting/benchmarks.json")
 
@@ -125,11 +128,54 @@ def _cache_row(result: dict[str, Any]) -> list[str] | None:
             f"{full['wall_s']:.1f} s (`--params cache.rerun=all`)", f"{cache['noop_vs_full']:.0%} of it", "-", "-"]
 
 
+def _rates(pair: dict[str, Any], a: str, b: str) -> list[str]:
+    """Cells: ours and the reference as img per CPU second and img/s (wall), and both ratios."""
+    cpu, wall = pair["img_per_cpu_s"], pair["img_per_wall_s"]
+    return [f"{cpu[a]:,.0f} img/CPU-s ({wall[a]:,.0f} img/s)", f"{cpu[b]:,.0f} img/CPU-s ({wall[b]:,.0f} img/s)",
+            f"{_fmt_ratio(pair['ratio_cpu'])} (wall: {_fmt_ratio(pair['ratio_wall'])})"]
+
+
+def _data_rows(result: dict[str, Any], targets: dict[str, Any]) -> list[list[str]]:
+    section, rows = result.get("data", {}), []
+    if pre := section.get("preprocess"):
+        res = pre["results"]
+        rows.append([
+            f"Preprocessing {pre['num_images']:,} JPEGs ({pre['source_size'][0]}x{pre['source_size'][1]}, "
+            f"crop + resize to {pre['resolution']}), 2 workers vs 1",
+            f"{res['2']['img_per_s']:,.0f} img/s ({res['2']['cpu_ms_per_image']:.2f} CPU ms/img)",
+            f"{res['1']['img_per_s']:,.0f} img/s ({res['1']['cpu_ms_per_image']:.2f} CPU ms/img)",
+            f"{_fmt_ratio(res['2']['speedup_vs_1'])}{', same bytes' if pre['identical_output'] else ', OUTPUT DIFFERS'}",
+            "-", "-"])
+    if mm := section.get("mmap_vs_ram"):
+        rows.append([
+            f"Training from memory-mapped shards vs RAM (`tiny`, {mm['num_images']:,} images "
+            f"{'x'.join(map(str, mm['image']))}, batch {mm['batch_size']})", *_rates(mm, "mmap", "ram"),
+            ">= 0.95 (CPU)", _fmt_result(targets.get("training_mmap_vs_ram"))])
+    if lb := section.get("loop_vs_bare"):
+        rows.append([
+            f"The pipeline's training loop vs the bare step (quick-start model, batch {lb['batch_size']})",
+            *_rates(lb, "loop", "bare"), ">= 0.9 (CPU)", _fmt_result(targets.get("loop_vs_bare_step"))])
+    memory = result.get("memory", {})
+    sizes = memory.get("sizes", [])
+    for name in memory.get("runs", {}).get(str(sizes[0]), {}).get("runs", {}) if sizes else []:
+        cells = []
+        for n in sizes:
+            r = memory["runs"][str(n)]["runs"].get(name, {})
+            cells.append(f"{n:,}: {r.get('peak_rss_anon_mib', float('nan')):,.0f} MiB anon "
+                         f"({r.get('peak_rss_file_mib', float('nan')):,.0f} file, "
+                         f"{r.get('peak_rss_shmem_mib', float('nan')):.1f} shm)")
+        ratio = memory.get("ratios", {}).get(name)
+        rows.append([f"Peak memory, `{name.replace('_nproc', ' --params trainer.nproc=')}` (64x64 RGB)",
+                     "; ".join(cells), "-", "-" if ratio is None else _fmt_ratio(ratio), "<= 1.3, no shm",
+                     _fmt_result(targets.get("memory_200k_vs_20k")) if ratio is not None else "-"])
+    return rows
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The README "Performance" table (and a caption naming the machine) from a suite result."""
     targets = result.get("targets", {})
     rows = [*_train_rows(result, targets), *_sampling_rows(result, targets),
-            *_fid_rows(result, targets), _e2e_row(result, targets)]
+            *_fid_rows(result, targets), *_data_rows(result, targets), _e2e_row(result, targets)]
     rows += [row for row in [_cache_row(result)] if row]
     lines = ["| benchmark | ours | reference | ratio | target | result |",
              "|---|---|---|---|---|---|"]
@@ -178,6 +224,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-weights", type=Path, default=None,
                         help="pt_inception weights (default: the hub cache, else stand-in weights)")
     parser.add_argument("--note", default=None, help="free text stored with the result, e.g. the load")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
+                        help="run only these sections (default: all)")
+    parser.add_argument("--memory", type=int, nargs="*", metavar="N", default=None,
+                        help="peak memory of preprocess and pretrain on N generated 64x64 images per size "
+                             "(e.g. 20000 200000; the 200k case takes ~15 min on 2 cores); full mode "
+                             "runs 20000, quick mode none")
     return parser.parse_args(argv)
 
 
@@ -201,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.e2e = args.e2e
     if args.e2e_env is not None:
         cfg.e2e_env = None if args.e2e_env == "base" else args.e2e_env
+    if args.memory is not None:
+        cfg.memory_sizes = tuple(sorted(args.memory))
+    if args.only:
+        cfg.sections = tuple(args.only)
     result = suite.run_suite(cfg, device=args.device, threads=args.threads,
                              data_dir=args.data_dir or suite.PROJECT_ROOT / "data",
                              inception_weights=args.inception_weights, note=args.note,

@@ -11,7 +11,11 @@ Sections (each a dict in the result; ``run_suite`` assembles them and checks the
   pytorch-fid's loop (``benchmarks/fid.py``);
 - ``e2e``: every pipeline of ``kedro run`` as its own subprocess in a throw-away copy of the
   project, wall time and peak RSS per stage (``benchmarks/e2e.py``);
-- ``cache``: a ``kedro run`` in which every stage is up to date against a full one, in the same
+- ``data``: preprocessing img/s with 1 and 2 workers, training from memory-mapped shards vs RAM,
+  the pipeline's loop vs the bare step (``benchmarks/data.py``);
+- ``memory`` (opt-in, ``--memory 20000 200000``): peak anonymous memory of ``preprocess`` and
+  ``pretrain`` (``trainer.nproc`` 1 and 2) per data size, and ``/dev/shm`` during the runs;
+- ``cache`` (with ``--e2e``): a ``kedro run`` in which every stage is up to date against a full one, in the same
   environment as ``e2e`` (``benchmarks/cache.py``).
 
 Every comparison gets a warm-up and the median of several repeats; the machine (CPU model or
@@ -32,7 +36,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import train_step
+from benchmarks import SECTIONS, data, train_step
 from benchmarks.cache import bench_cache
 from benchmarks.e2e import (
     LAYERS,
@@ -61,7 +65,8 @@ SCHEMA = "maskdm-benchmarks/1"
 
 __all__ = [
     "LAYERS", "MIN_TRAINED_STEPS", "PIPELINES", "PROJECT_ROOT", "REFERENCE_SAMPLER", "SAMPLERS",
-    "SCHEMA", "SamplerSpec", "SamplingSource", "SuiteConfig", "bench_cache", "bench_e2e", "bench_fid",
+    "SCHEMA", "SamplerSpec", "SamplingSource", "SuiteConfig", "bench_cache", "bench_data", "bench_e2e", "bench_fid",
+    "bench_memory",
     "bench_samplers", "bench_train_steps", "choose_mask", "evaluate_targets", "flat_ratios",
     "load_sampling_source", "machine_info", "make_project_copy", "run_measured", "run_suite",
     "untrained_source",
@@ -92,6 +97,14 @@ class SuiteConfig:
     e2e: bool = True
     e2e_env: str | None = None  # None: the default `kedro run` (conf/base)
     e2e_stage_timeout_s: float = 1800.0
+    preprocess_images: int = 10_000
+    preprocess_repeats: int = 3
+    mmap_images: int = 20_000
+    mmap_steps: int = 40
+    loop_steps: int = 200
+    data_repeats: int = 3
+    memory_sizes: tuple[int, ...] = ()  # e.g. (20_000, 200_000); empty: no memory section
+    sections: tuple[str, ...] = ()  # empty: all of SECTIONS (``--only`` picks some)
 
     @classmethod
     def quick(cls) -> SuiteConfig:
@@ -101,12 +114,14 @@ class SuiteConfig:
             num_samples=64, sample_repeats=2, ddpm_repeats=1, fd_repeats=1,
             inception_images=10, inception_batch=5, inception_repeats=2,
             e2e=False, e2e_env="smoke", e2e_stage_timeout_s=600.0,
+            preprocess_images=5000, preprocess_repeats=2, mmap_steps=30, loop_steps=100, data_repeats=2,
         )
 
     @classmethod
     def full(cls) -> SuiteConfig:
-        """The targets' conditions: small-64 at batch 16, N=256, the default ``kedro run``."""
-        return cls(mode="full", train_presets={"tiny": 64, "small-64": 16})
+        """The targets' conditions: small-64 at batch 16, N=256, the default ``kedro run``, and the
+        memory of 20,000 images (``--memory 20000 200000`` adds the 200k runs and the ratio)."""
+        return cls(mode="full", train_presets={"tiny": 64, "small-64": 16}, memory_sizes=(20_000,))
 
 
 # --------------------------------------------------------------------------- training step
@@ -237,6 +252,31 @@ def _e2e_target(e2e: dict[str, Any]) -> dict[str, Any]:
                    ok if default_run else None, note)
 
 
+def _data_targets(result: dict[str, Any]) -> dict[str, Any]:
+    targets: dict[str, Any] = {}
+    section = result.get("data", {})
+    if "mmap_vs_ram" in section:
+        ratio = section["mmap_vs_ram"]["ratio_mmap_vs_ram"]
+        targets["training_mmap_vs_ram"] = _target("training img/s, memory-mapped shards vs the same images in RAM",
+                                                  ratio, ">= 0.95", ratio >= 0.95, section["mmap_vs_ram"]["note"])
+    if "loop_vs_bare" in section:
+        ratio = section["loop_vs_bare"]["ratio_loop_vs_bare"]
+        targets["loop_vs_bare_step"] = _target("the pipeline's training loop vs the bare step, quick-start model",
+                                               ratio, ">= 0.9", ratio >= 0.9, section["loop_vs_bare"]["note"])
+    memory = result.get("memory", {})
+    if memory.get("ratios"):
+        worst = max(memory["ratios"].values())
+        targets["memory_200k_vs_20k"] = _target(
+            f"peak anonymous memory, {memory['sizes'][-1]:,} vs {memory['sizes'][0]:,} images (worst run)",
+            memory["ratios"], "<= 1.3 for each run", worst <= 1.3)
+    if memory.get("runs"):
+        shm = max(r["peak_rss_shmem_mib"] for size in memory["runs"].values() for r in size["runs"].values())
+        targets["no_images_in_shared_memory"] = _target(
+            "shared memory held by the runs' processes (RssShmem peak)", shm, "no image data (< 16 MiB)",
+            shm < 16, "/dev/shm usage of the whole machine during each run is in memory.runs")
+    return targets
+
+
 def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, pass / fail / None (not measured or not meaningful), with values."""
     targets: dict[str, Any] = {}
@@ -256,6 +296,7 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
         targets["frechet_vs_scipy_sqrtm"] = _frechet_target(fd)
     if "stages" in result.get("e2e", {}) and result["e2e"]["stages"]:
         targets["kedro_run_e2e"] = _e2e_target(result["e2e"])
+    targets.update(_data_targets(result))
     return targets
 
 
@@ -275,6 +316,41 @@ def flat_ratios(result: dict[str, Any]) -> dict[str, float | None]:
         out["fid.frechet.ours_vs_scipy_sqrtm"] = fid["frechet"]["speedup"]
     if "noop_vs_full" in result.get("cache", {}):
         out["cache.noop_vs_full"] = result["cache"]["noop_vs_full"]
+    section = result.get("data", {})
+    for w, r in section.get("preprocess", {}).get("results", {}).items():
+        out[f"data.preprocess.workers{w}_vs_1"] = r["speedup_vs_1"]
+    if "mmap_vs_ram" in section:
+        out["data.training.mmap_vs_ram"] = section["mmap_vs_ram"]["ratio_mmap_vs_ram"]
+    if "loop_vs_bare" in section:
+        out["data.training.loop_vs_bare"] = section["loop_vs_bare"]["ratio_loop_vs_bare"]
+    for run, ratio in result.get("memory", {}).get("ratios", {}).items():
+        out[f"memory.{run}.largest_vs_smallest"] = ratio
+    return out
+
+
+def bench_data(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The ``data`` section (``benchmarks/data.py``)."""
+    log(f"data: preprocessing {cfg.preprocess_images} JPEGs with 1 and 2 workers ...")
+    out = {"preprocess": data.bench_preprocess(cfg.preprocess_images, cfg.preprocess_repeats, log=log)}
+    log(f"data: training from the memory map vs RAM ({cfg.mmap_images} images) ...")
+    out["mmap_vs_ram"] = data.bench_mmap_vs_ram(cfg.mmap_images, steps=cfg.mmap_steps, repeats=cfg.data_repeats)
+    log("data: the loop vs the bare step (quick-start model) ...")
+    out["loop_vs_bare"] = data.bench_loop_vs_bare(steps=cfg.loop_steps, repeats=cfg.data_repeats)
+    return out
+
+
+def bench_memory(sizes: tuple[int, ...], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The ``memory`` section: :func:`benchmarks.data.memory_run` per size, and for each run the
+    peak RssAnon of the largest size over the smallest."""
+    runs = {str(n): data.memory_run(n, log=log) for n in sizes}
+    out: dict[str, Any] = {"sizes": list(sizes), "runs": runs, "method": (
+        "kedro run in a throw-away project on generated 64x64 RGB JPEGs (ImageFolder); RssAnon, RssFile "
+        "and RssShmem summed over the process tree every 0.2 s; dev_shm: /dev/shm usage of the whole "
+        "machine above its level at the start (other jobs' too)")}
+    if len(sizes) > 1:
+        small, large = runs[str(min(sizes))]["runs"], runs[str(max(sizes))]["runs"]
+        out["ratios"] = {name: large[name]["peak_rss_anon_mib"] / small[name]["peak_rss_anon_mib"]
+                         for name in small if name in large}
     return out
 
 
@@ -290,23 +366,34 @@ def run_suite(cfg: SuiteConfig, *, device: str = "cpu", threads: int | None = No
     result: dict[str, Any] = {"schema": SCHEMA, "mode": cfg.mode, "machine": machine_info(dev),
                               "note": note, "config": asdict(cfg)}
     result["config"]["threads_requested"] = threads
+    wanted = set(cfg.sections or SECTIONS)
     # FID first: the Frechet part is numpy/SciPy only, before torch's OpenMP pool is spinning.
-    log("fid: Frechet distance and Inception activations ...")
-    result["fid"] = bench_fid(cfg, threads, inception_weights)
-    log("train_step: " + ", ".join(f"{p} batch {b}" for p, b in cfg.train_presets.items()) + " ...")
-    result["train_step"] = bench_train_steps(cfg, dev)
-    log(f"sampling: {cfg.num_samples} samples per sampler ...")
-    result["sampling"] = bench_samplers(
-        load_sampling_source(data_dir), num_samples=cfg.num_samples, repeats=cfg.sample_repeats,
-        ddpm_repeats=cfg.ddpm_repeats, eta=cfg.eta, device=dev)
-    if cfg.e2e:
+    if "fid" in wanted:
+        log("fid: Frechet distance and Inception activations ...")
+        result["fid"] = bench_fid(cfg, threads, inception_weights)
+    if "train_step" in wanted:
+        log("train_step: " + ", ".join(f"{p} batch {b}" for p, b in cfg.train_presets.items()) + " ...")
+        result["train_step"] = bench_train_steps(cfg, dev)
+    if "sampling" in wanted:
+        log(f"sampling: {cfg.num_samples} samples per sampler ...")
+        result["sampling"] = bench_samplers(
+            load_sampling_source(data_dir), num_samples=cfg.num_samples, repeats=cfg.sample_repeats,
+            ddpm_repeats=cfg.ddpm_repeats, eta=cfg.eta, device=dev)
+    if "data" in wanted:
+        result["data"] = bench_data(cfg, log)
+    if "memory" in wanted and cfg.memory_sizes:
+        result["memory"] = bench_memory(cfg.memory_sizes, log)
+    if "e2e" in wanted and cfg.e2e:
         log(f"e2e: kedro run per stage (env {cfg.e2e_env or 'base'}) ...")
         result["e2e"] = bench_e2e(cfg.e2e_env, threads, cfg.e2e_stage_timeout_s)
+    else:
+        result["e2e"] = {"skipped": "quick mode (pass --e2e to add a smoke-env run)" if "e2e" in wanted
+                         else "not among --only"}
+    if "cache" in wanted and cfg.e2e:
         log(f"cache: a no-op kedro run against a full one (env {cfg.e2e_env or 'base'}) ...")
         result["cache"] = bench_cache(cfg.e2e_env, threads, cfg.e2e_stage_timeout_s)
     else:
-        result["e2e"] = {"skipped": "quick mode (pass --e2e to add a smoke-env run)"}
-        result["cache"] = {"skipped": "runs with the e2e section (--e2e)"}
+        result["cache"] = {"skipped": "runs with the e2e section (--e2e)" if "cache" in wanted else "not among --only"}
     result["targets"] = evaluate_targets(result)
     result["ratios"] = flat_ratios(result)
     result["machine"]["load_average_at_end"] = load_average()

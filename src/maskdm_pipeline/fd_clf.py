@@ -30,6 +30,7 @@ from maskdm_pipeline.metrics import (
     classifier_state,
     frechet_distance,
     stats,
+    stats_from_batches,
     train_classifier,
 )
 
@@ -48,9 +49,10 @@ def reference_split(primary_train: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 def fit_feature_classifier(
-    images: np.ndarray, labels: np.ndarray | None, *, epochs: int, seed: int
+    images: Any, labels: np.ndarray | None, *, epochs: int, seed: int
 ) -> dict[str, Any]:
-    """Train the fd_clf classifier on real images uint8 ``(N, C, H, W)`` with int labels ``(N,)``.
+    """Train the fd_clf classifier on real images uint8 ``(N, C, H, W)`` (an array, a tensor or
+    memory-mapped shards, read batch by batch) with int labels ``(N,)``.
 
     Returns a ``weights_only``-safe dict: ``{"available": True, "reason": None, "config",
     "state_dict", "test_accuracy", "num_train"}``, or ``{"available": False, "reason": ...}``
@@ -82,15 +84,18 @@ def distance_to_reference(
 
 
 def reference_and_floor(
-    features: ClassifierFeatures, train_images: np.ndarray, heldout_images: np.ndarray, n: int
+    features: ClassifierFeatures, train_images: Any, heldout_images: Any, n: int
 ) -> dict[str, Any]:
     """Reference statistics of the training images, and the real-data floor: fd_clf of ``n``
     held-out real images against them (what a perfect generator would score at this N).
 
+    The images (uint8 ``(N, C, H, W)`` arrays or memory-mapped shards) are read batch by batch
+    and the statistics accumulated in bounded memory (:func:`~maskdm_pipeline.metrics.stats_from_batches`).
+
     Returns ``{"mu": float64 (D,), "sigma": float64 (D, D)`` (torch tensors, for a
     ``weights_only`` file), ``"reference_n", "floor_fd_clf", "floor_n"}``.
     """
-    mu, sigma = stats(features(train_images))
+    mu, sigma = stats_from_batches(features.batches(train_images))
     held = heldout_images[:n]
     return {
         "mu": torch.from_numpy(mu),

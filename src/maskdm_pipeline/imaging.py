@@ -1,5 +1,5 @@
-"""Image decoding and conversion, shared by preprocessing and source pre-training (PIL + numpy,
-no Kedro).
+"""Decoding and conversion of one image (PIL + numpy, no Kedro); :mod:`maskdm_pipeline.conversion`
+runs it over a whole source, in parallel.
 
 Every input image is either converted to a uint8 ``(C, H, W)`` array or refused with a short,
 human-readable reason; nothing here raises on a bad file. The callers count the reasons in the
@@ -180,28 +180,18 @@ def convert(
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def convert_array_images(images: np.ndarray, **kwargs: Any) -> np.ndarray:
-    """The same conversion for in-memory uint8 ``(N, C, H, W)`` sets (embedded digits)."""
-    out = []
-    for item in images:
-        pil = Image.fromarray(item[0] if item.shape[0] == 1 else item.transpose(1, 2, 0))
-        out.append(convert(pil, **kwargs))
-    return np.stack(out)
-
-
 class NoUsableImagesError(ValueError):
     """The input held no image that could be converted."""
 
 
-def _conversion_kwargs(params: Mapping[str, Any], log: ConversionLog) -> dict[str, Any]:
-    """The ``preprocess`` parameter block -> :func:`convert`'s keyword arguments."""
+def conversion_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``preprocess`` parameter block -> :func:`convert`'s keyword arguments (all but ``log``)."""
     return {
         "resolution": int(params["resolution"]),
         "channels": int(params["channels"]),
         "crop_spec": params.get("crop", "none"),
         "min_size": int(params.get("min_size", 0) or 0),
         "background": int(params.get("alpha_background", 0)),
-        "log": log,
     }
 
 
@@ -242,74 +232,3 @@ def _class_or_none(name: str) -> str | None:
         return class_folder(name)
     except SkipImage:
         return None
-
-
-def _convert_partitions(
-    partitions: Mapping[str, Callable[[], Any]], params: Mapping[str, Any], log: ConversionLog
-) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any] | None]:
-    """A ``PartitionedDataset`` of images (``{relative path: loader}``) -> arrays.
-
-    Labels come from the first sub-folder of each file (:func:`class_folder`) when
-    ``preprocess.labels`` is ``subfolder`` (the ImageFolder convention: ``root/<class>/<file>``);
-    files of another shape are skipped with the reason, after their own decoding problems.
-    """
-    kwargs = _conversion_kwargs(params, log)
-    by_folder = params.get("labels", "none") == "subfolder"
-    arrays, names = [], []
-    for name in sorted(partitions):
-        try:
-            image = decode(partitions[name])
-            if by_folder:
-                class_folder(name)  # a file outside a class folder has no label
-            arrays.append(convert(image, **kwargs))
-            names.append(name)
-        except SkipImage as reason:
-            log.skip(name, str(reason))
-            logger.warning("Skipping %s: %s", name, reason)
-    if not arrays:
-        return None, None, None
-    if not by_folder:
-        return np.stack(arrays), None, None
-    classes = sorted({class_folder(n) for n in names})
-    labels = np.array([classes.index(class_folder(n)) for n in names], dtype=np.int64)
-    report = class_report(sorted({_class_or_none(n) for n in partitions} - {None}), labels, classes)
-    if report["empty_classes"] or report["single_image_classes"]:
-        logger.warning("Class folders without a usable image: %s; classes with a single image: %s. Labels come "
-                       "from sub-folders (preprocess.labels: subfolder); see data/08_reporting/dataset_card.json.",
-                       ", ".join(report["empty_classes"]) or "none",
-                       ", ".join(report["single_image_classes"]) or "none")
-    return np.stack(arrays), labels, report
-
-
-def convert_images(raw_images: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Decode, convert (mode, crop, antialiased resize) and collect every usable image.
-
-    ``raw_images`` is either an embedded set (``{"images": uint8 (N, C, H, W), "labels",
-    "source"}``) or a ``PartitionedDataset`` mapping of lazy loaders (a user's own folder);
-    ``params`` is the ``preprocess`` parameter block. Returns ``{"images": uint8 (N, C, R, R),
-    "labels": int64 (N,) | None, "source", "found", "log", "classes"}`` (``classes``: the
-    :func:`class_report` of labels from sub-folders, else None). Shared by preprocessing and by
-    pre-training on a source dataset (``pretrain.data: source``), which must convert alike.
-
-    Raises:
-        NoUsableImagesError: not one image could be converted (the message counts the reasons).
-    """
-    log = ConversionLog()
-    if "images" in raw_images and isinstance(raw_images["images"], np.ndarray):
-        source = str(raw_images.get("source", "embedded"))
-        found = len(raw_images["images"])
-        images = convert_array_images(raw_images["images"], **_conversion_kwargs(params, log))
-        labels = raw_images.get("labels")
-        classes = None
-    else:
-        source = "image folder"
-        found = len(raw_images)
-        images, labels, classes = _convert_partitions(raw_images, params, log)
-    if images is None:
-        reasons = log.skipped_by_reason()
-        raise NoUsableImagesError(
-            f"No usable image in the raw_images input ({found} files found, all skipped: {reasons}). "
-            "Check the folder that `raw_images.path` points to in conf/<env>/catalog.yml."
-        )
-    logger.info("Converted %d of %d images from %s", len(images), found, source)
-    return {"images": images, "labels": labels, "source": source, "found": found, "log": log, "classes": classes}

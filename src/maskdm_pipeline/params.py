@@ -120,6 +120,7 @@ class PreprocessParams(Frozen):
     alpha_background: NonNegativeInt
     labels: Literal["none", "subfolder"]
     seed: NonNegativeInt
+    workers: PositiveInt | None = None  # decoding processes (None: one per core); speed only
 
 
 # ---------------------------------------------------------------------------- training stages

@@ -1,9 +1,9 @@
-"""Seeded train / held-out splits, few-shot subsets and the checksum of the split arrays (pure
-numpy, no Kedro)."""
+"""Seeded train / held-out splits and few-shot subsets (pure numpy, no Kedro)."""
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,14 +34,15 @@ def subset_indices(indices: np.ndarray, subset: float | int | None, seed: int) -
     return indices[chosen]  # shuffled, like split_indices
 
 
-def checksum(*arrays: np.ndarray | None) -> str:
-    """SHA-256 over shapes, dtypes and bytes: the key for cached reference statistics."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        if array is None:
-            digest.update(b"none")
-            continue
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+def check_same_dataset(*splits: Mapping[str, Any]) -> None:
+    """Refuse splits written by different preprocessing runs (``meta.dataset_checksum``, set by
+    the split node), e.g. a run killed between saving the training and the held-out shards.
+
+    Raises:
+        ValueError: the splits disagree; the message names their folders and the rerun.
+    """
+    seen = {s.get("meta", {}).get("dataset_checksum") for s in splits if isinstance(s.get("meta"), Mapping)}
+    if len(seen) > 1:
+        where = ", ".join(str(getattr(s["images"], "folder", "?")) for s in splits)
+        raise ValueError(f"{where} come from different preprocessing runs (was one interrupted?): "
+                         "rerun `kedro run --pipelines preprocess`.")

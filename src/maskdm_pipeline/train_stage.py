@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from click import ClickException
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
@@ -145,7 +144,7 @@ def train_stage(
     ``trainer`` is the raw ``params:trainer`` mapping: the sample and evaluate nodes read it too,
     and Kedro hands every reader the same object, so it is not typed in the pipelines.
     """
-    images = torch.from_numpy(train["images"])
+    images = train["images"]  # memory-mapped shards: DDP workers open them, nothing is copied
     _check_writable(name, slot)
     resume_state = _resume_state(name, params, slot)
     job = TrainJob(

@@ -11,7 +11,8 @@ import torch
 from kedro_project import kedro
 
 STAGE_OUTPUTS = {
-    "preprocess": ["data/03_primary/train.npz", "data/03_primary/heldout.npz", "data/08_reporting/dataset_card.json",
+    "preprocess": ["data/03_primary/train/index.json", "data/03_primary/heldout/index.json",
+                   "data/03_primary/pretrain_source/index.json", "data/08_reporting/dataset_card.json",
                    "data/04_feature/feature_classifier.pt", "data/04_feature/fd_clf_reference.pt"],
     "pretrain": ["data/06_models/pretrained.pt", "data/08_reporting/pretrain_history.csv",
                  "data/08_reporting/pretrain_accounting.json"],

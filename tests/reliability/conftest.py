@@ -133,16 +133,24 @@ class KedroProject:
 
 @pytest.fixture(scope="session")
 def primary_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``train.npz`` / ``heldout.npz`` of the smoke environment, made once per session by the
-    real preprocessing nodes (in-process: a ``kedro run`` would add seconds for nothing)."""
-    from maskdm_pipeline.datasets import EmbeddedDigitsDataset, NpzDataset
-    from maskdm_pipeline.pipelines.preprocess.nodes import convert_images, split_images
+    """The ``data/03_primary`` shard folders of the smoke environment (``train/``, ``heldout/``
+    and the empty ``pretrain_source/``), made once per session by the real preprocessing nodes
+    and dataset (in-process: a ``kedro run`` would add seconds for nothing)."""
+    from maskdm_pipeline.datasets import EmbeddedDigitsDataset, ShardDataset
+    from maskdm_pipeline.params import PretrainParams
+    from maskdm_pipeline.pipelines.preprocess.nodes import (
+        convert_images,
+        convert_pretrain_images,
+        split_images,
+    )
 
     folder = tmp_path_factory.mktemp("primary")
-    params = load_params(PROJECT_ROOT)["preprocess"]
-    train, heldout, _ = split_images(convert_images(EmbeddedDigitsDataset().load(), params), params)
-    NpzDataset(str(folder / "train.npz")).save(train)
-    NpzDataset(str(folder / "heldout.npz")).save(heldout)
+    params = load_params(PROJECT_ROOT)
+    train, heldout, _ = split_images(convert_images(EmbeddedDigitsDataset().load(), params["preprocess"]),
+                                     params["preprocess"])
+    source = convert_pretrain_images(None, params["preprocess"], PretrainParams(**params["pretrain"]))
+    for name, data in (("train", train), ("heldout", heldout), ("pretrain_source", source)):
+        ShardDataset(str(folder / name)).save(data)
     return folder
 
 
@@ -167,8 +175,8 @@ def make_project(tmp_path: Path, primary_files: Path, mlflow_db: Path) -> Iterat
         root = copy_project(tmp_path / name)
         shutil.copy(mlflow_db, root / "mlflow.db")
         if with_primary:
-            for file in primary_files.iterdir():
-                shutil.copy(file, root / "data" / "03_primary" / file.name)
+            for split in primary_files.iterdir():
+                shutil.copytree(split, root / "data" / "03_primary" / split.name)
         project = KedroProject(root)
         projects.append(project)
         return project

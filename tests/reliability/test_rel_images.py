@@ -20,7 +20,8 @@ from kedro_datasets.partitions import PartitionedDataset
 from PIL import Image
 
 from maskdm_pipeline import imaging
-from maskdm_pipeline.imaging import NoUsableImagesError, convert_images
+from maskdm_pipeline.conversion import convert_images
+from maskdm_pipeline.imaging import NoUsableImagesError
 from maskdm_pipeline.pipelines.preprocess.nodes import split_images
 
 PARAMS: dict[str, Any] = {

@@ -68,12 +68,12 @@ def test_cli_lr_1e30_stops_cleanly_and_keeps_the_checkpoint(make_project, one_th
     """`kedro run --pipelines pretrain --params pretrain.lr=1e30` resuming from a good step-20
     checkpoint: exit 1 with one `Error:` line naming the step and the knobs, no traceback, the
     checkpoint byte for byte unchanged, no final model written."""
-    from maskdm_pipeline.datasets import NpzDataset
+    from maskdm_pipeline.datasets import ShardDataset
 
     project = make_project()
     params = load_params(project.root)
     slot = CheckpointSlot(project.data / "06_models" / "pretrained.resume.pt")
-    primary = NpzDataset(str(project.data / "03_primary" / "train.npz")).load()
+    primary = ShardDataset(str(project.data / "03_primary" / "train")).load()
     good, _, _ = train_stage("pretrain", primary, PretrainParams(**{**params["pretrain"], "steps": 20}),
                              ModelParams(**params["model"]), DiffusionConfig(**params["diffusion"]),
                              params["trainer"], slot)

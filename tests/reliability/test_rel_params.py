@@ -159,6 +159,7 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"trainer.precision": "int8"}, "trainer.precision='int8': must be one of fp32, bf16, fp16"),
     ({"trainer.nproc": 5}, "finetune.batch_size=16: the global batch must be divisible by trainer.nproc=5"),
     ({"pretrain.steps": 0}, "pretrain.steps=0: must be >= 1"),
+    ({"preprocess.workers": 0}, "preprocess.workers=0: must be >= 1"),
     ({"baseline.steps": -3}, "baseline.steps=-3: must be >= 1"),
     ({"finetune.lr": 0}, "finetune.lr=0: must be > 0"),
     ({"pretrain.lr": float("inf")}, "pretrain.lr=inf: must be a finite number"),
@@ -196,6 +197,7 @@ def test_each_fault_alone_is_named(smoke_params, changes, expected):
     {"pretrain.dense_blocks": 1, "diffusion.loss_weighting": "min_snr", "diffusion.min_snr_gamma": 1,
      "pretrain.hflip": 1, "finetune.hflip": 0.5},  # all in-blocks dense; integers where numbers go
     {"model.depth": None, "pretrain.dense_blocks": 2},  # tiny's own depth 4
+    {"preprocess.workers": 3},  # more decoding processes than cores is allowed (speed only)
 ])
 def test_valid_combinations_are_accepted(smoke_params, changes):
     """The cross-checks refuse only what cannot work: these settings pass."""

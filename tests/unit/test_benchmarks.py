@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,27 @@ def test_markdown_of_a_quick_result_without_e2e(sampling: dict) -> None:
     result["targets"] = suite.evaluate_targets(result)
     table = render_markdown(result)
     assert "not measured" in table and "`python -m benchmarks --quick`" in table
+
+
+def test_data_section_and_its_rows(tmp_path: Path) -> None:
+    """The data benchmarks at tiny sizes: 1 and 2 workers write the same shards, both training
+    rates and both loop rates are measured, and the rows and targets render."""
+    from benchmarks import data
+
+    section = {"preprocess": data.bench_preprocess(130, repeats=1, log=lambda msg: None),
+               "mmap_vs_ram": data.bench_mmap_vs_ram(64, size=8, steps=1, batch=8, repeats=1),
+               "loop_vs_bare": data.bench_loop_vs_bare(steps=1, batch=8, repeats=1, images=np.zeros((16, 1, 16, 16), np.uint8))}
+    assert section["preprocess"]["identical_output"] and set(section["preprocess"]["results"]) == {"1", "2"}
+    assert section["mmap_vs_ram"]["ratio_mmap_vs_ram"] > 0 and section["loop_vs_bare"]["ratio_loop_vs_bare"] > 0
+    memory = {"sizes": [10, 100], "ratios": {"preprocess": 1.1},
+              "runs": {str(n): {"runs": {"preprocess": {"peak_rss_anon_mib": 500.0 + n, "peak_rss_file_mib": 9.0,
+                                                         "peak_rss_shmem_mib": 0.1}}} for n in (10, 100)}}
+    result = {"schema": suite.SCHEMA, "mode": "quick", "machine": {"cpu": "x"}, "data": section, "memory": memory}
+    result["targets"] = suite.evaluate_targets(result)
+    assert result["targets"]["memory_200k_vs_20k"]["passed"] is True
+    assert result["targets"]["no_images_in_shared_memory"]["passed"] is True
+    assert "data.training.loop_vs_bare" in suite.flat_ratios(result)
+    table = render_markdown(result)
+    assert "2 workers vs 1" in table and "memory-mapped shards vs RAM" in table and "Peak memory" in table
+    tree = data.sample_tree(__import__("os").getpid())
+    assert tree["RssAnon"] > 0 and set(tree) == {"RssAnon", "RssFile", "RssShmem"}

@@ -1,5 +1,6 @@
-"""Custom Kedro datasets: embedded digit sets, numpy archives, torch checkpoints, feature caches,
-a folder of PNGs replaced whole, and the kedro-datasets file datasets with atomic saves.
+"""Custom Kedro datasets: embedded digit sets, image folders, image shards, numpy archives, torch
+checkpoints, feature caches, a folder of PNGs replaced whole, and the kedro-datasets file datasets
+with atomic saves.
 
 Every dataset that writes, writes atomically (``fileio.atomic_write``). For the cache
 (``maskdm_pipeline.caching``) a dataset may define ``content_identity() -> str | None``: a string
@@ -17,7 +18,9 @@ from typing import Any
 
 _WHERE = {
     "EmbeddedDigitsDataset": ".embedded",
+    "ImageFolder": ".folder",
     "NpzDataset": ".arrays",
+    "ShardDataset": ".shards",
     "TorchCheckpointDataset": ".checkpoint",
     "CheckpointSlotDataset": ".checkpoint",
     "TorchStateDataset": ".torch_state",

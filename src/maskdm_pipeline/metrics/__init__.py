@@ -31,6 +31,7 @@ from maskdm_pipeline.metrics.frechet import (
     frechet_distance,
     frechet_distance_from_features,
     stats,
+    stats_from_batches,
     trace_sqrt_product,
 )
 from maskdm_pipeline.metrics.inception import InceptionFeatures
@@ -64,6 +65,7 @@ __all__ = [
     "list_images",
     "resolve_inception_weights",
     "stats",
+    "stats_from_batches",
     "train_classifier",
     "trace_sqrt_product",
 ]

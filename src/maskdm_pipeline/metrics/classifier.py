@@ -102,9 +102,25 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
     return x.mul(2).sub(1)
 
 
-def _check_images(images: torch.Tensor, config: ClassifierConfig) -> None:
+def _rows(images: Any, indices: torch.Tensor) -> torch.Tensor:
+    """Rows ``indices`` of any uint8 array-like (a tensor, an array, memory-mapped shards),
+    normalised: the batch is all that is ever converted to float."""
+    if isinstance(images, torch.Tensor):
+        return _normalise(images[indices])
+    return _normalise(torch.from_numpy(np.ascontiguousarray(images[indices.numpy()])))
+
+
+def iter_batches(images: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """``images[a:b]`` as tensors, in order: consecutive slices of a tensor, an array or
+    memory-mapped shards, so a reader holds one batch at a time."""
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        yield batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+
+
+def _check_images(images: Any, config: ClassifierConfig) -> None:
     expected = (config.in_chans, config.height, config.width)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+    if len(images.shape) != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(
             f"the classifier was trained on images (N, {expected[0]}, {expected[1]}, {expected[2]});"
             f" got shape {tuple(images.shape)}. fd_clf needs samples at the training resolution "
@@ -161,12 +177,12 @@ def train_classifier(
     with other jobs, 5 epochs on 4,500 16x16 digits took 2.2 s on one thread and 15-24 s on two
     (each op waits for the thread the scheduler took away); on idle cores the two are similar.
     """
-    x_all = torch.as_tensor(images)
-    y_all = torch.as_tensor(labels).long()
-    if x_all.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W); got shape {tuple(x_all.shape)}")
-    if y_all.shape != (x_all.shape[0],):
-        raise ValueError(f"labels must be (N,) = ({x_all.shape[0]},); got {tuple(y_all.shape)}")
+    y_all = torch.as_tensor(np.asarray(labels)).long()
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(f"images must be (N, C, H, W); got shape {shape}")
+    if y_all.shape != (shape[0],):
+        raise ValueError(f"labels must be (N,) = ({shape[0]},); got {tuple(y_all.shape)}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
     if y_all.min() < 0:
@@ -174,15 +190,15 @@ def train_classifier(
     n_classes = int(y_all.max()) + 1 if num_classes is None else num_classes
     if int(y_all.max()) >= n_classes:
         raise ValueError(f"labels go up to {int(y_all.max())} but num_classes={n_classes}")
-    n = x_all.shape[0]
+    n = shape[0]
     n_test = max(1, round(n * test_fraction))
     if n - n_test < 1:
         raise ValueError(f"too few images ({n}) to hold out a test split")
 
     config = ClassifierConfig(
-        in_chans=int(x_all.shape[1]),
-        height=int(x_all.shape[2]),
-        width=int(x_all.shape[3]),
+        in_chans=int(shape[1]),
+        height=int(shape[2]),
+        width=int(shape[3]),
         num_classes=n_classes,
         channels=channels,
         feature_dim=feature_dim,
@@ -190,8 +206,7 @@ def train_classifier(
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=generator)
     test_idx, train_idx = perm[:n_test], perm[n_test:]
-    x = _normalise(x_all)
-    x_train, y_train = x[train_idx], y_all[train_idx]
+    y_train = y_all[train_idx]
 
     # Seed the init without disturbing the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
@@ -201,17 +216,17 @@ def train_classifier(
     model.train()
     with _torch_threads(num_threads):
         for _ in range(epochs):
-            order = torch.randperm(x_train.shape[0], generator=generator)
+            order = torch.randperm(train_idx.shape[0], generator=generator)
             for start in range(0, order.shape[0], batch_size):
                 idx = order[start : start + batch_size]
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                loss = F.cross_entropy(model(_rows(images, train_idx[idx])), y_train[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         model.eval()
         with torch.inference_mode():
             pred = torch.cat(
-                [model(x[test_idx[i : i + 1024]]).argmax(1) for i in range(0, n_test, 1024)]
+                [model(_rows(images, test_idx[i : i + 1024])).argmax(1) for i in range(0, n_test, 1024)]
             )
     accuracy = float((pred == y_all[test_idx]).float().mean())
     for p in model.parameters():
@@ -276,12 +291,14 @@ class ClassifierFeatures:
         return self.config.feature_dim
 
     @torch.inference_mode()
-    def __call__(self, images: NDArray[Any] | torch.Tensor) -> NDArray[np.float64]:
-        data = torch.as_tensor(images)
-        _check_images(data, self.config)
-        out = np.empty((data.shape[0], self.dims), dtype=np.float64)
-        for start in range(0, data.shape[0], self.batch_size):
-            x = _normalise(data[start : start + self.batch_size].to(self.device))
-            out[start : start + x.shape[0]] = self.model.features(x).cpu().numpy()
-        return out
+    def batches(self, images: Any) -> Iterator[NDArray[np.float64]]:
+        """Features ``(b, feature_dim)`` float64 batch by batch, for readers that stream (a
+        memory-mapped set is never converted whole)."""
+        _check_images(images, self.config)
+        for batch in iter_batches(images, self.batch_size):
+            yield self.model.features(_normalise(batch.to(self.device))).cpu().numpy().astype(np.float64)
 
+    def __call__(self, images: Any) -> NDArray[np.float64]:
+        """Features of all ``images`` ``(N, C, H, W)`` (a tensor, an array or shards): ``(N, feature_dim)``."""
+        parts = list(self.batches(images))
+        return np.concatenate(parts) if parts else np.empty((0, self.dims), dtype=np.float64)

@@ -15,6 +15,7 @@ The numbers agree with pytorch-fid to float32 rounding (activations within about
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from maskdm_pipeline.devices import resolve_device
+from maskdm_pipeline.metrics.classifier import iter_batches
 from maskdm_pipeline.metrics.inception_weights import build_fid_inception
 
 __all__ = ["InceptionFeatures"]
@@ -80,18 +82,20 @@ class InceptionFeatures:
         return x.contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
-    def __call__(self, images: NDArray[Any] | torch.Tensor) -> NDArray[np.float64]:
-        data = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
-        if data.ndim != 4 or data.shape[1] not in (1, 3):
-            raise ValueError(
-                f"images must be (N, C, H, W) with C in (1, 3); got shape {tuple(data.shape)}"
-            )
-        out = np.empty((data.shape[0], self.dims), dtype=np.float64)
-        for start in range(0, data.shape[0], self.batch_size):
-            x = self._to_input(data[start : start + self.batch_size])
-            pred = self.model(x)[0]
+    def batches(self, images: Any) -> Iterator[NDArray[np.float64]]:
+        """Activations ``(b, dims)`` float64 batch by batch, for readers that stream (a
+        memory-mapped set is never converted whole)."""
+        shape = tuple(images.shape)
+        if len(shape) != 4 or shape[1] not in (1, 3):
+            raise ValueError(f"images must be (N, C, H, W) with C in (1, 3); got shape {shape}")
+        for batch in iter_batches(images, self.batch_size):
+            pred = self.model(self._to_input(batch))[0]
             # As pytorch-fid: blocks other than pool3 are spatial maps, averaged to a vector.
             if pred.shape[2] != 1 or pred.shape[3] != 1:
                 pred = F.adaptive_avg_pool2d(pred, output_size=(1, 1))
-            out[start : start + pred.shape[0]] = pred.flatten(1).cpu().numpy()
-        return out
+            yield pred.flatten(1).cpu().numpy().astype(np.float64)
+
+    def __call__(self, images: Any) -> NDArray[np.float64]:
+        """Activations of all ``images`` ``(N, C, H, W)`` (a tensor, an array or shards): ``(N, dims)``."""
+        parts = list(self.batches(images))
+        return np.concatenate(parts) if parts else np.empty((0, self.dims), dtype=np.float64)

@@ -21,6 +21,7 @@ naming the step. A second signal stops them at once through elastic's shutdown.
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -62,8 +63,9 @@ def free_port() -> int:
 def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
     """Body of each worker process (top level, so that ``spawn`` can pickle it).
 
-    Returns ``{"state": ...}`` (rank 0's state, None elsewhere) or ``{"error": ...}``; errors
-    are returned, not raised, so the parent can re-raise them with their own type.
+    Returns ``{"state": ...}`` (rank 0's state as ``torch.save`` bytes, None elsewhere) or
+    ``{"error": ...}``; errors are returned, not raised, so the parent can re-raise them with
+    their own type.
     """
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -80,9 +82,9 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank).train()
-        return {"state": state}
+        return {"state": _to_bytes(state)}
     except TrainingInterrupted as exc:
-        return {"interrupted": str(exc), "state": exc.state}
+        return {"interrupted": str(exc), "state": _to_bytes(exc.state)}
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
         return {"error": type(exc).__name__, "message": str(exc),
                 "traceback": traceback.format_exc(), "rank": rank}
@@ -113,6 +115,21 @@ class ForwardSignals(HandledSignals):
     def __enter__(self) -> ForwardSignals:
         super().__enter__()
         return self
+
+
+def _to_bytes(state: dict[str, Any] | None) -> bytes | None:
+    """Rank 0's state as ``torch.save`` bytes: returned as tensors, it would cross to the parent
+    through shared memory (torch's multiprocessing pickler puts every tensor in /dev/shm), which
+    is 64 MB in a default Docker container and several GB for a paper-size model's state."""
+    if state is None:
+        return None
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _from_bytes(data: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def run_distributed(job: TrainJob) -> dict[str, Any]:
@@ -181,7 +198,7 @@ def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
     rank0 = results[0]
     if "interrupted" in rank0:
         path = job.checkpoint_path
-        raise TrainingInterrupted(rank0["interrupted"], step=rank0["state"]["step"],
-                                  checkpoint_path=None if path is None else Path(path),
-                                  state=rank0["state"])
-    return rank0["state"]
+        state = _from_bytes(rank0["state"])
+        raise TrainingInterrupted(rank0["interrupted"], step=state["step"],
+                                  checkpoint_path=None if path is None else Path(path), state=state)
+    return _from_bytes(rank0["state"])

@@ -2,7 +2,8 @@
 
 The job is frozen and picklable: with ``trainer.nproc > 1`` it is sent whole to every worker
 process (training/distributed.py), so every field must pickle (``eval_fn`` a top-level function
-or a ``functools.partial``, not a closure or a lambda).
+or a ``functools.partial``, not a closure or a lambda). Images given as shards pickle as their file
+names, so no image data travels to the workers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskdm_pipeline.shards import ShardArray
 from maskdm_pipeline.training.config import (
     DiffusionConfig,
     MaskConfig,
@@ -35,8 +37,9 @@ class TrainJob:
     """Everything one training stage needs (METHOD.md section 4).
 
     Attributes:
-        images: uint8 ``(N, C, H, W)`` (a tensor or an array); scaled to [-1, 1] per batch on
-            the device.
+        images: uint8 ``(N, C, H, W)``: memory-mapped shards (:class:`~maskdm_pipeline.shards.ShardArray`,
+            what the pipeline passes: each worker maps them itself, since they pickle as file
+            names), a numpy array or a CPU tensor; scaled to [-1, 1] per batch on the device.
         model, diffusion: what to train (training/config.py).
         stage: the optimisation recipe; ``mask``: the token mask of masked pre-training, or None
             for plain DSM.
@@ -54,7 +57,7 @@ class TrainJob:
         progress: tqdm bar (True), log lines (False), or auto (None: bar when stderr is a TTY).
     """
 
-    images: torch.Tensor | np.ndarray
+    images: torch.Tensor | np.ndarray | ShardArray
     model: ModelConfig
     diffusion: DiffusionConfig
     stage: StageConfig

@@ -57,7 +57,7 @@ class TrainProcess:
 
     def __init__(self, job: TrainJob, *, rank: int, world_size: int, local_rank: int) -> None:
         stage, trainer = job.stage, job.trainer
-        self.images = torch.as_tensor(job.images)
+        self.images = process.host_images(job.images)  # shards: each process maps them itself
         self.rank, self.world_size = rank, world_size
         self.stage, self.trainer, self.name = stage, trainer, job.name
         self.eval_fn = job.eval_fn

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 
 from maskdm_pipeline.training.builders import check_resume
@@ -50,20 +49,18 @@ def run_training(job: TrainJob) -> dict[str, Any]:
 def check_inputs(job: TrainJob) -> None:
     """Refuse images that do not fit the model, and a mask that does not fit its patch grid."""
     images, name = job.images, job.name
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        desc = f"{type(images).__name__} {getattr(images, 'dtype', '')} " \
-               f"{tuple(getattr(images, 'shape', ()))}"
-        raise ValueError(f"{name}: images must be a uint8 tensor (N, C, H, W); got {desc}")
-    if images.shape[0] == 0:
+    dtype, shape = getattr(images, "dtype", None), tuple(getattr(images, "shape", ()))
+    if str(dtype).removeprefix("torch.") != "uint8" or len(shape) != 4:
+        raise ValueError(f"{name}: images must be uint8 (N, C, H, W) (a tensor, an array or shards); "
+                         f"got {type(images).__name__} {dtype or ''} {shape}")
+    if shape[0] == 0:
         raise ValueError(f"{name}: images is empty; nothing to train on")
     with torch.device("meta"):  # attributes only: no memory, no init cost
         model = job.model.build()
     expected = (int(model.in_chans), int(model.img_size), int(model.img_size))
-    if tuple(images.shape[1:]) != expected:
+    if shape[1:] != expected:
         raise ValueError(
-            f"{name}: images are {tuple(images.shape[1:])} but the model expects {expected} "
+            f"{name}: images are {shape[1:]} but the model expects {expected} "
             "(C, H, W); set model.img_size/in_chans or preprocess.resolution/channels to match"
         )
     if job.masked:

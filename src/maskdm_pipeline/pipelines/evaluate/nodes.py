@@ -21,6 +21,7 @@ from maskdm_pipeline.metrics import (
     frechet_distance,
     resolve_inception_weights,
     stats,
+    stats_from_batches,
 )
 from maskdm_pipeline.training.config import stage_recipe
 
@@ -89,7 +90,7 @@ def inception_reference(
         mu, sigma = cached
     else:
         extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))), weights)
-        mu, sigma = stats(extractor(images))
+        mu, sigma = stats_from_batches(extractor.batches(images))  # the shards, batch by batch
         cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"],
                                    "weights": str(weights)})
     # Tensors: the catalog keeps the result as a weights_only torch state (inception_reference).

@@ -1,5 +1,11 @@
-"""Thin adapters between the catalog and :mod:`maskdm_pipeline.imaging`,
-:mod:`maskdm_pipeline.splitting` and :mod:`maskdm_pipeline.fd_clf`."""
+"""Thin adapters between the catalog and :mod:`maskdm_pipeline.conversion`,
+:mod:`maskdm_pipeline.splitting` and :mod:`maskdm_pipeline.fd_clf`.
+
+The images never pass through a node whole: ``convert_images`` returns the conversion still to
+run (the catalog's shard dataset runs it while it writes), ``split_images`` returns row views of
+the converted set (read and written in chunks by the same dataset), and the fd_clf nodes read the
+memory-mapped splits in batches.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +15,89 @@ from typing import Any
 
 import numpy as np
 
-from maskdm_pipeline import fd_clf, imaging, splitting
-from maskdm_pipeline.imaging import convert_images
+from maskdm_pipeline import fd_clf, splitting
+from maskdm_pipeline.conversion import Conversion, convert_images
+from maskdm_pipeline.imaging import ConversionLog
+from maskdm_pipeline.params import PretrainParams
+from maskdm_pipeline.shards import RowView, combine_checksums, folder_checksum
 
-__all__ = ["convert_images", "fd_clf_reference", "fit_fd_clf_classifier", "split_images"]
+__all__ = ["convert_images", "convert_pretrain_images", "fd_clf_reference", "fit_fd_clf_classifier",
+           "split_images", "start_conversion"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED_SKIPS = 1000
 
 
+def start_conversion(raw_images: Any, params: Mapping[str, Any]) -> Conversion:
+    """``raw_images`` -> the conversion of every image (run by the catalog's shard dataset, in
+    ``preprocess.workers`` processes, into ``converted_images``)."""
+    return Conversion(raw_images, dict(params), workers=params.get("workers"))
+
+
+def convert_pretrain_images(
+    raw_pretrain_images: Any, params: Mapping[str, Any], pretrain: PretrainParams
+) -> Conversion | dict[str, Any]:
+    """The images of masked pre-training on a source set (``pretrain.data: source``, the paper's
+    VGGFace2 -> CelebA-HQ transfer, METHOD.md section 4.4), converted exactly like the target
+    (same resolution and channels, so the weights transfer), into their own shards.
+
+    Here rather than in the pretrain stage so that the one stage that decodes images does it
+    (same workers, skip reasons and checks), and so that a pre-training rerun (another mask
+    ratio) reads shards instead of decoding the source again. With ``pretrain.data: target`` the
+    folder is written empty, and raw_pretrain_images is not read.
+    """
+    if pretrain.data == "source":
+        return Conversion(raw_pretrain_images, dict(params), workers=params.get("workers"),
+                          label="raw_pretrain_images")
+    shape = (int(params["channels"]), int(params["resolution"]), int(params["resolution"]))
+    return {"images": np.empty((0, *shape), np.uint8), "labels": None,
+            "meta": {"pretrain_data": "target", "note": "pretrain.data is target: nothing to convert"}}
+
+
+def _converted(converted: Any) -> dict[str, Any]:
+    """The converted set as loaded from the catalog; an in-memory run (no catalog entry) hands
+    over the Conversion itself, converted here in memory."""
+    if isinstance(converted, Conversion):
+        return convert_images(converted.raw, converted.params, converted.workers)
+    return converted
+
+
 def split_images(
-    converted: dict[str, Any], params: Mapping[str, Any]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    """Seeded train / held-out split, optional few-shot subset of the training part, and the card."""
-    images, labels = converted["images"], converted["labels"]
+    converted: Any, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Seeded train / held-out split, optional few-shot subset of the training part, and the card.
+
+    ``converted``: ``{"images": (N, C, R, R) uint8 array-like, "labels", "digests", "meta"}``
+    (the ``converted_images`` shards). Returns the two splits as row views plus their labels and
+    digests (written as shards by the catalog) and the dataset card, whose ``checksum`` is the
+    content checksum of both splits (:func:`maskdm_pipeline.shards.folder_checksum`).
+    """
+    converted = _converted(converted)
+    images, labels, digests = converted["images"], converted["labels"], converted["digests"]
+    info = converted["meta"]
     seed = int(params.get("seed", 0))
     train_idx, heldout_idx = splitting.split_indices(len(images), float(params["heldout_fraction"]), seed)
     full_idx = train_idx
     full_train = len(train_idx)
     train_idx = splitting.subset_indices(train_idx, params.get("subset"), seed)
 
-    def part(idx: np.ndarray) -> dict[str, np.ndarray]:
-        return {"images": images[idx], "labels": None if labels is None else labels[idx]}
+    def part(idx: np.ndarray, prefix: str = "") -> dict[str, Any]:
+        return {f"{prefix}images": RowView(images, idx), f"{prefix}digests": np.asarray(digests[idx]),
+                f"{prefix}labels": None if labels is None else np.asarray(labels[idx])}
 
     train, heldout = part(train_idx), part(heldout_idx)
     if len(train_idx) < full_train:
         # Few-shot runs train on the subset, but metrics keep the whole training split as their
         # real reference (stored only when it differs, so nothing is duplicated otherwise).
-        full = part(full_idx)
-        train.update(reference_images=full["images"], reference_labels=full["labels"])
-    log: imaging.ConversionLog = converted["log"]
+        train.update(part(full_idx, "reference_"))
+    log = ConversionLog(dict(info["converted"]), list(info["skipped"]))
     card = {
-        "source": converted["source"],
+        "source": info["source"],
         "resolution": int(params["resolution"]),
         "channels": int(params["channels"]),
         "crop": params.get("crop", "none"),
-        "found": converted["found"],
+        "found": int(info["found"]),
         "used": int(len(images)),
         "train": int(len(train_idx)),
         "train_before_subset": int(full_train),
@@ -59,8 +111,10 @@ def split_images(
         "skipped": len(log.skipped),
         "skipped_by_reason": log.skipped_by_reason(),
         "skipped_files": log.skipped[:_MAX_LISTED_SKIPS],
-        "checksum": splitting.checksum(train["images"], train["labels"], heldout["images"], heldout["labels"]),
+        "checksum": combine_checksums(folder_checksum(train), folder_checksum(heldout)),
     }
+    for split, name in ((train, "train"), (heldout, "heldout")):
+        split["meta"] = {"split": name, "dataset_checksum": card["checksum"]}
     logger.info(
         "Dataset: %d train, %d held-out at %dx%d, %d skipped", card["train"], card["heldout"],
         card["resolution"], card["resolution"], card["skipped"],
@@ -95,6 +149,7 @@ def fd_clf_reference(
     params: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Reference statistics of the training images and the real-data floor at N."""
+    splitting.check_same_dataset(primary_train, primary_heldout)
     features = fd_clf.classifier_features(classifier)
     if features is None:
         return {"available": False, "reason": classifier.get("reason")}

@@ -1,4 +1,5 @@
-"""Wiring only: raw_images -> primary arrays and dataset card; then the fd_clf feature space.
+"""Wiring only: raw_images -> converted shards -> primary shards and dataset card (and the source
+set of transfer pre-training); then the fd_clf feature space.
 
 The two fd_clf nodes form the modular pipeline ``fd_clf`` (a box of its own in kedro-viz;
 ``kedro run --namespaces fd_clf`` refits the classifier alone). They stay in this registered
@@ -8,14 +9,20 @@ has to produce them. Their datasets keep their catalog names (no namespace prefi
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import convert_images, fd_clf_reference, fit_fd_clf_classifier, split_images
+from .nodes import (
+    convert_pretrain_images,
+    fd_clf_reference,
+    fit_fd_clf_classifier,
+    split_images,
+    start_conversion,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     images = pipeline(
         [
             node(
-                convert_images,
+                start_conversion,
                 inputs=["raw_images", "params:preprocess"],
                 outputs="converted_images",
                 name="convert_images",
@@ -25,6 +32,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["converted_images", "params:preprocess"],
                 outputs=["primary_train", "primary_heldout", "dataset_card"],
                 name="split_images",
+            ),
+            node(
+                convert_pretrain_images,
+                inputs=["raw_pretrain_images", "params:preprocess", "params:pretrain"],
+                outputs="pretrain_source",
+                name="convert_pretrain_images",
             ),
         ]
     )

@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
-from maskdm_pipeline.imaging import convert_images
 from maskdm_pipeline.params import PretrainParams
 from maskdm_pipeline.train_stage import train_stage
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
@@ -19,23 +18,31 @@ logger = logging.getLogger(__name__)
 
 def pretrain_data(
     primary_train: Mapping[str, Any],
-    raw_pretrain_images: Mapping[str, Any],
+    pretrain_source: Mapping[str, Any],
     params: PretrainParams,
-    preprocess: Mapping[str, Any],
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     """The images to pre-train on.
 
     ``pretrain.data: target`` (default) pre-trains on the training split itself;
-    ``source`` pre-trains on the catalog entry ``raw_pretrain_images``, converted exactly like
-    the target (same resolution and channels, so the weights transfer), as in the paper's
-    VGGFace2 -> CelebA-HQ transfer runs (METHOD.md section 4.4).
+    ``source`` on ``raw_pretrain_images``, which preprocessing converted exactly like the target
+    (same resolution and channels, so the weights transfer) into the ``pretrain_source`` shards,
+    as in the paper's VGGFace2 -> CelebA-HQ transfer runs (METHOD.md section 4.4).
+
+    Raises:
+        ValueError: ``source`` is asked for but preprocessing ran with ``target`` (no images).
     """
     if params.data == "target":
-        return dict(primary_train)
-    converted = convert_images(raw_pretrain_images, preprocess)
-    logger.info("pretrain: %d source images from raw_pretrain_images (%s)", len(converted["images"]),
-                converted["source"])
-    return {"images": converted["images"], "labels": converted["labels"]}
+        return primary_train
+    images = pretrain_source["images"]
+    if len(images) == 0:
+        where = getattr(images, "folder", "pretrain_source")
+        raise ValueError(
+            f"pretrain.data=source, but {where} holds no images: preprocessing ran with "
+            "pretrain.data=target. Rerun `kedro run --pipelines preprocess --params pretrain.data=source` "
+            "(or set it in conf/<env>/parameters.yml) first."
+        )
+    logger.info("pretrain: %d source images from raw_pretrain_images", len(images))
+    return pretrain_source
 
 
 def pretrain(

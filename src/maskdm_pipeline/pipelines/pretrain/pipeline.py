@@ -1,4 +1,4 @@
-"""Wiring only: (primary_train | raw_pretrain_images) -> pretrained (+ history, accounting)."""
+"""Wiring only: (primary_train | pretrain_source) -> pretrained (+ history, accounting)."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 pretrain_data,
-                inputs=["primary_train", "raw_pretrain_images", "params:pretrain", "params:preprocess"],
+                inputs=["primary_train", "pretrain_source", "params:pretrain"],
                 outputs="pretrain_images",
                 name="pretrain_data",
             ),

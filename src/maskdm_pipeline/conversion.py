@@ -1,0 +1,315 @@
+"""A whole image source decoded and converted in a process pool, streamed in source order (PIL,
+numpy and the standard library; no Kedro, no torch).
+
+Sources: a folder listing (:class:`~maskdm_pipeline.listing.FileListing`, what the lean
+``ImageFolder`` catalog entry loads), a ``PartitionedDataset`` mapping of loaders (kept working for
+catalogs that have one), or an embedded set ``{"images": uint8 (N, C, H, W), "labels", "source"}``.
+Each image goes through :func:`maskdm_pipeline.imaging.convert` exactly as before; what is new is
+where the work happens and where the result goes:
+
+- **In parallel:** ``workers`` spawned processes convert consecutive chunks of the source; the
+  parent takes the chunks back in source order, so the rows, their order, the conversion counts
+  and the skipped files (with their reasons, in order) are the same for any worker count, and so
+  is every byte written.
+- **Streamed:** each chunk goes straight to a *sink* (``write(rows, digests)``): the shard writer of
+  the catalog entry, or a list in memory for small sets (:func:`convert_images`). At most
+  ``2 x workers`` chunks are in flight, so the memory of a conversion does not grow with the
+  number of images.
+
+``spawn``, not ``fork``: the parent may hold threads (MLflow, tqdm's monitor, a Kedro runner), and
+forking a threaded process can deadlock its children; spawned workers import only this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from maskdm_pipeline import imaging
+from maskdm_pipeline.imaging import ConversionLog, NoUsableImagesError, SkipImage
+from maskdm_pipeline.listing import FileListing
+from maskdm_pipeline.shards import row_digests
+
+__all__ = ["Conversion", "Sink", "convert_images", "default_workers", "image_source"]
+
+logger = logging.getLogger(__name__)
+
+CHUNK_IMAGES = 64  # images per task: enough to amortise the round trip, small enough to balance
+
+
+class Sink(Protocol):
+    def write(self, rows: np.ndarray, digests: np.ndarray) -> None: ...
+
+
+def default_workers() -> int:
+    """The cores this process may use (``preprocess.workers: null``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------- sources
+class _FolderSource:
+    def __init__(self, listing: FileListing) -> None:
+        self.listing, self.description = listing, "image folder"
+
+    def __len__(self) -> int:
+        return len(self.listing)
+
+    def name(self, i: int) -> str:
+        return self.listing[i]
+
+    def image(self, i: int) -> Image.Image:
+        path = self.listing.path(i)
+
+        def load() -> Image.Image:
+            with open(path, "rb") as handle:
+                image = Image.open(handle)
+                image.load()
+                return image
+
+        return imaging.decode(load)
+
+
+class _PartitionSource:
+    """A ``PartitionedDataset`` of ``pillow.ImageDataset``: ``{relative path: loader}``."""
+
+    def __init__(self, partitions: Mapping[str, Callable[[], Any]]) -> None:
+        self.names = sorted(partitions)
+        self.loaders = [partitions[n] for n in self.names]
+        self.description = "image folder"
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def name(self, i: int) -> str:
+        return self.names[i]
+
+    def image(self, i: int) -> Image.Image:
+        return imaging.decode(self.loaders[i])
+
+
+class _ArraySource:
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, description: str) -> None:
+        self.images, self.labels, self.description = images, labels, description
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def name(self, i: int) -> str:
+        return f"{self.description}[{i}]"
+
+    def image(self, i: int) -> Image.Image:
+        item = self.images[i]
+        return Image.fromarray(item[0] if item.shape[0] == 1 else item.transpose(1, 2, 0))
+
+
+def image_source(raw: Any) -> _FolderSource | _PartitionSource | _ArraySource:
+    """The catalog's ``raw_images`` (a folder listing, a ``PartitionedDataset`` mapping or an
+    embedded set) as a source of images by position."""
+    if isinstance(raw, FileListing):
+        return _FolderSource(raw)
+    if isinstance(raw, Mapping) and isinstance(raw.get("images"), np.ndarray):
+        labels = raw.get("labels")
+        return _ArraySource(raw["images"], None if labels is None else np.asarray(labels),
+                            str(raw.get("source", "embedded")))
+    return _PartitionSource(raw)
+
+
+# ---------------------------------------------------------------------------- one chunk
+@dataclass
+class _Chunk:
+    rows: np.ndarray  # uint8 (k, C, R, R)
+    positions: list[int]  # source positions of the rows
+    skipped: list[tuple[int, str]]  # (source position, reason)
+    notes: dict[str, int]  # ConversionLog.converted of this chunk, first occurrence first
+    digests: np.ndarray  # uint8 (k, 16)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(source: Any, kwargs: dict[str, Any]) -> None:
+    _WORKER.update(source=source, kwargs=kwargs)
+
+
+def _init_pool_worker(source: Any, kwargs: dict[str, Any]) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, a worker finishes its chunk.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(source, kwargs)
+
+
+def _convert_range(start: int, stop: int) -> _Chunk:
+    source, kwargs = _WORKER["source"], _WORKER["kwargs"]
+    log = ConversionLog()
+    rows, positions, skipped = [], [], []
+    for i in range(start, stop):
+        try:
+            rows.append(imaging.convert(source.image(i), log=log, **kwargs))
+            positions.append(i)
+        except SkipImage as reason:
+            skipped.append((i, str(reason)))
+    shape = (kwargs["channels"], kwargs["resolution"], kwargs["resolution"])
+    array = np.stack(rows) if rows else np.empty((0, *shape), dtype=np.uint8)
+    return _Chunk(array, positions, skipped, dict(log.converted), row_digests(array))
+
+
+# ---------------------------------------------------------------------------- the whole source
+@dataclass
+class Conversion:
+    """A conversion to run: ``raw`` (a source, see :func:`image_source`) with the ``preprocess``
+    parameters. What the ``convert_images`` node returns: the catalog's shard dataset runs it
+    while it writes (Kedro's lazy saving), so the images never exist in memory at once.
+
+    ``label``: the catalog entry ``raw`` came from, for messages. After :meth:`run`: ``found``,
+    ``log`` (counts and skipped files), ``labels`` (int64 per row, or None) and ``count`` (rows
+    written).
+    """
+
+    raw: Any
+    params: Mapping[str, Any]
+    workers: int | None = None
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+    label: str = "raw_images"
+    found: int = 0
+    count: int = 0
+    labels: np.ndarray | None = None
+    log: ConversionLog = field(default_factory=ConversionLog)
+    _description: str = field(default="", repr=False)
+
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        return (int(self.params["channels"]), int(self.params["resolution"]), int(self.params["resolution"]))
+
+    def run(self, sink: Sink) -> Conversion:
+        """Convert every image of the source into ``sink`` in source order.
+
+        Raises:
+            NoUsableImagesError: not one image could be converted (the message counts the reasons).
+        """
+        source = image_source(self.raw)
+        self.found, self.count, self.log = len(source), 0, ConversionLog()
+        n = self.found
+        kwargs = imaging.conversion_kwargs(self.params)
+        # Embedded arrays need no decoding (~40 us an image): a pool's start-up would cost more.
+        workers = 1 if isinstance(source, _ArraySource) else self.workers or default_workers()
+        workers = max(1, min(workers, -(-n // CHUNK_IMAGES)))
+        subfolder = self.params.get("labels", "none") == "subfolder" and not isinstance(source, _ArraySource)
+        self._description = source.description
+        classes: dict[str, int] = {}
+        class_ids: list[np.ndarray] = []
+        positions: list[np.ndarray] = []
+        bar = tqdm(total=n, desc="converting", unit="img", disable=not self._show_bar(), dynamic_ncols=True)
+        try:
+            for chunk in _chunks(source, kwargs, n, workers):
+                for i, reason in chunk.skipped:
+                    self.log.skip(source.name(i), reason)
+                    logger.warning("Skipping %s: %s", source.name(i), reason)
+                for what, count in chunk.notes.items():
+                    self.log.converted[what] = self.log.converted.get(what, 0) + count
+                if len(chunk.rows):
+                    sink.write(chunk.rows, chunk.digests)
+                    positions.append(np.asarray(chunk.positions, dtype=np.int64))
+                    if subfolder:
+                        class_ids.append(np.array([classes.setdefault(source.name(i).split("/")[0], len(classes))
+                                                   for i in chunk.positions], dtype=np.int64))
+                self.count += len(chunk.rows)
+                bar.update(len(chunk.rows) + len(chunk.skipped))
+        finally:
+            bar.close()
+        if self.count == 0:
+            raise NoUsableImagesError(
+                f"No usable image in the {self.label} input ({n} files found, all skipped: "
+                f"{self.log.skipped_by_reason()}). Check the folder that `{self.label}.path` points to in "
+                "conf/<env>/catalog.yml."
+            )
+        used = np.concatenate(positions)
+        if isinstance(source, _ArraySource):
+            self.labels = None if source.labels is None else source.labels[used].astype(np.int64)
+        elif subfolder:
+            rank = {name: r for r, name in enumerate(sorted(classes))}
+            remap = np.array([rank[name] for name in classes], dtype=np.int64)
+            self.labels = remap[np.concatenate(class_ids)]
+        logger.info("Converted %d of %d images from %s", self.count, n, source.description)
+        return self
+
+    def _show_bar(self) -> bool:
+        return sys.stderr.isatty() if self.progress is None else self.progress
+
+    def summary(self) -> dict[str, Any]:
+        """Plain values for the shard index (and from there the dataset card)."""
+        return {"source": self._description, "found": self.found, "used": self.count,
+                "converted": dict(self.log.converted), "skipped": list(self.log.skipped)}
+
+
+def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int) -> Iterator[_Chunk]:
+    """The source's chunks in order, converted here (one worker) or by a spawned pool."""
+    bounds = [(s, min(s + CHUNK_IMAGES, n)) for s in range(0, n, CHUNK_IMAGES)]
+    if workers == 1:
+        _init_worker(source, kwargs)
+        try:
+            for start, stop in bounds:
+                yield _convert_range(start, stop)
+        finally:
+            _WORKER.clear()
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
+                             initargs=(source, kwargs)) as pool:
+        pending: deque[Future[_Chunk]] = deque()
+        todo = iter(bounds)
+        try:
+            for start, stop in todo:
+                pending.append(pool.submit(_convert_range, start, stop))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                chunk = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_convert_range, *nxt))
+                yield chunk
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class _MemorySink:
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.digests: list[np.ndarray] = []
+
+    def write(self, rows: np.ndarray, digests: np.ndarray) -> None:
+        self.rows.append(rows)
+        self.digests.append(digests)
+
+
+def convert_images(raw: Any, params: Mapping[str, Any], workers: int | None = 1) -> dict[str, Any]:
+    """Decode, convert and collect every usable image in memory (small sets and tests; the
+    pipeline streams into shards instead, see :class:`Conversion`).
+
+    ``raw``: an embedded set, a folder listing or a ``PartitionedDataset`` mapping of loaders;
+    ``params``: the ``preprocess`` block. Returns ``{"images": uint8 (N, C, R, R), "labels": int64
+    (N,) | None, "digests": uint8 (N, 16), "source", "found", "log", "meta"}`` (``meta``: what the
+    shards' index records, :meth:`Conversion.summary`).
+
+    Raises:
+        NoUsableImagesError: not one image could be converted (the message counts the reasons).
+    """
+    sink = _MemorySink()
+    done = Conversion(raw, params, workers=workers, progress=False).run(sink)
+    return {"images": np.concatenate(sink.rows), "labels": done.labels, "digests": np.concatenate(sink.digests),
+            "source": done.summary()["source"], "found": done.found, "log": done.log, "meta": done.summary()}

@@ -1,0 +1,118 @@
+"""Memory-mapped image shards in the catalog (``data/02_intermediate/converted_images/``,
+``data/03_primary/{train,heldout,pretrain_source}/``); the format is :mod:`maskdm_pipeline.shards`.
+
+Saving streams: a node returns either a :class:`~maskdm_pipeline.conversion.Conversion` (run here,
+chunk by chunk, while the shards are written: Kedro's lazy saving) or a mapping of array-likes
+(``{"images", "labels", "digests", "reference_images", ..., "meta"}``, e.g. row views of the
+converted set), read and written in chunks of at most 64 MB. Either way the whole folder is
+written aside and swapped in at the end (:func:`maskdm_pipeline.fileio.atomic_write`): a killed or
+failed run, a full disk included, leaves the previous shards as they were.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+
+from maskdm_pipeline.conversion import Conversion
+from maskdm_pipeline.fileio import atomic_write
+from maskdm_pipeline.imaging import NoUsableImagesError
+from maskdm_pipeline.shards import (
+    GROUPS,
+    RERUN,
+    SHARD_BYTES,
+    ShardError,
+    ShardWriter,
+    iter_chunks,
+    open_shards,
+    write_index,
+)
+
+__all__ = ["ShardDataset"]
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
+class ShardDataset(AbstractDataset[Any, dict[str, Any]]):
+    """A folder of memory-mapped uint8 image shards with its ``index.json``.
+
+    Loads as ``{"images": ShardArray (N, C, H, W), "labels": int64 (N,) | None, "digests",
+    ["reference_images", "reference_labels", "reference_digests",] "checksum", "meta"}``, after
+    checking every shard against the index (headers and sizes; no pixel is read).
+
+    Example ``catalog.yml`` entry::
+
+        primary_train:
+          type: maskdm_pipeline.datasets.ShardDataset
+          path: data/03_primary/train        # `path`, so Kedro makes it absolute
+
+    ``max_shard_bytes``: pixels per shard file (default 1 GiB).
+    """
+
+    def __init__(self, path: str, max_shard_bytes: int = SHARD_BYTES, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self._max_shard_bytes = int(max_shard_bytes)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        try:
+            return open_shards(self._path)
+        except ShardError as exc:
+            raise DatasetError(str(exc)) from None
+
+    def save(self, data: Conversion | Mapping[str, Any]) -> None:
+        writers: list[ShardWriter] = []
+        try:
+            with atomic_write(self._path) as folder:
+                folder.mkdir()
+                if isinstance(data, Conversion):
+                    writer = ShardWriter(folder, "", data.item_shape, self._max_shard_bytes)
+                    writers.append(writer)
+                    data.run(writer)
+                    write_index(folder, {"": writer.finish(data.labels)}, data.summary())
+                else:
+                    groups = {}
+                    for prefix in GROUPS:
+                        if data.get(f"{prefix}images") is not None:
+                            writer = ShardWriter(folder, prefix, tuple(data[f"{prefix}images"].shape[1:]),
+                                                 self._max_shard_bytes)
+                            writers.append(writer)
+                            groups[prefix] = _write_group(writer, data, prefix)
+                    write_index(folder, groups, data.get("meta", {}))
+        except NoUsableImagesError as exc:
+            raise DatasetError(str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRNOS:
+                raise
+            shard = next((w.shards[-1]["file"] for w in reversed(writers) if w.shards), None)
+            where = f" (while writing {shard})" if shard else ""
+            kept = ("the previous shards there are untouched" if (self._path / "index.json").exists()
+                    else "nothing was written there")
+            raise DatasetError(
+                f"cannot write shards to {self._path}{where}: {exc.strerror or exc} [Errno {exc.errno}]; "
+                f"{kept}. Free some space (or fix the folder's permissions) and {RERUN}."
+            ) from exc
+        finally:
+            for writer in writers:
+                writer.abort()
+
+    def _exists(self) -> bool:
+        return (self._path / "index.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+def _write_group(writer: ShardWriter, data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    images, digests = data[f"{prefix}images"], data.get(f"{prefix}digests")
+    start = 0
+    for chunk in iter_chunks(images):
+        stop = start + len(chunk)
+        writer.write(chunk, None if digests is None else np.asarray(digests[start:stop]))
+        start = stop
+    return writer.finish(data.get(f"{prefix}labels"))
