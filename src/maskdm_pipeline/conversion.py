@@ -142,23 +142,26 @@ class _Chunk:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: Any, kwargs: dict[str, Any]) -> None:
-    _WORKER.update(source=source, kwargs=kwargs)
+def _init_worker(source: Any, kwargs: dict[str, Any], by_folder: bool) -> None:
+    _WORKER.update(source=source, kwargs=kwargs, by_folder=by_folder)
 
 
-def _init_pool_worker(source: Any, kwargs: dict[str, Any]) -> None:
+def _init_pool_worker(source: Any, kwargs: dict[str, Any], by_folder: bool) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, a worker finishes its chunk.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(source, kwargs)
+    _init_worker(source, kwargs, by_folder)
 
 
 def _convert_range(start: int, stop: int) -> _Chunk:
-    source, kwargs = _WORKER["source"], _WORKER["kwargs"]
+    source, kwargs, by_folder = _WORKER["source"], _WORKER["kwargs"], _WORKER["by_folder"]
     log = ConversionLog()
     rows, positions, skipped = [], [], []
     for i in range(start, stop):
         try:
-            rows.append(imaging.convert(source.image(i), log=log, **kwargs))
+            image = source.image(i)  # its own decoding problems first, as the reason given
+            if by_folder:
+                imaging.class_folder(source.name(i))  # a file outside a class folder has no label
+            rows.append(imaging.convert(image, log=log, **kwargs))
             positions.append(i)
         except SkipImage as reason:
             skipped.append((i, str(reason)))
@@ -187,6 +190,7 @@ class Conversion:
     found: int = 0
     count: int = 0
     labels: np.ndarray | None = None
+    classes: dict[str, Any] | None = None
     log: ConversionLog = field(default_factory=ConversionLog)
     _description: str = field(default="", repr=False)
 
@@ -201,7 +205,7 @@ class Conversion:
             NoUsableImagesError: not one image could be converted (the message counts the reasons).
         """
         source = image_source(self.raw)
-        self.found, self.count, self.log = len(source), 0, ConversionLog()
+        self.found, self.count, self.log, self.labels, self.classes = len(source), 0, ConversionLog(), None, None
         n = self.found
         kwargs = imaging.conversion_kwargs(self.params)
         # Embedded arrays need no decoding (~40 us an image): a pool's start-up would cost more.
@@ -214,7 +218,7 @@ class Conversion:
         positions: list[np.ndarray] = []
         bar = tqdm(total=n, desc="converting", unit="img", disable=not self._show_bar(), dynamic_ncols=True)
         try:
-            for chunk in _chunks(source, kwargs, n, workers):
+            for chunk in _chunks(source, kwargs, n, workers, subfolder):
                 for i, reason in chunk.skipped:
                     self.log.skip(source.name(i), reason)
                     logger.warning("Skipping %s: %s", source.name(i), reason)
@@ -224,8 +228,9 @@ class Conversion:
                     sink.write(chunk.rows, chunk.digests)
                     positions.append(np.asarray(chunk.positions, dtype=np.int64))
                     if subfolder:
-                        class_ids.append(np.array([classes.setdefault(source.name(i).split("/")[0], len(classes))
-                                                   for i in chunk.positions], dtype=np.int64))
+                        class_ids.append(np.array([classes.setdefault(imaging.class_folder(source.name(i)),
+                                                                      len(classes)) for i in chunk.positions],
+                                                  dtype=np.int64))
                 self.count += len(chunk.rows)
                 bar.update(len(chunk.rows) + len(chunk.skipped))
         finally:
@@ -243,6 +248,7 @@ class Conversion:
             rank = {name: r for r, name in enumerate(sorted(classes))}
             remap = np.array([rank[name] for name in classes], dtype=np.int64)
             self.labels = remap[np.concatenate(class_ids)]
+            self.classes = _class_report(source, self.labels, sorted(classes))
         logger.info("Converted %d of %d images from %s", self.count, n, source.description)
         return self
 
@@ -252,14 +258,34 @@ class Conversion:
     def summary(self) -> dict[str, Any]:
         """Plain values for the shard index (and from there the dataset card)."""
         return {"source": self._description, "found": self.found, "used": self.count,
-                "converted": dict(self.log.converted), "skipped": list(self.log.skipped)}
+                "converted": dict(self.log.converted), "skipped": list(self.log.skipped),
+                "classes": self.classes}
 
 
-def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int) -> Iterator[_Chunk]:
-    """The source's chunks in order, converted here (one worker) or by a spawned pool."""
+def _class_report(source: Any, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """:func:`maskdm_pipeline.imaging.class_report` of labels from class folders, with one
+    warning when a class folder has no usable image or a class has a single one."""
+    folders = set()
+    for i in range(len(source)):
+        try:
+            folders.add(imaging.class_folder(source.name(i)))
+        except SkipImage:
+            pass
+    report = imaging.class_report(sorted(folders), labels, classes)
+    if report["empty_classes"] or report["single_image_classes"]:
+        logger.warning("Class folders without a usable image: %s; classes with a single image: %s. Labels come "
+                       "from sub-folders (preprocess.labels: subfolder); see data/08_reporting/dataset_card.json.",
+                       ", ".join(report["empty_classes"]) or "none",
+                       ", ".join(report["single_image_classes"]) or "none")
+    return report
+
+
+def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int, by_folder: bool) -> Iterator[_Chunk]:
+    """The source's chunks in order, converted here (one worker) or by a spawned pool;
+    ``by_folder``: labels come from class folders, so a file outside one is skipped."""
     bounds = [(s, min(s + CHUNK_IMAGES, n)) for s in range(0, n, CHUNK_IMAGES)]
     if workers == 1:
-        _init_worker(source, kwargs)
+        _init_worker(source, kwargs, by_folder)
         try:
             for start, stop in bounds:
                 yield _convert_range(start, stop)
@@ -268,7 +294,7 @@ def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int) -> Iterat
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
-                             initargs=(source, kwargs)) as pool:
+                             initargs=(source, kwargs, by_folder)) as pool:
         pending: deque[Future[_Chunk]] = deque()
         todo = iter(bounds)
         try:
@@ -312,4 +338,5 @@ def convert_images(raw: Any, params: Mapping[str, Any], workers: int | None = 1)
     sink = _MemorySink()
     done = Conversion(raw, params, workers=workers, progress=False).run(sink)
     return {"images": np.concatenate(sink.rows), "labels": done.labels, "digests": np.concatenate(sink.digests),
-            "source": done.summary()["source"], "found": done.found, "log": done.log, "meta": done.summary()}
+            "source": done.summary()["source"], "found": done.found, "log": done.log, "classes": done.classes,
+            "meta": done.summary()}

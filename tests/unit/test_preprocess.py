@@ -141,11 +141,15 @@ def test_a_path_without_a_class_folder_is_a_skip_reason(name, reason):
         imaging.class_folder(name)
 
 
-def test_labels_only_from_class_folders_and_odd_classes_reported(tmp_path, caplog):
+@pytest.mark.parametrize("entry", ["ImageFolder", "PartitionedDataset"])
+def test_labels_only_from_class_folders_and_odd_classes_reported(tmp_path, caplog, entry):
     """fail-05's folder and more: images at the top become no class (skipped with the reason, in
     the card), a class folder with no usable image and a class of one image are reported in the
-    card and by one warning; the classifier's labels are those of the class folders."""
+    card and by one warning; the classifier's labels are those of the class folders. The same
+    with the lean ``ImageFolder`` raw entry and with a ``PartitionedDataset`` of images."""
     import logging
+
+    from maskdm_pipeline.datasets import ImageFolder
 
     rng = np.random.default_rng(0)
 
@@ -161,8 +165,9 @@ def test_labels_only_from_class_folders_and_odd_classes_reported(tmp_path, caplo
     image(tmp_path / "solo" / "000.png")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("not an image")
-    with caplog.at_level(logging.WARNING, logger="maskdm_pipeline.imaging"):
-        converted = convert_images(_folder_dataset(tmp_path).load(), {**PARAMS, "heldout_fraction": 0.2})
+    raw = ImageFolder(str(tmp_path)) if entry == "ImageFolder" else _folder_dataset(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="maskdm_pipeline.conversion"):
+        converted = convert_images(raw.load(), {**PARAMS, "heldout_fraction": 0.2})
     _, _, card = split_images(converted, {**PARAMS, "heldout_fraction": 0.2})
     assert card["num_classes"] == 3 and card["used"] == 9
     assert card["images_per_class"] == {"cat": 4, "dog": 4, "solo": 1}

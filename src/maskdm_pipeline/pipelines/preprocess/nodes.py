@@ -106,7 +106,7 @@ def split_images(
         "seed": seed,
         "labels": labels is not None,
         "num_classes": None if labels is None else int(len(np.unique(labels))),
-        **(converted.get("classes") or {}),
+        **(info.get("classes") or {}),
         "converted": dict(log.converted),
         "skipped": len(log.skipped),
         "skipped_by_reason": log.skipped_by_reason(),
