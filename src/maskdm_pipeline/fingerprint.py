@@ -27,7 +27,7 @@ import fnmatch
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from maskdm_pipeline import __version__
 from maskdm_pipeline.tracking import flatten
 
 __all__ = ["FORMAT", "SPEED_ONLY_KEYS", "file_digest", "fingerprint", "folder_digest", "folder_listing",
-           "key_document", "speed_only"]
+           "key_document", "listing_digest", "speed_only"]
 
 FORMAT = "maskdm-fingerprint/1"
 
@@ -106,12 +106,24 @@ def folder_digest(folder: str | os.PathLike[str]) -> str:
     return f"sha256-tree:{digest.hexdigest()}"
 
 
+def listing_digest(entries: Iterable[tuple[str, int, int]]) -> str:
+    """``listing:<hex>`` of ``(relative POSIX path, size, mtime in ns)`` entries in sorted path
+    order: the identity of a raw folder (:func:`folder_listing`, and the lean ``ImageFolder``
+    dataset from its own listing, ``listing.FileListing.entries``)."""
+    digest = hashlib.sha256()
+    for name, size, mtime_ns in entries:
+        digest.update(f"{name}\0{size}\0{mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return f"listing:{digest.hexdigest()}"
+
+
 def folder_listing(folder: str | os.PathLike[str]) -> str:
     """``listing:<hex>`` of every file under ``folder``: relative path, size and modification time
     (ns), no file opened. Any file added, removed, resized or rewritten changes it."""
     folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in _files(folder):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return f"listing:{digest.hexdigest()}"
+
+    def entries() -> Iterator[tuple[str, int, int]]:
+        for path in _files(folder):
+            stat = path.stat()
+            yield path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns
+
+    return listing_digest(entries())

@@ -187,15 +187,19 @@ def test_cache_rerun_reruns_what_it_names(copy: Path) -> None:
     assert _digests(copy, "*_samples.npz") == samples
 
 
-FOLDER = """
+# raw_images: the lean folder entry the README recommends; raw_pretrain_images in a folder of its
+# own too (convert_pretrain_images lists it even with pretrain.data: target), as a
+# PartitionedDataset, the other entry a user may have: loading the embedded digits would only add
+# seconds here.
+FOLDER_CATALOG = """raw_images:
+  type: maskdm_pipeline.datasets.ImageFolder
+  path: data/01_raw/digits
+raw_pretrain_images:
   type: partitions.PartitionedDataset
-  path: data/01_raw/{}
+  path: data/01_raw/source
   dataset:
     type: pillow.ImageDataset
 """
-# raw_pretrain_images in a folder of its own too (pretrain_data reads it even with pretrain.data:
-# target): loading the embedded digits would only add seconds here.
-FOLDER_CATALOG = f"raw_images:{FOLDER.format('digits')}raw_pretrain_images:{FOLDER.format('source')}"
 
 
 @pytest.fixture
@@ -217,25 +221,35 @@ def folder_project(tmp_path: Path) -> Path:
 
 def test_one_raw_image_replaced_reruns_preprocessing_and_later_stages_only_if_the_data_changed(
         folder_project: Path) -> None:
+    """Preprocessing is two parts joined by a file: the conversion (raw images -> the converted
+    shards) and the split (-> the primary shards); each shard folder is identified by its index's
+    content checksum, so what comes after a conversion reruns only if the converted content changed."""
     run = ("--pipelines", "preprocess,pretrain")
     _run(folder_project, *run, env_name="folder")
     image = folder_project / "data/01_raw/digits/0000.png"
-    primary = _digests(folder_project, "*.npz")
+    primary = _digests(folder_project, "03_primary/*/*")
     pretrained = _digests(folder_project, "pretrained.pt")
+    records = sorted(p.name for p in (folder_project / "data").rglob("*.fingerprint.json"))
+    assert {"converted_images.fingerprint.json", "train.fingerprint.json", "heldout.fingerprint.json",
+            "pretrain_source.fingerprint.json"} <= set(records)
+    for folder in ("02_intermediate/converted_images", "03_primary/train", "03_primary/heldout"):
+        assert not list((folder_project / "data" / folder).rglob("*.fingerprint.json")), "a record inside a folder"
 
-    # The same bytes, written again (a new modification time): preprocessing reruns, its
-    # arrays come out byte-identical, so nothing after it reruns.
+    # The same bytes, written again (a new modification time): the conversion reruns, its shards
+    # come out with the same content, so nothing after it reruns.
     image.write_bytes(image.read_bytes())
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     lines = _run(folder_project, *run, env_name="folder")
-    _runs(lines, "preprocess [split_images]", "input raw_images changed")
-    _up_to_date(lines, "preprocess [fd_clf.fit_classifier]", "preprocess [fd_clf.reference]", "pretrain")
-    assert _digests(folder_project, "*.npz") == primary
+    _runs(lines, "preprocess [convert_images]", "input raw_images changed")
+    _up_to_date(lines, "preprocess [split_images]", "preprocess [fd_clf.fit_classifier]",
+                "preprocess [fd_clf.reference]", "pretrain")
+    assert _digests(folder_project, "03_primary/*/*") == primary
 
-    # Another image: the arrays change, and pre-training reruns on them.
+    # Another image: the shards change, and the split and pre-training rerun on them.
     good_image("L", size=(12, 12), seed=999).save(image)
     lines = _run(folder_project, *run, env_name="folder")
-    _runs(lines, "preprocess [split_images]", "input raw_images changed")
-    assert _digests(folder_project, "train.npz") != {k: v for k, v in primary.items() if k.endswith("train.npz")}
+    _runs(lines, "preprocess [convert_images]", "input raw_images changed")
+    _runs(lines, "preprocess [split_images]", "input converted_images changed")
+    assert _digests(folder_project, "03_primary/train/*") != {k: v for k, v in primary.items() if "/train/" in k}
     _runs(lines, "pretrain", "input primary_train changed")
     assert _digests(folder_project, "pretrained.pt") != pretrained

@@ -74,6 +74,8 @@ def test_index_that_disagrees_with_the_shards(shards, tmp_path):
 def test_labels_that_disagree_with_the_index(shards):
     np.save(shards / "labels.npy", np.arange(24))
     _refused(shards, "labels.npy", "24 rows", "25 images")
+    np.save(shards / "labels.npy", np.arange(25) % 3)  # as many, but not the ones indexed
+    _refused(shards, "index.json", "content checksum", "disagrees")
 
 
 def test_old_single_archive_project_is_told_to_rerun_preprocess(tmp_path):
@@ -129,11 +131,43 @@ def test_interrupted_write_keeps_the_previous_shards(shards, monkeypatch):
     assert {p.name: p.read_bytes() for p in shards.iterdir()} == before
 
 
-def test_a_project_with_the_old_npz_gets_one_line_from_kedro_run(make_project):
-    """Through the CLI: the stage that reads the primary data stops with the one line to act on."""
-    project = make_project(with_primary=False)
-    np.savez(project.data / "03_primary" / "train.npz", images=_images(3))
+@pytest.mark.parametrize("fault", ["old npz", "truncated shard"])
+def test_a_shard_fault_ends_kedro_run_in_one_line(make_project, fault):
+    """Through the CLI: the stage that reads the primary data stops with one ``Error:`` line (the
+    form of a file the catalog cannot read, issue 16) naming the entry, the file and the command,
+    no traceback, no node run."""
+    project = make_project(with_primary=fault != "old npz")
+    if fault == "old npz":
+        np.savez(project.data / "03_primary" / "train.npz", images=_images(3))
+        expected = "train.npz is the old single-archive format"
+    else:
+        shard = project.data / "03_primary" / "train" / "images-00000.npy"
+        shard.write_bytes(shard.read_bytes()[:-5])
+        expected = f"shard {shard} is truncated"
     code, output = project.run("--pipelines", "baseline", timeout=120)
-    assert code != 0
-    text = squash(output)
-    assert "train.npz is the old single-archive format" in text and RERUN in text
+    assert code == 1, output[-3000:]
+    assert "Traceback" not in output and "Running node" not in squash(output), output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and output.rstrip().endswith(errors[0]), output[-3000:]
+    assert errors[0].startswith("Error: primary_train: ") and expected in errors[0] and RERUN in errors[0], errors[0]
+
+
+def test_shard_faults_are_errors_written_for_the_user(shards, monkeypatch):
+    """The same in process: the load and save errors are click exceptions (what
+    ``console.one_line_user_errors`` looks for, also under Kedro's wrapping) and still Kedro's
+    DatasetError for Python callers."""
+    from click import ClickException
+
+    from maskdm_pipeline.console import user_error_in
+
+    (shards / "images-00001.npy").unlink()
+    with pytest.raises(DatasetError) as info:
+        ShardDataset(str(shards)).load()
+    assert isinstance(info.value, ClickException)
+    wrapped = DatasetError(f"primary_train: {info.value}")
+    wrapped.__cause__ = info.value
+    assert user_error_in(wrapped)
+    _full_disk_from_second_shard(monkeypatch)
+    with pytest.raises(DatasetError) as info:
+        ShardDataset(str(shards.parent / "other"), max_shard_bytes=160).save({"images": _images(300)})
+    assert isinstance(info.value, ClickException) and "No space left on device" in str(info.value)

@@ -175,3 +175,96 @@ def test_an_input_from_a_stage_outside_the_run_is_named_when_that_stage_would_re
     changed = Judge(catalog, {"block": {"k": 5}}, writers, {})
     assert Upstream(changed, third).stale("copy") == ("first", "parameters changed: block.k 3 -> 5")
     assert Upstream(changed, frozenset({"scale", "copy", "read"})).stale("copy") is None  # decided in the run
+
+
+# ----------------------------------------------------------------------------- shards and raw folders
+def test_a_shard_folder_is_identified_by_its_content_checksum(tmp_path: Path) -> None:
+    """Issue 14's chaining from issue 13's shards: the identity is the index's content checksum
+    (plus the index's meta, what the dataset card is made of), whatever the cut into shard files;
+    a changed image, labels that disagree with the index, or a truncated shard change it."""
+    from maskdm_pipeline.datasets import ShardDataset
+
+    images = np.random.default_rng(0).integers(0, 256, (30, 1, 4, 4), dtype=np.uint8)
+    data = {"images": images, "labels": np.arange(30) % 3, "meta": {"split": "train"}}
+    whole, cut = ShardDataset(str(tmp_path / "whole")), ShardDataset(str(tmp_path / "cut"), max_shard_bytes=64)
+    whole.save(data)
+    cut.save(data)
+    identity = whole.content_identity()
+    assert identity.startswith(f"shards:{whole.load()['checksum']}:meta:")
+    assert cut.content_identity() == identity and len(list((tmp_path / "cut").glob("images-*.npy"))) == 8
+    assert records.content(whole, whole.path) == records.stamp(whole, whole.path) == identity
+    assert ShardDataset(str(tmp_path / "absent")).content_identity() == "missing"
+
+    other = images.copy()
+    other[7, 0, 1, 1] ^= 1
+    whole.save({**data, "images": other})
+    assert whole.content_identity() not in (identity, None)
+    whole.save({**data, "meta": {"split": "heldout"}})
+    assert whole.content_identity() != identity
+    whole.save(data)
+    assert whole.content_identity() == identity
+
+    np.save(tmp_path / "whole" / "labels.npy", np.arange(30) % 2)  # same length, other labels
+    assert whole.content_identity().startswith("unreadable:") and "disagrees" in whole.content_identity()
+    shard = tmp_path / "cut" / "images-00003.npy"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    assert cut.content_identity().startswith("unreadable:") and "truncated" in cut.content_identity()
+
+
+def test_shard_records_stay_beside_the_folder_through_its_swaps(project: dict[str, Any]) -> None:
+    """The record of a shard folder is written beside it; the atomic folder swap of every later
+    save leaves it there (and nothing inside), and the judge sees a rewrite with other content."""
+    from maskdm_pipeline.datasets import ShardDataset
+    from maskdm_pipeline.fileio import remove_stale_temporaries
+
+    root = project["root"]
+    catalog = DataCatalog({"shards": ShardDataset(str(root / "shards"))})
+    pipe = pipeline([node(lambda: None, None, "shards", name="write")])
+    (part,) = split_parts(pipe, lambda name: name in catalog, {"write": "stage"})
+
+    def judge() -> Judge:
+        return Judge(catalog, {}, {"shards": part}, {})
+
+    images = np.zeros((4, 1, 2, 2), np.uint8)
+    catalog.save("shards", {"images": images})
+    judge().record(judge().decide(part))
+    record = root / "shards.fingerprint.json"
+    assert record.is_file() and judge().decide(part).current
+    for fill in (0, 1):
+        catalog.save("shards", {"images": images + fill})
+        assert record.is_file() and not list((root / "shards").glob("*fingerprint*"))
+        assert sorted(p.name for p in (root / "shards").iterdir()) == ["digests.npy", "images-00000.npy", "index.json"]
+    assert judge().decide(part).reasons == ["shards changed since its fingerprint was written"]
+    assert remove_stale_temporaries(root) == [] and record.is_file()
+
+
+def test_a_raw_image_folder_is_identified_by_its_listing_without_opening_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ImageFolder's identity: (relative path, size, mtime) of every file it loads, by the rule
+    every raw folder follows (fingerprint.folder_listing); no file is opened."""
+    import builtins
+
+    from maskdm_pipeline.datasets import ImageFolder
+    from maskdm_pipeline.fingerprint import folder_listing
+
+    for name in ("a/1.png", "a/2.png", "b/3.jpg", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    everything, images = ImageFolder(str(tmp_path)), ImageFolder(str(tmp_path), suffixes=[".png", ".jpg"])
+    real_open = builtins.open
+
+    def no_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        assert not str(file).startswith(str(tmp_path)), f"opened {file}"
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_open)
+    identity = everything.content_identity()
+    assert identity == folder_listing(tmp_path) and identity.startswith("listing:")
+    assert images.content_identity() != identity  # notes.txt is not among its files
+    filtered = images.content_identity()
+    (tmp_path / "notes.txt").write_bytes(b"longer notes")  # not an image of the filtered entry
+    assert images.content_identity() == filtered and everything.content_identity() != identity
+    png = tmp_path / "a" / "1.png"
+    os.utime(png, ns=(png.stat().st_atime_ns, png.stat().st_mtime_ns + 10**9))  # rewritten, same bytes
+    assert images.content_identity() != filtered
+    assert ImageFolder(str(tmp_path / "absent")).content_identity() == "missing"

@@ -105,7 +105,7 @@ def test_transfer_pretraining_reads_the_source_shards_preprocess_wrote(tmp_path)
     source, target = PretrainParams(**block, data="source"), PretrainParams(**block, data="target")
     raw = EmbeddedDigitsDataset("sklearn_digits").load()
     for name, which in (("source", source), ("target", target)):
-        ShardDataset(str(tmp_path / name)).save(convert_pretrain_images(raw, params, which))
+        ShardDataset(str(tmp_path / name)).save(convert_pretrain_images(raw, params, which.data))
     converted = ShardDataset(str(tmp_path / "source")).load()
     assert converted["images"].shape == (1797, 1, 16, 16)
     assert pretrain_data({"images": "the target split"}, converted, source) is converted

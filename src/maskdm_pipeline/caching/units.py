@@ -1,8 +1,10 @@
 """The parts of a pipeline the cache decides on, and the stage each belongs to.
 
-A part is a set of nodes connected through in-memory datasets (``convert_images`` hands its images
-to ``split_images`` in memory, so the two are one part): it can only run whole, and everything it
-leaves on disk is written by it. Parts are small where the DAG allows it, so that a change reruns
+A part is a set of nodes connected through in-memory datasets (``pretrain_data`` hands the
+images to ``pretrain`` in memory, so the two are one part): it can only run whole, and everything
+it leaves on disk is written by it. Nodes connected through a file are parts of their own:
+``convert_images`` writes the converted shards that ``split_images`` reads, so a rerun of the
+conversion that wrote the same content leaves the split current. Parts are small where the DAG allows it, so that a change reruns
 no more than it must: MaskDM's and the baseline's sampling are two parts of the ``sample`` stage,
 and "``finetune.lr`` changed" reruns MaskDM's alone.
 """

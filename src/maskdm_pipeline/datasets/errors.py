@@ -1,4 +1,4 @@
-"""The error a catalog entry raises when its file cannot be read."""
+"""The errors a catalog entry raises when its file cannot be read or written."""
 
 from __future__ import annotations
 
@@ -16,3 +16,9 @@ class UnreadableFileError(DatasetError, ClickException):
     uncaught exception: ``kedro run`` then ends with ``Error: <entry>: <message>`` instead of a
     screen of traceback with the message at its end.
     """
+
+
+class UnwritableFileError(DatasetError, ClickException):
+    """A catalog file or folder that cannot be written (a full disk, a read-only folder); the
+    message names it, what was kept and what to do. One ``Error:`` line from ``kedro run``, for
+    the same reason as :class:`UnreadableFileError`."""

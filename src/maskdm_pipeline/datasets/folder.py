@@ -40,6 +40,20 @@ class ImageFolder(AbstractDataset[None, FileListing]):
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise DatasetError(str(exc)) from None
 
+    def content_identity(self) -> str:
+        """What the folder holds, for the cache (``maskdm_pipeline.caching``): its listing, the
+        (relative path, size, modification time) of every file this entry loads
+        (:func:`maskdm_pipeline.fingerprint.listing_digest`); no file is opened, so a folder of
+        hundreds of thousands of images is checked in the time of one directory walk."""
+        # Imported here: fingerprint brings pandas, which listing the folder for a node does not need.
+        from maskdm_pipeline.fingerprint import listing_digest
+
+        try:
+            listing = scan_folder(self._path, self._suffixes)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing"
+        return listing_digest(listing.entries())
+
     def save(self, data: None) -> None:
         raise DatasetError(f"ImageFolder({self._path}) is read-only: it lists your images")
 

@@ -12,6 +12,8 @@ failed run, a full disk included, leaves the previous shards as they were.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
 from maskdm_pipeline.conversion import Conversion
+from maskdm_pipeline.datasets.errors import UnreadableFileError, UnwritableFileError
 from maskdm_pipeline.fileio import atomic_write
 from maskdm_pipeline.imaging import NoUsableImagesError
 from maskdm_pipeline.shards import (
@@ -59,11 +62,35 @@ class ShardDataset(AbstractDataset[Any, dict[str, Any]]):
         self._max_shard_bytes = int(max_shard_bytes)
         self.metadata = metadata
 
+    @property
+    def path(self) -> Path:
+        """The shard folder (what the cache fingerprints; its record lies beside it, not in it)."""
+        return self._path
+
     def load(self) -> dict[str, Any]:
         try:
             return open_shards(self._path)
         except ShardError as exc:
-            raise DatasetError(str(exc)) from None
+            raise UnreadableFileError(str(exc)) from exc
+
+    def content_identity(self) -> str:
+        """What the folder holds, for the cache (``maskdm_pipeline.caching``): its index's content
+        checksum (the item shape, every image's digest in order, the labels: no pixel is read)
+        and a hash of the index's ``meta`` (what the dataset card is made of: counts, skipped
+        files, classes). Shards cut differently but holding the same images give the same identity,
+        so a rerun of preprocessing that wrote the same content reruns nothing after it.
+
+        A folder that does not open cleanly (missing, truncated, an index that disagrees) gets
+        an identity of its own, so the cache sees it changed and reruns the stage that writes it.
+        """
+        if not self._path.exists():
+            return "missing"
+        try:
+            data = open_shards(self._path)
+        except ShardError as exc:
+            return f"unreadable:{exc}"
+        meta = hashlib.sha256(json.dumps(data["meta"], sort_keys=True, default=str).encode()).hexdigest()
+        return f"shards:{data['checksum']}:meta:{meta[:16]}"
 
     def save(self, data: Conversion | Mapping[str, Any]) -> None:
         writers: list[ShardWriter] = []
@@ -86,6 +113,8 @@ class ShardDataset(AbstractDataset[Any, dict[str, Any]]):
                     write_index(folder, groups, data.get("meta", {}))
         except NoUsableImagesError as exc:
             raise DatasetError(str(exc)) from None
+        except ShardError as exc:  # a source read from other shards that do not open
+            raise UnreadableFileError(str(exc)) from exc
         except OSError as exc:
             if exc.errno not in _DISK_ERRNOS:
                 raise
@@ -93,7 +122,7 @@ class ShardDataset(AbstractDataset[Any, dict[str, Any]]):
             where = f" (while writing {shard})" if shard else ""
             kept = ("the previous shards there are untouched" if (self._path / "index.json").exists()
                     else "nothing was written there")
-            raise DatasetError(
+            raise UnwritableFileError(
                 f"cannot write shards to {self._path}{where}: {exc.strerror or exc} [Errno {exc.errno}]; "
                 f"{kept}. Free some space (or fix the folder's permissions) and {RERUN}."
             ) from exc

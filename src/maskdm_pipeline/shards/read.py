@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from maskdm_pipeline.shards.format import FORMAT, GROUPS, INDEX, RERUN, ShardError
+from maskdm_pipeline.shards.format import FORMAT, GROUPS, INDEX, RERUN, ShardError, folder_checksum
 
 # madvise where the platform has it (Linux, macOS); elsewhere plain memory maps.
 _ADVISE = hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_RANDOM") and hasattr(mmap, "MADV_WILLNEED")
@@ -255,8 +255,9 @@ def open_shards(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         ShardError: the folder, its index or a shard is missing, truncated or disagrees with the
-            index (also for a project that still has the old ``<name>.npz``); one line naming
-            the file and the command that rewrites it.
+            index (shapes, sizes, or the content checksum against the digests and labels), also
+            for a project that still has the old ``<name>.npz``; one line naming the file and the
+            command that rewrites it.
     """
     folder = Path(folder)
     index = _read_index(folder)
@@ -279,4 +280,9 @@ def open_shards(folder: str | os.PathLike[str]) -> dict[str, Any]:
             out[f"{prefix}digests"] = _side_array(folder, group["digests"], count, "digests")
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardError(f"{folder / INDEX} is incomplete or malformed ({type(exc).__name__}: {exc}); {RERUN}.") from exc
+    computed = folder_checksum(out)  # from the digests and labels: 16 + 8 bytes an image, no pixel
+    if out["checksum"] != computed:
+        raise ShardError(f"{folder / INDEX} gives the content checksum {str(out['checksum'])[:12]}... but the "
+                         f"digests and labels in {folder} give {computed[:12]}...: the index disagrees with the "
+                         f"shards; {RERUN}.")
     return out

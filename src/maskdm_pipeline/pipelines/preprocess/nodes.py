@@ -18,7 +18,6 @@ import numpy as np
 from maskdm_pipeline import fd_clf, splitting
 from maskdm_pipeline.conversion import Conversion, convert_images
 from maskdm_pipeline.imaging import ConversionLog
-from maskdm_pipeline.params import PretrainParams
 from maskdm_pipeline.shards import RowView, combine_checksums, folder_checksum
 
 __all__ = ["convert_images", "convert_pretrain_images", "fd_clf_reference", "fit_fd_clf_classifier",
@@ -36,7 +35,7 @@ def start_conversion(raw_images: Any, params: Mapping[str, Any]) -> Conversion:
 
 
 def convert_pretrain_images(
-    raw_pretrain_images: Any, params: Mapping[str, Any], pretrain: PretrainParams
+    raw_pretrain_images: Any, params: Mapping[str, Any], pretrain_data: str
 ) -> Conversion | dict[str, Any]:
     """The images of masked pre-training on a source set (``pretrain.data: source``, the paper's
     VGGFace2 -> CelebA-HQ transfer, METHOD.md section 4.4), converted exactly like the target
@@ -45,9 +44,11 @@ def convert_pretrain_images(
     Here rather than in the pretrain stage so that the one stage that decodes images does it
     (same workers, skip reasons and checks), and so that a pre-training rerun (another mask
     ratio) reads shards instead of decoding the source again. With ``pretrain.data: target`` the
-    folder is written empty, and raw_pretrain_images is not read.
+    folder is written empty, and raw_pretrain_images is not read. ``pretrain_data`` is
+    ``params:pretrain.data`` alone, not the whole block: the cache keys this node by the
+    parameters it takes, and another mask ratio must not make the conversion stale.
     """
-    if pretrain.data == "source":
+    if pretrain_data == "source":
         return Conversion(raw_pretrain_images, dict(params), workers=params.get("workers"),
                           label="raw_pretrain_images")
     shape = (int(params["channels"]), int(params["resolution"]), int(params["resolution"]))

@@ -35,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 convert_pretrain_images,
-                inputs=["raw_pretrain_images", "params:preprocess", "params:pretrain"],
+                inputs=["raw_pretrain_images", "params:preprocess", "params:pretrain.data"],
                 outputs="pretrain_source",
                 name="convert_pretrain_images",
             ),
