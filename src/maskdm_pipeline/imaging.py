@@ -216,8 +216,8 @@ def class_folder(name: str) -> str:
 
 def class_report(folders: Sequence[str], labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Images per class, and the classes a labelled set should not have: class folders where
-    no image could be used (``empty_classes``; a folder with no file at all is not listed by
-    Kedro's PartitionedDataset, so it cannot be seen here) and classes of one image
+    no image could be used (``empty_classes``; a folder with no file at all is listed neither by
+    ``ImageFolder`` nor by Kedro's PartitionedDataset, so it cannot be seen here) and classes of one image
     (``single_image_classes``: one example is all the fd_clf classifier, fd_clf.py, can learn from)."""
     counts = np.bincount(labels, minlength=len(classes))
     return {
