@@ -101,7 +101,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def preprocessed() -> dict[str, Any]:
-    return run("preprocess", raw_images=raw_digits())
+    return run("preprocess", raw_images=raw_digits(), raw_pretrain_images=raw_digits())
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,8 @@ def stage(folder: Path, preprocessed: dict[str, Any]) -> Callable[..., dict[str,
 
 
 @pytest.fixture(scope="module")
-def pretrained(stage: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    return stage("pretrain", raw_pretrain_images=raw_digits())
+def pretrained(stage: Callable[..., dict[str, Any]], preprocessed: dict[str, Any]) -> dict[str, Any]:
+    return stage("pretrain", pretrain_source=preprocessed["pretrain_source"])
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,7 @@ def test_preprocess_splits_converts_and_fits_the_fd_clf_feature_space(preprocess
     assert sorted(np.unique(np.concatenate([train["labels"], heldout["labels"]]))) == list(range(CLASSES))
     assert (card["found"], card["train"], card["heldout"], card["source"]) == (160, 128, 32, "test quadrants")
     assert card["num_classes"] == CLASSES and card["skipped"] == 0
+    assert tiny_params()["pretrain"]["data"] == "target" and len(preprocessed["pretrain_source"]["images"]) == 0
     classifier, reference = preprocessed["feature_classifier"], preprocessed["fd_clf_reference"]
     assert classifier["available"] and classifier["num_train"] > 0
     assert classifier["test_accuracy"] > 0.5, "four bright quadrants are easy to tell apart"
