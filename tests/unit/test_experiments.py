@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if str(PROJECT_ROOT) not in sys.path:  # `experiments` is a folder of the project, not installed
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from experiments import claim  # noqa: E402
+from experiments import claim, levels  # noqa: E402
 
 BASELINE_SIDE = ["03_primary/train.npz", "04_feature/feature_classifier.pt", "06_models/baseline.pt",
                  "07_model_output/baseline_samples.npz", "07_model_output/baseline_png/0.png",
@@ -130,3 +130,17 @@ def test_token_blocks_are_backfilled_for_runs_recorded_before_them() -> None:
     recorded = {"config": record["config"], "stats": {"tokens_seen": 1, "token_blocks_seen": 7}}
     claim._backfill_token_blocks(recorded)
     assert recorded["stats"]["token_blocks_seen"] == 7  # a recorded value is never replaced
+
+
+def test_levels_give_the_cost_to_first_reach_each_quality_and_the_ratio() -> None:
+    """MaskDM ahead early, behind late: the per-level ratios show what one final-value speed-up hides."""
+    run = {"seed": 0, "curves": {
+        "maskdm": {"tokens": [6.0, 8.0, 10.0, 12.0], "fd_clf": [90.0, 50.0, 30.0, 25.0]},
+        "baseline": {"tokens": [2.0, 4.0, 8.0, 12.0], "fd_clf": [150.0, 100.0, 40.0, 20.0]}}}
+    rows = levels.level_rows([run], [100, 50, 30, 20], "tokens")
+    got = {row["level"]: row["seeds"][0] for row in rows}
+    assert (got[100]["maskdm"], got[100]["baseline"]) == (6.0, 4.0)  # first point at or below the level
+    assert got[50]["speedup"] == 8.0 / 8.0
+    assert got[30]["speedup"] == 12.0 / 10.0
+    assert got[20]["maskdm"] is None and got[20]["speedup"] is None  # never reached: no ratio
+    assert "1.20" in levels.table(rows) and "not reached" in levels.table(rows)
