@@ -221,13 +221,16 @@ class MlflowTrackingHook:
             return
         self._guarded(self._start, names, run_params, catalog)
 
-    def _open_if_rank_zero(self, finished: bool = False) -> None:
+    def _open_if_rank_zero(self, finished: bool = False, failed: bool = False) -> None:
         """Several nodes: open the deferred run once this node knows it holds global rank 0."""
         if self._pending is None:
             return
         from maskdm_pipeline.training.distributed import node_rank
 
         rank = node_rank()
+        if rank is None and failed:  # it failed before its rank was known: nothing to track
+            self._pending = None
+            return
         if rank is None and finished:  # no training stage ran: what the scheduler says, if anything
             found = next((os.environ[k] for k in ("SLURM_NODEID", "NODE_RANK") if k in os.environ), None)
             rank = None if found is None else int(found)
@@ -313,7 +316,7 @@ class MlflowTrackingHook:
 
     @hook_impl
     def on_pipeline_error(self, pipeline: Any) -> None:
-        self._open_if_rank_zero(finished=True)
+        self._open_if_rank_zero(finished=True, failed=True)
         self._safely(self._log_outputs, sorted(pipeline.all_outputs()), self._started_ns)
         self._safely(self._end, "FAILED")
 

@@ -74,3 +74,50 @@ def test_two_nodes_train_as_one_process(make_project):
     _close(final[0], final[1], atol=0)
     _close(final[0], final[2], atol=1e-5)
     assert [_mlflow_runs(p) for p in (first, second)] in ([1, 0], [0, 1]), "one MLflow run, on rank 0's node"
+
+
+KILL_STEPS, KILL_EVERY = 60, 10
+
+
+@pytest.mark.slow
+def test_kill9_of_one_node_then_both_resume_from_the_step_both_hold(make_project):
+    """kill -9 of one node's whole process group: the other ends within trainer.rdzv_timeout with
+    one line naming its last periodic checkpoint; rerunning both resumes from the latest step
+    both hold and ends within 1e-5 of an uninterrupted (one-process) run."""
+    single, first, second = make_project("single"), make_project("node_a"), make_project("node_b")
+    params = _nodes(free_port(), **{"pretrain.steps": KILL_STEPS, "pretrain.checkpoint_every": KILL_EVERY})
+    reference = single.start("--pipelines", "pretrain", params={k: v for k, v in params.items()
+                                                                  if not k.startswith("trainer.")})
+    survivor = first.start("--pipelines", "pretrain", params=params)
+    victim = second.start("--pipelines", "pretrain", params=params, own_group=True)
+    victim.wait_for(rf"pretrain step (\d+)/{KILL_STEPS}", timeout=240,
+                    accept=lambda m: int(m.group(1)) >= 2 * KILL_EVERY + 5)
+    victim.kill_group()
+    killed_at = time.monotonic()
+    code, output = survivor.finish(timeout=TIMEOUT + 60)
+    assert time.monotonic() - killed_at < TIMEOUT, f"took {time.monotonic() - killed_at:.0f} s"
+    assert code != 0
+    line = _one_error_line(output)
+    resume = first.data / "06_models" / "pretrained.resume.pt"
+    held = load_checkpoint(resume)["step"]
+    assert re.search(rf"pretrain: lost contact with another node .*the last periodic checkpoint on this node is "
+                     rf"\S*pretrained\.resume\.pt \(step {held}\)\. Rerun the same command on every node", line), line
+    assert held >= 2 * KILL_EVERY and not (first.data / "06_models" / "pretrained.pt").exists()
+
+    from maskdm_pipeline.training.nodes import saved_steps
+
+    common = set(saved_steps(resume)) & set(saved_steps(second.data / "06_models" / "pretrained.resume.pt"))
+    assert common, "the nodes must share a periodic step"
+    runs = [p.start("--pipelines", "pretrain", params=params) for p in (first, second)]
+    for run in runs:
+        code, output = run.finish()
+        assert code == 0, output[-3000:]
+        assert re.search(rf"every node resumes from step {max(common)}, the latest step all 2 nodes hold",
+                         squash(output)), output[-3000:]
+    code, output = reference.finish()
+    assert code == 0, output[-3000:]
+    final = [load_checkpoint(p.data / "06_models" / "pretrained.pt") for p in (first, second, single)]
+    assert final[0]["step"] == KILL_STEPS
+    _close(final[0], final[1], atol=0)
+    _close(final[0], final[2], atol=1e-5)
+    assert not list((first.data / "06_models").glob("*.resume*")), "resume files go once the final one is saved"

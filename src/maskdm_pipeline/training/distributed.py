@@ -29,6 +29,7 @@ waiting at its exit barrier for a node that is gone.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
@@ -36,9 +37,9 @@ import os
 import pickle
 import signal
 import socket
-import sys
 import traceback
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
+def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str, Any]:
     """Body of each worker process (top level, so that ``spawn`` can pickle it).
 
     Returns ``{"state": ...}`` (rank 0's state as ``torch.save`` bytes, None elsewhere) or
     ``{"error": ...}``; errors are returned, not raised, so the parent can re-raise them with
     their own type.
     """
+    if started is not None:  # workers start once the rendezvous is complete
+        started.set()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     # A spawned process starts without the parent's logging set-up (or with Kedro's default one,
@@ -133,8 +136,7 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
         if nodes is not None and type(exc).__name__ not in _KNOWN_ERRORS:
             # Peers gone (gloo/NCCL: connection closed, timeout): a failure for the agent.
             logging.getLogger(__name__).debug("rank %d lost its peers", rank, exc_info=True)
-            sys.stderr.flush()
-            os._exit(LOST_PEER_EXIT)
+            raise SystemExit(LOST_PEER_EXIT) from None
         return {"error": type(exc).__name__, "message": str(exc),
                 "traceback": traceback.format_exc(), "rank": rank, "node_rank": node}
     finally:
@@ -222,12 +224,13 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
     if trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/nodes.py)
         job = replace(job, resume_state=None)
     path = job.checkpoint_path
+    started = multiprocessing.get_context("spawn").Event()
     # elastic installs its own handlers (SIGHUP, SIGQUIT) and does not restore them afterwards.
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
-        with ForwardSignals() as forwarded:
-            results = elastic_launch(config, worker_entry)(job, log_level)
+        with ForwardSignals() as forwarded, _quiet_elastic(log_level):
+            results = elastic_launch(config, worker_entry)(job, log_level, started)
     except SignalException as exc:
         # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
         where = (f"the last periodic checkpoint is in {path}; continue with "
@@ -237,18 +240,20 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"{job.name}: distributed training stopped by {exc.sigval.name}; {where}",
             step=None, checkpoint_path=None if path is None else Path(path),
         ) from exc
-    except RendezvousTimeoutError as exc:
+    except RendezvousError as exc:
+        if started.is_set():  # the job ran, then the rendezvous (a node hosting its store) was lost
+            raise NodesError(_lost_message(job, None)) from exc
+        if not isinstance(exc, RendezvousTimeoutError):
+            raise NodesError(
+                f"{job.name}: cannot reach the rendezvous at trainer.rdzv_endpoint={endpoint} "
+                f"({type(exc).__name__}); check that the host is the first node as the other nodes see it, "
+                "that the port is open between the nodes and that the first node's command is running; "
+                "nothing was trained.") from exc
         raise NodesError(
             f"{job.name}: not all trainer.nnodes={trainer.nnodes} nodes joined the rendezvous at "
             f"trainer.rdzv_endpoint={endpoint} within trainer.rdzv_timeout={trainer.rdzv_timeout} s; start "
             "the same command on every node (the same trainer.rdzv_endpoint and trainer.nnodes), or raise "
             "trainer.rdzv_timeout; nothing was trained.") from exc
-    except RendezvousError as exc:
-        raise NodesError(
-            f"{job.name}: cannot reach the rendezvous at trainer.rdzv_endpoint={endpoint} "
-            f"({type(exc).__name__}); check that the host is the first node as the other nodes see it, "
-            "that the port is open between the nodes and that the first node's command is running; "
-            "nothing was trained.") from exc
     except ChildFailedError as exc:
         if forwarded.received is None and trainer.nnodes > 1:
             raise NodesError(_lost_message(job, exc)) from None
@@ -291,10 +296,30 @@ def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
     return _from_bytes(rank0["state"])
 
 
-def _lost_message(job: TrainJob, exc: ChildFailedError) -> str:
-    """One line for a job that lost a node: what happened, the last periodic checkpoint this
-    node holds, and how to go on."""
-    codes = sorted({failure.exitcode for failure in exc.failures.values()})
+@contextlib.contextmanager
+def _quiet_elastic(log_level: int) -> Iterator[None]:
+    """Elastic's own records off while it runs (unless our training logs are at DEBUG): the
+    failures they report with tracebacks (a lost node, a rendezvous that timed out) reach the
+    user as one line from :func:`run_distributed` instead."""
+    if log_level <= logging.DEBUG:
+        yield
+        return
+    names = [name for name in list(logging.root.manager.loggerDict) if name.startswith("torch.distributed.elastic")]
+    loggers = [logging.getLogger(name) for name in ["torch.distributed.elastic", *names]]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _lost_message(job: TrainJob, exc: ChildFailedError | None) -> str:
+    """One line for a job that lost a node (``exc``: its workers failed; None: the rendezvous
+    went away): what happened, the last periodic checkpoint this node holds, how to go on."""
+    codes = [LOST_PEER_EXIT] if exc is None else sorted({f.exitcode for f in exc.failures.values()})
     what = ("lost contact with another node of the job" if codes == [LOST_PEER_EXIT]
             else f"a worker process failed (exit status {', '.join(map(str, codes))})")
     held = saved_steps(Path(job.checkpoint_path)) if job.checkpoint_path else {}

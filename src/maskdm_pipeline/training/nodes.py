@@ -34,9 +34,9 @@ import datetime
 import io
 import ipaddress
 import logging
+import multiprocessing
 import os
 import socket
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,22 +119,28 @@ def check_endpoint(endpoint: str, name: str) -> None:
 
 
 def _answers_as_store(host: str, port: int) -> bool:
-    """Whether a torch TCPStore answers on ``host:port``. Its client waits forever on a port
-    held by something else, so it is tried in a daemon thread given :data:`PROBE_SECONDS`."""
-    answered: list[bool] = []
+    """Whether a torch TCPStore answers on ``host:port``; nothing listening counts as yes (the
+    port was held only for a moment, e.g. by another node's launcher checking it too).
 
-    def probe() -> None:
-        try:
-            store = dist.TCPStore(host, port, is_master=False, timeout=datetime.timedelta(seconds=PROBE_SECONDS))
-            store.check(["maskdm-probe"])
-            answered.append(True)
-        except Exception:  # noqa: BLE001 - any failure means: not a store
-            answered.append(False)
+    Torch's store client waits forever (in C++, where no timeout reaches it) on a port that
+    another program holds, so it is tried in a forked process given :data:`PROBE_SECONDS`.
+    """
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except OSError:
+        return True  # nobody listens: free again
+    probe = multiprocessing.get_context("fork").Process(target=_probe_store, args=(host, port), daemon=True)
+    probe.start()
+    probe.join(PROBE_SECONDS)
+    if probe.is_alive():
+        probe.kill()
+        probe.join()
+    return probe.exitcode == 0
 
-    thread = threading.Thread(target=probe, daemon=True, name="rdzv-endpoint-probe")
-    thread.start()
-    thread.join(PROBE_SECONDS)
-    return bool(answered and answered[0])
+
+def _probe_store(host: str, port: int) -> None:
+    store = dist.TCPStore(host, port, is_master=False, timeout=datetime.timedelta(seconds=PROBE_SECONDS))
+    store.check(["maskdm-probe"])
 
 
 # ---------------------------------------------------------------------------- resume files
@@ -212,9 +218,10 @@ class NodeGroup:
                                self.name, sorted(held))
             return 0, None
         step = max(common)
-        if self.leader and step != max(held):
-            logger.warning("%s: resuming every node from step %d, the latest step all %d nodes hold "
-                           "(this node also has step %d)", self.name, step, self.nnodes, max(held))
+        if self.leader:
+            newer = f" (this node also holds step {max(held)})" if step != max(held) else ""
+            logger.info("%s: every node resumes from step %d, the latest step all %d nodes hold%s",
+                        self.name, step, self.nnodes, newer)
         return step, held[step]
 
     def share(self, state: Mapping[str, Any] | None, step: int) -> dict[str, Any] | None:
