@@ -12,9 +12,7 @@ parameters and a port in use each end in one line naming the parameter or host, 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import sqlite3
 import time
@@ -121,3 +119,50 @@ def test_kill9_of_one_node_then_both_resume_from_the_step_both_hold(make_project
     _close(final[0], final[1], atol=0)
     _close(final[0], final[2], atol=1e-5)
     assert not list((first.data / "06_models").glob("*.resume*")), "resume files go once the final one is saved"
+
+
+FAST = 6  # trainer.rdzv_timeout of the fault runs
+
+
+@pytest.mark.slow
+def test_bad_endpoints_missing_nodes_differing_parameters_and_a_busy_port_end_in_one_line(make_project):
+    """Each fault ends in one `Error:` line naming the parameter or host and what to do; every
+    file already under data/ (a resume checkpoint included) is kept as it was."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    shared = free_port()
+    cases = {  # name: (params of each node started, what the line must say)
+        "unresolvable": ([{"trainer.rdzv_endpoint": "node0.invalid:29400"}],
+                         r"trainer\.rdzv_endpoint=node0\.invalid:29400: the host 'node0\.invalid' cannot be resolved"),
+        "unreachable": ([{"trainer.rdzv_endpoint": "192.0.2.1:29400"}],  # TEST-NET-1: never answers
+                        r"cannot reach the rendezvous at trainer\.rdzv_endpoint=192\.0\.2\.1:29400"),
+        "alone": ([{"trainer.rdzv_endpoint": f"127.0.0.1:{free_port()}"}],
+                  rf"not all trainer\.nnodes=2 nodes joined .* within trainer\.rdzv_timeout={FAST} s; start the same "
+                  "command on every node"),
+        "busy": ([{"trainer.rdzv_endpoint": f"127.0.0.1:{busy.getsockname()[1]}"}],
+                 rf"port {busy.getsockname()[1]} on this machine is in use by another program; pick a free port"),
+        "differing": ([{"trainer.rdzv_endpoint": f"127.0.0.1:{shared}"},
+                       {"trainer.rdzv_endpoint": f"127.0.0.1:{shared}", "pretrain.lr": 0.001}],
+                      r"the 2 nodes were started with different parameters \(pretrain\.lr: node \d \S+, node \d \S+\); "
+                      "give every node the same configuration"),
+    }
+    runs = []
+    for case, (nodes, expected) in cases.items():
+        for i, extra in enumerate(nodes):
+            project = make_project(f"{case}{i}")
+            resume = project.data / "06_models" / "pretrained.resume.pt"
+            resume.parent.mkdir(parents=True, exist_ok=True)
+            resume.write_bytes(b"kept as it was")  # never read: each fault comes before any resume
+            before = project.snapshot()
+            params = {**_nodes(0), "trainer.rdzv_timeout": FAST, "pretrain.resume": False, **extra}
+            runs.append((case, project, before, expected, project.start("--pipelines", "pretrain", params=params)))
+    try:
+        for case, project, before, expected, run in runs:
+            code, output = run.finish(timeout=120)
+            assert code == 1, f"{case}: exit {code}\n{output[-3000:]}"
+            line = _one_error_line(output)
+            assert re.search(expected, line), f"{case}: {line}"
+            assert project.snapshot() == before, f"{case}: data/ changed"
+    finally:
+        busy.close()
