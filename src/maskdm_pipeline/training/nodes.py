@@ -30,6 +30,7 @@ module adds:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import ipaddress
@@ -251,7 +252,7 @@ class NodeGroup:
         if shared is None:
             return
         previous = previous_path(path)
-        if path.is_file():
+        with contextlib.suppress(FileNotFoundError):  # none yet (or, on a shared folder, moved by another node)
             os.replace(path, previous)
         save_checkpoint(shared, path)
         dist.barrier(group=self.group)
