@@ -2,7 +2,7 @@
 `kedro run` processes in two project copies, one worker each, the same command in both, as
 torchrun runs it on two machines (README "Scaling out").
 
-What is proved: both copies end with the same pretrained.pt, within 1e-5 of a one-process run
+What is proved (the first test covers the issue's first two): both copies end with the same pretrained.pt, within 1e-5 of a one-process run
 of the same global batch, and only the node that got global rank 0 opens an MLflow run; a node
 killed with kill -9 makes the other exit within trainer.rdzv_timeout with one line naming its
 last periodic checkpoint, and rerunning both resumes from the latest step both hold and ends
@@ -50,38 +50,25 @@ def _one_error_line(output: str) -> str:
     return text[text.index("Error: "):]
 
 
-def _mlflow_runs(project) -> int:
+def _mlflow_runs(project) -> list[str]:
+    """The statuses of the MLflow runs in a project copy's store."""
     with sqlite3.connect(project.root / "mlflow.db") as db:
-        return db.execute("select count(*) from runs").fetchone()[0]
+        return [status for (status,) in db.execute("select status from runs")]
+
+
+KILL_STEPS, KILL_EVERY = 40, 10
 
 
 @pytest.mark.slow
-def test_two_nodes_train_as_one_process(make_project):
-    """Both nodes hold global rank 0's state, equal to each other and to one process."""
-    single, first, second = make_project("single"), make_project("node_a"), make_project("node_b")
-    params = _nodes(free_port())
-    reference = single.start("--pipelines", "pretrain", params={k: v for k, v in params.items()
-                                                                  if not k.startswith("trainer.")})
-    a = first.start("--pipelines", "pretrain", params=params)
-    b = second.start("--pipelines", "pretrain", params=params)
-    for run in (a, b, reference):
-        code, output = run.finish()
-        assert code == 0, output[-3000:]
-    final = [load_checkpoint(p.data / "06_models" / "pretrained.pt") for p in (first, second, single)]
-    assert final[0]["step"] == final[1]["step"] == STEPS and final[0]["stats"]["nproc"] == 2
-    _close(final[0], final[1], atol=0)
-    _close(final[0], final[2], atol=1e-5)
-    assert [_mlflow_runs(p) for p in (first, second)] in ([1, 0], [0, 1]), "one MLflow run, on rank 0's node"
+def test_two_nodes_train_as_one_process_and_resume_together_after_a_kill9(make_project):
+    """Two nodes train as one process of the same global batch, through a kill -9.
 
-
-KILL_STEPS, KILL_EVERY = 60, 10
-
-
-@pytest.mark.slow
-def test_kill9_of_one_node_then_both_resume_from_the_step_both_hold(make_project):
-    """kill -9 of one node's whole process group: the other ends within trainer.rdzv_timeout with
+    kill -9 of one node's whole process group: the other ends within trainer.rdzv_timeout with
     one line naming its last periodic checkpoint; rerunning both resumes from the latest step
-    both hold and ends within 1e-5 of an uninterrupted (one-process) run."""
+    both hold; both nodes end with global rank 0's state (equal tensors) within 1e-5 of an
+    uninterrupted one-process run, and each two-node command opened exactly one MLflow run, on
+    rank 0's node. (One test for both: the uninterrupted two-node run of the issue is this one's
+    first half and its end; two more `kedro run` starts would add a minute to the suite.)"""
     single, first, second = make_project("single"), make_project("node_a"), make_project("node_b")
     params = _nodes(free_port(), **{"pretrain.steps": KILL_STEPS, "pretrain.checkpoint_every": KILL_EVERY})
     reference = single.start("--pipelines", "pretrain", params={k: v for k, v in params.items()
@@ -115,10 +102,15 @@ def test_kill9_of_one_node_then_both_resume_from_the_step_both_hold(make_project
     code, output = reference.finish()
     assert code == 0, output[-3000:]
     final = [load_checkpoint(p.data / "06_models" / "pretrained.pt") for p in (first, second, single)]
-    assert final[0]["step"] == KILL_STEPS
+    assert final[0]["step"] == final[1]["step"] == KILL_STEPS and final[0]["stats"]["nproc"] == 2
     _close(final[0], final[1], atol=0)
     _close(final[0], final[2], atol=1e-5)
     assert not list((first.data / "06_models").glob("*.resume*")), "resume files go once the final one is saved"
+    # One run per two-node command, opened by the node that got global rank 0: the rerun's is
+    # FINISHED; the killed command's is FAILED, on the survivor if it held rank 0, else nowhere
+    # (the killed node's process died with it).
+    statuses = sorted(_mlflow_runs(first) + _mlflow_runs(second))
+    assert statuses in (["FINISHED"], ["FAILED", "FINISHED"]), statuses
 
 
 FAST = 6  # trainer.rdzv_timeout of the fault runs

@@ -73,7 +73,7 @@ __all__ = ["ForwardSignals", "free_port", "node_rank", "run_distributed", "worke
 
 LOST_PEER_EXIT = 75  # a worker whose peers are gone (EX_TEMPFAIL: rerunning may work)
 
-_node_rank: int | None = None  # set by run_distributed from its workers' results
+_node_rank: int | None = None  # set by run_distributed once its workers have started
 
 # Exceptions a worker reports by name so the parent can raise the same type with the same
 # message (instead of elastic's generic ChildFailedError).
@@ -82,6 +82,12 @@ _KNOWN_ERRORS: dict[str, type[Exception]] = {
     "NodesError": NodesError,
     "ValueError": ValueError,
 }
+
+
+def _set_node_rank(rank: int) -> None:
+    global _node_rank
+    if rank >= 0:  # -1: the rendezvous never completed; what an earlier stage learnt stands
+        _node_rank = rank
 
 
 def node_rank() -> int | None:
@@ -104,8 +110,8 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
     ``{"error": ...}``; errors are returned, not raised, so the parent can re-raise them with
     their own type.
     """
-    if started is not None:  # workers start once the rendezvous is complete
-        started.set()
+    if started is not None:  # workers start once the rendezvous is complete: say which node this is
+        started.value = int(os.environ.get("GROUP_RANK", "0"))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     # A spawned process starts without the parent's logging set-up (or with Kedro's default one,
@@ -113,7 +119,6 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
     # record, marked with the rank, so that rank 0's progress lines read the same in a pipe.
     logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
                         force=True)
-    node = int(os.environ.get("GROUP_RANK", "0"))
     cuda = job.trainer.resolved_device() == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -129,16 +134,16 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
                                               for key, value in values.items()})
             job = _resumed(job, nodes)
         state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank, nodes=nodes).train()
-        return {"state": _to_bytes(state), "node_rank": node}
+        return {"state": _to_bytes(state)}
     except TrainingInterrupted as exc:
-        return {"interrupted": str(exc), "state": _to_bytes(exc.state), "node_rank": node}
+        return {"interrupted": str(exc), "state": _to_bytes(exc.state)}
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
         if nodes is not None and type(exc).__name__ not in _KNOWN_ERRORS:
             # Peers gone (gloo/NCCL: connection closed, timeout): a failure for the agent.
             logging.getLogger(__name__).debug("rank %d lost its peers", rank, exc_info=True)
             raise SystemExit(LOST_PEER_EXIT) from None
         return {"error": type(exc).__name__, "message": str(exc),
-                "traceback": traceback.format_exc(), "rank": rank, "node_rank": node}
+                "traceback": traceback.format_exc(), "rank": rank}
     finally:
         dist.destroy_process_group()
 
@@ -224,13 +229,18 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
     if trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/nodes.py)
         job = replace(job, resume_state=None)
     path = job.checkpoint_path
-    started = multiprocessing.get_context("spawn").Event()
+    # This node's rank, set by its workers once the rendezvous has ranked the nodes (-1 before):
+    # known even when the job fails afterwards, so the MLflow hook can still mark rank 0's run FAILED.
+    started = multiprocessing.get_context("spawn").Value("i", -1)
     # elastic installs its own handlers (SIGHUP, SIGQUIT) and does not restore them afterwards.
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
         with ForwardSignals() as forwarded, _quiet_elastic(log_level):
-            results = elastic_launch(config, worker_entry)(job, log_level, started)
+            try:
+                results = elastic_launch(config, worker_entry)(job, log_level, started)
+            finally:
+                _set_node_rank(started.value)
     except SignalException as exc:
         # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
         where = (f"the last periodic checkpoint is in {path}; continue with "
@@ -241,7 +251,7 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             step=None, checkpoint_path=None if path is None else Path(path),
         ) from exc
     except RendezvousError as exc:
-        if started.is_set():  # the job ran, then the rendezvous (a node hosting its store) was lost
+        if started.value >= 0:  # the job ran, then the rendezvous (a node hosting its store) was lost
             raise NodesError(_lost_message(job, None)) from exc
         if not isinstance(exc, RendezvousTimeoutError):
             raise NodesError(
@@ -285,9 +295,7 @@ def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
             raise cls(first["message"])
         details = "\n".join(f"rank {r['rank']}: {r['traceback']}" for r in errors)
         raise RuntimeError(f"distributed training failed on {len(errors)} rank(s):\n{details}")
-    global _node_rank
     rank0 = results[min(rank for rank, r in results.items() if r.get("state") is not None)]
-    _node_rank = int(rank0.get("node_rank", 0))
     if "interrupted" in rank0:
         path = job.checkpoint_path
         state = _from_bytes(rank0["state"])
