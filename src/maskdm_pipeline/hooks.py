@@ -142,6 +142,17 @@ class MlflowTrackingHook:
     (ParallelRunner's nodes run in other processes; a node skipped because its outputs were
     current still gets its current values logged). A failed run logs the outputs written since
     it started.
+
+    Several nodes (``trainer.nnodes > 1``): only the node that holds global rank 0 opens a run.
+    Which node that is, the c10d rendezvous decides, inside the first training node (it ranks
+    the nodes as they join; nobody types a node rank, as with torchrun). So on several nodes
+    the run is opened late: after the first training node, on the node whose workers got rank 0
+    (``training.distributed.node_rank()``), which then logs every output so far, since
+    everything is read back from files anyway; the other nodes never open one. Opening a run on
+    every node and deleting the extra ones later would race in a shared store and leave
+    half-logged runs behind when a node dies. A command without a training stage cannot know
+    its node rank: there ``SLURM_NODEID`` or ``NODE_RANK`` decides, or the run is not tracked
+    (said once).
     """
 
     def __init__(self) -> None:
@@ -154,6 +165,8 @@ class MlflowTrackingHook:
         self._pid = os.getpid()
         self._logged: set[str] = set()
         self._lock = threading.Lock()
+        self._nnodes = 1
+        self._pending: tuple[Any, ...] | None = None  # a run to open once this node knows its rank
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -162,6 +175,7 @@ class MlflowTrackingHook:
             self._config = dict(context.config_loader["mlflow"])
         except Exception:  # noqa: BLE001 - no mlflow.yml in this environment: track with defaults
             self._config = {}
+        self._nnodes = int((context.params.get("trainer") or {}).get("nnodes", 1))
 
     def _tracking_uri(self) -> str:
         """``sqlite:///mlflow.db`` is relative to the project root, wherever Kedro is started from
@@ -200,7 +214,39 @@ class MlflowTrackingHook:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self._catalog, self._pid, self._logged = catalog, os.getpid(), set()
         self._started_ns = time.time_ns()
+        if self._nnodes > 1:
+            self._pending = (names, run_params, catalog)
+            logger.info("trainer.nnodes=%d: the node that gets global rank 0 at the training rendezvous opens "
+                        "the MLflow run of this job; the other nodes do not track it.", self._nnodes)
+            return
         self._guarded(self._start, names, run_params, catalog)
+
+    def _open_if_rank_zero(self, finished: bool = False, failed: bool = False) -> None:
+        """Several nodes: open the deferred run once this node knows it holds global rank 0."""
+        if self._pending is None:
+            return
+        from maskdm_pipeline.training.distributed import node_rank
+
+        rank = node_rank()
+        if rank is None and failed:  # it failed before its rank was known: nothing to track
+            self._pending = None
+            return
+        if rank is None and finished:  # no training stage ran: what the scheduler says, if anything
+            found = next((os.environ[k] for k in ("SLURM_NODEID", "NODE_RANK") if k in os.environ), None)
+            rank = None if found is None else int(found)
+            if rank is None:
+                logger.warning("trainer.nnodes=%d but no training stage ran in this command, so this node does "
+                               "not know its node rank: MLflow tracking is off for it (set NODE_RANK, or run "
+                               "the stages after training with trainer.nnodes=1 on one node).", self._nnodes)
+                self._pending = None
+                return
+        if rank is None:
+            return
+        pending, self._pending = self._pending, None
+        if rank == 0:
+            self._guarded(self._start, *pending)
+        else:
+            logger.info("This node has node rank %d; the node with global rank 0 tracks the job in MLflow.", rank)
 
     def _start(self, names: list[str], run_params: dict[str, Any], catalog: Any) -> None:
         from mlflow.entities import Param
@@ -247,10 +293,12 @@ class MlflowTrackingHook:
     @hook_impl
     def after_node_run(self, node: Any) -> None:
         if os.getpid() == self._pid:  # a ParallelRunner worker leaves it to the main process
+            self._open_if_rank_zero()
             self._safely(self._log_outputs, node.outputs)
 
     @hook_impl
     def after_pipeline_run(self, pipeline: Any) -> None:
+        self._open_if_rank_zero(finished=True)
         self._safely(self._log_outputs, sorted(pipeline.all_outputs()))
         self._safely(self._log_cache, sorted(pipeline.all_outputs()))
         self._safely(self._end, "FINISHED")
@@ -268,6 +316,7 @@ class MlflowTrackingHook:
 
     @hook_impl
     def on_pipeline_error(self, pipeline: Any) -> None:
+        self._open_if_rank_zero(finished=True, failed=True)
         self._safely(self._log_outputs, sorted(pipeline.all_outputs()), self._started_ns)
         self._safely(self._end, "FAILED")
 

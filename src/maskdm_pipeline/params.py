@@ -282,6 +282,7 @@ class Params(Frozen):
                     p.mask_block_size, p.mask_crop_size, prefix="pretrain")
         depth = model.depth or PRESETS[model.preset]["depth"]
         attempt(check_dense_blocks, self.pretrain.dense_blocks, depth)
+        attempt(self.trainer.check_nodes)
         for name in ("pretrain", "finetune", "baseline"):
             attempt(check_compatible, getattr(self, name), self.trainer, name)
         T = inspect.signature(make_schedule).parameters["T"].default  # T is fixed, not a parameter

@@ -24,10 +24,17 @@ from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.fileio import CheckpointError
 from maskdm_pipeline.params import StageParams
+from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
 from maskdm_pipeline.training.builders import ResumeMismatchError, check_resume
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
-from maskdm_pipeline.training.job import EvalFn, NonFiniteLossError, TrainingInterrupted, TrainJob
+from maskdm_pipeline.training.job import (
+    EvalFn,
+    NodesError,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    TrainJob,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,14 @@ class ResumeRefused(ResumeMismatchError, ClickException):
 
 class StageWriteError(ClickException):
     """The model folder cannot be written (not writable, disk full); says what is kept."""
+
+
+class StageNodesError(NodesError, ClickException):
+    """Several nodes could not start or go on together; the message names the parameter or host,
+    what was kept and what to do (training/nodes.py)."""
+
+    def __init__(self, message: str) -> None:
+        ClickException.__init__(self, message)
 
 
 # Write failures worth a plain message; other OSErrors keep their traceback.
@@ -152,6 +167,7 @@ def train_stage(
         stage=params.stage_config(), mask=params.mask_config(),
         trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
+        resume=params.resume, node_settings=node_settings(name, train, params, model, diffusion, trainer),
     )
     if resume_state is not None:
         _check_resume(job, params, slot)
@@ -159,6 +175,8 @@ def train_stage(
         state = run_training(job)
     except TrainingInterrupted as exc:
         raise _interrupted(name, exc, slot, resumes=params.resume) from None
+    except NodesError as exc:
+        raise StageNodesError(str(exc)) from None
     except NonFiniteLossError as exc:
         advice = ""
         if slot.exists() and params.resume:
@@ -174,6 +192,16 @@ def train_stage(
                 "No checkpoint had been written yet: free some space or fix the folder, then rerun.")
         raise StageWriteError(f"{name}: training stopped: writing its checkpoint failed ({exc}). {kept}") from exc
     return state, history_table(state), accounting(name, state)
+
+
+def node_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
+                  diffusion: DiffusionConfig, trainer: Mapping[str, Any]) -> dict[str, Any]:
+    """What every node of a multi-node job must share, by the names a user types: the blocks this
+    stage reads and the training images' content checksum (the same shards on every node).
+    ``trainer.rdzv_endpoint`` is left out: the nodes met there, however each spells it."""
+    blocks = {name: params, "model": model, "diffusion": diffusion,
+              "trainer": {k: v for k, v in dict(trainer).items() if k != "rdzv_endpoint"}}
+    return {**flatten(blocks), "training images": train.get("checksum")}
 
 
 def _interrupted(name: str, exc: TrainingInterrupted, slot: CheckpointSlot, resumes: bool) -> StageInterrupted:

@@ -10,6 +10,7 @@ Here a run can also be watched while it goes (to signal it at the right moment) 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -41,13 +42,20 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _own_group() -> None:
+    # A process group of its own, as a command started by a shell or srun on a node has: the
+    # test can kill -9 the whole "node" (kedro and its workers) without touching pytest.
+    _default_sigint()
+    os.setpgid(0, 0)
+
+
 class Running:
     """A ``kedro run`` in progress; its output is collected line by line in a thread."""
 
-    def __init__(self, args: list[str], cwd: Path, env: Mapping[str, str]):
+    def __init__(self, args: list[str], cwd: Path, env: Mapping[str, str], own_group: bool = False):
         self.proc = subprocess.Popen(args, cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, errors="replace",
-                                     preexec_fn=_default_sigint)
+                                     preexec_fn=_own_group if own_group else _default_sigint)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -80,6 +88,10 @@ class Running:
     def send(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def kill_group(self) -> None:
+        """kill -9 the whole process group (started with ``own_group``): the node is gone."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+
     def finish(self, timeout: float = 180.0) -> tuple[int, str]:
         try:
             self.proc.wait(timeout=timeout)
@@ -109,9 +121,9 @@ class KedroProject:
         return args
 
     def start(self, *extra: str, params: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
-              env_name: str = "smoke") -> Running:
+              env_name: str = "smoke", own_group: bool = False) -> Running:
         running = Running(self.args(*extra, env_name=env_name, params=params), self.root,
-                          env or subprocess_env())
+                          env or subprocess_env(), own_group=own_group)
         self._running.append(running)
         return running
 

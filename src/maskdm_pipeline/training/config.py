@@ -251,13 +251,45 @@ def stage_recipe(config: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------- hardware
+def _endpoint(value: str | None) -> str | None:
+    """``host:port`` as torchrun's ``--rdzv-endpoint`` takes it (an IPv6 host in brackets)."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port (e.g. node0:29400), the address of the first node and a free "
+                         "TCP port on it")
+    return value
+
+
 class TrainerConfig(Frozen):
-    """The ``trainer`` block: where, in which precision, compiled or not, on how many processes."""
+    """The ``trainer`` block: where, in which precision, compiled or not, on how many processes
+    and nodes (training/distributed.py).
+
+    ``nnodes``, ``rdzv_endpoint``, ``rdzv_timeout`` and ``max_restarts`` are torchrun's
+    ``--nnodes``, ``--rdzv-endpoint``, the c10d rendezvous's join timeout (seconds) and
+    ``--max-restarts``: the same ``kedro run`` command on every node forms one DDP job of
+    ``nnodes * nproc`` processes. The defaults keep one node on a private local port.
+    """
 
     device: Literal[DEVICES] = "auto"
     precision: Literal[PRECISIONS] = "fp32"
     compile: bool = False
     nproc: PositiveInt = 1
+    nnodes: PositiveInt = 1
+    rdzv_endpoint: Annotated[str | None, AfterValidator(_endpoint)] = None
+    rdzv_timeout: PositiveInt = 900
+    max_restarts: NonNegativeInt = 0
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the whole job: ``nnodes * nproc``."""
+        return self.nnodes * self.nproc
+
+    @property
+    def distributed(self) -> bool:
+        """Whether training runs in worker processes (several processes or several nodes)."""
+        return self.world_size > 1
 
     def resolved_device(self) -> str:
         """``auto`` means the GPU when there is one."""
@@ -277,16 +309,28 @@ class TrainerConfig(Frozen):
             raise ValueError(f"trainer.nproc={self.nproc}: one GPU per process, but only "
                              f"{torch.cuda.device_count()} visible")
 
+    def check_nodes(self) -> None:
+        """Several nodes need the rendezvous address.
+
+        Raises:
+            ValueError: ``trainer.nnodes=<N> needs trainer.rdzv_endpoint=<host>:<port> ...``.
+        """
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(f"trainer.nnodes={self.nnodes} needs trainer.rdzv_endpoint=<host>:<port>, the "
+                             "address of the first node and a free port on it, the same on every node")
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
 
 def check_compatible(stage: StageConfig, trainer: TrainerConfig, name: str = "stage") -> None:
-    """The global batch must split evenly over the processes.
+    """The global batch must split evenly over the processes of every node.
 
     Raises:
-        ValueError: ``<name>.batch_size=<B>: the global batch must be divisible by trainer.nproc=<P>``.
+        ValueError: ``<name>.batch_size=<B>: the global batch must be divisible by trainer.nproc=<P>``
+            (with ``trainer.nnodes`` x ``trainer.nproc`` on several nodes).
     """
-    if stage.batch_size % trainer.nproc:
-        raise ValueError(f"{name}.batch_size={stage.batch_size}: the global batch must be "
-                         f"divisible by trainer.nproc={trainer.nproc}")
+    if stage.batch_size % trainer.world_size:
+        over = (f"trainer.nproc={trainer.nproc}" if trainer.nnodes == 1 else
+                f"trainer.nnodes x trainer.nproc = {trainer.nnodes} x {trainer.nproc} = {trainer.world_size}")
+        raise ValueError(f"{name}.batch_size={stage.batch_size}: the global batch must be divisible by {over}")

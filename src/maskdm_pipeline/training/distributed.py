@@ -17,10 +17,19 @@ a screen of elastic warnings. So the launcher handles these two itself (:class:`
 it passes the signal on to the workers, which finish their step, agree to stop (one collective),
 save once (rank 0) and return normally, and the caller gets the usual ``TrainingInterrupted``
 naming the step. A second signal stops them at once through elastic's shutdown.
+
+Several nodes (``trainer.nnodes > 1``, README "Scaling out"): the same launch on every node,
+with the c10d rendezvous at ``trainer.rdzv_endpoint`` (min = max = ``nnodes``, joined within
+``trainer.rdzv_timeout``, ``trainer.max_restarts`` restarts of the worker group); what the
+nodes agree on and how each ends with rank 0's state: training/nodes.py. A worker that loses
+its peers (another node died) exits with :data:`LOST_PEER_EXIT` instead of returning, so that
+the elastic agent counts a failure (and restarts the group if restarts are left) rather than
+waiting at its exit barrier for a node that is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
@@ -30,6 +39,8 @@ import signal
 import socket
 import traceback
 import uuid
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +48,52 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
+from maskdm_pipeline.fileio import load_checkpoint
+from maskdm_pipeline.training.job import (
+    NodesError,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    TrainJob,
+)
 from maskdm_pipeline.training.loop import TrainProcess
+from maskdm_pipeline.training.nodes import (
+    NodeGroup,
+    check_endpoint,
+    is_loopback,
+    rendezvous_id,
+    saved_steps,
+    split_endpoint,
+)
 from maskdm_pipeline.training.process import HandledSignals
 
-__all__ = ["ForwardSignals", "free_port", "run_distributed", "worker_entry"]
+__all__ = ["ForwardSignals", "free_port", "node_rank", "run_distributed", "worker_entry"]
+
+LOST_PEER_EXIT = 75  # a worker whose peers are gone (EX_TEMPFAIL: rerunning may work)
+
+_node_rank: int | None = None  # set by run_distributed once its workers have started
 
 # Exceptions a worker reports by name so the parent can raise the same type with the same
 # message (instead of elastic's generic ChildFailedError).
 _KNOWN_ERRORS: dict[str, type[Exception]] = {
     "NonFiniteLossError": NonFiniteLossError,
+    "NodesError": NodesError,
     "ValueError": ValueError,
 }
+
+
+def _set_node_rank(rank: int) -> None:
+    global _node_rank
+    if rank >= 0:  # -1: the rendezvous never completed; what an earlier stage learnt stands
+        _node_rank = rank
+
+
+def node_rank() -> int | None:
+    """The node rank the rendezvous gave this process's last multi-process training (0: this
+    node holds global rank 0), or None before any. The MLflow hook reads it (hooks.py)."""
+    return _node_rank
 
 
 def free_port() -> int:
@@ -60,13 +103,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
+def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str, Any]:
     """Body of each worker process (top level, so that ``spawn`` can pickle it).
 
     Returns ``{"state": ...}`` (rank 0's state as ``torch.save`` bytes, None elsewhere) or
     ``{"error": ...}``; errors are returned, not raised, so the parent can re-raise them with
     their own type.
     """
+    if started is not None:  # workers start once the rendezvous is complete: say which node this is
+        started.value = int(os.environ.get("GROUP_RANK", "0"))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     # A spawned process starts without the parent's logging set-up (or with Kedro's default one,
@@ -78,18 +123,39 @@ def worker_entry(job: TrainJob, log_level: int) -> dict[str, Any]:
     if cuda:
         torch.cuda.set_device(local_rank)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     dist.init_process_group("nccl" if cuda else "gloo")
+    nodes = None
     try:
-        state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank).train()
+        if job.trainer.nnodes > 1:
+            nodes = NodeGroup(job.name, local_rank)
+            nodes.agree(job.node_settings or {f"{block}.{key}": value for block, values in job.config().items()
+                                              for key, value in values.items()})
+            job = _resumed(job, nodes)
+        state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank, nodes=nodes).train()
         return {"state": _to_bytes(state)}
     except TrainingInterrupted as exc:
         return {"interrupted": str(exc), "state": _to_bytes(exc.state)}
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
+        if nodes is not None and type(exc).__name__ not in _KNOWN_ERRORS:
+            # Peers gone (gloo/NCCL: connection closed, timeout): a failure for the agent.
+            logging.getLogger(__name__).debug("rank %d lost its peers", rank, exc_info=True)
+            raise SystemExit(LOST_PEER_EXIT) from None
         return {"error": type(exc).__name__, "message": str(exc),
                 "traceback": traceback.format_exc(), "rank": rank}
     finally:
         dist.destroy_process_group()
+
+
+def _resumed(job: TrainJob, nodes: NodeGroup) -> TrainJob:
+    """The job with the state every node resumes from: the latest periodic step all nodes hold
+    (training/nodes.py), also after an elastic restart of the worker group."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if job.checkpoint_path is None or not (job.resume or restarted):
+        return replace(job, resume_state=None)
+    step, path = nodes.agreed_resume(Path(job.checkpoint_path))
+    return replace(job, resume_state=None if path is None else load_checkpoint(path))
 
 
 class ForwardSignals(HandledSignals):
@@ -143,20 +209,38 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"{nproc}); use a top-level function or functools.partial, not a closure or "
             f"lambda ({type(exc).__name__}: {exc})"
         ) from exc
+    trainer = job.trainer
+    trainer.check_nodes()
+    if trainer.rdzv_endpoint is None:  # one node: a private port, an id of its own
+        endpoint, run_id = f"127.0.0.1:{free_port()}", f"maskdm-{uuid.uuid4().hex[:8]}"
+    else:
+        check_endpoint(trainer.rdzv_endpoint, job.name)
+        endpoint, run_id = trainer.rdzv_endpoint, rendezvous_id(job.name)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc,
-        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
-        run_id=f"maskdm-{uuid.uuid4().hex[:8]}", max_restarts=0, start_method="spawn",
-        local_addr="127.0.0.1",  # skip the FQDN lookup, which can stall on sandboxed hosts
+        min_nodes=trainer.nnodes, max_nodes=trainer.nnodes, nproc_per_node=nproc,
+        rdzv_backend="c10d", rdzv_endpoint=endpoint, run_id=run_id,
+        rdzv_configs={"join_timeout": trainer.rdzv_timeout, "read_timeout": trainer.rdzv_timeout},
+        max_restarts=trainer.max_restarts, start_method="spawn",
+        # The address the other nodes reach this one at: the FQDN lookup (None) across machines;
+        # on a loopback endpoint 127.0.0.1, which also skips that lookup (it can stall when sandboxed).
+        local_addr="127.0.0.1" if is_loopback(split_endpoint(endpoint)[0]) else None,
         signals_to_handle="SIGHUP,SIGQUIT",  # SIGINT and SIGTERM: ForwardSignals
     )
+    if trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/nodes.py)
+        job = replace(job, resume_state=None)
     path = job.checkpoint_path
+    # This node's rank, set by its workers once the rendezvous has ranked the nodes (-1 before):
+    # known even when the job fails afterwards, so the MLflow hook can still mark rank 0's run FAILED.
+    started = multiprocessing.get_context("spawn").Value("i", -1)
     # elastic installs its own handlers (SIGHUP, SIGQUIT) and does not restore them afterwards.
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
-        with ForwardSignals() as forwarded:
-            results = elastic_launch(config, worker_entry)(job, log_level)
+        with ForwardSignals() as forwarded, _quiet_elastic(log_level):
+            try:
+                results = elastic_launch(config, worker_entry)(job, log_level, started)
+            finally:
+                _set_node_rank(started.value)
     except SignalException as exc:
         # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
         where = (f"the last periodic checkpoint is in {path}; continue with "
@@ -166,7 +250,23 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"{job.name}: distributed training stopped by {exc.sigval.name}; {where}",
             step=None, checkpoint_path=None if path is None else Path(path),
         ) from exc
+    except RendezvousError as exc:
+        if started.value >= 0:  # the job ran, then the rendezvous (a node hosting its store) was lost
+            raise NodesError(_lost_message(job, None)) from exc
+        if not isinstance(exc, RendezvousTimeoutError):
+            raise NodesError(
+                f"{job.name}: cannot reach the rendezvous at trainer.rdzv_endpoint={endpoint} "
+                f"({type(exc).__name__}); check that the host is the first node as the other nodes see it, "
+                "that the port is open between the nodes and that the first node's command is running; "
+                "nothing was trained.") from exc
+        raise NodesError(
+            f"{job.name}: not all trainer.nnodes={trainer.nnodes} nodes joined the rendezvous at "
+            f"trainer.rdzv_endpoint={endpoint} within trainer.rdzv_timeout={trainer.rdzv_timeout} s; start "
+            "the same command on every node (the same trainer.rdzv_endpoint and trainer.nnodes), or raise "
+            "trainer.rdzv_timeout; nothing was trained.") from exc
     except ChildFailedError as exc:
+        if forwarded.received is None and trainer.nnodes > 1:
+            raise NodesError(_lost_message(job, exc)) from None
         if forwarded.received is None:
             raise
         # Signalled before a worker could install its handler (while it started up).
@@ -195,10 +295,43 @@ def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
             raise cls(first["message"])
         details = "\n".join(f"rank {r['rank']}: {r['traceback']}" for r in errors)
         raise RuntimeError(f"distributed training failed on {len(errors)} rank(s):\n{details}")
-    rank0 = results[0]
+    rank0 = results[min(rank for rank, r in results.items() if r.get("state") is not None)]
     if "interrupted" in rank0:
         path = job.checkpoint_path
         state = _from_bytes(rank0["state"])
         raise TrainingInterrupted(rank0["interrupted"], step=state["step"],
                                   checkpoint_path=None if path is None else Path(path), state=state)
     return _from_bytes(rank0["state"])
+
+
+@contextlib.contextmanager
+def _quiet_elastic(log_level: int) -> Iterator[None]:
+    """Elastic's own records off while it runs (unless our training logs are at DEBUG): the
+    failures they report with tracebacks (a lost node, a rendezvous that timed out) reach the
+    user as one line from :func:`run_distributed` instead."""
+    if log_level <= logging.DEBUG:
+        yield
+        return
+    names = [name for name in list(logging.root.manager.loggerDict) if name.startswith("torch.distributed.elastic")]
+    loggers = [logging.getLogger(name) for name in ["torch.distributed.elastic", *names]]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _lost_message(job: TrainJob, exc: ChildFailedError | None) -> str:
+    """One line for a job that lost a node (``exc``: its workers failed; None: the rendezvous
+    went away): what happened, the last periodic checkpoint this node holds, how to go on."""
+    codes = [LOST_PEER_EXIT] if exc is None else sorted({f.exitcode for f in exc.failures.values()})
+    what = ("lost contact with another node of the job" if codes == [LOST_PEER_EXIT]
+            else f"a worker process failed (exit status {', '.join(map(str, codes))})")
+    held = saved_steps(Path(job.checkpoint_path)) if job.checkpoint_path else {}
+    kept = (f"the last periodic checkpoint on this node is {held[max(held)]} (step {max(held)})" if held
+            else "no periodic checkpoint had been written on this node")
+    return (f"{job.name}: {what} (trainer.max_restarts={job.trainer.max_restarts} used up); {kept}. Rerun the "
+            "same command on every node: they resume from the latest periodic step every node holds.")

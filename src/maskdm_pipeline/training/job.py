@@ -27,7 +27,7 @@ from maskdm_pipeline.training.config import (
     TrainerConfig,
 )
 
-__all__ = ["EvalFn", "NonFiniteLossError", "TrainJob", "TrainingInterrupted"]
+__all__ = ["EvalFn", "NodesError", "NonFiniteLossError", "TrainJob", "TrainingInterrupted"]
 
 EvalFn = Callable[[int, nn.Module], Mapping[str, Any] | None]
 
@@ -55,6 +55,11 @@ class TrainJob:
             its time is excluded from the training wall time; rank 0 only.
         name: the stage name used in messages (``pretrain``, ``finetune``, ...).
         progress: tqdm bar (True), log lines (False), or auto (None: bar when stderr is a TTY).
+        resume: with several nodes (``trainer.nnodes > 1``), continue from the latest periodic
+            checkpoint that every node holds (training/nodes.py); ``resume_state`` is then only
+            checked, not used, since each node may hold another step.
+        node_settings: with several nodes, the values every node must share (dotted parameter
+            name -> value), compared right after the rendezvous; None: this job's ``config()``.
     """
 
     images: torch.Tensor | np.ndarray | ShardArray
@@ -69,6 +74,8 @@ class TrainJob:
     eval_fn: EvalFn | None = None
     name: str = "stage"
     progress: bool | None = None
+    resume: bool = False
+    node_settings: Mapping[str, Any] | None = None
 
     @property
     def masked(self) -> bool:
@@ -99,3 +106,9 @@ class TrainingInterrupted(Exception):
         self.step = step
         self.checkpoint_path = checkpoint_path
         self.state = state
+
+
+class NodesError(RuntimeError):
+    """The nodes of a multi-node job could not start or go on together (an endpoint that cannot
+    work, nodes that never all joined, different parameters, a node lost); the message names
+    the parameter or host, what was kept and what to do."""

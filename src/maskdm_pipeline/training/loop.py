@@ -41,6 +41,7 @@ from maskdm_pipeline.training.builders import (
 )
 from maskdm_pipeline.training.ema import build_ema, ema_state_dict, load_ema_state_dict
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
+from maskdm_pipeline.training.nodes import NodeGroup
 from maskdm_pipeline.training.streams import TrainingStreams
 
 __all__ = ["TrainProcess"]
@@ -55,7 +56,8 @@ class TrainProcess:
     process group (training/distributed.py).
     """
 
-    def __init__(self, job: TrainJob, *, rank: int, world_size: int, local_rank: int) -> None:
+    def __init__(self, job: TrainJob, *, rank: int, world_size: int, local_rank: int,
+                 nodes: NodeGroup | None = None) -> None:
         stage, trainer = job.stage, job.trainer
         self.images = process.host_images(job.images)  # shards: each process maps them itself
         self.rank, self.world_size = rank, world_size
@@ -64,7 +66,11 @@ class TrainProcess:
         self.path = None if job.checkpoint_path is None else Path(job.checkpoint_path)
         self.config = job.config()
         self.device = process.select_device(trainer, local_rank)
-        self.show_bar = rank == 0 and (sys.stderr.isatty() if job.progress is None else job.progress)
+        # Several nodes: rank 0's state reaches every node through ``nodes`` (training/nodes.py),
+        # and each node's first process reports progress, so every node's log shows its steps.
+        self.nodes = nodes
+        self.reports = rank == 0 or (nodes is not None and nodes.leader)
+        self.show_bar = self.reports and (sys.stderr.isatty() if job.progress is None else job.progress)
 
         # Seed the initialisation without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
@@ -221,7 +227,7 @@ class TrainProcess:
                             and self.step % stage.checkpoint_every == 0:
                         self.stats["wall_time_s"] = elapsed()
                         excluded += self._save()
-                        if self.rank == 0 and not self.show_bar:
+                        if self.reports and not self.show_bar:
                             logger.info("%s step %d/%d: periodic checkpoint saved to %s", self.name,
                                         self.step, stage.steps, self.path)
                 self.stats["wall_time_s"] = elapsed()
@@ -234,6 +240,8 @@ class TrainProcess:
         finally:
             bar.close()
         state = self.state() if self.rank == 0 else None
+        if self.nodes is not None:  # rank 0's state on every node's first process
+            state = self.nodes.share(state, self.step)
         if stopped:
             raise TrainingInterrupted(self._interrupted_message(stop.signal_name),
                                       step=self.step, checkpoint_path=self.path, state=state)
@@ -262,11 +270,15 @@ class TrainProcess:
         return seconds
 
     def _save(self) -> float:
-        """Write the full state atomically (rank 0 only); return the seconds it took."""
-        if self.rank != 0 or self.path is None:
+        """Write the full state atomically (rank 0 only; with several nodes rank 0's state on
+        every node, training/nodes.py); return the seconds it took."""
+        if self.path is None or (self.rank != 0 and self.nodes is None):
             return 0.0
         t0 = time.perf_counter()
-        save_checkpoint(self.state(), self.path)
+        if self.nodes is not None:
+            self.nodes.save(self.state() if self.rank == 0 else None, self.step, self.path)
+        else:
+            save_checkpoint(self.state(), self.path)
         self._last_saved_step = self.step
         seconds = time.perf_counter() - t0
         self.stats["checkpoint_time_s"] += seconds
@@ -299,7 +311,7 @@ class TrainProcess:
 
     # ------------------------------------------------------------------ messages
     def _report(self, record: dict[str, Any], bar: Any) -> None:
-        if self.rank != 0:
+        if not self.reports:
             return
         if self.show_bar:
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")

@@ -39,7 +39,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         if changed:
             logger.warning("%s: resuming with changed %s; the continuation differs from an uninterrupted run",
                            job.name, ", ".join(f"{key} {saved!r} -> {asked!r}" for key, saved, asked in changed))
-    if job.trainer.nproc > 1:
+    if job.trainer.distributed:
         return run_distributed(job)
     state = TrainProcess(job, rank=0, world_size=1, local_rank=0).train()
     assert state is not None  # rank 0 always returns its state
