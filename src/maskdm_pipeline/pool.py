@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -69,17 +70,49 @@ def spawn_pool(
     ranks = context.Queue()
     for rank in range(workers):
         ranks.put(rank)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start,
-                               initargs=(ranks, initializer, tuple(initargs)))
+    pool: ProcessPoolExecutor | None = None
     try:
+        with _sigint_deferred():
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start,
+                                       initargs=(ranks, initializer, tuple(initargs)))
+            for _ in range(workers):  # the pool starts a process for each task while none is idle
+                pool.submit(os.getpid)
         yield pool
     except BaseException:
-        _terminate(pool)
+        if pool is not None:
+            _terminate(pool)
         raise
     else:
         pool.shutdown(wait=True)
     finally:
         ranks.close()
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Start the workers with SIGINT blocked and a Ctrl-C held back until they all exist.
+
+    A spawned worker inherits the signal mask, so a Ctrl-C while it still starts (seconds: it
+    imports torch) stays pending there until :func:`_start` ignores it, instead of printing a
+    KeyboardInterrupt traceback from each worker. In the parent the signal is recorded and
+    re-raised afterwards through the handler that was installed (``KeyboardInterrupt`` by
+    default), once every worker is known to the pool, so that all of them can be stopped.
+    Signal handlers belong to the main thread: elsewhere (Kedro's ThreadRunner) only the mask.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum)) if main else None
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)
+    elif received and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
