@@ -16,20 +16,15 @@ where the work happens and where the result goes:
   ``2 x workers`` chunks are in flight, so the memory of a conversion does not grow with the
   number of images.
 
-``spawn``, not ``fork``: the parent may hold threads (MLflow, tqdm's monitor, a Kedro runner), and
-forking a threaded process can deadlock its children; spawned workers import only this module.
+The pool is the project's one kind of local worker pool (:mod:`maskdm_pipeline.pool`: spawned,
+workers ignoring Ctrl-C, results in order); spawned workers import only this module.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
 import sys
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +35,7 @@ from tqdm.auto import tqdm
 from maskdm_pipeline import imaging
 from maskdm_pipeline.imaging import ConversionLog, NoUsableImagesError, SkipImage
 from maskdm_pipeline.listing import FileListing
+from maskdm_pipeline.pool import available_cores, in_order, spawn_pool
 from maskdm_pipeline.shards import row_digests
 
 __all__ = ["Conversion", "Sink", "convert_images", "default_workers", "image_source"]
@@ -55,10 +51,7 @@ class Sink(Protocol):
 
 def default_workers() -> int:
     """The cores this process may use (``preprocess.workers: null``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return available_cores()
 
 
 # ---------------------------------------------------------------------------- sources
@@ -144,12 +137,6 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(source: Any, kwargs: dict[str, Any], by_folder: bool) -> None:
     _WORKER.update(source=source, kwargs=kwargs, by_folder=by_folder)
-
-
-def _init_pool_worker(source: Any, kwargs: dict[str, Any], by_folder: bool) -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the pool, a worker finishes its chunk.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(source, kwargs, by_folder)
 
 
 def _convert_range(start: int, stop: int) -> _Chunk:
@@ -292,25 +279,8 @@ def _chunks(source: Any, kwargs: dict[str, Any], n: int, workers: int, by_folder
         finally:
             _WORKER.clear()
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
-                             initargs=(source, kwargs, by_folder)) as pool:
-        pending: deque[Future[_Chunk]] = deque()
-        todo = iter(bounds)
-        try:
-            for start, stop in todo:
-                pending.append(pool.submit(_convert_range, start, stop))
-                if len(pending) >= 2 * workers:
-                    break
-            while pending:
-                chunk = pending.popleft().result()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append(pool.submit(_convert_range, *nxt))
-                yield chunk
-        finally:
-            for future in pending:
-                future.cancel()
+    with spawn_pool(workers, _init_worker, (source, kwargs, by_folder)) as pool:
+        yield from in_order(pool, _convert_range, bounds, window=2 * workers)
 
 
 class _MemorySink:

@@ -23,7 +23,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from maskdm_pipeline import generation
+from maskdm_pipeline import generation, sharding
 from maskdm_pipeline.metrics import (
     ClassifierFeatures,
     classifier_from_state,
@@ -64,15 +64,34 @@ def fit_feature_classifier(
     return {"available": True, "reason": None, **classifier_state(trained), "num_train": trained.num_train}
 
 
-def classifier_features(state: Mapping[str, Any], device: str | torch.device = "cpu") -> ClassifierFeatures | None:
-    """The feature extractor of a :func:`fit_feature_classifier` dict, or None when unavailable."""
+FEATURE_BATCH = 512  # images a forward pass of the classifier's feature extraction
+
+
+def _extractor(device: torch.device, state: Mapping[str, Any] | bytes, batch_size: int) -> ClassifierFeatures:
+    if isinstance(state, bytes):  # in a worker (sharding.to_bytes: no tensors through /dev/shm)
+        state = sharding.from_bytes(state)
+    return ClassifierFeatures(classifier_from_state(dict(state)), batch_size=batch_size, device=device)
+
+
+def classifier_features(
+    state: Mapping[str, Any], device: str | torch.device = "cpu", *, nproc: int = 1, batch_size: int = FEATURE_BATCH
+) -> ClassifierFeatures | sharding.ShardedFeatures | None:
+    """The feature extractor of a :func:`fit_feature_classifier` dict, or None when unavailable.
+
+    ``nproc > 1`` (``trainer.nproc``): its batches of ``batch_size`` are spread over that many
+    local workers, with the same features (:class:`~maskdm_pipeline.sharding.ShardedFeatures`).
+    The classifier is LeNet-sized, so this pays only for many images: at the final score's
+    N = 256 there is one batch, computed here.
+    """
     if not state.get("available", False):
         return None
-    return ClassifierFeatures(classifier_from_state(dict(state)), device=device)
+    source = sharding.to_bytes(dict(state)) if nproc > 1 else state
+    return sharding.features_on(_extractor, (source, batch_size), dims=int(state["config"]["feature_dim"]),
+                                batch_size=batch_size, nproc=nproc, device=device)
 
 
 def distance_to_reference(
-    features: ClassifierFeatures, images: Any, mu: NDArray[np.float64], sigma: NDArray[np.float64]
+    features: ClassifierFeatures | sharding.ShardedFeatures, images: Any, mu: NDArray[np.float64], sigma: NDArray[np.float64]
 ) -> float:
     """fd_clf of ``images`` (uint8 ``(N, C, H, W)``) against reference statistics ``(mu, sigma)``.
 
@@ -107,12 +126,12 @@ def reference_and_floor(
 
 
 def score(
-    images: np.ndarray, classifier: Mapping[str, Any], reference: Mapping[str, Any], n: int
+    images: np.ndarray, classifier: Mapping[str, Any], reference: Mapping[str, Any], n: int, *, nproc: int = 1
 ) -> dict[str, Any]:
     """The final fd_clf of generated images at the fixed N ``n``: ``{"fd_clf", "fd_clf_n",
     "fd_clf_reason"}``, with a null value and the reason when there is no classifier or reference,
-    or fewer than ``n`` images."""
-    features = classifier_features(classifier)
+    or fewer than ``n`` images. ``nproc``: local worker processes (:func:`classifier_features`)."""
+    features = classifier_features(classifier, nproc=nproc)
     if features is None or not reference.get("available", False):
         return {"fd_clf": None, "fd_clf_n": None,
                 "fd_clf_reason": reference.get("reason") or classifier.get("reason")}

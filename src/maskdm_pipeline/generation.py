@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskdm_pipeline import sharding
 from maskdm_pipeline.devices import autocast
 from maskdm_pipeline.diffusion import PerSampleGenerator, make_schedule
 from maskdm_pipeline.diffusion.samplers import sample, validate_sampling
@@ -30,7 +31,23 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
-@torch.inference_mode()
+def _draw(model: nn.Module, device: torch.device, first: int, n: int, settings: dict[str, Any]) -> np.ndarray:
+    """Samples ``first .. first + n - 1`` as uint8 ``(n, C, H, W)``: one batch, each sample
+    from its own generator (:class:`~maskdm_pipeline.diffusion.PerSampleGenerator`)."""
+    settings = dict(settings)  # plain values: they cross to the workers with every task
+    precision, seed = settings.pop("precision"), settings.pop("seed")
+    settings["schedule"] = make_schedule(settings["schedule"])
+    shape = (model.in_chans, model.img_size, model.img_size)
+    with torch.inference_mode(), autocast(device, precision):
+        x = sample(model, (n, *shape), generator=PerSampleGenerator(seed, range(first, first + n)), device=device,
+                   **settings)
+    return to_uint8(x.float())
+
+
+def _model_in_worker(device: torch.device, model_bytes: bytes) -> nn.Module:
+    return sharding.from_bytes(model_bytes).to(device).eval()
+
+
 def generate(
     model: nn.Module,
     *,
@@ -44,27 +61,35 @@ def generate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
+    nproc: int = 1,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Draw ``num_samples`` images in batches; returns (uint8 (N, C, H, W), timing).
 
     Sample i draws all its noise from its own generator, seeded from (``seed``, i)
     (:class:`~maskdm_pipeline.diffusion.PerSampleGenerator`, EDM's per-image seeds), so the
     images do not depend on ``batch_size``: it changes speed and memory, not results.
+
+    ``nproc > 1`` (``trainer.nproc``) shards the samples over that many local worker processes
+    (:mod:`maskdm_pipeline.sharding`; on CUDA worker r on ``cuda:<r>``): contiguous ranges of at
+    most ``batch_size`` and at most ``ceil(N / nproc)`` samples, so every worker has work even
+    when one batch would hold them all. For the same reason as above the images are the same
+    as in one process (bitwise on the CPU in fp32, ``tests/unit/test_sharding.py``).
     """
     device = torch.device(device)
-    noise_schedule = make_schedule(schedule)
-    validate_sampling(sampler, steps, noise_schedule.num_timesteps, eta)
-    model = model.to(device)
-    shape = (model.in_chans, model.img_size, model.img_size)
-    chunks = []
+    validate_sampling(sampler, steps, make_schedule(schedule).num_timesteps, eta)
+    settings = {"schedule": schedule, "prediction": prediction, "sampler": sampler, "steps": steps,
+                "eta": eta, "seed": seed, "precision": precision}
+    per_task = min(batch_size, -(-num_samples // max(1, nproc)))
+    ranges = [(first, min(per_task, num_samples - first)) for first in range(0, num_samples, per_task)]
+    workers = min(nproc, len(ranges))
     start = time.perf_counter()
-    for first in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - first)
-        with autocast(device, precision):
-            x = sample(model, (n, *shape), schedule=noise_schedule, prediction=prediction, sampler=sampler,
-                       steps=steps, eta=eta, generator=PerSampleGenerator(seed, range(first, first + n)),
-                       device=device)
-        chunks.append(to_uint8(x.float()))
+    if workers > 1:
+        chunks = list(sharding.run_sharded(_model_in_worker, [sharding.to_bytes(model)], _draw,
+                                           [(first, n, settings) for first, n in ranges],
+                                           nproc=workers, device=device))
+    else:
+        model = model.to(device)
+        chunks = [_draw(model, device, first, n, settings) for first, n in ranges]
     seconds = time.perf_counter() - start
     return np.concatenate(chunks), {"seconds": seconds, "img_per_s": num_samples / max(seconds, 1e-9)}
 

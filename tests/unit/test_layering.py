@@ -2,7 +2,7 @@
 with ``ast``, so lazy imports inside functions count too) points to its own floor or below.
 
 From the bottom: math (models, masking, diffusion, metrics) and the neutral modules (fileio,
-devices, shards, listing); the rooms, with training/ and datasets/ side by side; params.py; train_stage.py; the
+devices, shards, listing, pool); the rooms, with training/ and datasets/ side by side; params.py; train_stage.py; the
 stages (pipelines/<stage>/); the wiring. The one import by name, ``datasets/__init__.py``'s lazy
 ``importlib.import_module``, loads that package's own modules.
 """
@@ -20,16 +20,17 @@ SRC = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 # Floor of each top-level room of the package (the package root itself holds only __version__).
 FLOORS = {
     "": 0,
-    **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing"), 0),
+    **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing",
+                     "pool"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "conversion", "splitting",
-                     "reporting", "tracking", "fingerprint"), 1),
+                     "reporting", "tracking", "fingerprint", "sharding"), 1),
     "params": 2,
     "train_stage": 3,
     "pipelines": 4,
     **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "caching", "project", "__main__"), 5),
 }
 MATH = ("models", "masking", "diffusion", "metrics")
-NEUTRAL = ("fileio", "devices", "shards", "listing")
+NEUTRAL = ("fileio", "devices", "shards", "listing", "pool")
 # Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
 KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "__main__")
 

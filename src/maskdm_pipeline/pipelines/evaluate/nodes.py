@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdm_pipeline import fd_clf
+from maskdm_pipeline import fd_clf, sharding
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document
@@ -38,12 +38,22 @@ _POINT_AT_WEIGHTS = (f"set the parameter `{WEIGHTS_PARAMETER}` to its path "
                      f"(e.g. kedro run --params {WEIGHTS_PARAMETER}=/path/to/{FID_WEIGHTS_FILENAME})")
 
 
-def _inception(params: Mapping[str, Any], device: str, weights_path: Any = None) -> InceptionFeatures:
+def _inception(params: Mapping[str, Any], trainer: Mapping[str, Any], weights_path: Any = None) -> Any:
+    """The Inception extractor, on ``trainer.nproc`` local workers when above 1 (same features)."""
     fid = params["fid"]
-    return InceptionFeatures(
-        dims=int(fid["dims"]), weights_path=weights_path or fid.get("weights_path"), device=device,
-        batch_size=int(fid["batch_size"]), allow_download=bool(fid["allow_download"]), download_timeout=10.0,
-    )
+    kwargs = {"dims": int(fid["dims"]), "weights_path": weights_path or fid.get("weights_path"),
+              "batch_size": int(fid["batch_size"]), "allow_download": bool(fid["allow_download"]),
+              "download_timeout": 10.0}
+    return sharding.features_on(sharding.construct, (InceptionFeatures, kwargs), dims=kwargs["dims"],
+                                batch_size=kwargs["batch_size"], nproc=_nproc(trainer), device=_device(trainer))
+
+
+def _nproc(trainer: Mapping[str, Any]) -> int:
+    return int(trainer.get("nproc", 1))
+
+
+def _device(trainer: Mapping[str, Any]) -> str:
+    return str(resolve_device(trainer.get("device", "auto")))
 
 
 def reference_key(dims: int, checksum: str, images: np.ndarray, weights: Path) -> str:
@@ -89,7 +99,7 @@ def inception_reference(
         logger.info("FID reference statistics from the cache (%s)", key)
         mu, sigma = cached
     else:
-        extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))), weights)
+        extractor = _inception(params, trainer, weights)
         mu, sigma = stats_from_batches(extractor.batches(images))  # the shards, batch by batch
         cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"],
                                    "weights": str(weights)})
@@ -106,14 +116,16 @@ def score_samples(
     params: Mapping[str, Any],
     trainer: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples."""
+    """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples, the
+    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.sharding`)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
-    scores.update(fd_clf.score(images, classifier, clf_reference, int(params["fd_clf"]["num_samples"])))
+    scores.update(fd_clf.score(images, classifier, clf_reference, int(params["fd_clf"]["num_samples"]),
+                               nproc=_nproc(trainer)))
     if not inc_reference.get("available", False):
         scores.update(fid=None, fid_n=None, fid_reason=inc_reference.get("reason"))
     else:
-        extractor = _inception(params, str(resolve_device(trainer.get("device", "auto"))))
+        extractor = _inception(params, trainer)
         mu, sigma = stats(extractor(images))
         scores.update(fid=frechet_distance(mu, sigma, inc_reference["mu"], inc_reference["sigma"]),
                       fid_n=int(len(images)), fid_reference_n=inc_reference["n"], fid_reason=None)

@@ -20,7 +20,8 @@ GRID_SIZE = 64  # images shown in the PNG grid (all samples are in the array and
 def draw_samples(
     checkpoint: Mapping[str, Any], params: Mapping[str, Any], trainer: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], Image.Image, dict[str, Image.Image], dict[str, Any]]:
-    """Sample ``sample.num_samples`` images from the checkpoint's EMA weights.
+    """Sample ``sample.num_samples`` images from the checkpoint's EMA weights, on
+    ``trainer.nproc`` local worker processes when above 1 (the same images).
 
     Returns the uint8 array, a PNG grid of the first 64, one PNG per sample (a folder that
     ``python -m pytorch_fid`` reads) and what was done (sampler, steps, seed, seconds).
@@ -40,6 +41,7 @@ def draw_samples(
         seed=int(params["seed"]),
         device=device,
         precision=trainer.get("precision", "fp32"),
+        nproc=int(trainer.get("nproc", 1)),
     )
     logger.info("Sampled %d images in %.1f s (%s, %s steps)", len(images), timing["seconds"],
                 params["sampler"], params["steps"])
