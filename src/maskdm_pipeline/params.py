@@ -20,10 +20,8 @@ Kedro import (click, for the error type only).
 from __future__ import annotations
 
 import inspect
-import os
 import types
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from click import ClickException
@@ -48,8 +46,7 @@ from maskdm_pipeline.training.config import (
 )
 
 __all__ = ["BaselineParams", "CacheParams", "FinetuneParams", "ParameterError", "Params", "PretrainParams",
-           "ProjectPath", "StageParams", "describe", "path_parameters", "resolve_path_parameters",
-           "validate_parameters"]
+           "ProjectPath", "StageParams", "describe", "names_a_path", "validate_parameters"]
 
 
 SampleCount = Annotated[int, Field(ge=2)]  # a Frechet distance needs a covariance: N >= 2
@@ -68,6 +65,13 @@ _PATH = _PathMarker()
 # catalog's `filepath`s, which Kedro itself resolves; `~` is the user's home. Resolved once per
 # run by project.ProjectContext with resolve_path_parameters, so the nodes see absolute paths.
 ProjectPath = Annotated[str, _PATH]
+
+
+def names_a_path(annotation: Any) -> bool:
+    """Whether a field's annotation is :data:`ProjectPath`, alone or in a union (``| None``)."""
+    if get_origin(annotation) is Annotated and any(m is _PATH for m in annotation.__metadata__):
+        return True
+    return any(names_a_path(arg) for arg in get_args(annotation))
 
 
 class ParameterError(ClickException, ValueError):
@@ -351,55 +355,6 @@ def _lines(error: Mapping[str, Any], prefix: str) -> list[str]:
     else:
         why = _WHY.get(kind, error["msg"]).format(**ctx)
     return [f"{name}={value!r}: {why}"]
-
-
-# ---------------------------------------------------------------------------- paths
-def _names_a_path(annotation: Any) -> bool:
-    """Whether a field's annotation is :data:`ProjectPath`, alone or in a union (``| None``)."""
-    if get_origin(annotation) is Annotated and any(m is _PATH for m in annotation.__metadata__):
-        return True
-    return any(_names_a_path(arg) for arg in get_args(annotation))
-
-
-def path_parameters(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
-    """The dotted names of every :data:`ProjectPath` parameter, e.g. ``evaluate.fid.weights_path``."""
-    names: list[str] = []
-    for name, field in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        if _names_a_path(field.annotation):
-            names.append(dotted)
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            names += path_parameters(field.annotation, f"{dotted}.")
-    return names
-
-
-def resolve_path_parameters(params: Mapping[str, Any], root: str | os.PathLike[str]) -> dict[str, Any]:
-    """A copy of the parameter tree with every relative :data:`ProjectPath` value made absolute
-    against ``root`` (``~`` expanded); absolute values, nulls and URLs are kept as they are.
-    Blocks Kedro has already turned into models are copied with the new value."""
-    resolved = dict(params)
-    for dotted in path_parameters():
-        keys = dotted.split(".")
-        value = _get(resolved, keys)
-        if isinstance(value, str) and value and "://" not in value:
-            path = Path(value).expanduser()
-            resolved = _replaced(resolved, keys, str(path if path.is_absolute() else Path(root) / path))
-    return resolved
-
-
-def _get(tree: Any, keys: list[str]) -> Any:
-    for key in keys:
-        tree = tree.get(key) if isinstance(tree, Mapping) else getattr(tree, key, None)
-    return tree
-
-
-def _replaced(tree: Any, keys: list[str], value: Any) -> Any:
-    """``tree`` with ``tree[keys[0]]...[keys[-1]] = value``, copied along the way."""
-    head, *rest = keys
-    new = _replaced(_get(tree, [head]), rest, value) if rest else value
-    if isinstance(tree, BaseModel):
-        return tree.model_copy(update={head: new})
-    return {**tree, head: new}
 
 
 def _is_known(name: str) -> bool:

@@ -6,7 +6,8 @@ with ``%load_ext kedro.ipython``), but it resolves only the catalog keys named `
 working directory, so a run from ``notebooks/`` used other files than the same run from the
 root. This module closes the two gaps the project has:
 
-- **Parameters that name files** (``params.ProjectPath``, e.g. ``evaluate.fid.weights_path``):
+- **Parameters that name files** (``params.ProjectPath``, e.g. ``evaluate.fid.weights_path``;
+  :func:`path_parameters` lists them):
   :class:`ProjectContext` (``settings.CONTEXT_CLASS``) resolves them against the project root
   before any node or hook sees them.
 - **The log file of conf/logging.yml**: Kedro looks for ``conf/logging.yml`` in the working
@@ -23,16 +24,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kedro.framework.context import KedroContext
 from kedro.utils import find_kedro_project
+from pydantic import BaseModel
 
-from maskdm_pipeline.params import resolve_path_parameters
+from maskdm_pipeline.params import Params, names_a_path
 
-__all__ = ["ProjectContext", "use_project_logging"]
+__all__ = ["ProjectContext", "path_parameters", "resolve_path_parameters", "use_project_logging"]
 
 logger = logging.getLogger("kedro.framework.project")  # where Kedro says which logging file it uses
 
@@ -76,3 +79,45 @@ def use_project_logging(cwd: Path | None = None) -> Path | None:
     configure_logging(config)
     logger.info("Using '%s' as logging configuration (the project's; Kedro was started in %s).", path, cwd)
     return path
+
+
+# ---------------------------------------------------------------------------- path parameters
+def path_parameters(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+    """The dotted names of every :data:`ProjectPath` parameter, e.g. ``evaluate.fid.weights_path``."""
+    names: list[str] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if names_a_path(field.annotation):
+            names.append(dotted)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names += path_parameters(field.annotation, f"{dotted}.")
+    return names
+
+
+def resolve_path_parameters(params: Mapping[str, Any], root: str | os.PathLike[str]) -> dict[str, Any]:
+    """A copy of the parameter tree with every relative :data:`ProjectPath` value made absolute
+    against ``root`` (``~`` expanded); absolute values, nulls and URLs are kept as they are.
+    Blocks Kedro has already turned into models are copied with the new value."""
+    resolved = dict(params)
+    for dotted in path_parameters():
+        keys = dotted.split(".")
+        value = _get(resolved, keys)
+        if isinstance(value, str) and value and "://" not in value:
+            path = Path(value).expanduser()
+            resolved = _replaced(resolved, keys, str(path if path.is_absolute() else Path(root) / path))
+    return resolved
+
+
+def _get(tree: Any, keys: list[str]) -> Any:
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, Mapping) else getattr(tree, key, None)
+    return tree
+
+
+def _replaced(tree: Any, keys: list[str], value: Any) -> Any:
+    """``tree`` with ``tree[keys[0]]...[keys[-1]] = value``, copied along the way."""
+    head, *rest = keys
+    new = _replaced(_get(tree, [head]), rest, value) if rest else value
+    if isinstance(tree, BaseModel):
+        return tree.model_copy(update={head: new})
+    return {**tree, head: new}

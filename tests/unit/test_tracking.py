@@ -12,7 +12,7 @@ import pytest
 
 from maskdm_pipeline import __version__, tracking
 from maskdm_pipeline.hooks import code_version
-from maskdm_pipeline.params import path_parameters, resolve_path_parameters
+from maskdm_pipeline.project import path_parameters, resolve_path_parameters
 
 PARAMETERS = {"preprocess": {"seed": 0}, "pretrain": {"seed": 0}, "finetune": {"seed": 1},
               "evaluate": {"fd_clf": {"seed": 2}, "fid": {"weights_path": None}}, "report": {}}
