@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from maskdm_pipeline import generation, sharding
+from maskdm_pipeline.fileio import from_bytes, to_bytes
 from maskdm_pipeline.metrics import (
     ClassifierFeatures,
     classifier_from_state,
@@ -68,8 +69,8 @@ FEATURE_BATCH = 512  # images a forward pass of the classifier's feature extract
 
 
 def _extractor(device: torch.device, state: Mapping[str, Any] | bytes, batch_size: int) -> ClassifierFeatures:
-    if isinstance(state, bytes):  # in a worker (sharding.to_bytes: no tensors through /dev/shm)
-        state = sharding.from_bytes(state)
+    if isinstance(state, bytes):  # in a worker (fileio.to_bytes: no tensors through /dev/shm)
+        state = from_bytes(state)
     return ClassifierFeatures(classifier_from_state(dict(state)), batch_size=batch_size, device=device)
 
 
@@ -85,7 +86,7 @@ def classifier_features(
     """
     if not state.get("available", False):
         return None
-    source = sharding.to_bytes(dict(state)) if nproc > 1 else state
+    source = to_bytes(dict(state)) if nproc > 1 else state
     return sharding.features_on(_extractor, (source, batch_size), dims=int(state["config"]["feature_dim"]),
                                 batch_size=batch_size, nproc=nproc, device=device)
 

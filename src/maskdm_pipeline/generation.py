@@ -15,6 +15,7 @@ from maskdm_pipeline import sharding
 from maskdm_pipeline.devices import autocast
 from maskdm_pipeline.diffusion import PerSampleGenerator, make_schedule
 from maskdm_pipeline.diffusion.samplers import sample, validate_sampling
+from maskdm_pipeline.fileio import from_bytes, to_bytes
 from maskdm_pipeline.models import build_uvit
 
 
@@ -45,7 +46,7 @@ def _draw(model: nn.Module, device: torch.device, first: int, n: int, settings: 
 
 
 def _model_in_worker(device: torch.device, model_bytes: bytes) -> nn.Module:
-    return sharding.from_bytes(model_bytes).to(device).eval()
+    return from_bytes(model_bytes, weights_only=False).to(device).eval()
 
 
 def generate(
@@ -84,7 +85,7 @@ def generate(
     workers = min(nproc, len(ranges))
     start = time.perf_counter()
     if workers > 1:
-        chunks = list(sharding.run_sharded(_model_in_worker, [sharding.to_bytes(model)], _draw,
+        chunks = list(sharding.run_sharded(_model_in_worker, [to_bytes(model)], _draw,
                                            [(first, n, settings) for first, n in ranges],
                                            nproc=workers, device=device))
     else:

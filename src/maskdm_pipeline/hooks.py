@@ -99,15 +99,15 @@ class CheckpointSlotHook:
 
 class TemporaryFilesHook:
     """Every run starts by removing the hidden temporaries that killed writes left beside (and
-    inside) the catalog's files and folders: ``fileio.atomic_write`` writes aside and swaps in,
+    inside) the catalog's files and folders: ``atomic.atomic_write`` writes aside and swaps in,
     and a ``kill -9`` during a save leaves its ``.<name>.<pid>-<random>.tmp`` behind. Only those
-    whose writer is gone are removed (``fileio.remove_stale_temporaries``), so a second run in
+    whose writer is gone are removed (``atomic.remove_stale_temporaries``), so a second run in
     the same project is safe. Folders are not searched below their first level (a folder of
     raw images can be large)."""
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        from maskdm_pipeline.fileio import remove_stale_temporaries
+        from maskdm_pipeline.atomic import remove_stale_temporaries
 
         folders: set[Path] = set()
         for name in sorted(set(catalog.keys()) | set(pipeline.datasets())):

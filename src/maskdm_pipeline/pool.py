@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from itertools import islice
 from typing import Any
 
-__all__ = ["available_cores", "in_order", "spawn_pool", "worker_rank"]
+__all__ = ["available_cores", "in_order", "spawn_pool", "threads_per_worker", "worker_rank"]
 
 _RANK: list[int] = []  # set once in each worker by _start
 
@@ -42,6 +42,12 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of ``workers`` local processes on the CPU: the available cores
+    shared out (at least one), so the workers do not fight over cores."""
+    return max(1, available_cores() // workers)
 
 
 def worker_rank() -> int:

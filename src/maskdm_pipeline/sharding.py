@@ -24,7 +24,6 @@ in order, so the result does not depend on which worker computed what.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -34,24 +33,11 @@ from numpy.typing import NDArray
 
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.metrics.classifier import iter_batches
-from maskdm_pipeline.pool import available_cores, in_order, spawn_pool, worker_rank
+from maskdm_pipeline.pool import in_order, spawn_pool, threads_per_worker, worker_rank
 
-__all__ = ["ShardedFeatures", "construct", "features_on", "from_bytes", "run_sharded", "to_bytes", "worker_device"]
+__all__ = ["ShardedFeatures", "construct", "features_on", "run_sharded", "worker_device"]
 
 _HELD: dict[str, Any] = {}  # in each worker: the object built by `build`, and its device
-
-
-def to_bytes(obj: Any) -> bytes:
-    """``obj`` (a module, a state dict) as ``torch.save`` bytes, to send to a spawned process."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def from_bytes(data: bytes) -> Any:
-    """:func:`to_bytes`'s object back, on the CPU. ``weights_only=False``: the bytes were written
-    by this program's parent process a moment before, never read from a file."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def worker_device(device: str | torch.device, rank: int, nproc: int) -> torch.device:
@@ -61,7 +47,7 @@ def worker_device(device: str | torch.device, rank: int, nproc: int) -> torch.de
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     else:
-        torch.set_num_threads(max(1, available_cores() // nproc))
+        torch.set_num_threads(threads_per_worker(nproc))
     return resolved
 
 
@@ -86,7 +72,7 @@ def run_sharded(
     """``work(obj, device, *task)`` for each task on ``nproc`` spawned workers, yielded in task
     order; ``obj = build(device, *args)`` once per worker. ``build`` and ``work`` must be
     top-level functions (spawn pickles them by name); ``args`` should hold bytes, not tensors
-    (:func:`to_bytes`)."""
+    (:func:`maskdm_pipeline.fileio.to_bytes`)."""
     with spawn_pool(nproc, _setup, (build, tuple(args), str(device), nproc)) as pool:
         yield from in_order(pool, _call, ((work, *task) for task in tasks), window=2 * nproc)
 

@@ -289,7 +289,7 @@ def test_disk_full_during_save_keeps_the_old_file_and_the_resume_state(tiny_stat
     finished training state stays in the resume file, and the message says how to recover."""
     import errno
 
-    import maskdm_pipeline.fileio as checkpoint_module
+    import maskdm_pipeline.atomic as atomic_module
 
     final, resume = tmp_path / "pretrained.pt", tmp_path / "pretrained.resume.pt"
     old = {**tiny_state, "step": 1}
@@ -300,7 +300,7 @@ def test_disk_full_during_save_keeps_the_old_file_and_the_resume_state(tiny_stat
     def disk_full(src: Any, dst: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", disk_full)
+    monkeypatch.setattr(atomic_module.os, "replace", disk_full)
     error = _stage_pipeline_run(final, resume, tiny_state)
     assert isinstance(error, DatasetError)
     message = "\n".join([str(error), *getattr(error, "__notes__", [])])
@@ -323,7 +323,7 @@ def test_only_the_temporaries_of_writers_that_are_gone_are_removed(tmp_path, tin
     """What a kill -9 during atomic_write leaves (a hidden folder holding a complete-looking
     pretrained.pt) is removed; the temporary of a writer still running, an older name without a
     process id and other hidden files are left alone."""
-    from maskdm_pipeline.fileio import remove_stale_temporaries
+    from maskdm_pipeline.atomic import remove_stale_temporaries
 
     killed = tmp_path / f".pretrained.pt.{_dead_pid()}-k1ll3d.tmp"
     killed.mkdir()

@@ -14,7 +14,7 @@ import pytest
 from click import ClickException
 from conftest import squash
 
-import maskdm_pipeline.fileio as checkpoint_module
+import maskdm_pipeline.atomic as atomic_module
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.fileio import load_checkpoint
 from maskdm_pipeline.params import BaselineParams
@@ -51,7 +51,7 @@ def test_disk_full_at_a_periodic_checkpoint(tmp_path, tiny_images, monkeypatch, 
     error and the checkpoint; the step-10 checkpoint stays intact and loadable, no temp file is
     left behind, and a rerun once space is back resumes from step 10 and finishes."""
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
-    real_replace = checkpoint_module.os.replace
+    real_replace = atomic_module.os.replace
     calls = {"n": 0}
 
     def replace(src: Any, dst: Any) -> None:
@@ -60,7 +60,7 @@ def test_disk_full_at_a_periodic_checkpoint(tmp_path, tiny_images, monkeypatch, 
             raise OSError(errno.ENOSPC, "No space left on device", str(src))
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", replace)
+    monkeypatch.setattr(atomic_module.os, "replace", replace)
     with pytest.raises(ClickException) as info:
         _train(tiny_images, slot)
     message = str(info.value)
@@ -69,7 +69,7 @@ def test_disk_full_at_a_periodic_checkpoint(tmp_path, tiny_images, monkeypatch, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained.resume.pt"]
     assert load_checkpoint(slot.path)["step"] == 10
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", real_replace)  # space is back
+    monkeypatch.setattr(atomic_module.os, "replace", real_replace)  # space is back
     state, history, _ = _train(tiny_images, slot)
     assert state["step"] == 30 and history["step"].max() == 30
 

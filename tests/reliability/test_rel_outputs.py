@@ -4,7 +4,7 @@ file, never half of one and never a stray temporary (issue 16 item 5).
 
 The catalog entries are the project's (conf/smoke), pointed at a temporary folder. kedro-datasets'
 own classes open the target for writing (truncating it) before they write; the catalog names the
-project's subclasses of them (``datasets/files.py``), which write through ``fileio.atomic_write``.
+project's subclasses of them (``datasets/files.py``), which write through ``atomic.atomic_write``.
 """
 
 from __future__ import annotations

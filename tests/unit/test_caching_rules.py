@@ -214,8 +214,8 @@ def test_a_shard_folder_is_identified_by_its_content_checksum(tmp_path: Path) ->
 def test_shard_records_stay_beside_the_folder_through_its_swaps(project: dict[str, Any]) -> None:
     """The record of a shard folder is written beside it; the atomic folder swap of every later
     save leaves it there (and nothing inside), and the judge sees a rewrite with other content."""
+    from maskdm_pipeline.atomic import remove_stale_temporaries
     from maskdm_pipeline.datasets import ShardDataset
-    from maskdm_pipeline.fileio import remove_stale_temporaries
 
     root = project["root"]
     catalog = DataCatalog({"shards": ShardDataset(str(root / "shards"))})

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, weights_only loads, and clear refusals (fileio.py)."""
+"""Checkpoint files: atomic writes (atomic.py), weights_only loads, and clear refusals (fileio.py)."""
 
 from __future__ import annotations
 
@@ -182,14 +182,14 @@ def _listing(folder: pathlib.Path) -> dict[str, str]:
 def test_atomic_write_replaces_a_whole_folder(tmp_path, monkeypatch, exchange):
     """A folder is replaced whole (no file of the old version survives), with or without the
     one-step exchange, and nothing hidden is left beside it."""
-    from maskdm_pipeline import fileio
+    from maskdm_pipeline import atomic
 
     if not exchange:
-        monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     grid = tmp_path / "maskdm_png"
-    with fileio.atomic_write(grid) as target:
+    with atomic.atomic_write(grid) as target:
         _write_folder(target, {"0.png": "old", "1.png": "old"})
-    with fileio.atomic_write(grid) as target:
+    with atomic.atomic_write(grid) as target:
         _write_folder(target, {"0.png": "new"})
     assert _listing(grid) == {"0.png": "new"}
     assert [p.name for p in tmp_path.iterdir()] == ["maskdm_png"]
@@ -198,7 +198,7 @@ def test_atomic_write_replaces_a_whole_folder(tmp_path, monkeypatch, exchange):
 def test_atomic_write_keeps_the_old_version_when_the_writer_fails(tmp_path):
     """An error (here a KeyboardInterrupt) inside the block: file and folder stay as they were,
     the hidden temporary is gone; a block that writes nothing is an error, not an empty file."""
-    from maskdm_pipeline.fileio import atomic_write
+    from maskdm_pipeline.atomic import atomic_write
 
     folder, file = tmp_path / "shards", tmp_path / "metrics.json"
     with atomic_write(folder) as target:
@@ -220,7 +220,7 @@ def test_atomic_write_after_kill9_old_version_intact_and_temp_cleaned(tmp_path):
     import os
     import signal
 
-    from maskdm_pipeline.fileio import atomic_write
+    from maskdm_pipeline.atomic import atomic_write
 
     folder = tmp_path / "maskdm_png"
     with atomic_write(folder) as target:
@@ -245,7 +245,7 @@ def test_atomic_write_keeps_the_name_so_writers_can_pick_the_format(tmp_path):
     PNG from the suffix."""
     from PIL import Image
 
-    from maskdm_pipeline.fileio import atomic_write
+    from maskdm_pipeline.atomic import atomic_write
 
     with atomic_write(tmp_path / "grid.png") as target:
         assert target.name == "grid.png"

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from maskdm_pipeline.fileio import atomic_write
+from maskdm_pipeline.atomic import atomic_write
 from maskdm_pipeline.fingerprint import FORMAT, file_digest, folder_digest, folder_listing
 
 SUFFIX = ".fingerprint.json"

@@ -2,7 +2,7 @@
 checkpoints, feature caches, a folder of PNGs replaced whole, and the kedro-datasets file datasets
 with atomic saves.
 
-Every dataset that writes, writes atomically (``fileio.atomic_write``). For the cache
+Every dataset that writes, writes atomically (``atomic.atomic_write``). For the cache
 (``maskdm_pipeline.caching``) a dataset may define ``content_identity() -> str | None``: a string
 that changes whenever what it holds changes, or None when what it holds never changes what its
 readers compute (a keyed cache, a resume slot); without it, a file is identified by its content

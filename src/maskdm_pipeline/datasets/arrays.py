@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset
 
+from maskdm_pipeline.atomic import atomic_write
 from maskdm_pipeline.datasets.errors import UnreadableFileError
-from maskdm_pipeline.fileio import atomic_write
 
 
 class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):

@@ -1,5 +1,5 @@
 """The kedro-datasets classes the catalog uses for JSON, CSV, text, images and figures, with
-every save written atomically (``fileio.atomic_write``).
+every save written atomically (``atomic.atomic_write``).
 
 The kedro-datasets classes open the destination itself and write into it, so a crash, a Ctrl-C
 or a full disk mid-write leaves a truncated ``metrics.json`` or ``report.md`` where the last good
@@ -23,8 +23,8 @@ from kedro_datasets.pandas import CSVDataset as _CSVDataset
 from kedro_datasets.pillow import ImageDataset as _ImageDataset
 from kedro_datasets.text import TextDataset as _TextDataset
 
+from maskdm_pipeline.atomic import atomic_write
 from maskdm_pipeline.datasets.previews import ImagePreviewMixin
-from maskdm_pipeline.fileio import atomic_write
 
 __all__ = ["AtomicSaveMixin", "CSVDataset", "ImageDataset", "JSONDataset", "MatplotlibDataset", "TextDataset"]
 
@@ -33,7 +33,7 @@ _LOCAL = ("file", "local")
 
 class AtomicSaveMixin:
     """Put before a kedro-datasets file dataset class: its ``save`` then writes to a scratch path
-    that :func:`~maskdm_pipeline.fileio.atomic_write` swaps in when the write has finished.
+    that :func:`~maskdm_pipeline.atomic.atomic_write` swaps in when the write has finished.
 
     It works through ``_get_save_path``, which every kedro-datasets file dataset asks for the
     path it writes to (and ``atomic_write`` gives the scratch file the destination's own name, so

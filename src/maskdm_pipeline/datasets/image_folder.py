@@ -4,7 +4,7 @@ Our own instead of ``partitions.PartitionedDataset``: that one writes each parti
 existing folder and never removes the others, so after sampling 64 images and then 8 the folder
 that ``python -m pytorch_fid`` is pointed at held 64 PNGs, 56 of them from the earlier run
 (``shared/repros/fail-01-stale-sample-pngs.sh``). Here the new folder is written aside and swapped
-in by :func:`~maskdm_pipeline.fileio.atomic_write`: readers see the old folder or the new one,
+in by :func:`~maskdm_pipeline.atomic.atomic_write`: readers see the old folder or the new one,
 never a mix.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 
-from maskdm_pipeline.fileio import atomic_write
+from maskdm_pipeline.atomic import atomic_write
 
 
 def _open(path: Path) -> Image.Image:

@@ -5,7 +5,7 @@ Saving streams: a node returns either a :class:`~maskdm_pipeline.conversion.Conv
 chunk by chunk, while the shards are written: Kedro's lazy saving) or a mapping of array-likes
 (``{"images", "labels", "digests", "reference_images", ..., "meta"}``, e.g. row views of the
 converted set), read and written in chunks of at most 64 MB. Either way the whole folder is
-written aside and swapped in at the end (:func:`maskdm_pipeline.fileio.atomic_write`): a killed or
+written aside and swapped in at the end (:func:`maskdm_pipeline.atomic.atomic_write`): a killed or
 failed run, a full disk included, leaves the previous shards as they were.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
+from maskdm_pipeline.atomic import atomic_write
 from maskdm_pipeline.conversion import Conversion
 from maskdm_pipeline.datasets.errors import UnreadableFileError, UnwritableFileError
-from maskdm_pipeline.fileio import atomic_write
 from maskdm_pipeline.imaging import NoUsableImagesError
 from maskdm_pipeline.shards import (
     GROUPS,

@@ -2,7 +2,7 @@
 at scale"). Neutral file I/O (numpy and the standard library), imported by ``datasets/`` (which
 writes and loads them for the catalog) and by ``training/`` (whose workers open them).
 
-A shard folder (written whole by :func:`maskdm_pipeline.fileio.atomic_write`)::
+A shard folder (written whole by :func:`maskdm_pipeline.atomic.atomic_write`)::
 
     index.json                      counts, item shape, shard files, content checksums, metadata
     images-00000.npy ...            uint8 (n_i, C, H, W); np.load(path, mmap_mode="r") opens each

@@ -37,7 +37,7 @@ class ShardWriter:
 
     Rows go to the files with plain writes (no memory map), so the writer's memory does not
     grow with the number of rows; only the digests (16 bytes a row) are kept until
-    :meth:`finish`. Write into a folder that is being written aside (``fileio.atomic_write``).
+    :meth:`finish`. Write into a folder that is being written aside (``atomic.atomic_write``).
     """
 
     def __init__(self, folder: Path, prefix: str, item_shape: tuple[int, int, int],

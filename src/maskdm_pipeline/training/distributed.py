@@ -8,7 +8,7 @@ slice of the global batch (training/streams.py); DDP averages the gradients, whi
 the single-process gradient of the global batch, so ``nproc`` changes speed, not results.
 
 Backend: NCCL with one GPU per rank on CUDA, gloo on CPU (each worker then gets
-``cpu_count // nproc`` threads so the workers do not fight over cores).
+``cores // nproc`` threads so the workers do not fight over cores).
 
 Signals: SIGINT (Ctrl-C) and SIGTERM (schedulers, ``docker stop``) reach the launching process
 first. Elastic's own handling kills the workers (its shutdown: the signal, then SIGKILL after
@@ -30,7 +30,6 @@ waiting at its exit barrier for a node that is gone.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import multiprocessing
 import os
@@ -51,7 +50,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from maskdm_pipeline.fileio import load_checkpoint
+from maskdm_pipeline.fileio import from_bytes, load_checkpoint, to_bytes
+from maskdm_pipeline.pool import threads_per_worker
 from maskdm_pipeline.training.job import (
     NodesError,
     NonFiniteLossError,
@@ -124,7 +124,7 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
         torch.cuda.set_device(local_rank)
     else:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        torch.set_num_threads(threads_per_worker(local))
     dist.init_process_group("nccl" if cuda else "gloo")
     nodes = None
     try:
@@ -184,18 +184,8 @@ class ForwardSignals(HandledSignals):
 
 
 def _to_bytes(state: dict[str, Any] | None) -> bytes | None:
-    """Rank 0's state as ``torch.save`` bytes: returned as tensors, it would cross to the parent
-    through shared memory (torch's multiprocessing pickler puts every tensor in /dev/shm), which
-    is 64 MB in a default Docker container and several GB for a paper-size model's state."""
-    if state is None:
-        return None
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-def _from_bytes(data: bytes) -> dict[str, Any]:
-    return torch.load(io.BytesIO(data), weights_only=True)
+    """Rank 0's state as bytes (fileio.to_bytes: never through /dev/shm); None elsewhere."""
+    return None if state is None else to_bytes(state)
 
 
 def run_distributed(job: TrainJob) -> dict[str, Any]:
@@ -298,10 +288,10 @@ def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
     rank0 = results[min(rank for rank, r in results.items() if r.get("state") is not None)]
     if "interrupted" in rank0:
         path = job.checkpoint_path
-        state = _from_bytes(rank0["state"])
+        state = from_bytes(rank0["state"])
         raise TrainingInterrupted(rank0["interrupted"], step=state["step"],
                                   checkpoint_path=None if path is None else Path(path), state=state)
-    return _from_bytes(rank0["state"])
+    return from_bytes(rank0["state"])
 
 
 @contextlib.contextmanager

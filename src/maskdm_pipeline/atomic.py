@@ -1,0 +1,162 @@
+"""Atomic writes: the one way a file or a folder the project writes is replaced.
+
+Written aside, then swapped in, so a crash, a Ctrl-C or a full disk never leaves half a file
+where the last good one was (DESIGN.md: checkpoints are written atomically). The neutral floor:
+the standard library only. Used by ``fileio.py`` (torch states and checkpoints), every catalog
+dataset that writes (``datasets/``), the fingerprint records (``caching/``) and the hook that
+removes the temporaries of killed writers (``hooks.TemporaryFilesHook``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import glob
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["PathLike", "atomic_write", "remove_stale_temporaries"]
+
+PathLike = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike) -> Iterator[Path]:
+    """Replace the file or folder at ``path`` all at once: yield a path to fill, then swap it in.
+
+    The yielded path has ``path``'s own name (so writers that pick a format from the suffix,
+    such as PIL or ``np.savez``, work) inside a hidden sibling folder ``.<name>.<pid>-<random>.tmp``
+    (``<pid>``: the writing process).
+    Write a file there, or create and fill a folder. When the block ends without an error, the
+    content is fsynced and moved over ``path`` in one step: ``os.replace`` for a file; for a
+    folder, Linux's ``renameat2(RENAME_EXCHANGE)``, or elsewhere two renames (a crash between
+    them leaves the old folder whole in the hidden sibling). The parent folder is fsynced so the
+    rename itself survives a power cut.
+
+    If the block raises (``KeyboardInterrupt`` included), the hidden sibling is removed and
+    ``path`` is untouched. A ``kill -9`` can leave the hidden sibling behind; the next
+    ``atomic_write`` to the same ``path`` removes it, so there must be one writer per path at a
+    time (the project's rule: only rank 0 writes), and every run removes those of writers that
+    are gone (:func:`remove_stale_temporaries`, from ``hooks.TemporaryFilesHook``).
+
+    Raises:
+        FileNotFoundError: the block wrote nothing at the yielded path.
+        OSError: writing, fsyncing or renaming failed (disk full, read-only folder, ...).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    target = scratch / path.name
+    try:
+        yield target
+        if not target.exists():
+            raise FileNotFoundError(f"nothing was written to {target} for {path}")
+        _fsync_tree(target)
+        if target.is_dir():
+            _replace_folder(target, path)
+        else:
+            os.replace(target, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_stale(path: Path) -> None:
+    """Hidden siblings ``.<name>.*.tmp`` of earlier writes that were killed mid-way."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+# The hidden sibling of an atomic_write in progress or killed: ".<name>.<pid>-<random>.tmp".
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove, in ``folder`` (not below), the hidden temporaries of :func:`atomic_write`\\ s whose
+    process is gone (``kill -9``, an OOM kill, a power cut) and return them; those of live writers
+    stay, so concurrent runs are safe. A folder of one holds a file with the real name
+    (``pretrained.pt``) that a recursive listing would find.
+    """
+    folder = Path(folder)
+    stale = [entry for entry in (folder.iterdir() if folder.is_dir() else ())
+             if (match := _TEMPORARY.match(entry.name)) and not _alive(int(match.group(1)))]
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    if not (path.is_dir() and not path.is_symlink()):
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        os.rename(new, path)
+    elif not _exchange(new, path):
+        os.rename(path, new.with_name(new.name + ".old"))  # removed with the hidden sibling
+        os.rename(new, path)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux >= 3.15); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # e.g. a file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _fsync_tree(path: Path) -> None:
+    paths = [path] if not path.is_dir() else [*sorted(path.rglob("*")), path]
+    for item in paths:
+        if item.is_dir():
+            _fsync_dir(item)
+        else:
+            fd = os.open(item, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
