@@ -46,8 +46,14 @@ def available_cores() -> int:
 
 def threads_per_worker(workers: int) -> int:
     """Torch threads for each of ``workers`` local processes on the CPU: the available cores
-    shared out (at least one), so the workers do not fight over cores."""
-    return max(1, available_cores() // workers)
+    shared out (at least one), so the workers do not fight over cores. ``OMP_NUM_THREADS``, when
+    set, is an upper bound: the user (or a launcher) decided how many threads a process may use,
+    and ``torch.set_num_threads`` would otherwise override it. Oversubscribed cores cost far more
+    than idle ones here: OpenMP threads spin while they wait (two "nodes" of two threads each on
+    2 cores trained ~100x slower than one node of two workers)."""
+    share = max(1, available_cores() // workers)
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(share, int(explicit)) if explicit.isdigit() and int(explicit) > 0 else share
 
 
 def worker_rank() -> int:

@@ -148,3 +148,20 @@ def test_ctrl_c_during_sharded_sampling_stops_the_workers_without_their_tracebac
             break
         time.sleep(0.1)
     assert not left, "worker processes outlived the parent"
+
+
+def test_threads_per_worker_shares_the_cores_and_respects_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cores shared out between local processes, with OMP_NUM_THREADS as an upper bound (a
+    user's OMP_NUM_THREADS=1 was overridden by torch.set_num_threads before: two "nodes" on one
+    2-core machine then ran two threads each and trained ~100x slower)."""
+    from maskdm_pipeline import pool
+
+    monkeypatch.setattr(pool, "available_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [pool.threads_per_worker(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert pool.threads_per_worker(2) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert pool.threads_per_worker(2) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert pool.threads_per_worker(2) == 4

@@ -124,6 +124,9 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
         torch.cuda.set_device(local_rank)
     else:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        endpoint = job.trainer.rdzv_endpoint
+        if job.trainer.nnodes > 1 and endpoint and is_loopback(split_endpoint(endpoint)[0]):
+            local *= job.trainer.nnodes  # every "node" is on this machine: they share its cores
         torch.set_num_threads(threads_per_worker(local))
     dist.init_process_group("nccl" if cuda else "gloo")
     nodes = None
