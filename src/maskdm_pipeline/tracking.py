@@ -26,6 +26,25 @@ HISTORY_COLUMNS = ("loss", "lr", "img_per_s", "fd_clf")
 ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "token_blocks_seen",
                    "img_per_s", "steps")
 
+# MLflow metric keys, one namespace per kind, so that two kinds never share a key whatever the
+# stage and model names are (a stage and a model are both called ``baseline``):
+# - ``train.<stage>.<column>``: a stage's curves during training, one value per logged step (loss,
+#   lr, img/s, and fd_clf: the training-time probe on ``<stage>.eval_num_samples`` samples);
+# - ``cost.<stage>.<key>``: what the stage spent in all (its accounting), at step 0;
+# - ``<model>.<name>`` (``maskdm.fd_clf``, ``baseline.fid``, ``real_floor.fd_clf``, ``stages...``):
+#   ``metrics.json`` flattened, the final scores of the sampled images, at step 0.
+TRAIN_NAMESPACE, COST_NAMESPACE = "train", "cost"
+
+
+def train_key(stage: str, column: str) -> str:
+    """``train.baseline.fd_clf``: a stage's value at one training step (see the namespaces above)."""
+    return f"{TRAIN_NAMESPACE}.{stage}.{column}"
+
+
+def cost_key(stage: str, key: str) -> str:
+    """``cost.baseline.wall_time_s``: a stage's accounting total (see the namespaces above)."""
+    return f"{COST_NAMESPACE}.{stage}.{key}"
+
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted names of ``--params``, of the parameter
@@ -117,7 +136,8 @@ def _finite(value: Any) -> bool:
 
 
 def history_metrics(stage: str, history: pd.DataFrame) -> list[tuple[str, float, int]]:
-    """(name, value, step) for every logged step: ``pretrain.loss`` at step 100, ..."""
+    """(name, value, step) for every logged step: ``train.pretrain.loss`` at step 100, ...,
+    ``train.baseline.fd_clf`` at each training-time probe."""
     rows: list[tuple[str, float, int]] = []
     if history.empty or "step" not in history:
         return rows
@@ -126,17 +146,28 @@ def history_metrics(stage: str, history: pd.DataFrame) -> list[tuple[str, float,
             continue
         for step, value in zip(history["step"], history[column], strict=True):
             if _finite(value):
-                rows.append((f"{stage}.{column}", float(value), int(step)))
+                rows.append((train_key(stage, column), float(value), int(step)))
     return rows
 
 
 def accounting_metrics(stage: str, accounting: Mapping[str, Any]) -> dict[str, float]:
+    """``cost.<stage>.wall_time_s``, ... from a stage's accounting record (finite numbers only)."""
     stats = accounting.get("stats", {})
-    return {f"{stage}.{k}": float(stats[k]) for k in ACCOUNTING_KEYS if _finite(stats.get(k))}
+    return {cost_key(stage, k): float(stats[k]) for k in ACCOUNTING_KEYS if _finite(stats.get(k))}
 
 
 def quality_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Flatten ``metrics.json``: ``maskdm.fd_clf``, ``baseline.fid``, ... (null values skipped).
-    The recipes are settings, already logged as parameters, not metrics."""
+    """Flatten ``metrics.json``: ``maskdm.fd_clf``, ``baseline.fid``, ... (null values skipped):
+    the final scores of each model's sampled images. The recipes are settings, already logged as
+    parameters, not metrics.
+
+    Raises:
+        ValueError: a top-level entry is named like a stage namespace (``train``, ``cost``), so
+            its keys would mix with the stages' curves or costs.
+    """
+    taken = sorted({TRAIN_NAMESPACE, COST_NAMESPACE} & set(metrics))
+    if taken:
+        raise ValueError(f"metrics.json has a top-level entry named {taken}: these names hold the stages' "
+                         "training curves and costs in MLflow; give the model another name.")
     return {name: float(value) for name, value in flatten(metrics).items()
             if _finite(value) and ".recipe." not in name}

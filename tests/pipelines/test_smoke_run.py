@@ -75,12 +75,24 @@ def test_mlflow_store_holds_one_run_with_histories(smoke_run: Path) -> None:
         runs = db.execute("select run_uuid, status from runs").fetchall()
         assert len(runs) == 1 and runs[0][1] == "FINISHED"
         run = runs[0][0]
-        losses = db.execute("select count(*) from metrics where run_uuid=? and key='pretrain.loss'", (run,)).fetchone()
+        losses = db.execute("select count(*) from metrics where run_uuid=? and key='train.pretrain.loss'",
+                            (run,)).fetchone()
         assert losses[0] >= 3  # one point per log_every steps, a history, not a single value
         params = dict(db.execute("select key, value from params where run_uuid=?", (run,)).fetchall())
         assert params["pretrain.mask_ratio"] == "0.75" and params["model.preset"] == "tiny"
-        quality = db.execute("select key from metrics where run_uuid=? and key like 'maskdm.fd_clf'", (run,)).fetchall()
-        assert quality
+        series: dict[str, list[tuple[int, float]]] = {}
+        for key, step, value in db.execute("select key, step, value from metrics where run_uuid=? "
+                                           "order by key, step", (run,)):
+            series.setdefault(key, []).append((step, value))
+    metrics = json.loads((smoke_run / "data/08_reporting/metrics.json").read_text())
+    # The stage and the model are both called baseline: the final score of the sampled images is
+    # the one value of baseline.fd_clf; the training-time probes are a series of their own.
+    assert series["baseline.fd_clf"] == [(0, pytest.approx(metrics["baseline"]["fd_clf"]))]
+    assert series["maskdm.fd_clf"] == [(0, pytest.approx(metrics["maskdm"]["fd_clf"]))]
+    assert len(series["train.baseline.fd_clf"]) >= 2 and all(step > 0 for step, _ in series["train.baseline.fd_clf"])
+    # Only training curves are histories: every other key is one value, never two series in one.
+    assert {key: points for key, points in series.items()
+            if not key.startswith("train.") and len(points) != 1} == {}
 
 
 def test_finetune_alone_reruns_from_the_saved_checkpoint(smoke_copy: Path) -> None:

@@ -149,15 +149,19 @@ def test_report_with_curves_states_reach_and_equal_compute() -> None:
     md = full_report(metrics(20.0, 25.0), [(10, 2.0, 40.0), (20, 4.0, 20.0)], [(10, 3.0, 45.0), (20, 6.0, 25.0)])
     assert "| **MaskDM total** (pretrain + finetune) | 8.0 | 640 |" in md
     assert "| MaskDM total / baseline | 1.33x | 1.33x |" in md
-    assert "MaskDM reached the baseline's last fd_clf (25.00) by **8.0 s**" in md
-    assert "MaskDM is better: 20.00 vs 25.00 (20% lower)" in md
+    # Which fd_clf is which: the baseline's last training-time probe (N=eval_num_samples) is the
+    # target on the curves; the final score of the sampled images decides the reading.
+    assert ("MaskDM reached the baseline's last training-time probe (fd_clf 25.00 on N=64 samples drawn "
+            "during training, `baseline.eval_num_samples`, after 6.0 s; not the final score in the table "
+            "above) by **8.0 s**") in md
+    assert "By the final fd_clf of the sampled images (N=256), MaskDM is better: 20.00 vs 25.00 (20% lower)" in md
     assert "the baseline measures better (25.00 vs 40.00)" in md and "did not pay off" in md
     assert "unavailable: no weights" in md and "30.00 (N=" not in md
 
 
 def test_report_when_maskdm_never_reaches_the_baseline() -> None:
     md = full_report(metrics(50.0, 25.0), [(10, 2.0, 60.0), (20, 4.0, 50.0)], [(20, 6.0, 25.0)])
-    assert "**MaskDM did not reach** the baseline's last fd_clf (25.00" in md
+    assert "**MaskDM did not reach** the baseline's last training-time probe (fd_clf 25.00" in md
     assert "its best was 50.00" in md and "never reached" in md
 
 
@@ -257,7 +261,9 @@ def test_report_pipeline_computes_costs_and_curves_once(monkeypatch: pytest.Monk
     catalog = DataCatalog({name: MemoryDataset(data, copy_mode="assign") for name, data in inputs.items()})
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     assert len(calls) == 1
-    assert "MaskDM reached the baseline's last fd_clf (25.00) by **8.0 s**" in catalog.load("report_markdown")
+    md = catalog.load("report_markdown")
+    assert "MaskDM reached the baseline's last training-time probe (fd_clf 25.00 on N=64" in md
+    assert "table above) by **8.0 s**" in md
     assert len(catalog.load("report_curves").axes[3].lines) == 4  # wall time: two curves, two final stars
     assert set(outputs) == {"report_markdown", "report_curves", "report_samples"}
 

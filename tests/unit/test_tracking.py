@@ -35,12 +35,66 @@ def test_runs_are_named_by_pipeline_environment_and_seed(pipelines, runtime, nam
 def test_each_tracked_output_gives_its_metrics_and_files() -> None:
     history = pd.DataFrame({"step": [10, 20], "loss": [0.5, float("nan")], "lr": [1e-3, 1e-3]})
     assert tracking.metrics_of("pretrain_history", history) == [
-        ("pretrain.loss", 0.5, 10), ("pretrain.lr", 1e-3, 10), ("pretrain.lr", 1e-3, 20)]
+        ("train.pretrain.loss", 0.5, 10), ("train.pretrain.lr", 1e-3, 10), ("train.pretrain.lr", 1e-3, 20)]
     assert tracking.metrics_of("metrics", {"maskdm": {"fd_clf": 3.0, "fid": None, "recipe": {"hflip": 0.5}}}) == [
         ("maskdm.fd_clf", 3.0, 0)]
-    assert tracking.metrics_of("finetune_accounting", {"stats": {"steps": 30}}) == [("finetune.steps", 30.0, 0)]
+    assert tracking.metrics_of("finetune_accounting", {"stats": {"steps": 30}}) == [("cost.finetune.steps", 30.0, 0)]
     assert tracking.is_artifact("maskdm_sample_grid") and tracking.is_tracked("report_markdown")
     assert not tracking.is_tracked("maskdm_samples") and not tracking.has_metrics("dataset_card")
+
+
+def _history(steps: list[int], probes: dict[int, float]) -> pd.DataFrame:
+    """A ``<stage>_history.csv`` as the training loop writes it: a row per logged step, and a row
+    per training-time fd_clf probe with only ``fd_clf`` / ``fd_clf_n`` set."""
+    rows = [{"step": s, "loss": 1.0 / s, "lr": 2e-4, "img_per_s": 3000.0, "elapsed_s": s / 100} for s in steps]
+    rows += [{"step": s, "fd_clf": v, "fd_clf_n": 64.0} for s, v in probes.items()]
+    return pd.DataFrame(rows, columns=["step", "loss", "lr", "img_per_s", "elapsed_s", "fd_clf", "fd_clf_n"])
+
+
+def _accounting(stage: str) -> dict:
+    stats = {"wall_time_s": 212.0, "eval_time_s": 9.0, "images_seen": 480, "tokens_seen": 7680,
+             "token_blocks_seen": 480, "img_per_s": 2805.0, "steps": 3500, "device": "cpu", "nproc": 1}
+    return {"stage": stage, "stats": stats, "evals": [{"fd_clf": 19.26, "fd_clf_n": 64, "step": 3500}]}
+
+
+def _model(fd_clf: float) -> dict:
+    return {"n_samples": 64, "fd_clf": fd_clf, "fd_clf_n": 64, "fid": None, "fid_n": None,
+            "sampling": {"steps": 10, "seed": 1234, "img_per_s": 2400.0},
+            "training_cost": {"wall_time_s": 212.0, "images_seen": 480, "tokens_seen": 7680}}
+
+
+def test_final_scores_and_training_probes_never_share_a_metric_key() -> None:
+    """The stage ``baseline`` and the model ``baseline``: the stage's training-time fd_clf probes
+    and the model's final fd_clf (on its sampled images) are two series under two keys. Every
+    tracked output of a full run together: no key is logged from two outputs, and no key gets two
+    values at one step."""
+    outputs = {
+        "pretrain_history": _history([500, 1000], {}),
+        "finetune_history": _history([500, 1000], {500: 70.1, 1000: 30.2}),
+        "baseline_history": _history([500, 1000, 3500], {500: 90.75, 3500: 19.26}),
+        **{f"{stage}_accounting": _accounting(stage) for stage in ("pretrain", "finetune", "baseline")},
+        "metrics": {"maskdm": _model(18.67), "baseline": _model(16.52),
+                    "real_floor": {"fd_clf": 1.3, "fd_clf_n": 64, "reference_n": 4500},
+                    "stages": {stage: _accounting(stage)["stats"] for stage in ("pretrain", "finetune", "baseline")}},
+    }
+    logged = {name: tracking.metrics_of(name, data) for name, data in outputs.items()}
+    series = {key: [(value, step) for rows in logged.values() for k, value, step in rows if k == key]
+              for rows in logged.values() for key, _, _ in rows}
+    assert series["baseline.fd_clf"] == [(16.52, 0)]  # the final score alone
+    assert series["maskdm.fd_clf"] == [(18.67, 0)]
+    assert series["train.baseline.fd_clf"] == [(90.75, 500), (19.26, 3500)]
+    assert series["train.finetune.fd_clf"] == [(70.1, 500), (30.2, 1000)]
+    assert series["train.baseline.img_per_s"] == [(3000.0, 500), (3000.0, 1000), (3000.0, 3500)]
+    assert series["cost.baseline.img_per_s"] == [(2805.0, 0)]
+    owners = {key: [name for name, rows in logged.items() if key in {k for k, _, _ in rows}] for key in series}
+    assert {key: names for key, names in owners.items() if len(names) > 1} == {}
+    assert {key: steps for key, steps in series.items()
+            if len({step for _, step in steps}) < len(steps)} == {}
+
+
+def test_a_model_named_like_a_stage_namespace_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"top-level entry named \['train'\].*another name"):
+        tracking.quality_metrics({"train": {"fd_clf": 1.0}})
 
 
 def test_runs_are_tagged_with_the_code_version(tmp_path: Path) -> None:

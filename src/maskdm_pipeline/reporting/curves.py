@@ -159,7 +159,7 @@ def quality_at(curve: Curve, budget_s: float) -> dict[str, float] | None:
 
 def compare_curves(maskdm: Curve, baseline: Curve,
                    costs: Mapping[str, StageCost | None]) -> dict[str, Any]:
-    """Compute to reach the baseline's last fd_clf, and both qualities at the smaller budget."""
+    """Compute to reach the baseline's last training-time probe (fd_clf), and both qualities at the smaller budget."""
     out: dict[str, Any] = {"target": None, "reach": None, "budget_s": None, "at_budget": {}}
     if maskdm.empty or baseline.empty:
         return out

@@ -144,7 +144,9 @@ def recipe_table(metrics: Mapping[str, Any]) -> str:
 
 
 def reach_section(maskdm: Curve, baseline: Curve, cmp: Mapping[str, Any]) -> str:
-    """Markdown: compute MaskDM needed to reach the baseline's final fd_clf; equal-compute quality."""
+    """Markdown: compute MaskDM needed to reach the baseline's last training-time probe (the fd_clf
+    measured on ``<stage>.eval_num_samples`` samples during training, not the final score of the
+    sampled images); quality at equal compute, from the probes too."""
     if maskdm.empty or baseline.empty:
         missing = " and ".join(c.label for c in (maskdm, baseline) if c.empty)
         return (f"No periodic fd_clf evaluations were recorded for {missing}, so there is no "
@@ -156,28 +158,30 @@ def reach_section(maskdm: Curve, baseline: Curve, cmp: Mapping[str, Any]) -> str
         lines.append(f"Note: the periodic evaluations used different sample counts (MaskDM "
                      f"N={maskdm.n}, baseline N={baseline.n}); fd_clf depends on N.")
     target, reach = cmp["target"], cmp["reach"]
+    probe = (f"the baseline's last training-time probe (fd_clf {_fmt(target)} on N={baseline.n} samples "
+             f"drawn during training, `baseline.eval_num_samples`, after {_fmt(cmp['baseline_wall_s'], 1)} s; "
+             "not the final score in the table above)")
     if reach is None:
         best = float(maskdm.points["fd_clf"].min())
-        lines.append(f"- **MaskDM did not reach** the baseline's last fd_clf ({_fmt(target)}, "
-                     f"after {_fmt(cmp['baseline_wall_s'], 1)} s) in any evaluation; its best "
+        lines.append(f"- **MaskDM did not reach** {probe} in any of its own probes; its best "
                      f"was {_fmt(best)}.")
     else:
         base_s = cmp["baseline_wall_s"]
         frac = f"{reach['wall_s'] / base_s:.2f}x" if base_s > 0 else "n/a"
-        lines.append(f"- MaskDM reached the baseline's last fd_clf ({_fmt(target)}) by "
+        lines.append(f"- MaskDM reached {probe} by "
                      f"**{_fmt(reach['wall_s'], 1)} s** of total training "
                      f"({_fmt(int(reach['images']))} images, {_count(reach.get('tokens'))} tokens, "
                      f"{_count(reach.get('token_blocks'))} token-blocks, "
                      f"step {_fmt(int(reach['step']))}, "
                      f"both counting pre-training), i.e. {frac} the baseline's "
-                     f"{_fmt(base_s, 1)} s (first evaluation at or below the target: an upper bound).")
+                     f"{_fmt(base_s, 1)} s (MaskDM's first probe at or below it: an upper bound).")
     rows = []
     for key, curve in (("maskdm", maskdm), ("baseline", baseline)):
         q = cmp["at_budget"].get(key)
         rows.append([curve.label, _fmt(q["fd_clf"]) if q else "no evaluation yet",
                      f"{_fmt(q['wall_s'], 1)} s" if q else ""])
     lines.append(f"- Quality at equal compute (the smaller total training budget, "
-                 f"{_fmt(cmp['budget_s'], 1)} s of wall time; the latest evaluation within it):\n\n"
+                 f"{_fmt(cmp['budget_s'], 1)} s of wall time; the latest training-time probe within it):\n\n"
                  + md_table(["model", f"fd_clf (N={maskdm.n})", "measured at"], rows))
     return "\n".join(lines)
 
@@ -225,11 +229,13 @@ def reading(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | None],
     else:
         who, gap = _verdict(float(m[metric]), float(b[metric]))
         name = "fd_clf" if metric == "fd_clf" else "FID"
+        n = m.get(f"{metric}_n") if m.get(f"{metric}_n") == b.get(f"{metric}_n") else None
+        final = f"final {name} of the sampled images" + (f" (N={n})" if n else "")
         if who == "tie":
-            s.append(f"Both models reach the same final {name} ({_fmt(m[metric])}).")
+            s.append(f"Both models reach the same {final} ({_fmt(m[metric])}).")
         else:
             win, lose = (m, b) if who == "maskdm" else (b, m)
-            s.append(f"By final {name}, {'MaskDM' if who == 'maskdm' else 'the baseline'} is "
+            s.append(f"By the {final}, {'MaskDM' if who == 'maskdm' else 'the baseline'} is "
                      f"better: {_fmt(win[metric])} vs {_fmt(lose[metric])} ({gap:.0%} lower).")
         floor = (metrics.get("real_floor") or {}).get(metric)
         if floor is not None:
@@ -256,9 +262,9 @@ def reading(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | None],
         s.append("Some stage accounting is missing, so the total cost cannot be compared.")
     if cmp.get("target") is not None:
         reach = cmp["reach"]
-        s.append("On the evaluation curves MaskDM never reached the baseline's final fd_clf."
+        s.append("On the training-time probe curves MaskDM never reached the baseline's last probe."
                  if reach is None else
-                 "On the evaluation curves MaskDM matched the baseline's final fd_clf after at most "
+                 "On the training-time probe curves MaskDM matched the baseline's last probe after at most "
                  f"{_fmt(reach['wall_s'], 1)} s of total training.")
         s.append(_equal_compute_sentence(cmp))
     else:
