@@ -56,7 +56,12 @@ def plain_logs_unless_terminal(logger: logging.Logger | None = None) -> bool:
 
 def user_error_in(error: BaseException) -> bool:
     """Whether a ``click.ClickException`` (an error written for the user) caused ``error``:
-    ``error`` itself or one of its ``__cause__``\\ s.
+    ``error`` itself or one of its ``__cause__``\\ s (see :func:`caused_by`)."""
+    return caused_by(error, (ClickException,))
+
+
+def caused_by(error: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``error`` or one of its ``__cause__``\\ s is an instance of one of ``kinds``.
 
     An error from another process (Kedro's ``ParallelRunner``) arrives without its chain, with
     the worker's formatted traceback as its cause (``concurrent.futures``); there the chain is
@@ -65,10 +70,10 @@ def user_error_in(error: BaseException) -> bool:
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, ClickException):
+        if isinstance(current, kinds):
             return True
         if type(current).__name__ == "_RemoteTraceback":
-            return any(_is_user_error_class(name) for name in _RAISED.findall(str(current)))
+            return any(_is_class_of(name, kinds) for name in _RAISED.findall(str(current)))
         seen.add(id(current))
         current = current.__cause__
     return False
@@ -77,10 +82,10 @@ def user_error_in(error: BaseException) -> bool:
 _RAISED = re.compile(r"^([A-Za-z_][\w.]*\.[A-Za-z_]\w*):", re.MULTILINE)  # "package.module.Class: message"
 
 
-def _is_user_error_class(dotted: str) -> bool:
+def _is_class_of(dotted: str, kinds: tuple[type[BaseException], ...]) -> bool:
     module, _, name = dotted.rpartition(".")
     cls = getattr(sys.modules.get(module), name, None)
-    return isinstance(cls, type) and issubclass(cls, ClickException)
+    return isinstance(cls, type) and issubclass(cls, kinds)
 
 
 def one_line_user_errors() -> None:

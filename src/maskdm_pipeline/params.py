@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from click import ClickException
@@ -301,14 +301,15 @@ def validate_parameters(params: Mapping[str, Any],
     """The validated tree, or :class:`ParameterError` listing every problem.
 
     ``runtime_params`` (the ``--params`` of ``kedro run``) are only checked for unknown names,
-    so that a typo there is reported as a command-line parameter.
+    so that a typo there is reported as a command-line parameter: once, although Kedro has also
+    merged it into ``params`` (one problem, one line).
     """
-    problems = [f"--params {name}: unknown parameter; known names: see conf/base/parameters*.yml"
-                for name in flatten(runtime_params or {}) if not _is_known(name)]
+    typos = {name: value for name, value in flatten(runtime_params or {}).items() if not _is_known(name)}
+    problems = [_unknown(name, value, " (from --params)") for name, value in typos.items()]
     try:
         validated = Params.model_validate(dict(params))
     except ValidationError as exc:
-        problems += describe(exc)
+        problems += describe(exc, reported=typos.keys())
     if problems:
         raise ParameterError("Invalid parameters, nothing was run:\n  - " + "\n  - ".join(problems))
     return validated
@@ -329,19 +330,24 @@ _WHY = {
 }
 
 
-def describe(exc: ValidationError, prefix: str = "") -> list[str]:
+def describe(exc: ValidationError, prefix: str = "", reported: Collection[str] = ()) -> list[str]:
     """The lines a user reads for a refusal, ``name=value: why``, names prefixed with ``prefix``
-    (e.g. ``pretrain`` for a :class:`PretrainParams` validated on its own)."""
-    return [line for error in exc.errors() for line in _lines(error, prefix)]
+    (e.g. ``pretrain`` for a :class:`PretrainParams` validated on its own); the unknown names in
+    ``reported`` are left out (already named as ``--params`` typos)."""
+    return [line for error in exc.errors() for line in _lines(error, prefix, reported)]
 
 
-def _lines(error: Mapping[str, Any], prefix: str) -> list[str]:
+def _unknown(name: str, value: Any, origin: str = "") -> str:
+    return f"{name}={value!r}{origin}: unknown parameter (a typo? every valid name is in conf/base/parameters*.yml)"
+
+
+def _lines(error: Mapping[str, Any], prefix: str, reported: Collection[str]) -> list[str]:
     loc = [str(part) for part in error["loc"]]
     name = ".".join([prefix, *loc] if prefix else loc)
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return [f"{leaf}: unknown parameter (a typo? every valid name is in conf/base/parameters*.yml)"
-                for leaf in flatten({name: value})]
+        return [_unknown(leaf, leaf_value) for leaf, leaf_value in flatten({name: value}).items()
+                if leaf not in reported]
     if kind == "missing":
         return [f"{name}: missing; every parameter is listed in conf/base/parameters*.yml"]
     if kind == "value_error" and not loc:  # Params._fit_together: lines written by the owners

@@ -205,12 +205,13 @@ def node_settings(name: str, train: Mapping[str, Any], params: StageParams, mode
 
 
 def _interrupted(name: str, exc: TrainingInterrupted, slot: CheckpointSlot, resumes: bool) -> StageInterrupted:
-    """The engine's message speaks Python (``resume_state=...``); this one speaks `kedro run`."""
+    """The engine's message speaks Python (``resume_state=...``); this one speaks `kedro run`.
+    Which command goes on is the cache's to say (caching/hints.py: not the same one where it
+    gave ``cache.rerun``), in the warning logged just before this error."""
     head = str(exc).split(";")[0]  # "<stage>: stopped by SIGINT after step 57/400"
     if resumes:
-        how = ("rerun the same `kedro run` command to resume from it (the result equals an uninterrupted "
-               "run; the stages that already finished are skipped as up to date), or start afresh with "
-               f"--params {name}.resume=false")
+        how = ("a rerun resumes from it (the result equals an uninterrupted run; the warning above "
+               f"names the command), or start afresh with --params {name}.resume=false")
     else:
         how = f"to continue from it, run again with --params {name}.resume=true"
     error = StageInterrupted(f"{head}. The full training state is saved in {_shown(slot.path)}; {how}.",

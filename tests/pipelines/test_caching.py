@@ -156,9 +156,10 @@ def test_interrupted_rerun_then_the_command_the_message_gives(copy: Path) -> Non
     params = "baseline.steps=300,baseline.eval_every=0"
     code, output = _interrupt(copy, params, r"baseline step ([5-9]\d|[1-9]\d\d)/300")
     assert code == 130, output[-3000:]
-    message = re.search(r"Error: baseline: stopped by SIGINT after step (\d+)/300\. .* rerun the same `kedro run` "
-                        r"command to resume from it", output)
+    message = re.search(r"Error: baseline: stopped by SIGINT after step (\d+)/300\. .* a rerun resumes from it",
+                        output)
     assert message, output[-3000:]
+    assert CACHE_LINE.findall(output)[-1] == "To go on, rerun the same command: what finished is skipped as up to date."
     resume = copy / "data/06_models/baseline.resume.pt"
     assert resume.is_file()
 
@@ -173,6 +174,30 @@ def test_interrupted_rerun_then_the_command_the_message_gives(copy: Path) -> Non
     _runs(lines, "evaluate [baseline]")
     assert torch.load(copy / "data/06_models/baseline.pt", weights_only=True)["step"] == 300
     assert not resume.exists()
+
+
+def test_interrupted_under_cache_rerun_the_hint_leaves_it_out_and_its_command_goes_on(copy: Path) -> None:
+    """Ctrl-C in finetune under ``cache.rerun=pretrain``, after the forced pre-training finished:
+    the same command would train it again, so the hint names the command without that key; that
+    command skips pre-training and resumes finetune."""
+    params = "finetune.steps=300,cache.rerun=pretrain,finetune.eval_every=0"
+    code, output = _interrupt(copy, params, r"finetune step ([5-9]\d|[1-9]\d\d)/300")
+    assert code == 130, output[-3000:]
+    step = re.search(r"Error: finetune: stopped by SIGINT after step (\d+)/300\.", output)
+    assert step, output[-3000:]
+    hint = CACHE_LINE.findall(output)[-1]
+    command = re.fullmatch(r"To go on, rerun without cache\.rerun=pretrain, which would redo pretrain again "
+                           r"\(`(kedro run .*)`\): what finished is skipped as up to date\.", hint)
+    assert command, hint
+    assert command.group(1) == "kedro run --env smoke --params finetune.steps=300,finetune.eval_every=0"
+
+    result = kedro(copy, *command.group(1).split()[1:])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    lines = CACHE_LINE.findall(output)
+    _up_to_date(lines, "preprocess", "pretrain", "baseline")
+    _runs(lines, "finetune", r".*resume checkpoint data/06_models/finetuned\.resume\.pt exists.*")
+    assert re.search(rf"finetune: resuming from \S*finetuned\.resume\.pt at step {step.group(1)}\b", output)
 
 
 def test_cache_rerun_reruns_what_it_names(copy: Path) -> None:

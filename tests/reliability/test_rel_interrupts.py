@@ -36,9 +36,9 @@ def _assert_clean_stop(code: int, output: str, signame: str, expected_code: int,
     assert code == expected_code, f"exit status {code}, expected {expected_code}:\n{output[-3000:]}"
     assert "Traceback" not in output and "╭" not in output, "the user sees a stack trace:\n" + output[-3000:]
     match = re.search(rf"Error: pretrain: stopped by {signame} after step (\d+)/{steps}\. The full training "
-                      r"state is saved in data/06_models/pretrained\.resume\.pt; rerun the same `kedro run` "
-                      r"command to resume from it", text)
+                      r"state is saved in data/06_models/pretrained\.resume\.pt; a rerun resumes from it", text)
     assert match, "the message is missing or unclear:\n" + text[-2000:]
+    assert "To go on, rerun the same command: what finished is skipped as up to date." in text, text[-2000:]
     return int(match.group(1))
 
 

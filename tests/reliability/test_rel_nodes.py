@@ -155,6 +155,8 @@ def test_bad_endpoints_missing_nodes_differing_parameters_and_a_busy_port_end_in
             assert code == 1, f"{case}: exit {code}\n{output[-3000:]}"
             line = _one_error_line(output)
             assert re.search(expected, line), f"{case}: {line}"
+            assert "To go on" not in output and "rerun the same command" not in output, \
+                f"{case}: a rerun of the same command fails again:\n{output[-3000:]}"
             assert project.snapshot() == before, f"{case}: data/ changed"
     finally:
         busy.close()

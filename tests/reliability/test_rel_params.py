@@ -60,11 +60,12 @@ def test_cli_refuses_every_invalid_value_and_typo_at_once(make_project):
         "finetune.steps=0: must be >= 1",
         "sample.steps=0: must be >= 1",
         "baseline.lr=-0.001: must be > 0",
-        "--params pretrain.mask_ratoi: unknown parameter",
+        "pretrain.mask_ratoi=0.5 (from --params): unknown parameter",
         "diffusion.min_snr_gamma=0: must be > 0",
         "finetune.hflip=1.5: must be in [0, 1]",
     ):
         assert expected in text, f"missing: {expected!r}\n{text[-3000:]}"
+    assert text.count("mask_ratoi") == 1, f"the typo is reported more than once:\n{text[-3000:]}"
 
 
 def test_cli_refuses_settings_that_do_not_fit_together(make_project):
@@ -99,7 +100,7 @@ def test_cli_refuses_a_bad_block_that_the_selected_pipeline_does_not_read(make_p
     text = _refused_before_any_work(make_project(), {"pretrain.checkpoint_every": -1,
                                                      "finetune.mask_ratio": 0.5}, pipeline="report")
     assert "pretrain.checkpoint_every=-1: must be >= 0" in text
-    assert "finetune.mask_ratio: unknown parameter" in text
+    assert "finetune.mask_ratio=0.5 (from --params): unknown parameter" in text
 
 
 @pytest.mark.slow
@@ -167,7 +168,7 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"pretrain.resume": "yes"}, "pretrain.resume='yes': must be true or false"),
     ({"pretrain.betas": [0.9, 1.5]}, "pretrain.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
     ({"finetune.init_from": "best"}, "finetune.init_from='best': must be one of raw, ema"),
-    ({"pretrain.mask_ratoi": 0.5}, "pretrain.mask_ratoi: unknown parameter"),
+    ({"pretrain.mask_ratoi": 0.5}, "pretrain.mask_ratoi=0.5: unknown parameter"),
     ({"pretrain.dense_blocks": 2}, "pretrain.dense_blocks=2: must be an integer from 0 to 1"),  # smoke: depth 2
     ({"model.depth": None, "pretrain.dense_blocks": 3},  # tiny's depth 4: two in-blocks
      "pretrain.dense_blocks=3: must be an integer from 0 to 2, the number of in-blocks of a depth-4 U-ViT"),
@@ -177,8 +178,8 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"diffusion.loss_weighting": "p2"}, "diffusion.loss_weighting='p2': must be one of none, min_snr"),
     ({"pretrain.hflip": -0.1}, "pretrain.hflip=-0.1: must be in [0, 1]"),
     ({"baseline.hflip": 1.01}, "baseline.hflip=1.01: must be in [0, 1]"),
-    ({"finetune.dense_blocks": 1}, "finetune.dense_blocks: unknown parameter"),  # a pre-training setting
-    ({"sampel": {"steps": 3}}, "sampel.steps: unknown parameter"),
+    ({"finetune.dense_blocks": 1}, "finetune.dense_blocks=1: unknown parameter"),  # a pre-training setting
+    ({"sampel": {"steps": 3}}, "sampel.steps=3: unknown parameter"),
 ])
 def test_each_fault_alone_is_named(smoke_params, changes, expected):
     """Each invalid value or name, on its own in an otherwise valid config, is refused by name."""
@@ -206,8 +207,23 @@ def test_valid_combinations_are_accepted(smoke_params, changes):
 
 def test_runtime_typo_is_named_as_a_command_line_parameter(smoke_params):
     """A typo given with --params is reported as such, so the user knows where to look."""
-    with pytest.raises(ParameterError, match=r"--params finetune\.setps: unknown parameter"):
+    with pytest.raises(ParameterError, match=r"finetune\.setps=10 \(from --params\): unknown parameter"):
         validate_parameters(smoke_params, runtime_params={"finetune": {"setps": 10}})
+
+
+def test_a_command_line_typo_is_one_line_although_kedro_merged_it():
+    """`--params pretrain.stepz=2000` reaches the validator twice (in the merged tree and as a
+    runtime parameter): one problem, one line, naming it with its value and where it came from."""
+    runtime = {"pretrain": {"stepz": 2000}, "sampel": {"steps": 3}}
+    with pytest.raises(ParameterError) as info:
+        validate_parameters(load_params(PROJECT_ROOT, "smoke", runtime_params=runtime), runtime_params=runtime)
+    lines = str(info.value).splitlines()
+    assert [line for line in lines if "stepz" in line] == [
+        "  - pretrain.stepz=2000 (from --params): unknown parameter (a typo? every valid name is in "
+        "conf/base/parameters*.yml)"]
+    assert [line for line in lines if "sampel" in line] == [
+        "  - sampel.steps=3 (from --params): unknown parameter (a typo? every valid name is in "
+        "conf/base/parameters*.yml)"]
 
 
 @pytest.mark.parametrize("env_name", sorted(

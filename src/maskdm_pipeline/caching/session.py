@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -120,6 +121,7 @@ class CachingRunner:
         rerun = params["cache"]["rerun"]
         report = _Report(parts)
         decisions: list[Decision] = []
+        finished: list[Decision] = []  # the parts that ran and finished in this run, in order
         RUNS.append(decisions)
         writer = {out: p for p in parts for out in p.outputs}
         remaining, done = list(parts), set()
@@ -134,17 +136,22 @@ class CachingRunner:
                 if not decision.current:
                     runs.append(decision)
             if runs:
-                self._run_parts(runs, judge, catalog, hook_manager, run_id)
+                self._run_parts(runs, judge, catalog, hook_manager, run_id, finished)
             done |= {id(p) for p in ready}
             remaining = [p for p in remaining if id(p) not in done]
         report.summary(decisions)
         return {name: catalog[name] for name in pipeline.outputs() if name in catalog}
 
     def _run_parts(self, runs: list[Decision], judge: Judge, catalog: Any, hook_manager: Any,
-                   run_id: str | None) -> None:
+                   run_id: str | None, finished: list[Decision]) -> None:
         """Kedro's runner on the parts that must run; their records once they have finished,
-        also when another part of the same batch fails (a finished stage is kept as finished)."""
+        also when another part of the same batch fails (a finished stage is kept as finished),
+        appended to ``finished``; on a failure, the way to go on (caching/hints.py)."""
         from maskdm_pipeline.caching import records
+
+        def done(decision: Decision) -> None:
+            judge.record(decision)
+            finished.append(decision)
 
         def paths(decision: Decision) -> list[Path]:
             return [p for name in decision.part.outputs if (p := records.dataset_path(catalog.get(name)))]
@@ -153,18 +160,32 @@ class CachingRunner:
         batch = Pipeline([node for d in runs for node in d.part.nodes])
         try:
             self._cache_base.run(self, batch, catalog, hook_manager, run_id)  # type: ignore[arg-type]
-        except BaseException:
+        except BaseException as error:
             for d in runs:
                 now = [records.touched(p) for p in paths(d)]
                 if all(t is not None and t != b for t, b in zip(now, before[id(d)], strict=True)):
-                    judge.record(d)
+                    done(d)
+            _log_hint(error, self._cache_session._cache_params, finished)
             raise
         for d in runs:
-            judge.record(d)
+            done(d)
 
     def _suggest_resume_scenario(self, pipeline: Pipeline, done_nodes: Any, catalog: Any) -> None:
-        """Kedro would suggest ``--from-nodes``; with the cache the same command is the way on."""
-        logger.warning("To go on, rerun the same command: what finished is skipped as up to date.")
+        """Kedro would suggest ``--from-nodes``; with the cache, :meth:`_run_parts` says how to
+        go on instead (caching/hints.py). Kedro's suggestion stays for a run without the cache."""
+        if self._cache_session._cache_params is None:
+            self._cache_base._suggest_resume_scenario(self, pipeline, done_nodes, catalog)  # type: ignore[arg-type]
+
+
+def _log_hint(error: BaseException, params: Mapping[str, Any] | None, finished: list[Decision]) -> None:
+    """Log how to go on after ``error`` ended the run, where a rerun can (caching/hints.py)."""
+    from maskdm_pipeline.caching.hints import go_on_hint
+
+    rerun = (params or {}).get("cache", {}).get("rerun")
+    redone = [stage for stage in dict.fromkeys(d.part.stage for d in finished) if rerun in (ALL, stage)]
+    hint = go_on_hint(error, rerun, redone, sys.argv)
+    if hint:
+        logger.warning(hint)
 
 
 def _when(written: str | None) -> str:

@@ -203,7 +203,7 @@ class NodeGroup:
                               for key in differing)
             raise NodesError(
                 f"{self.name}: the {self.nnodes} nodes were started with different parameters ({shown}); "
-                "give every node the same configuration and --params, then rerun the same command on "
+                "give every node the same configuration and --params, then start the command again on "
                 "every node; nothing was trained.")
 
     def agreed_resume(self, path: Path) -> tuple[int, Path | None]:

@@ -1,0 +1,84 @@
+"""What a failed ``kedro run`` tells the user to do next about the cache: the one line that says
+how to go on, true for the command the user actually ran.
+
+Kedro's runner would suggest ``--from-nodes``; with the cache, rerunning the command is the way
+on, since what finished is skipped as up to date. That holds only:
+
+- where a rerun can go on: after an interruption (Ctrl-C, SIGTERM: the stage resumes) or a
+  crash mid-stage (an error nobody wrote a message for). An error written for the user (a
+  ``click.ClickException`` in its chain: parameters, endpoints, nodes that differ, unreadable
+  input files) says itself what to change; rerunning the same command just fails again, so no
+  hint is given there;
+- without ``cache.rerun``: a stage it forced that finished in this run would be redone by the
+  same command (after Ctrl-C under ``cache.rerun=baseline``, the finished baseline was trained
+  again from scratch), so the hint then names the command without that key.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from click import ClickException
+
+from maskdm_pipeline.console import caused_by
+
+KEY = "cache.rerun"
+GO_ON = "what finished is skipped as up to date"
+
+
+def go_on_hint(error: BaseException, rerun: str | None, redone: Sequence[str], argv: Sequence[str]) -> str | None:
+    """The line to log after ``error`` ended a run, or None where a rerun cannot go on.
+
+    Args:
+        error: what ended the run (as the runner caught it).
+        rerun: the run's ``cache.rerun`` value (None: not given).
+        redone: the stages ``cache.rerun`` forced that finished in this run, in order: the
+            same command would run them again.
+        argv: the command line (``sys.argv``), to name the command without ``cache.rerun``.
+    """
+    from maskdm_pipeline.training.job import TrainingInterrupted  # torch: only once a run failed
+
+    interrupted = caused_by(error, (KeyboardInterrupt, TrainingInterrupted))
+    if not interrupted and caused_by(error, (ClickException,)):  # its message says what to change
+        if rerun and redone:
+            return (f"When you rerun, leave out {KEY}={rerun}{_shown(argv)}: it would redo "
+                    f"{', '.join(redone)} again.")
+        return None
+    if not (rerun and redone):
+        return f"To go on, rerun the same command: {GO_ON}."
+    pending = (f"; the stages {KEY}={rerun} had not reached then run only if they are out of date"
+               if rerun == "all" else "")
+    return (f"To go on, rerun without {KEY}={rerun}, which would redo {', '.join(redone)} again"
+            f"{_shown(argv)}: {GO_ON}{pending}.")
+
+
+def _shown(argv: Sequence[str]) -> str:
+    command = command_without_rerun(argv)
+    return f" (`{command}`)" if command else ""
+
+
+def command_without_rerun(argv: Sequence[str]) -> str | None:
+    """``kedro run ...`` as typed, without the ``cache.rerun`` item of ``--params``; None when
+    the command is not ``kedro`` or gives no ``cache.rerun`` (it is then set in conf/)."""
+    if not argv or Path(argv[0]).name != "kedro":
+        return None
+    args, found, i = ["kedro"], False, 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--params" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif arg.startswith("--params="):
+            value, i = arg.removeprefix("--params="), i + 1
+        else:
+            args.append(arg)
+            i += 1
+            continue
+        # Kedro splits --params on every comma (kedro.framework.cli.utils.split_string)
+        items = [item for item in value.split(",") if item.strip()]
+        kept = [item for item in items if item.partition("=")[0].strip() != KEY]
+        found |= len(kept) < len(items)
+        if kept:
+            args += ["--params", ",".join(kept)]
+    return shlex.join(args) if found else None
