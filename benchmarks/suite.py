@@ -102,7 +102,7 @@ class SuiteConfig:
     mmap_images: int = 20_000
     mmap_steps: int = 40
     loop_steps: int = 200
-    data_repeats: int = 3
+    data_repeats: int = 4  # even: the data comparisons alternate which side runs first
     memory_sizes: tuple[int, ...] = ()  # e.g. (20_000, 200_000); empty: no memory section
     sections: tuple[str, ...] = ()  # empty: all of SECTIONS (``--only`` picks some)
 
