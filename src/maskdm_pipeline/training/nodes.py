@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import io
 import ipaddress
 import logging
 import multiprocessing
@@ -45,7 +44,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from maskdm_pipeline.fileio import save_checkpoint
+from maskdm_pipeline.fileio import from_bytes, save_checkpoint, to_bytes
 from maskdm_pipeline.training.job import NodesError
 
 __all__ = ["NodeGroup", "check_endpoint", "is_loopback", "previous_path", "rendezvous_id", "saved_steps"]
@@ -232,9 +231,7 @@ class NodeGroup:
         if self._last is None or self._last[0] != step:
             if dist.get_rank() == 0:
                 assert state is not None
-                buffer = io.BytesIO()
-                torch.save(dict(state), buffer)
-                data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+                data = torch.frombuffer(bytearray(to_bytes(dict(state))), dtype=torch.uint8)
                 size = torch.tensor([data.numel()], dtype=torch.int64)
             else:
                 size = torch.zeros(1, dtype=torch.int64)
@@ -243,7 +240,7 @@ class NodeGroup:
                 data = torch.empty(int(size.item()), dtype=torch.uint8)
             dist.broadcast(data, src=0, group=self.group)
             self._last = (step, data.numpy().tobytes())
-        return torch.load(io.BytesIO(self._last[1]), weights_only=True)
+        return from_bytes(self._last[1])
 
     def save(self, state: Mapping[str, Any] | None, step: int, path: Path) -> None:
         """Write rank 0's state on every node: keep the current file as the previous one, write
