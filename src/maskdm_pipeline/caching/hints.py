@@ -20,9 +20,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from click import ClickException
-
-from maskdm_pipeline.console import caused_by
+from maskdm_pipeline.console import caused_by, user_error_in
 
 KEY = "cache.rerun"
 GO_ON = "what finished is skipped as up to date"
@@ -41,7 +39,7 @@ def go_on_hint(error: BaseException, rerun: str | None, redone: Sequence[str], a
     from maskdm_pipeline.training.job import TrainingInterrupted  # torch: only once a run failed
 
     interrupted = caused_by(error, (KeyboardInterrupt, TrainingInterrupted))
-    if not interrupted and caused_by(error, (ClickException,)):  # its message says what to change
+    if not interrupted and user_error_in(error):  # its message says what to change
         if rerun and redone:
             return (f"When you rerun, leave out {KEY}={rerun}{_shown(argv)}: it would redo "
                     f"{', '.join(redone)} again.")
