@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if str(PROJECT_ROOT) not in sys.path:  # `experiments` is a folder of the project, not installed
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from experiments import claim, levels  # noqa: E402
+from experiments import claim, levels, recipes  # noqa: E402
 
 BASELINE_SIDE = ["03_primary/train.npz", "04_feature/feature_classifier.pt", "06_models/baseline.pt",
                  "07_model_output/baseline_samples.npz", "07_model_output/baseline_png/0.png",
@@ -144,3 +144,52 @@ def test_levels_give_the_cost_to_first_reach_each_quality_and_the_ratio() -> Non
     assert got[30]["speedup"] == 12.0 / 10.0
     assert got[20]["maskdm"] is None and got[20]["speedup"] is None  # never reached: no ratio
     assert "1.20" in levels.table(rows) and "not reached" in levels.table(rows)
+
+
+def _result(seed: int, maskdm: list[float], baseline: list[float], step: float = 2.0) -> dict[str, Any]:
+    def curve(fd: list[float], start: float) -> dict[str, list[float]]:
+        xs = [start + step * i for i in range(len(fd))]
+        return {"tokens": xs, "token_blocks": [5 * x for x in xs], "fd_clf": fd}
+    return {"scale_tokens": 64, "seed": seed, "real_floor": 4.0,
+            "curves": {"maskdm": curve(maskdm, 6.0), "baseline": curve(baseline, 2.0)}}
+
+
+def test_recipes_share_a_reused_baseline_and_average_each_arm_over_its_seeds() -> None:
+    """Arms that differ only in pretrain.* share one baseline line, each seed once; min-SNR gets its own."""
+    plain = {"extra_params": {}, "results": [_result(0, [90, 40], [150, 30]), _result(1, [70, 20], [130, 10])]}
+    dense = {"extra_params": {"pretrain.dense_blocks": "2"}, "results": [_result(0, [80, 50], [150, 30])]}
+    snr = {"extra_params": {"diffusion.loss_weighting": "min_snr", "pretrain.mask_ratio": "0.5"},
+           "results": [_result(0, [60, 25], [140, 12])]}
+    lines = recipes.arms([plain, dense, snr], labels=["90%", "dense", "50%, min-SNR"])
+    assert [(line["label"], line["model"], line["seeds"]) for line in lines] == [
+        ("baseline", "baseline", [0, 1]),
+        ("baseline, diffusion.loss_weighting=min_snr", "baseline", [0]),
+        ("90%", "maskdm", [0, 1]), ("dense", "maskdm", [0]), ("50%, min-SNR", "maskdm", [0])]
+    mean = recipes.mean_curve(lines[2]["curves"], "token_blocks")
+    assert mean["x"].tolist() == [30.0, 40.0]
+    assert mean["mean"].tolist() == [80.0, 30.0] and mean["lo"].tolist() == [70.0, 20.0]
+    assert mean["hi"].tolist() == [90.0, 40.0]
+    assert recipes.mean_curve(lines[0]["curves"], "tokens")["mean"].tolist() == [140.0, 20.0]
+
+
+def test_recipes_refuse_to_average_seeds_evaluated_at_different_compute() -> None:
+    curves = [_result(0, [90, 40], [1, 1])["curves"]["maskdm"], _result(1, [90, 40], [1, 1], step=3.0)["curves"]["maskdm"]]
+    with pytest.raises(ValueError, match="different tokens"):
+        recipes.mean_curve(curves, "tokens")
+
+
+def test_recipes_draws_the_figure_and_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = []
+    for name, extra in (("a", {}), ("b", {"pretrain.dense_blocks": "2"})):
+        run = _result(0, [90, 40], [150, 30])
+        run.update(final={"maskdm": 40, "baseline": 30}, cost={"pretrain": {"tokens_seen": 6.0, "images_seen": 1.0,
+                   "wall_time_s": 1.0, "token_blocks_seen": 30.0}},
+                   **{f"speedup_{a}": None for a in ("images", "tokens", "wall", "token_blocks")},
+                   **{f"at_equal_{a}": {"maskdm": 40, "baseline": 30} for a in ("images", "tokens", "token_blocks")})
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"extra_params": extra, "results": [run]}))
+    recipes.main([*map(str, files), "--out", str(tmp_path / "arms.png")])
+    assert (tmp_path / "arms.png").stat().st_size > 10_000
+    assert "pretrain.dense_blocks=2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        recipes.main([*map(str, files), "--out", str(tmp_path / "x.png"), "--labels", "one"])
