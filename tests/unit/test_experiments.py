@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if str(PROJECT_ROOT) not in sys.path:  # `experiments` is a folder of the project, not installed
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from experiments import claim, levels, recipes  # noqa: E402
+from experiments import claim, fd_noise, levels, recipes  # noqa: E402
 
 BASELINE_SIDE = ["03_primary/train.npz", "04_feature/feature_classifier.pt", "06_models/baseline.pt",
                  "07_model_output/baseline_samples.npz", "07_model_output/baseline_png/0.png",
@@ -193,3 +193,21 @@ def test_recipes_draws_the_figure_and_prints_the_table(tmp_path: Path, capsys: p
     assert "pretrain.dense_blocks=2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         recipes.main([*map(str, files), "--out", str(tmp_path / "x.png"), "--labels", "one"])
+
+
+def test_fd_noise_redraws_the_recorded_final_score_and_other_seeds_differ(smoke_run: Path) -> None:
+    """The run's own sampling seed gives back its recorded fd_clf: the redraw is the pipeline's measurement.
+
+    (The smoke models are barely trained, so their samples hardly depend on the noise: other seeds
+    differ from the recorded value only in the fifth digit here, by tenths at 64 tokens.)"""
+    row = fd_noise.redraw(smoke_run, "baseline", seeds=[7, 8])
+    assert row["by_seed"][row["own_seed"]] == pytest.approx(row["recorded"], rel=1e-9)
+    assert row["by_seed"][7] != row["recorded"] and row["by_seed"][7] != row["by_seed"][8]
+    assert row["std"] > 0 and row["n"] == json.loads(
+        (smoke_run / "data/08_reporting/baseline_scores.json").read_text())["fd_clf_n"]
+    assert "| project | baseline |" in fd_noise.table([row])
+
+
+def test_fd_noise_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="baseline.pt"):
+        fd_noise.main([str(tmp_path), "--models", "baseline"])
