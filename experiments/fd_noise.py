@@ -73,25 +73,43 @@ def redraw(run: Path, model: str, seeds: list[int]) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one row per run and model."""
-    lines = ["| run | model | recorded final fd_clf | own seed redrawn | other seeds: mean ± std | min | max |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown: one row per run and model, then per model the mean over runs of each run's
+    mean over all its draws (its own seed included): the steadier final score of that model."""
+    lines = ["| run | model | recorded final fd_clf | own seed redrawn | other seeds: mean ± std | min | max | "
+             "all draws: mean |", "|---|---|---|---|---|---|---|---|"]
+    per_model: dict[str, list[float]] = {}
     for r in rows:
         others = [v for s, v in r["by_seed"].items() if s != r["own_seed"]]
+        every = statistics.mean(r["by_seed"].values())
+        per_model.setdefault(r["model"], []).append(every)
         std = f" ± {r['std']:.2f}" if r["std"] is not None else ""
         lines.append(f"| {Path(r['run']).name} | {r['model']} | {r['recorded']:.2f} | "
-                     f"{r['by_seed'][r['own_seed']]:.2f} | {r['mean']:.2f}{std} | {min(others):.2f} | {max(others):.2f} |")
+                     f"{r['by_seed'][r['own_seed']]:.2f} | {r['mean']:.2f}{std} | {min(others):.2f} | "
+                     f"{max(others):.2f} | {every:.2f} |")
+    for model, values in per_model.items():
+        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        lines.append(f"| all {len(values)} runs | {model} | | | | | | **{statistics.mean(values):.2f}{spread}** |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run folders of python -m experiments.claim")
+    parser.add_argument("runs", nargs="*", type=Path, help="finished run folders of python -m experiments.claim")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5],
                         help="sampling seeds besides the run's own")
     parser.add_argument("--out", type=Path, default=None, help="the JSON results")
+    parser.add_argument("--table-from", type=Path, default=None, metavar="JSON",
+                        help="draw nothing: print the table of an earlier --out file")
     args = parser.parse_args(argv)
+    if args.table_from is not None:
+        rows = json.loads(args.table_from.read_text())["rows"]
+        for row in rows:  # JSON object keys are strings
+            row["by_seed"] = {int(seed): value for seed, value in row["by_seed"].items()}
+        print(table(rows))  # noqa: T201 - a command-line tool's output
+        return
+    if not args.runs:
+        parser.error("give finished run folders (or --table-from an earlier results file)")
     try:
         rows = [redraw(run, model, args.seeds) for run in args.runs for model in args.models]
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
