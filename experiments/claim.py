@@ -276,19 +276,19 @@ def summarise(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare(files: list[Path]) -> str:
+def compare(files: list[Path], labels: list[str] | None = None) -> str:
     """Markdown: one row per results file (e.g. one per mask setting of a sweep), same baseline.
 
-    The label is the file's extra ``--params``; "visible tokens" and "pre-training img/s" come
+    The label is ``labels[i]`` if given, else the file's extra ``--params``; "visible tokens" and "pre-training img/s" come
     from the pre-training accounting, so the row shows what each mask setting cost per image.
     """
     lines = ["| setting | tokens | seeds | visible tokens per pre-training image | pre-training img/s | "
              "fd_clf MaskDM (final) | fd_clf baseline (final) | speed-up (images) | (tokens) | (wall time) | "
              "at equal tokens: MaskDM | baseline | token-blocks per pre-training image | "
              "speed-up (token-blocks) | at equal token-blocks: MaskDM | baseline |", "|---" * 16 + "|"]
-    for file in files:
+    for i, file in enumerate(files):
         record = json.loads(Path(file).read_text())
-        label = ", ".join(f"{k}={v}" for k, v in record["extra_params"].items()) or "as configured"
+        label = labels[i] if labels else ", ".join(f"{k}={v}" for k, v in record["extra_params"].items()) or "as configured"
         for scale in sorted({r["scale_tokens"] for r in record["results"]}):
             rows = [r for r in record["results"] if r["scale_tokens"] == scale]
             pre = [r["cost"]["pretrain"] for r in rows]

@@ -11,7 +11,7 @@ agree on those share one baseline line, and each seed counts once.
     python -m experiments.recipes experiments/results/claim-64.json \\
         experiments/results/claim-64-dense2.json --out experiments/results/recipes-64.png
 
-The table printed is ``claim --compare``'s, one row per file.
+The table printed is ``claim --compare``'s, one row per file, named by ``--labels`` if given.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{path}: holds {'no runs' if not record['results'] else 'several scales'}; "
                              "give results files of one scale each")
     plot(arms(records, args.labels), args.out, args.title)
-    print(claim.compare(args.results))  # noqa: T201 - a command-line tool's output
+    print(claim.compare(args.results, args.labels))  # noqa: T201 - a command-line tool's output
 
 
 if __name__ == "__main__":

@@ -191,6 +191,8 @@ def test_recipes_draws_the_figure_and_prints_the_table(tmp_path: Path, capsys: p
     recipes.main([*map(str, files), "--out", str(tmp_path / "arms.png")])
     assert (tmp_path / "arms.png").stat().st_size > 10_000
     assert "pretrain.dense_blocks=2" in capsys.readouterr().out
+    recipes.main([*map(str, files), "--out", str(tmp_path / "arms.png"), "--labels", "plain", "dense"])
+    assert "| dense | 64 |" in capsys.readouterr().out  # the table's rows carry the figure's names
     with pytest.raises(SystemExit):
         recipes.main([*map(str, files), "--out", str(tmp_path / "x.png"), "--labels", "one"])
 
