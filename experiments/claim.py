@@ -127,9 +127,14 @@ MASKDM_OUTPUTS = ("06_models/pretrained*", "06_models/finetuned*", "07_model_out
                   "08_reporting/metrics.json", "08_reporting/report.md", "08_reporting/*.png")
 
 
+def baseline_params(extra: dict[str, Any]) -> dict[str, Any]:
+    """The extra ``--params`` the baseline sees: all but ``pretrain.*`` (the only stage it skips)."""
+    return {k: v for k, v in extra.items() if not k.startswith("pretrain.")}
+
+
 def check_reusable(extra: dict[str, Any]) -> None:
     """A reused baseline is only the same baseline when the sweep touches pre-training alone."""
-    others = sorted(k for k in extra if not k.startswith("pretrain."))
+    others = sorted(baseline_params(extra))
     if others:
         raise SystemExit(f"--baseline-from reuses the reference runs' splits, baseline and samples, so --params may "
                          f"only change pretrain.*; got {', '.join(others)}. Drop --baseline-from to rerun everything.")
@@ -276,19 +281,24 @@ def summarise(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare(files: list[Path], labels: list[str] | None = None) -> str:
+def setting_label(extra: dict[str, Any]) -> str:
+    """A results file's extra ``--params`` as ``a.b=v, c.d=w`` (empty when there are none)."""
+    return ", ".join(f"{k}={v}" for k, v in extra.items())
+
+
+def compare(records: list[dict[str, Any]], labels: list[str] | None = None) -> str:
     """Markdown: one row per results file (e.g. one per mask setting of a sweep), same baseline.
 
-    The label is ``labels[i]`` if given, else the file's extra ``--params``; "visible tokens" and "pre-training img/s" come
-    from the pre-training accounting, so the row shows what each mask setting cost per image.
+    ``records``: the loaded results files. The label is ``labels[i]`` if given, else the file's
+    extra ``--params``; "visible tokens" and "pre-training img/s" come from the pre-training
+    accounting, so the row shows what each mask setting cost per image.
     """
     lines = ["| setting | tokens | seeds | visible tokens per pre-training image | pre-training img/s | "
              "fd_clf MaskDM (final) | fd_clf baseline (final) | speed-up (images) | (tokens) | (wall time) | "
              "at equal tokens: MaskDM | baseline | token-blocks per pre-training image | "
              "speed-up (token-blocks) | at equal token-blocks: MaskDM | baseline |", "|---" * 16 + "|"]
-    for i, file in enumerate(files):
-        record = json.loads(Path(file).read_text())
-        label = labels[i] if labels else ", ".join(f"{k}={v}" for k, v in record["extra_params"].items()) or "as configured"
+    for i, record in enumerate(records):
+        label = labels[i] if labels else setting_label(record["extra_params"]) or "as configured"
         for scale in sorted({r["scale_tokens"] for r in record["results"]}):
             rows = [r for r in record["results"] if r["scale_tokens"] == scale]
             pre = [r["cost"]["pretrain"] for r in rows]
@@ -366,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run nothing: one table over earlier results files (e.g. a mask sweep)")
     args = parser.parse_args(argv)
     if args.compare:
-        print(compare(args.compare))  # noqa: T201 - a command-line tool's output
+        print(compare([json.loads(path.read_text()) for path in args.compare]))  # noqa: T201 - a command-line tool's output
         return
     extra = dict(item.split("=", 1) for item in args.params.split(",") if item)
     jobs = [(scale, seed) for scale in args.scales for seed in args.seeds]

@@ -29,11 +29,6 @@ from maskdm_pipeline.reporting.figures import AXES
 PLOT_AXES = ("tokens", "token_blocks")  # independent of machine load, unlike wall time
 
 
-def _settings(extra: dict[str, Any], drop_pretrain: bool = False) -> str:
-    """A results file's ``--params`` as ``a.b=v, ...``: all, or those that the baseline also sees."""
-    return ", ".join(f"{k}={v}" for k, v in extra.items() if not (drop_pretrain and k.startswith("pretrain.")))
-
-
 def mean_curve(curves: list[dict[str, list[float]]], axis: str) -> dict[str, np.ndarray]:
     """Mean, min and max fd_clf over seeds at each evaluation, against ``axis``.
 
@@ -73,15 +68,14 @@ def arms(records: list[dict[str, Any]], labels: list[str] | None = None) -> list
     baselines: dict[str, dict[str, Any]] = {}
     maskdm = []
     for i, record in enumerate(records):
-        extra = record["extra_params"]
-        results = record["results"]
+        extra, results = record["extra_params"], record["results"]
+        rest = claim.setting_label(claim.baseline_params(extra))
         for r in results:
-            rest = _settings(extra, drop_pretrain=True)
             key = json.dumps([r["scale_tokens"], rest])
             line = baselines.setdefault(key, {"label": "baseline" + (f", {rest}" if rest else ""),
                                               "model": "baseline", "by_seed": {}, "real_floor": r["real_floor"]})
             line["by_seed"].setdefault(r["seed"], r["curves"]["baseline"])
-        maskdm.append({"label": labels[i] if labels else "MaskDM, " + (_settings(extra) or "as configured"),
+        maskdm.append({"label": labels[i] if labels else "MaskDM, " + (claim.setting_label(extra) or "as configured"),
                        "model": "maskdm", "seeds": sorted(r["seed"] for r in results),
                        "curves": [r["curves"]["maskdm"] for r in sorted(results, key=lambda r: r["seed"])],
                        "real_floor": results[0]["real_floor"]})
@@ -134,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{path}: holds {'no runs' if not record['results'] else 'several scales'}; "
                              "give results files of one scale each")
     plot(arms(records, args.labels), args.out, args.title)
-    print(claim.compare(args.results, args.labels))  # noqa: T201 - a command-line tool's output
+    print(claim.compare(records, args.labels))  # noqa: T201 - a command-line tool's output
 
 
 if __name__ == "__main__":

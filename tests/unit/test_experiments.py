@@ -111,7 +111,7 @@ def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
         assert figure.format == "PNG" and figure.width > 4 * figure.height  # one row, four axes
     sweep = tmp_path / "r050.json"
     sweep.write_text(json.dumps({"extra_params": {"pretrain.mask_ratio": "0.5"}, "results": [result]}))
-    row = claim.compare([sweep]).splitlines()[-1]
+    row = claim.compare([json.loads(sweep.read_text())]).splitlines()[-1]
     assert row.startswith("| pretrain.mask_ratio=0.5 | 16 | 1 | 4.00 | 100.00 | 18.00 | 20.00 | 0.50 | 0.80 |")
     assert row.endswith("| 32.00 | 0.71 | 30.00 | 20.00 |")
     # Results collected before token-blocks existed still tabulate, as n/a.
