@@ -135,18 +135,25 @@ def test_sampler_change_reruns_sampling_scoring_and_report_and_fewer_samples_lea
     assert [line for line in lines if line.startswith("report") and "runs (" in line]
 
 
-def _interrupt(root: Path, params: str, after: str) -> tuple[int, str]:
-    """``kedro run --env smoke --params <params>``, Ctrl-C once ``after`` is logged."""
+def _interrupt(root: Path, params: str, after: str | tuple[str, ...], sig: signal.Signals = signal.SIGINT,
+                *extra: str) -> tuple[int, str]:
+    """``kedro run --env smoke --params <params> <extra>``, ``sig`` (Ctrl-C by default) once
+    ``after`` is logged (a tuple: once each pattern has been logged, in turn), to the command's
+    whole process group, as a terminal's Ctrl-C and a scheduler's kill do (a ParallelRunner's
+    workers would otherwise outlive a kill -9)."""
+    waits = [after] if isinstance(after, str) else list(after)
     script = Path(sys.executable).with_name("kedro")
-    proc = subprocess.Popen([str(script), "run", "--env", "smoke", "--params", params], cwd=root,
+    proc = subprocess.Popen([str(script), "run", "--env", "smoke", "--params", params, *extra], cwd=root,
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
-        if re.search(after, line):
-            proc.send_signal(signal.SIGINT)
+        if re.search(waits[0], line):
+            waits.pop(0)
+        if not waits:
+            os.killpg(proc.pid, sig)
             break
     lines += proc.stdout.readlines()
     return proc.wait(timeout=120), "".join(lines)
@@ -198,6 +205,26 @@ def test_interrupted_under_cache_rerun_the_hint_leaves_it_out_and_its_command_go
     _up_to_date(lines, "preprocess", "pretrain", "baseline")
     _runs(lines, "finetune", r".*resume checkpoint data/06_models/finetuned\.resume\.pt exists.*")
     assert re.search(rf"finetune: resuming from \S*finetuned\.resume\.pt at step {step.group(1)}\b", output)
+
+
+@pytest.mark.parametrize("runner", ["SequentialRunner", "ThreadRunner", "ParallelRunner"])
+def test_kill9_in_one_training_stage_keeps_the_other_that_finished_in_the_same_batch(copy: Path, runner: str) -> None:
+    """Baseline and fine-tuning both stale, so Kedro's runner gets them in one batch (side by side
+    under Thread and Parallel); ``kill -9`` on the whole command once the short baseline has
+    finished and fine-tuning has logged a step after that: a rerun of the same command skips the
+    baseline (its record was written when it finished, not at the end of the batch) and trains
+    only fine-tuning. Seen in a real 64-token experiment: a finished 8,000-step baseline trained
+    again because the session ended during fine-tuning."""
+    params = "baseline.steps=20,finetune.steps=400,baseline.eval_every=0,finetune.eval_every=0"
+    finished = r"maskdm_pipeline\.caching - INFO - baseline: finished, recorded as up to date \(fingerprint [0-9a-f]{6}\)"
+    code, output = _interrupt(copy, params, (finished, r"finetune step \d+/400"), signal.SIGKILL, "--runner", runner)
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert "Completed node: finetune" not in output, output[-3000:]
+
+    lines = _run(copy, "--params", params)  # the same command
+    _up_to_date(lines, "preprocess", "pretrain", "baseline")
+    _runs(lines, "finetune", r".*parameters changed: .*finetune\.steps 30 -> 400")
+    assert not [line for line in lines if "Running node: baseline" in line], lines
 
 
 def test_cache_rerun_reruns_what_it_names(copy: Path) -> None:

@@ -136,39 +136,72 @@ class CachingRunner:
                 if not decision.current:
                     runs.append(decision)
             if runs:
-                self._run_parts(runs, judge, catalog, hook_manager, run_id, finished)
+                self._run_parts(runs, judge, catalog, hook_manager, run_id, finished, report)
             done |= {id(p) for p in ready}
             remaining = [p for p in remaining if id(p) not in done]
         report.summary(decisions)
         return {name: catalog[name] for name in pipeline.outputs() if name in catalog}
 
     def _run_parts(self, runs: list[Decision], judge: Judge, catalog: Any, hook_manager: Any,
-                   run_id: str | None, finished: list[Decision]) -> None:
-        """Kedro's runner on the parts that must run; their records once they have finished,
-        also when another part of the same batch fails (a finished stage is kept as finished),
-        appended to ``finished``; on a failure, the way to go on (caching/hints.py)."""
+                   run_id: str | None, finished: list[Decision], report: _Report) -> None:
+        """Kedro's runner on the parts that must run, all in one batch (so a Thread or Parallel
+        runner runs independent parts side by side). A part is recorded as soon as its last node
+        has finished (:meth:`_release_datasets`), not when the batch ends, so that a kill -9 in a
+        long part (fine-tuning) does not lose one that finished beside it (the baseline). On a
+        failure, a part whose every output was written during the batch is recorded too (the
+        nodes a ParallelRunner finished in its workers after the failure); then the way to go
+        on is logged (caching/hints.py). Each recorded part is logged by ``report`` and appended
+        to ``finished``."""
         from maskdm_pipeline.caching import records
 
+        left = {id(d): set(d.part.node_names) for d in runs}  # the nodes each part still waits for
+
         def done(decision: Decision) -> None:
+            left.pop(id(decision), None)
             judge.record(decision)
+            report.recorded(decision)
             finished.append(decision)
+
+        def node_finished(name: str) -> None:
+            for d in runs:
+                if id(d) in left:
+                    left[id(d)].discard(name)
+                    if not left[id(d)]:
+                        done(d)
 
         def paths(decision: Decision) -> list[Path]:
             return [p for name in decision.part.outputs if (p := records.dataset_path(catalog.get(name)))]
 
         before = {id(d): [records.touched(p) for p in paths(d)] for d in runs}
         batch = Pipeline([node for d in runs for node in d.part.nodes])
+        self._cache_node_finished = node_finished
         try:
             self._cache_base.run(self, batch, catalog, hook_manager, run_id)  # type: ignore[arg-type]
         except BaseException as error:
             for d in runs:
                 now = [records.touched(p) for p in paths(d)]
-                if all(t is not None and t != b for t, b in zip(now, before[id(d)], strict=True)):
+                if id(d) in left and all(t is not None and t != b for t, b in zip(now, before[id(d)], strict=True)):
                     done(d)
             _log_hint(error, self._cache_session._cache_params, finished)
             raise
+        finally:
+            self._cache_node_finished = None
         for d in runs:
-            done(d)
+            if id(d) in left:  # a part without nodes of its own cannot be here; kept for safety
+                done(d)
+
+    def _release_datasets(self, node: Any, catalog: Any, load_counts: Any, pipeline: Pipeline) -> None:
+        """Kedro's runners call this in the main process once a node has finished and its
+        outputs are saved, for all three runners (a ParallelRunner's workers included): the one
+        place where a part's end can be seen as it happens. Kedro's own release first, then
+        :meth:`_run_parts`'s record of a part whose nodes have all finished. Written on purpose:
+        no public hook sees a node's end after its outputs are saved in every runner
+        (``after_node_run`` fires before the save, ``after_dataset_saved`` in the worker
+        process); tests/pipelines/test_caching.py kills a run to prove it still fires."""
+        super(type(self), self)._release_datasets(node, catalog, load_counts, pipeline)  # type: ignore[misc]
+        notify = getattr(self, "_cache_node_finished", None)
+        if notify is not None:
+            notify(node.name)
 
     def _suggest_resume_scenario(self, pipeline: Pipeline, done_nodes: Any, catalog: Any) -> None:
         """Kedro would suggest ``--from-nodes``; with the cache, :meth:`_run_parts` says how to
@@ -229,6 +262,11 @@ class _Report:
                 held = self.held.pop(stage)
                 key = held[0].fingerprint if len(held) == 1 else _combined(held)
                 self._skipped(stage, key, max(d.written or "" for d in held) or None)
+
+    def recorded(self, decision: Decision) -> None:
+        """A part that ran has finished and its record is written: from here a rerun skips it."""
+        logger.info("%s: finished, recorded as up to date (fingerprint %s)", self._name(decision.part),
+                    decision.fingerprint[:6])
 
     def summary(self, decisions: list[Decision]) -> None:
         ran = [self._name(d.part) for d in decisions if not d.current]
