@@ -106,7 +106,7 @@ def test_missing_unreadable_or_outdated_records_make_it_stale_and_say_why(projec
     assert reason.startswith("the fingerprint out.json.fingerprint.json is unreadable (JSONDecodeError")
     sidecar.unlink()
     assert judge().decide(part).reasons == [
-        "out.json has no fingerprint (written by an older version or copied by hand)"]
+        "out.json has no fingerprint (written by an older version, copied by hand, or by a run killed between writing it and recording it)"]
     sidecar.write_text(good)
     (root / "out.json").write_text('{"v": 7}')  # changed by hand after the record was written
     assert judge().decide(part).reasons == ["out.json changed since its fingerprint was written"]

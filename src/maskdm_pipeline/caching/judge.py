@@ -188,7 +188,8 @@ class Judge:
             reasons.append(_some(missing, "does not exist", "do not exist"))
         if unrecorded:
             reasons.append(_some(unrecorded, "has no fingerprint", "have no fingerprint")
-                           + " (written by an older version or copied by hand)")
+                           + " (written by an older version, copied by hand, or by a run killed between writing "
+                             "it and recording it)")
         if not part.outputs:
             reasons.append("it writes no file to fingerprint")
         return Decision(part, reasons, document, key, written=max(written) if written and not reasons else None)
