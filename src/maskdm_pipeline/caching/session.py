@@ -187,7 +187,7 @@ class CachingRunner:
         finally:
             self._cache_node_finished = None
         for d in runs:
-            if id(d) in left:  # a part without nodes of its own cannot be here; kept for safety
+            if id(d) in left:  # only if the runner never called _release_datasets (a Kedro that renamed it)
                 done(d)
 
     def _release_datasets(self, node: Any, catalog: Any, load_counts: Any, pipeline: Pipeline) -> None:
