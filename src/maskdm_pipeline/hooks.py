@@ -287,7 +287,8 @@ class MlflowTrackingHook:
         # MLflow 3.17's UI opens every experiment in its GenAI view unless told otherwise (its
         # "GenAI / Model training" switch, remembered by the browser, or this URL parameter).
         logger.info("MLflow run %s (%s) in %s; browse it with `mlflow ui --backend-store-uri %s` at "
-                    "<its address>/#/experiments/%s/runs/%s?workflowType=machine_learning", self._run_id,
+                    "http://127.0.0.1:5000/#/experiments/%s/runs/%s?workflowType=machine_learning (mlflow ui's "
+                    "default address; another --host or --port changes its start)", self._run_id,
                     run.info.run_name, self._tracking_uri(), self._tracking_uri(), experiment_id, self._run_id)
 
     @hook_impl
