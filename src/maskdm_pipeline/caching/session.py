@@ -155,6 +155,7 @@ class CachingRunner:
         from maskdm_pipeline.caching import records
 
         left = {id(d): set(d.part.node_names) for d in runs}  # the nodes each part still waits for
+        owner = {node.name: d for d in runs for node in d.part.nodes}  # a node is in one part
 
         def done(decision: Decision) -> None:
             left.pop(id(decision), None)
@@ -163,11 +164,11 @@ class CachingRunner:
             finished.append(decision)
 
         def node_finished(name: str) -> None:
-            for d in runs:
-                if id(d) in left:
-                    left[id(d)].discard(name)
-                    if not left[id(d)]:
-                        done(d)
+            waiting = left.get(id(owner[name]))
+            if waiting is not None:
+                waiting.discard(name)
+                if not waiting:
+                    done(owner[name])
 
         def paths(decision: Decision) -> list[Path]:
             return [p for name in decision.part.outputs if (p := records.dataset_path(catalog.get(name)))]
