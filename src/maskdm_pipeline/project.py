@@ -16,8 +16,8 @@ root. This module closes the two gaps the project has:
   :func:`use_project_logging` applies the project's own file with its ``filename``\\ s resolved
   against the root.
 
-The MLflow store and its artifact folder are resolved by ``hooks.MlflowTrackingHook``, which
-knows the project root from the context.
+The MLflow store and its artifact folder are resolved by
+``tracking.mlflow_hook.MlflowTrackingHook``, which knows the project root from the context.
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ from maskdm_pipeline.caching.session import CachingSession
 from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
 from maskdm_pipeline.hooks import (
     CheckpointSlotHook,
-    MlflowTrackingHook,
     TemporaryFilesHook,
     ValidateParametersHook,
 )
 from maskdm_pipeline.project import ProjectContext, use_project_logging
+from maskdm_pipeline.tracking.mlflow_hook import MlflowTrackingHook
 
 # conf/logging.yml (and its log file at the project root) also when Kedro starts in a sub-folder.
 use_project_logging()

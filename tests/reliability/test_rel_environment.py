@@ -81,7 +81,7 @@ def test_mlflow_failure_during_the_run_only_warns(caplog, tmp_path):
     from kedro_datasets.json import JSONDataset
     from kedro_datasets.pandas import CSVDataset
 
-    from maskdm_pipeline.hooks import MlflowTrackingHook
+    from maskdm_pipeline.tracking.mlflow_hook import MlflowTrackingHook
 
     class LockedStore:
         def log_batch(self, *args: Any, **kwargs: Any) -> None:

@@ -1,4 +1,4 @@
-"""What MLflow gets (tracking.py and the hook's code-version tags) and which parameters name files
+"""What MLflow gets (tracking/logged.py and the hook's code-version tags) and which parameters name files
 (params.ProjectPath): pure functions, no store, no Kedro session."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from maskdm_pipeline import __version__, tracking
-from maskdm_pipeline.hooks import code_version
 from maskdm_pipeline.project import path_parameters, resolve_path_parameters
+from maskdm_pipeline.tracking.mlflow_hook import code_version
 
 PARAMETERS = {"preprocess": {"seed": 0}, "pretrain": {"seed": 0}, "finetune": {"seed": 1},
               "evaluate": {"fd_clf": {"seed": 2}, "fid": {"weights_path": None}}, "report": {}}

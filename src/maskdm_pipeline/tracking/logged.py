@@ -1,7 +1,7 @@
 """What goes to MLflow, as pure functions of the parameters and the saved outputs (no Kedro, no
 MLflow import), and the one dotted-name flattener (also used by the parameter schema's messages).
 
-The hook in :mod:`maskdm_pipeline.hooks` calls these and sends the result to the run.
+The hook in :mod:`maskdm_pipeline.tracking.mlflow_hook` calls these and sends the result to the run.
 """
 
 from __future__ import annotations
