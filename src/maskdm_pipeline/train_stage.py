@@ -28,6 +28,7 @@ from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
 from maskdm_pipeline.training.builders import ResumeMismatchError, check_resume
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
+from maskdm_pipeline.training.distributed import NODE_RANK
 from maskdm_pipeline.training.job import (
     EvalFn,
     NodesError,
@@ -191,7 +192,8 @@ def train_stage(
                 "resume from it." if slot.exists() else
                 "No checkpoint had been written yet: free some space or fix the folder, then rerun.")
         raise StageWriteError(f"{name}: training stopped: writing its checkpoint failed ({exc}). {kept}") from exc
-    return state, history_table(state), accounting(name, state)
+    node_rank = state.pop(NODE_RANK, 0)  # one process: the only node; never in the checkpoint
+    return state, history_table(state), accounting(name, state, node_rank)
 
 
 def node_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
@@ -249,11 +251,14 @@ def history_table(state: Mapping[str, Any]) -> pd.DataFrame:
     return history.merge(extra, on="step", how="outer").sort_values("step").reset_index(drop=True)
 
 
-def accounting(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
-    """What the stage cost: wall time, images and tokens processed, throughput, and its config."""
+def accounting(name: str, state: Mapping[str, Any], node_rank: int = 0) -> dict[str, Any]:
+    """What the stage cost: wall time, images and tokens processed, throughput, and its config;
+    and which node of the job wrote it (``node_rank``, 0: the node that holds global rank 0;
+    the MLflow hook opens a multi-node job's run there)."""
     return {
         "stage": name,
         "stats": dict(state.get("stats", {})),
         "evals": list(state.get("evals", [])),
         "config": dict(state.get("config", {})),
+        NODE_RANK: node_rank,
     }

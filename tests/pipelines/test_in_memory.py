@@ -172,6 +172,7 @@ def _check_stage(outputs: dict[str, Any], name: str, checkpoint: str) -> dict[st
     assert np.isfinite(history["loss"].dropna()).all()
     stats = accounting["stats"]
     assert accounting["stage"] == name and stats["steps"] == STEPS
+    assert accounting["node_rank"] == 0 and "node_rank" not in state  # for the MLflow hook, not the checkpoint
     assert stats["images_seen"] == STEPS * BATCH and stats["wall_time_s"] > 0
     return state
 

@@ -124,3 +124,6 @@ def test_two_process_ddp_run_writes_one_checkpoint(smoke_copy: Path) -> None:
     state = torch.load(smoke_copy / "data/06_models/pretrained.pt", weights_only=True)
     assert state["config"]["trainer"]["nproc"] == 2 and state["step"] == 30
     assert len(list((smoke_copy / "data/06_models").glob("pretrained*.pt"))) == 1
+    # Which node wrote it is data of the accounting (the MLflow hook reads it), not of the checkpoint.
+    accounting = json.loads((smoke_copy / "data/08_reporting/pretrain_accounting.json").read_text())
+    assert accounting["node_rank"] == 0 and "node_rank" not in state

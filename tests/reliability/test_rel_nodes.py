@@ -12,6 +12,7 @@ parameters and a port in use each end in one line naming the parameter or host, 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sqlite3
@@ -111,6 +112,12 @@ def test_two_nodes_train_as_one_process_and_resume_together_after_a_kill9(make_p
     # (the killed node's process died with it).
     statuses = sorted(_mlflow_runs(first) + _mlflow_runs(second))
     assert statuses in (["FINISHED"], ["FAILED", "FINISHED"]), statuses
+    # Each node's accounting says which node it was (the hook learns it from there); the node
+    # with node rank 0 holds the finished run.
+    ranks = {json.loads((p.data / "08_reporting" / "pretrain_accounting.json").read_text())["node_rank"]: p
+             for p in (first, second)}
+    assert sorted(ranks) == [0, 1] and "FINISHED" in _mlflow_runs(ranks[0])
+    assert "node_rank" not in final[0]
 
 
 FAST = 6  # trainer.rdzv_timeout of the fault runs

@@ -31,6 +31,7 @@ from maskdm_pipeline.training.config import (
     TrainerConfig,
     check_compatible,
 )
+from maskdm_pipeline.training.distributed import NODE_RANK
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.process import flip_horizontally
 from maskdm_pipeline.training.run import run_training
@@ -384,6 +385,7 @@ def test_two_gloo_processes_match_one_process(images, recipe):
     single = _train(images, stage, diffusion=diffusion)
     double = _train(images, stage, trainer=TrainerConfig(device="cpu", nproc=2), diffusion=diffusion)
     assert double["stats"]["nproc"] == 2 and double["step"] == 3
+    assert double[NODE_RANK] == 0 and NODE_RANK not in single  # the launcher's, beside the state
     _assert_tensors_equal(single["model"], double["model"], atol=1e-5)
     _assert_tensors_equal(single["ema"]["model"], double["ema"]["model"], atol=1e-5)
     assert [h["loss"] for h in double["history"]] == pytest.approx(

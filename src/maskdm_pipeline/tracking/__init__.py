@@ -26,6 +26,7 @@ from maskdm_pipeline.tracking.logged import (
     flatten,
     has_metrics,
     history_metrics,
+    is_accounting,
     is_artifact,
     is_tracked,
     metrics_of,
@@ -36,7 +37,7 @@ from maskdm_pipeline.tracking.logged import (
 
 __all__ = [
     "ACCOUNTING_KEYS", "ARTIFACT_SUFFIXES", "COST_NAMESPACE", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG",
-    "HISTORY_COLUMNS", "PARAM_VALUE_LIMIT", "TRAIN_NAMESPACE", "accounting_metrics", "cache_tags", "cost_key",
-    "flatten", "has_metrics", "history_metrics", "is_artifact", "is_tracked", "metrics_of", "quality_metrics",
-    "run_name", "train_key",
+    "HISTORY_COLUMNS", "PARAM_VALUE_LIMIT", "TRAIN_NAMESPACE", "accounting_metrics", "cache_tags",
+    "cost_key", "flatten", "has_metrics", "history_metrics", "is_accounting", "is_artifact",
+    "is_tracked", "metrics_of", "quality_metrics", "run_name", "train_key",
 ]

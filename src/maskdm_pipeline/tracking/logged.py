@@ -111,7 +111,12 @@ def is_tracked(name: str) -> bool:
 
 
 def has_metrics(name: str) -> bool:
-    return name.endswith(("_history", "_accounting")) or name == "metrics"
+    return name.endswith("_history") or is_accounting(name) or name == "metrics"
+
+
+def is_accounting(name: str) -> bool:
+    """Whether ``name`` is a training stage's accounting record (``<stage>_accounting``)."""
+    return name.endswith("_accounting")
 
 
 def is_artifact(name: str) -> bool:
@@ -124,7 +129,7 @@ def metrics_of(name: str, data: Any) -> list[tuple[str, float, int]]:
     stage = name.split("_")[0]
     if name.endswith("_history"):
         return history_metrics(stage, data)
-    if name.endswith("_accounting"):
+    if is_accounting(name):
         return [(k, v, 0) for k, v in accounting_metrics(stage, data).items()]
     if name == "metrics":
         return [(k, v, 0) for k, v in quality_metrics(data).items()]

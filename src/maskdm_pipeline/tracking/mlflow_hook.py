@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ class MlflowTrackingHook:
     Which node that is, the c10d rendezvous decides, inside the first training node (it ranks
     the nodes as they join; nobody types a node rank, as with torchrun). So on several nodes
     the run is opened late: after the first training node, on the node whose workers got rank 0
-    (``training.distributed.node_rank()``), which then logs every output so far, since
-    everything is read back from files anyway; the other nodes never open one. Opening a run on
+    (the ``node_rank`` the node writes into its ``<stage>_accounting`` output, or the one a
+    failed training's error carries: ``training.distributed.node_rank_of``), which then logs
+    every output so far, since everything is read back from files anyway; the other nodes
+    never open one. Opening a run on
     every node and deleting the extra ones later would race in a shared store and leave
     half-logged runs behind when a node dies. A command without a training stage cannot know
     its node rank: there ``SLURM_NODEID`` or ``NODE_RANK`` decides, or the run is not tracked
@@ -121,13 +124,11 @@ class MlflowTrackingHook:
             return
         self._guarded(self._start, names, run_params, catalog)
 
-    def _open_if_rank_zero(self, finished: bool = False, failed: bool = False) -> None:
-        """Several nodes: open the deferred run once this node knows it holds global rank 0."""
+    def _open_if_rank_zero(self, rank: int | None, finished: bool = False, failed: bool = False) -> None:
+        """Several nodes: open the deferred run once this node knows it holds global rank 0
+        (``rank``: this node's rank, when a training node has just told it)."""
         if self._pending is None:
             return
-        from maskdm_pipeline.training.distributed import node_rank
-
-        rank = node_rank()
         if rank is None and failed:  # it failed before its rank was known: nothing to track
             self._pending = None
             return
@@ -192,14 +193,15 @@ class MlflowTrackingHook:
                     run.info.run_name, self._tracking_uri(), self._tracking_uri(), experiment_id, self._run_id)
 
     @hook_impl
-    def after_node_run(self, node: Any) -> None:
+    def after_node_run(self, node: Any, outputs: dict[str, Any]) -> None:
         if os.getpid() == self._pid:  # a ParallelRunner worker leaves it to the main process
-            self._open_if_rank_zero()
+            if self._pending is not None:
+                self._open_if_rank_zero(_written_node_rank(outputs))
             self._safely(self._log_outputs, node.outputs)
 
     @hook_impl
     def after_pipeline_run(self, pipeline: Any) -> None:
-        self._open_if_rank_zero(finished=True)
+        self._open_if_rank_zero(None, finished=True)
         self._safely(self._log_outputs, sorted(pipeline.all_outputs()))
         self._safely(self._log_cache, sorted(pipeline.all_outputs()))
         self._safely(self._end, "FINISHED")
@@ -216,8 +218,11 @@ class MlflowTrackingHook:
             self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in items[start : start + 100]])
 
     @hook_impl
-    def on_pipeline_error(self, pipeline: Any) -> None:
-        self._open_if_rank_zero(finished=True, failed=True)
+    def on_pipeline_error(self, error: BaseException, pipeline: Any) -> None:
+        if self._pending is not None:
+            from maskdm_pipeline.training.distributed import node_rank_of
+
+            self._open_if_rank_zero(node_rank_of(error), finished=True, failed=True)
         self._safely(self._log_outputs, sorted(pipeline.all_outputs()), self._started_ns)
         self._safely(self._end, "FAILED")
 
@@ -267,6 +272,16 @@ class MlflowTrackingHook:
 
     def _filepath(self, name: str) -> Path | None:
         return dataset_path(self._catalog.get(name)) if self._catalog is not None else None
+
+
+def _written_node_rank(outputs: Mapping[str, Any]) -> int | None:
+    """The node rank a training node wrote into its ``<stage>_accounting`` output (train_stage),
+    or None when ``outputs`` hold none."""
+    from maskdm_pipeline.training.distributed import NODE_RANK
+
+    ranks = [data[NODE_RANK] for name, data in outputs.items() if tracking.is_accounting(name)
+             and isinstance(data, Mapping) and isinstance(data.get(NODE_RANK), int)]
+    return ranks[0] if ranks else None
 
 
 def _class_name(runner: str) -> str:

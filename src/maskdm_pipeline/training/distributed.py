@@ -69,11 +69,13 @@ from maskdm_pipeline.training.nodes import (
 )
 from maskdm_pipeline.training.process import HandledSignals
 
-__all__ = ["ForwardSignals", "free_port", "node_rank", "run_distributed", "worker_entry"]
+__all__ = ["NODE_RANK", "ForwardSignals", "free_port", "node_rank_of", "run_distributed", "worker_entry"]
 
 LOST_PEER_EXIT = 75  # a worker whose peers are gone (EX_TEMPFAIL: rerunning may work)
-
-_node_rank: int | None = None  # set by run_distributed once its workers have started
+# Which node of the job this process is (0: the node that holds global rank 0; the c10d
+# rendezvous ranks the nodes as they join): the key of run_distributed's result, and the
+# attribute of the errors that leave it once the nodes were ranked (node_rank_of).
+NODE_RANK = "node_rank"
 
 # Exceptions a worker reports by name so the parent can raise the same type with the same
 # message (instead of elastic's generic ChildFailedError).
@@ -84,16 +86,33 @@ _KNOWN_ERRORS: dict[str, type[Exception]] = {
 }
 
 
-def _set_node_rank(rank: int) -> None:
-    global _node_rank
-    if rank >= 0:  # -1: the rendezvous never completed; what an earlier stage learnt stands
-        _node_rank = rank
+@contextlib.contextmanager
+def _ranked(started: Any) -> Iterator[None]:
+    """An error that leaves the block carries this node's rank (its :data:`NODE_RANK`
+    attribute) once the rendezvous has given one (``started.value``, -1 before)."""
+    try:
+        yield
+    except BaseException as exc:
+        if started.value >= 0:
+            setattr(exc, NODE_RANK, started.value)
+        raise
 
 
-def node_rank() -> int | None:
-    """The node rank the rendezvous gave this process's last multi-process training (0: this
-    node holds global rank 0), or None before any. The MLflow hook reads it (hooks.py)."""
-    return _node_rank
+def node_rank_of(error: BaseException) -> int | None:
+    """The node rank of the multi-process training that ``error`` ended, or None when it ended
+    before the nodes were ranked (or is not a training error). Found on ``error`` or on the
+    error it was raised from or while handling (a stage's message raised ``from None`` still
+    has it as ``__context__``), so that the MLflow hook knows on which node a failed
+    multi-node job is tracked."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        rank = getattr(found, NODE_RANK, None)
+        if isinstance(rank, int):
+            return rank
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
 
 
 def free_port() -> int:
@@ -192,7 +211,9 @@ def _to_bytes(state: dict[str, Any] | None) -> bytes | None:
 
 
 def run_distributed(job: TrainJob) -> dict[str, Any]:
-    """Run a ``TrainProcess`` on each of ``trainer.nproc`` local workers; return rank 0's state."""
+    """Run a ``TrainProcess`` on each of ``trainer.nproc`` local workers; return rank 0's state
+    with this node's rank under :data:`NODE_RANK` (no part of the checkpoint: the caller takes
+    it out). An error raised once the nodes were ranked carries the rank too (:func:`node_rank_of`)."""
     nproc = job.trainer.nproc
     try:
         pickle.dumps(job.eval_fn)
@@ -230,10 +251,8 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
         with ForwardSignals() as forwarded, _quiet_elastic(log_level):
-            try:
+            with _ranked(started):
                 results = elastic_launch(config, worker_entry)(job, log_level, started)
-            finally:
-                _set_node_rank(started.value)
     except SignalException as exc:
         # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
         where = (f"the last periodic checkpoint is in {path}; continue with "
@@ -272,7 +291,8 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
-    return _rank0_result(results, job)
+    with _ranked(started):
+        return {**_rank0_result(results, job), NODE_RANK: started.value}
 
 
 def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def run_training(job: TrainJob) -> dict[str, Any]:
-    """Train one stage and return its final full state (a ``maskdm-checkpoint/1`` dict).
+    """Train one stage and return its final full state (a ``maskdm-checkpoint/1`` dict; after a
+    multi-process run also this node's rank under ``distributed.NODE_RANK``, which is no part of
+    the checkpoint).
 
     Raises:
         ValueError: inconsistent inputs (hardware, batch against ``nproc``, images against the
