@@ -136,6 +136,17 @@ def test_read_fingerprints_gives_each_output_its_record(project: dict[str, Any])
     assert found["out"]["fingerprint"] == project["judge"]().decide(project["part"]).fingerprint
 
 
+def test_a_record_names_the_stage_part_and_kedro_session_that_wrote_it(project: dict[str, Any]) -> None:
+    """What the MLflow hook's ``cache.<stage>`` tags are made of (tracking.cache_tags)."""
+    judge = project["judge"]()
+    decision = judge.decide(project["part"])
+    project["catalog"].save("out", {"v": 6})
+    judge.record(decision, "2026-01-02T03.04.05.678Z")
+    record = caching.read_fingerprints(project["catalog"])["out"]
+    assert (record["stage"], record["part"]) == ("stage", project["part"].label)
+    assert record["session_id"] == "2026-01-02T03.04.05.678Z"
+
+
 def test_cache_rerun_names_a_stage_or_all() -> None:
     stages = ["pretrain", "sample"]
     assert check_rerun(None, stages) is None and check_rerun("all", stages) is None

@@ -129,19 +129,46 @@ def test_parameters_that_name_files_resolve_against_the_project_root(tmp_path: P
         assert tree["evaluate"]["fid"]["weights_path"] == expected
 
 
+NOW, BEFORE = "2026-01-02T03.04.05.678Z", "2026-01-01T00.00.00.000Z"  # Kedro session ids
+
+
 def test_cache_tags_are_keys_mlflow_accepts() -> None:
-    """Every output's fingerprint and what the cache decided for each part, as valid tag keys."""
+    """Every output's fingerprint and what the cache did for each part (its records written by
+    this run: ran; by an earlier one: up to date), as valid tag keys."""
     import re
 
     from maskdm_pipeline.tracking import cache_tags
 
-    records = {"pretrained": {"fingerprint": "ab12"}, "metrics": {"fingerprint": "cd34"}, "broken": {}}
-    decisions = [{"stage": "pretrain", "part": "pretrain", "reasons": []},
-                 {"stage": "report", "part": "build_report+plot_quality_vs_compute", "reasons": ["input changed"]},
-                 {"stage": "sample", "part": "[maskdm]", "reasons": ["cache.rerun"]}]
-    tags = cache_tags(records, decisions)
+    records = {"pretrained": {"fingerprint": "ab12", "stage": "pretrain", "part": "pretrain", "session_id": BEFORE},
+               "pretrain_history": {"fingerprint": "ab13", "stage": "pretrain", "part": "pretrain",
+                                    "session_id": BEFORE},
+               "metrics": {"fingerprint": "cd34", "stage": "report", "part": "build_report+plot_quality_vs_compute",
+                           "session_id": NOW},
+               "maskdm_samples": {"fingerprint": "ef56", "stage": "sample", "part": "[maskdm]", "session_id": NOW},
+               "broken": {}}
+    tags = cache_tags(records, NOW)
     assert tags["fingerprint.pretrained"] == "ab12" and "fingerprint.broken" not in tags
     assert tags["cache.pretrain"] == "up to date"
     assert tags["cache.report/build_report_plot_quality_vs_compute"] == "ran"
     assert tags["cache.sample/_maskdm_"] == "ran"
     assert all(re.fullmatch(r"[\w\-. :/]+", key) for key in tags)
+
+
+def test_cache_tags_of_a_fresh_run_and_of_a_rerun_with_everything_up_to_date() -> None:
+    """A part ran when this run wrote its records; a record of an older version (no session) or
+    of another run is up to date; without a session id nothing claims to have run."""
+    from maskdm_pipeline.tracking import cache_tags
+
+    def records(session: str | None) -> dict:
+        return {f"{stage}_{part}_out": {"fingerprint": "ab", "stage": stage, "part": part, "session_id": session}
+                for stage, part in (("pretrain", "pretrain"), ("sample", "[maskdm]"), ("sample", "[baseline]"))}
+
+    parts = {"cache.pretrain", "cache.sample/_maskdm_", "cache.sample/_baseline_"}
+    fresh, rerun = cache_tags(records(NOW), NOW), cache_tags(records(BEFORE), NOW)
+    assert {k: v for k, v in fresh.items() if k.startswith("cache.")} == dict.fromkeys(parts, "ran")
+    assert {k: v for k, v in rerun.items() if k.startswith("cache.")} == dict.fromkeys(parts, "up to date")
+    assert set(cache_tags(records(None), "").values()) == {"ab", "up to date"}
+    # One output rewritten by this run is enough: its part ran (the other kept an older record).
+    mixed = {**records(BEFORE), "pretrain_more": {"fingerprint": "cd", "stage": "pretrain", "part": "pretrain",
+                                                  "session_id": NOW}}
+    assert cache_tags(mixed, NOW)["cache.pretrain"] == "ran"

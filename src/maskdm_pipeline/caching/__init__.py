@@ -10,12 +10,9 @@ skipped with a ``<stage>: up to date (fingerprint ..., written ...), skipped`` l
   format) and the content identity of a dataset;
 - the rule itself, shared with every other cache key of the project: :mod:`maskdm_pipeline.fingerprint`.
 
-Public API for other hooks (MLflow), in the process that runs ``kedro run``:
-
-- :func:`read_fingerprints` ``(catalog, names=None) -> {dataset name: record}``: the records on
-  disk now (after a run: the ones of every current output, whether it ran or was skipped);
-- :func:`run_decisions` ``() -> [{...}, ...]``: what the last ``kedro run`` of this process
-  decided for each part.
+Public API for other hooks (MLflow): :func:`read_fingerprints` ``(catalog, names=None) ->
+{dataset name: record}``, the records on disk now (after a run: the ones of every current output,
+whether it ran or was skipped; a record's ``session_id`` says which ``kedro run`` wrote it).
 
 Imports stay light here: ``settings.py`` imports the session for every ``kedro`` command.
 """
@@ -25,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["read_fingerprints", "run_decisions"]
+__all__ = ["read_fingerprints"]
 
 
 def read_fingerprints(catalog: Any, names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -51,16 +48,3 @@ def read_fingerprints(catalog: Any, names: Iterable[str] | None = None) -> dict[
             found[name] = record
     return found
 
-
-def run_decisions() -> list[dict[str, Any]]:
-    """The parts of the last ``kedro run`` of this process, in the order they were decided:
-    ``{"stage", "part", "nodes", "outputs", "fingerprint", "reasons" (why it had to run; empty:
-    skipped as up to date), "ran" (it ran to the end in this run and its records were written),
-    "written" (its records' time, ISO 8601)}``. Empty before any run."""
-    from maskdm_pipeline.caching.session import RUNS
-
-    if not RUNS:
-        return []
-    return [{"stage": d.part.stage, "part": d.part.label, "nodes": [n.name for n in d.part.nodes],
-             "outputs": list(d.part.outputs), "fingerprint": d.fingerprint, "ran": d.ran,
-             "reasons": list(d.reasons), "written": d.written} for d in RUNS[-1]]

@@ -52,7 +52,6 @@ class Decision:
     fingerprint: str
     written: str | None = None  # the newest of its records, when current
     stale_inputs: list[str] = field(default_factory=list)
-    ran: bool = False
 
     @property
     def current(self) -> bool:
@@ -194,9 +193,9 @@ class Judge:
             reasons.append("it writes no file to fingerprint")
         return Decision(part, reasons, document, key, written=max(written) if written and not reasons else None)
 
-    def record(self, decision: Decision) -> None:
-        """Write the records of a part that has just run (the files it read are hashed again: a
-        download during the run is what it read)."""
+    def record(self, decision: Decision, session_id: str | None = None) -> None:
+        """Write the records of a part that has just run in the Kedro session ``session_id`` (the
+        files it read are hashed again: a download during the run is what it read)."""
         part = decision.part
         document = {**decision.document, "files": self._files(part)}
         key = fingerprint(document)
@@ -209,9 +208,9 @@ class Judge:
             held = records.content(dataset, path)
             records.write_record(path, {**document, "fingerprint": key, "dataset": name, "stage": part.stage,
                                         "part": part.label, "path": shown(path), "written": now, "content": held,
-                                        "stamp": records.stamp(dataset, path)})
+                                        "stamp": records.stamp(dataset, path), "session_id": session_id})
             self._identities[name] = held
-        decision.fingerprint, decision.written, decision.ran = key, now, True
+        decision.fingerprint, decision.written = key, now
 
 
 def _some(paths: list[str], one: str, many: str) -> str:

@@ -19,6 +19,8 @@ dataset         the catalog name of this output
 stage, part     the stage (registered pipeline) and the part's label within it
 path            the output's path as the catalog gives it
 written         when the record was written (ISO 8601, UTC)
+session_id      the Kedro session (``kedro run``) that wrote it: the MLflow hook's ``cache.<stage>``
+                tags say ``ran`` for the parts this run wrote, ``up to date`` for the others
 content         the output's own content identity (its readers' ``inputs`` entry)
 stamp           a cheap signature of the output on disk (size and mtime; a folder's listing),
                 so that an unchanged output is not hashed again

@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # settings.py imports this module for every kedro command: to
 
 logger = logging.getLogger("maskdm_pipeline.caching")
 ALL = "all"
-RUNS: list[list[Decision]] = []  # the decisions of each `kedro run` of this process, in order
 
 
 class CachingSession(KedroSession):
@@ -122,7 +121,6 @@ class CachingRunner:
         report = _Report(parts)
         decisions: list[Decision] = []
         finished: list[Decision] = []  # the parts that ran and finished in this run, in order
-        RUNS.append(decisions)
         writer = {out: p for p in parts for out in p.outputs}
         remaining, done = list(parts), set()
         while remaining:
@@ -159,7 +157,7 @@ class CachingRunner:
 
         def done(decision: Decision) -> None:
             left.pop(id(decision), None)
-            judge.record(decision)
+            judge.record(decision, run_id)
             report.recorded(decision)
             finished.append(decision)
 

@@ -87,17 +87,22 @@ def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
     return " · ".join(parts)
 
 
-def cache_tags(records: Mapping[str, Mapping[str, Any]],
-               decisions: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """MLflow tags of the cache (README "Caching and reruns"): ``fingerprint.<dataset>`` for every
-    output with a fingerprint record, and ``cache.<stage>[/<part>]`` = ``ran`` or ``up to date``
-    for each part the run decided (``caching.run_decisions``)."""
+def cache_tags(records: Mapping[str, Mapping[str, Any]], session_id: str | None) -> dict[str, str]:
+    """MLflow tags of the cache (README "Caching and reruns"), from the fingerprint records of a
+    run's outputs (``caching.read_fingerprints``; their format: caching/records.py):
+    ``fingerprint.<dataset>`` for every output with a record, and ``cache.<stage>[/<part>]`` for
+    each part with one: ``ran`` when this run wrote its records (their ``session_id`` is this
+    Kedro session's), else ``up to date`` (skipped: written by an earlier run)."""
     tags = {f"fingerprint.{name}": str(record["fingerprint"]) for name, record in records.items()
             if record.get("fingerprint")}
-    for decision in decisions:
-        stage, label = decision["stage"], decision.get("part")
-        part = f"cache.{stage}" + (f"/{label}" if label and label != stage else "")
-        tags[_TAG_UNSAFE.sub("_", part)] = "ran" if decision.get("reasons") else "up to date"
+    for record in records.values():
+        stage, label = record.get("stage"), record.get("part")
+        if not stage:
+            continue
+        part = _TAG_UNSAFE.sub("_", f"cache.{stage}" + (f"/{label}" if label and label != stage else ""))
+        ran = bool(session_id) and record.get("session_id") == session_id
+        if ran or part not in tags:  # one record of the part written by this run: it ran
+            tags[part] = "ran" if ran else "up to date"
     return tags
 
 

@@ -70,6 +70,7 @@ class MlflowTrackingHook:
         self._lock = threading.Lock()
         self._nnodes = 1
         self._pending: tuple[Any, ...] | None = None  # a run to open once this node knows its rank
+        self._session_id = ""  # Kedro's session id: the cache's records say which run wrote them
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -116,6 +117,7 @@ class MlflowTrackingHook:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self._catalog, self._pid, self._logged = catalog, os.getpid(), set()
+        self._session_id = str(run_params.get("session_id") or run_params.get("run_id") or "")
         self._started_ns = time.time_ns()
         if self._nnodes > 1:
             self._pending = (names, run_params, catalog)
@@ -175,7 +177,7 @@ class MlflowTrackingHook:
             "kedro.env": env,
             "kedro.pipelines": ",".join(names),
             "kedro.runner": runner,
-            "kedro.session_id": str(run_params.get("session_id") or run_params.get("run_id") or ""),
+            "kedro.session_id": self._session_id,
             # What MLflow's UI shows as the run's source, beside the git commit.
             "mlflow.source.type": "LOCAL",
             "mlflow.source.name": f"kedro run --env {env} --pipelines {','.join(names)}",
@@ -212,7 +214,7 @@ class MlflowTrackingHook:
 
         from maskdm_pipeline import caching
 
-        tags = tracking.cache_tags(caching.read_fingerprints(self._catalog, names), caching.run_decisions())
+        tags = tracking.cache_tags(caching.read_fingerprints(self._catalog, names), self._session_id)
         items = sorted(tags.items())
         for start in range(0, len(items), 100):
             self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in items[start : start + 100]])
