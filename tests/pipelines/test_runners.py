@@ -74,6 +74,9 @@ def test_every_runner_logs_the_run_through_its_id(evaluate_runs: dict[str, tuple
     written = json.loads((root / "data" / "08_reporting" / "metrics.json").read_text())
     expected = tracking.quality_metrics(written)
     assert expected and {k: run.data.metrics.get(k) for k in expected} == expected
+    settings = tracking.quality_params(written)  # the sampler's settings, sample counts: parameters
+    assert settings and {k: run.data.params.get(k) for k in settings} == settings
+    assert not set(settings) & set(run.data.metrics)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "reports")] == ["reports/metrics.json"]
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
 

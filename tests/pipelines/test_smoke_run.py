@@ -80,6 +80,7 @@ def test_mlflow_store_holds_one_run_with_histories(smoke_run: Path) -> None:
         assert losses[0] >= 3  # one point per log_every steps, a history, not a single value
         params = dict(db.execute("select key, value from params where run_uuid=?", (run,)).fetchall())
         assert params["pretrain.mask_ratio"] == "0.75" and params["model.preset"] == "tiny"
+        tags = dict(db.execute("select key, value from tags where run_uuid=?", (run,)).fetchall())
         series: dict[str, list[tuple[int, float]]] = {}
         for key, step, value in db.execute("select key, step, value from metrics where run_uuid=? "
                                            "order by key, step", (run,)):
@@ -93,6 +94,12 @@ def test_mlflow_store_holds_one_run_with_histories(smoke_run: Path) -> None:
     # Only training curves are histories: every other key is one value, never two series in one.
     assert {key: points for key, points in series.items()
             if not key.startswith("train.") and len(points) != 1} == {}
+    # The settings the scores were made with are parameters, not metrics.
+    assert params["maskdm.sampling.seed"] == str(metrics["maskdm"]["sampling"]["seed"])
+    assert params["cost.pretrain.steps"] == "30" and "maskdm.sampling.seed" not in series
+    # A first run: every part of the pipeline ran, and the tags say so.
+    cache = {key: value for key, value in tags.items() if key.startswith("cache.")}
+    assert "cache.pretrain" in cache and set(cache.values()) == {"ran"}
 
 
 def test_finetune_alone_reruns_from_the_saved_checkpoint(smoke_copy: Path) -> None:

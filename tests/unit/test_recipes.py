@@ -116,3 +116,4 @@ def test_metrics_json_carries_each_models_recipe_and_token_blocks():
     logged = tracking.quality_metrics(metrics)
     assert logged["maskdm.training_cost.token_blocks_seen"] == 1280
     assert not [name for name in logged if "recipe" in name]
+    assert not [name for name in tracking.quality_params(metrics) if "recipe" in name]

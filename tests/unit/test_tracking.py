@@ -38,7 +38,10 @@ def test_each_tracked_output_gives_its_metrics_and_files() -> None:
         ("train.pretrain.loss", 0.5, 10), ("train.pretrain.lr", 1e-3, 10), ("train.pretrain.lr", 1e-3, 20)]
     assert tracking.metrics_of("metrics", {"maskdm": {"fd_clf": 3.0, "fid": None, "recipe": {"hflip": 0.5}}}) == [
         ("maskdm.fd_clf", 3.0, 0)]
-    assert tracking.metrics_of("finetune_accounting", {"stats": {"steps": 30}}) == [("cost.finetune.steps", 30.0, 0)]
+    # The steps a stage trained are a setting: a parameter, not a metric.
+    assert tracking.metrics_of("finetune_accounting", {"stats": {"steps": 30}}) == []
+    assert tracking.params_of("finetune_accounting", {"stats": {"steps": 30}}) == {"cost.finetune.steps": "30"}
+    assert tracking.params_of("pretrain_history", history) == {}
     assert tracking.is_artifact("maskdm_sample_grid") and tracking.is_tracked("report_markdown")
     assert not tracking.is_tracked("maskdm_samples") and not tracking.has_metrics("dataset_card")
 
@@ -90,6 +93,44 @@ def test_final_scores_and_training_probes_never_share_a_metric_key() -> None:
     assert {key: names for key, names in owners.items() if len(names) > 1} == {}
     assert {key: steps for key, steps in series.items()
             if len({step for _, step in steps}) < len(steps)} == {}
+    # The settings are parameters, each from one output, and never a metric as well.
+    params = {name: tracking.params_of(name, data) for name, data in outputs.items()}
+    assert params["metrics"]["maskdm.sampling.seed"] == "1234" and params["baseline_accounting"] == {
+        "cost.baseline.steps": "3500"}
+    keys = [key for values in params.values() for key in values]
+    assert len(keys) == len(set(keys)) and not set(keys) & set(series)
+
+
+def test_settings_are_parameters_and_measurements_metrics() -> None:
+    """The one rule (tracking.split_values) on an entry of metrics.json as the evaluate stage
+    writes it: scores, times, throughput and what training saw are metrics; the sampler's
+    settings, sample counts, trained steps and devices are parameters; the reasons and recipes
+    are neither."""
+    entry = {"n_samples": 64, "fd_clf": 67.9, "fd_clf_n": 64, "fd_clf_reason": None, "fid": None, "fid_n": None,
+             "fid_reason": "FID needs pytorch-fid's InceptionV3 weights file ...",
+             "sampling": {"sampler": "dpm++2m", "steps": 10, "eta": 0.0, "seed": 1234, "num_samples": 64,
+                          "weights": "ema", "trained_steps": 30, "device": "cpu", "seconds": 0.02, "img_per_s": 3083.9},
+             "training_cost": {"wall_time_s": 0.48, "images_seen": 960, "tokens_seen": 9600,
+                               "token_blocks_seen": 28800},
+             "recipe": {"pretrain": {"mask": {"kind": "patch", "ratio": 0.75}, "hflip": 0.0}}}
+    written = {"maskdm": entry, "real_floor": {"fd_clf": 1.3, "fd_clf_n": 64, "reference_n": 4500},
+               "stages": {"pretrain": {"wall_time_s": 0.16, "eval_time_s": 0.0, "images_seen": 480, "tokens_seen": 1920,
+                                       "token_blocks_seen": 5760, "img_per_s": 2999.2, "steps": 30, "device": "cpu",
+                                       "nproc": 1}}}
+    assert tracking.quality_metrics(written) == {
+        "maskdm.fd_clf": 67.9, "maskdm.sampling.seconds": 0.02, "maskdm.sampling.img_per_s": 3083.9,
+        "maskdm.training_cost.wall_time_s": 0.48, "maskdm.training_cost.images_seen": 960.0,
+        "maskdm.training_cost.tokens_seen": 9600.0, "maskdm.training_cost.token_blocks_seen": 28800.0,
+        "real_floor.fd_clf": 1.3, "stages.pretrain.wall_time_s": 0.16, "stages.pretrain.eval_time_s": 0.0,
+        "stages.pretrain.images_seen": 480.0, "stages.pretrain.tokens_seen": 1920.0,
+        "stages.pretrain.token_blocks_seen": 5760.0, "stages.pretrain.img_per_s": 2999.2}
+    assert tracking.quality_params(written) == {
+        "maskdm.n_samples": "64", "maskdm.fd_clf_n": "64", "maskdm.sampling.sampler": "dpm++2m",
+        "maskdm.sampling.steps": "10", "maskdm.sampling.eta": "0.0", "maskdm.sampling.seed": "1234",
+        "maskdm.sampling.num_samples": "64", "maskdm.sampling.weights": "ema", "maskdm.sampling.trained_steps": "30",
+        "maskdm.sampling.device": "cpu", "real_floor.fd_clf_n": "64", "real_floor.reference_n": "4500",
+        "stages.pretrain.steps": "30", "stages.pretrain.device": "cpu", "stages.pretrain.nproc": "1"}
+    assert tracking.is_measurement("cost.pretrain.checkpoint_time_s") and not tracking.is_measurement("x.seed")
 
 
 def test_a_model_named_like_a_stage_namespace_is_refused() -> None:

@@ -26,14 +26,53 @@ HISTORY_COLUMNS = ("loss", "lr", "img_per_s", "fd_clf")
 ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "token_blocks_seen",
                    "img_per_s", "steps")
 
-# MLflow metric keys, one namespace per kind, so that two kinds never share a key whatever the
-# stage and model names are (a stage and a model are both called ``baseline``):
+# The one rule that splits the values of a saved output (a stage's accounting, metrics.json)
+# between MLflow's metrics and its parameters, by the last part of their dotted name:
+# - a measurement, what the run measured (scores, wall times, throughput, the images and tokens
+#   training saw), is a metric: a name in MEASUREMENTS, or ending in ``_time_s``;
+# - every other value is a setting, how the result was made (sampler, steps and eta, seeds,
+#   sample counts ``n_samples`` / ``*_n``, trained steps, devices), and is a parameter: runs are
+#   compared and filtered by their parameters, and a seed plotted as a metric is a chart of noise.
+# Neither: the recipes (``.recipe.``; the run's own parameters hold them) and the reason a score
+# is missing (``*_reason``, prose; it is in metrics.json, logged as a file). Training curves
+# (``HISTORY_COLUMNS``) are metrics, one value per step.
+MEASUREMENTS = frozenset({"fd_clf", "fid", "seconds", "img_per_s", "images_seen", "tokens_seen",
+                          "token_blocks_seen"})
+
+# MLflow keys, one namespace per kind, so that two kinds never share a key whatever the stage
+# and model names are (a stage and a model are both called ``baseline``):
 # - ``train.<stage>.<column>``: a stage's curves during training, one value per logged step (loss,
 #   lr, img/s, and fd_clf: the training-time probe on ``<stage>.eval_num_samples`` samples);
-# - ``cost.<stage>.<key>``: what the stage spent in all (its accounting), at step 0;
+# - ``cost.<stage>.<key>``: what the stage spent in all (its accounting), at step 0; its trained
+#   ``steps`` a parameter;
 # - ``<model>.<name>`` (``maskdm.fd_clf``, ``baseline.fid``, ``real_floor.fd_clf``, ``stages...``):
-#   ``metrics.json`` flattened, the final scores of the sampled images, at step 0.
+#   ``metrics.json`` flattened, the final scores of the sampled images, at step 0, and the
+#   settings they were made with as parameters (``maskdm.sampling.seed``, ``baseline.fd_clf_n``).
 TRAIN_NAMESPACE, COST_NAMESPACE = "train", "cost"
+
+
+def is_measurement(name: str) -> bool:
+    """Whether the output value called ``name`` (dotted) is a metric, not a parameter (the rule
+    above): ``maskdm.fd_clf``, ``cost.pretrain.wall_time_s`` yes; ``maskdm.sampling.seed``,
+    ``real_floor.fd_clf_n``, ``stages.pretrain.device`` no."""
+    leaf = name.rpartition(".")[2]
+    return leaf in MEASUREMENTS or leaf.endswith("_time_s")
+
+
+def split_values(values: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, parameters) of an output's flattened values by the rule above: measurements that
+    are finite numbers, settings that are set (not null) as MLflow's parameter strings."""
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    for name, value in values.items():
+        if ".recipe." in name or name.endswith("_reason") or value is None:
+            continue
+        if is_measurement(name):
+            if _finite(value):
+                metrics[name] = float(value)
+        elif isinstance(value, str | bool) or _finite(value):
+            params[name] = str(value)[:PARAM_VALUE_LIMIT]
+    return metrics, params
 
 
 def train_key(stage: str, column: str) -> str:
@@ -116,6 +155,7 @@ def is_tracked(name: str) -> bool:
 
 
 def has_metrics(name: str) -> bool:
+    """Whether the dataset ``name`` gives metrics (and parameters: :func:`params_of`)."""
     return name.endswith("_history") or is_accounting(name) or name == "metrics"
 
 
@@ -141,6 +181,16 @@ def metrics_of(name: str, data: Any) -> list[tuple[str, float, int]]:
     return []
 
 
+def params_of(name: str, data: Any) -> dict[str, str]:
+    """The settings a tracked dataset records, as MLflow parameters: from a stage's accounting
+    or ``metrics.json`` (the rule above); none from a history."""
+    if is_accounting(name):
+        return accounting_params(name.split("_")[0], data)
+    if name == "metrics":
+        return quality_params(data)
+    return {}
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -160,24 +210,47 @@ def history_metrics(stage: str, history: pd.DataFrame) -> list[tuple[str, float,
     return rows
 
 
+def _accounting(stage: str, accounting: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    stats = accounting.get("stats", {})
+    return split_values({cost_key(stage, k): stats[k] for k in ACCOUNTING_KEYS if k in stats})
+
+
 def accounting_metrics(stage: str, accounting: Mapping[str, Any]) -> dict[str, float]:
     """``cost.<stage>.wall_time_s``, ... from a stage's accounting record (finite numbers only)."""
-    stats = accounting.get("stats", {})
-    return {cost_key(stage, k): float(stats[k]) for k in ACCOUNTING_KEYS if _finite(stats.get(k))}
+    return _accounting(stage, accounting)[0]
+
+
+def accounting_params(stage: str, accounting: Mapping[str, Any]) -> dict[str, str]:
+    """``cost.<stage>.steps`` (the steps it trained), from a stage's accounting record."""
+    return _accounting(stage, accounting)[1]
+
+
+def _quality(metrics: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    taken = sorted({TRAIN_NAMESPACE, COST_NAMESPACE} & set(metrics))
+    if taken:
+        raise ValueError(f"metrics.json has a top-level entry named {taken}: these names hold the stages' "
+                         "training curves and costs in MLflow; give the model another name.")
+    return split_values(flatten(metrics))
 
 
 def quality_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Flatten ``metrics.json``: ``maskdm.fd_clf``, ``baseline.fid``, ... (null values skipped):
-    the final scores of each model's sampled images. The recipes are settings, already logged as
-    parameters, not metrics.
+    """Flatten ``metrics.json`` and keep its measurements: ``maskdm.fd_clf``, ``baseline.fid``,
+    ``maskdm.sampling.seconds``, ... (null values skipped): the final scores of each model's
+    sampled images and what they cost. Its settings are :func:`quality_params`.
 
     Raises:
         ValueError: a top-level entry is named like a stage namespace (``train``, ``cost``), so
             its keys would mix with the stages' curves or costs.
     """
-    taken = sorted({TRAIN_NAMESPACE, COST_NAMESPACE} & set(metrics))
-    if taken:
-        raise ValueError(f"metrics.json has a top-level entry named {taken}: these names hold the stages' "
-                         "training curves and costs in MLflow; give the model another name.")
-    return {name: float(value) for name, value in flatten(metrics).items()
-            if _finite(value) and ".recipe." not in name}
+    return _quality(metrics)[0]
+
+
+def quality_params(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """Flatten ``metrics.json`` and keep its settings, as parameters: ``maskdm.sampling.seed``,
+    ``maskdm.n_samples``, ``real_floor.reference_n``, ``stages.pretrain.device``, ...; the
+    recipes are left out (the run's own parameters hold them).
+
+    Raises:
+        ValueError: as :func:`quality_metrics`.
+    """
+    return _quality(metrics)[1]

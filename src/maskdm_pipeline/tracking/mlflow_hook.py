@@ -152,7 +152,6 @@ class MlflowTrackingHook:
             logger.info("This node has node rank %d; the node with global rank 0 tracks the job in MLflow.", rank)
 
     def _start(self, names: list[str], run_params: dict[str, Any], catalog: Any) -> None:
-        from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -184,9 +183,7 @@ class MlflowTrackingHook:
             **code_version(self._project_path),
         })
         self._client, self._run_id = client, run.info.run_id
-        items = sorted((k, str(v)[:tracking.PARAM_VALUE_LIMIT]) for k, v in flatten(parameters).items())
-        for start in range(0, len(items), 100):
-            client.log_batch(self._run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+        self._log_params({k: str(v)[:tracking.PARAM_VALUE_LIMIT] for k, v in flatten(parameters).items()})
         # MLflow 3.17's UI opens every experiment in its GenAI view unless told otherwise (its
         # "GenAI / Model training" switch, remembered by the browser, or this URL parameter).
         logger.info("MLflow run %s (%s) in %s; browse it with `mlflow ui --backend-store-uri %s` at "
@@ -250,8 +247,17 @@ class MlflowTrackingHook:
             except Exception:  # noqa: BLE001 - the store is what failed; the warning above says so
                 pass
 
+    def _log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = sorted(params.items())
+        for start in range(0, len(items), 100):  # MLflow takes 100 parameters per call at most
+            self._client.log_batch(self._run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+
     def _log_outputs(self, names: list[str], written_since_ns: int | None = None) -> None:
-        """Log each tracked dataset among ``names`` once, read back from its file."""
+        """Log each tracked dataset among ``names`` once, read back from its file: its
+        measurements as metrics, its settings as parameters (tracking.split_values), the file
+        itself as an artifact."""
         from mlflow.entities import Metric
 
         for name in names:
@@ -264,11 +270,14 @@ class MlflowTrackingHook:
                 continue  # a failed run: only what it wrote itself
             self._logged.add(name)
             now = int(time.time() * 1000)
-            # The dataset itself, not catalog.load: no "Loading data from ..." line per logged file.
-            rows = tracking.metrics_of(name, self._catalog.get(name).load()) if tracking.has_metrics(name) else []
-            for start in range(0, len(rows), 1000):
-                self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, step)
-                                                              for k, v, step in rows[start : start + 1000]])
+            if tracking.has_metrics(name):
+                # The dataset itself, not catalog.load: no "Loading data from ..." line per logged file.
+                data = self._catalog.get(name).load()
+                rows = tracking.metrics_of(name, data)
+                for start in range(0, len(rows), 1000):
+                    self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, step)
+                                                                  for k, v, step in rows[start : start + 1000]])
+                self._log_params(tracking.params_of(name, data))
             if tracking.is_artifact(name):
                 self._client.log_artifact(self._run_id, str(path), artifact_path="reports")
 
