@@ -31,9 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 class MlflowTrackingHook:
-    """One MLflow run per ``kedro run``, under every Kedro runner: flattened parameters, metric
-    histories, time accounting, quality metrics and report files; every MLflow failure is a
-    warning, never an error.
+    """One MLflow run per ``kedro run``, under every Kedro runner: the flattened parameters and
+    the settings the outputs record (parameters), metric histories, time accounting and quality
+    metrics (metrics; which is which: ``tracking.split_values``), report files (artifacts) and
+    the cache's fingerprints and decisions (tags); every MLflow failure is a warning, never an
+    error.
 
     Everything goes through an ``MlflowClient`` and the run's id, never MLflow's fluent API,
     whose active run is per thread (a ``ThreadRunner`` node saw none) and per process (a
@@ -51,11 +53,10 @@ class MlflowTrackingHook:
     (the ``node_rank`` the node writes into its ``<stage>_accounting`` output, or the one a
     failed training's error carries: ``training.distributed.node_rank_of``), which then logs
     every output so far, since everything is read back from files anyway; the other nodes
-    never open one. Opening a run on
-    every node and deleting the extra ones later would race in a shared store and leave
-    half-logged runs behind when a node dies. A command without a training stage cannot know
-    its node rank: there ``SLURM_NODEID`` or ``NODE_RANK`` decides, or the run is not tracked
-    (said once).
+    never open one. Opening a run on every node and deleting the extra ones later would race in
+    a shared store and leave half-logged runs behind when a node dies. A command without a
+    training stage cannot know its node rank: there ``SLURM_NODEID`` or ``NODE_RANK`` decides,
+    or the run is not tracked (said once).
     """
 
     def __init__(self) -> None:
@@ -206,7 +207,8 @@ class MlflowTrackingHook:
         self._safely(self._end, "FINISHED")
 
     def _log_cache(self, names: list[str]) -> None:
-        """The fingerprint of each output and what the cache decided, as tags of the run."""
+        """The fingerprint of each output and what the cache did for each part (read from the
+        records beside the outputs: those this session wrote ran), as tags of the run."""
         from mlflow.entities import RunTag
 
         from maskdm_pipeline import caching
