@@ -96,7 +96,7 @@ class CachingRunner:
 
     def run(self, pipeline: Pipeline, catalog: Any, hook_manager: Any = None, run_id: str | None = None,
             only_missing_outputs: bool = False) -> dict[str, Any]:
-        from maskdm_pipeline.caching.judge import Judge, Upstream, files_read
+        from maskdm_pipeline.caching.judge import Judge, Upstream
         from maskdm_pipeline.caching.units import split_parts, stage_pipelines, stages_by_node
 
         params = self._cache_session._cache_params
@@ -116,7 +116,7 @@ class CachingRunner:
         stage_of = stages_by_node(stages)
         parts = split_parts(pipeline, persistent, stage_of)
         whole = split_parts(sum(stages.values(), Pipeline([])), persistent, stage_of)
-        judge = Judge(catalog, params, {out: p for p in whole for out in p.outputs}, files_read())
+        judge = Judge(catalog, params, {out: p for p in whole for out in p.outputs})
         upstream = Upstream(judge, frozenset(n.name for n in pipeline.nodes))
         rerun = params["cache"]["rerun"]
         report = _Report(parts)
