@@ -2,11 +2,12 @@
 for the whole session, ``smoke_run``) copied per scenario, then the commands a user types.
 
 Each scenario reads the cache's log lines (``maskdm_pipeline.caching``): ``<stage>: up to date
-(fingerprint ..., written ...), skipped`` for a stage whose parts are all current, else one line
-per part, ``<stage> [<part>]: runs (<why>)`` or ``... up to date ...``. The three runners are each
-used once (Sequential by default, Thread and Parallel below). MLflow tracking stays on in the
-no-op run (the smoke run checks the store); the other scenarios switch it off in their copy,
-which saves its start-up (about 2 s a command here) and changes nothing the cache does.
+(fingerprint ..., written ...), skipped`` for a stage whose parts are all current, these in
+pipeline order, else one line per part, ``<stage> [<part>]: runs (<why>)`` or ``... up to date
+...``. The three runners are each used once (Sequential by default, Thread and Parallel below).
+MLflow tracking stays on in the no-op run (the smoke run checks the store); the other scenarios
+switch it off in their copy, which saves its start-up (about 2 s a command here) and changes
+nothing the cache does.
 """
 
 from __future__ import annotations
@@ -32,11 +33,20 @@ CACHE_LINE = re.compile(r" - maskdm_pipeline\.caching - \w+ - (.*)$", re.MULTILI
 
 
 def _run(root: Path, *args: str, env_name: str = "smoke") -> list[str]:
-    """``kedro run --env <env_name> <args>``; the cache's log lines."""
+    """``kedro run --env <env_name> <args>``; the cache's log lines. Every run gives its stage
+    lines in pipeline order."""
     result = kedro(root, "run", "--env", env_name, *args)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    return CACHE_LINE.findall(output) + [f"[log] {line}" for line in output.splitlines() if "Running node" in line]
+    lines = CACHE_LINE.findall(output)
+    _in_pipeline_order(lines)
+    return lines + [f"[log] {line}" for line in output.splitlines() if "Running node" in line]
+
+
+def _in_pipeline_order(lines: list[str]) -> None:
+    """The ``<stage>: up to date`` lines in the order of :data:`STAGES`."""
+    shown = [stage for line in lines for stage in STAGES if re.fullmatch(UP_TO_DATE.format(stage), line)]
+    assert shown == sorted(shown, key=STAGES.index), f"stage lines out of pipeline order: {shown}"
 
 
 def _has(lines: list[str], pattern: str) -> bool:
@@ -75,6 +85,7 @@ def test_second_run_skips_every_stage_and_trains_nothing(smoke_copy: Path) -> No
     before = _digests(smoke_copy, "*.pt", "*.npz")
     lines = _run(smoke_copy)
     _up_to_date(lines, *STAGES)
+    assert [line.split(":")[0] for line in lines if " up to date " in line] == list(STAGES)  # pipeline order
     assert not [line for line in lines if line.startswith("[log]")], "a node ran"
     assert _digests(smoke_copy, "*.pt", "*.npz") == before
     # Nothing was recomputed, yet the run's MLflow record holds the current metrics and the

@@ -16,10 +16,8 @@ the same rule (a stale output counts as missing).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sys
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +28,7 @@ from kedro.runner import AbstractRunner, SequentialRunner
 
 if TYPE_CHECKING:  # settings.py imports this module for every kedro command: torch and co. lazily
     from maskdm_pipeline.caching.judge import Decision, Judge
-    from maskdm_pipeline.caching.units import Part
+    from maskdm_pipeline.caching.report import Report
 
 logger = logging.getLogger("maskdm_pipeline.caching")
 ALL = "all"
@@ -97,7 +95,13 @@ class CachingRunner:
     def run(self, pipeline: Pipeline, catalog: Any, hook_manager: Any = None, run_id: str | None = None,
             only_missing_outputs: bool = False) -> dict[str, Any]:
         from maskdm_pipeline.caching.judge import Judge, Upstream
-        from maskdm_pipeline.caching.units import split_parts, stage_pipelines, stages_by_node
+        from maskdm_pipeline.caching.report import Report
+        from maskdm_pipeline.caching.units import (
+            split_parts,
+            stage_order,
+            stage_pipelines,
+            stages_by_node,
+        )
 
         params = self._cache_session._cache_params
         if params is None:  # a session whose load_context was not called: nothing to judge by
@@ -119,7 +123,7 @@ class CachingRunner:
         judge = Judge(catalog, params, {out: p for p in whole for out in p.outputs})
         upstream = Upstream(judge, frozenset(n.name for n in pipeline.nodes))
         rerun = params["cache"]["rerun"]
-        report = _Report(parts)
+        report = Report(parts, stage_order(whole))
         decisions: list[Decision] = []
         finished: list[Decision] = []  # the parts that ran and finished in this run, in order
         RUNS.append(decisions)
@@ -143,7 +147,7 @@ class CachingRunner:
         return {name: catalog[name] for name in pipeline.outputs() if name in catalog}
 
     def _run_parts(self, runs: list[Decision], judge: Judge, catalog: Any, hook_manager: Any,
-                   run_id: str | None, finished: list[Decision], report: _Report) -> None:
+                   run_id: str | None, finished: list[Decision], report: Report) -> None:
         """Kedro's runner on the parts that must run, all in one batch (so a Thread or Parallel
         runner runs independent parts side by side). A part is recorded as soon as its last node
         has finished (:meth:`_release_datasets`), not when the batch ends, so that a kill -9 in a
@@ -183,6 +187,7 @@ class CachingRunner:
                 now = [records.touched(p) for p in paths(d)]
                 if id(d) in left and all(t is not None and t != b for t, b in zip(now, before[id(d)], strict=True)):
                     done(d)
+            report.stopped()
             _log_hint(error, self._cache_session._cache_params, finished)
             raise
         finally:
@@ -220,73 +225,3 @@ def _log_hint(error: BaseException, params: Mapping[str, Any] | None, finished: 
     hint = go_on_hint(error, rerun, redone, sys.argv)
     if hint:
         logger.warning(hint)
-
-
-def _when(written: str | None) -> str:
-    if not written:
-        return "unknown"
-    return dt.datetime.fromisoformat(written).astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-class _Report:
-    """The log: one ``<stage>: up to date (fingerprint ..., written ...), skipped`` line for a stage
-    whose parts are all current; otherwise a line per part, saying why each one runs."""
-
-    def __init__(self, parts: list[Part]):
-        self.parts = Counter(p.stage for p in parts)
-        self.pending = Counter(self.parts)
-        self.held: dict[str, list[Decision]] = {}
-        self.split: set[str] = set()
-
-    def _name(self, part: Part) -> str:
-        return part.name(alone=self.parts[part.stage] == 1)
-
-    def _skipped(self, name: str, fingerprint: str, written: str | None) -> None:
-        logger.info("%s: up to date (fingerprint %s, written %s), skipped", name, fingerprint[:6], _when(written))
-
-    def decided(self, decision: Decision, stale: Mapping[str, tuple[str, str]]) -> None:
-        part, stage = decision.part, decision.part.stage
-        self.pending[stage] -= 1
-        if stale:
-            logger.warning(_stale_warning(self._name(part), stale))
-        if not decision.current:
-            if stage not in self.split:
-                self.split.add(stage)
-                for held in self.held.pop(stage, []):
-                    self._skipped(self._name(held.part), held.fingerprint, held.written)
-            logger.info("%s: runs (%s)", self._name(part), "; ".join(decision.reasons))
-        elif stage in self.split:
-            self._skipped(self._name(part), decision.fingerprint, decision.written)
-        else:
-            self.held.setdefault(stage, []).append(decision)
-            if not self.pending[stage]:
-                held = self.held.pop(stage)
-                key = held[0].fingerprint if len(held) == 1 else _combined(held)
-                self._skipped(stage, key, max(d.written or "" for d in held) or None)
-
-    def recorded(self, decision: Decision) -> None:
-        """A part that ran has finished and its record is written: from here a rerun skips it."""
-        logger.info("%s: finished, recorded as up to date (fingerprint %s)", self._name(decision.part),
-                    decision.fingerprint[:6])
-
-    def summary(self, decisions: list[Decision]) -> None:
-        ran = [self._name(d.part) for d in decisions if not d.current]
-        logger.info("Cache: %d of %d parts ran%s, %d up to date", len(ran), len(decisions),
-                    f" ({', '.join(ran)})" if ran else "", len(decisions) - len(ran))
-
-
-def _combined(decisions: list[Decision]) -> str:
-    from maskdm_pipeline.fingerprint import fingerprint
-
-    return fingerprint({d.part.label: d.fingerprint for d in decisions})
-
-
-def _stale_warning(name: str, stale: Mapping[str, tuple[str, str]]) -> str:
-    """``sample [maskdm]: input finetuned (finetune would rerun: ...) is out of date, and finetune
-    is not part of this run: using it as it is``."""
-    items = "; ".join(f"{dataset} ({writer} would rerun: {why})" for dataset, (writer, why) in stale.items())
-    writers = sorted({writer for writer, _ in stale.values()})
-    many = len(stale) > 1
-    return (f"{name}: input{'s' if many else ''} {items} {'are' if many else 'is'} out of date, and "
-            f"{' and '.join(writers)} {'are' if len(writers) > 1 else 'is'} not part of this run: using "
-            f"{'them as they are' if many else 'it as it is'}")
