@@ -8,7 +8,8 @@ result:
 - ``params``: every parameter block it reads, whole, as dotted names, minus :data:`SPEED_ONLY_KEYS`
   (settings that change how fast a result comes, not what it is);
 - ``inputs``: the content identity of each input (name -> identity string, e.g. ``sha256:...``);
-- ``files``: the content hash of each file it reads that is not a catalog input (the FID weights);
+- ``files``: the content hash of each file it reads that is not a catalog input (the FID weights),
+  as its node function declares them (:func:`reads_files`);
 - ``package``: this package's version (new code may compute something else).
 
 :mod:`maskdm_pipeline.caching` keys the pipeline's outputs with it and the FID reference
@@ -27,15 +28,15 @@ import fnmatch
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from maskdm_pipeline import __version__
 from maskdm_pipeline.tracking import flatten
 
-__all__ = ["FORMAT", "SPEED_ONLY_KEYS", "file_digest", "fingerprint", "folder_digest", "folder_listing",
-           "key_document", "listing_digest", "speed_only"]
+__all__ = ["FORMAT", "SPEED_ONLY_KEYS", "file_digest", "files_read", "fingerprint", "folder_digest",
+           "folder_listing", "key_document", "listing_digest", "reads_files", "speed_only"]
 
 FORMAT = "maskdm-fingerprint/1"
 
@@ -51,6 +52,10 @@ SPEED_ONLY_KEYS = (
 )
 
 _CHUNK = 1 << 20
+_FILES_READ = "_files_read"  # the attribute reads_files sets on a node function
+
+FilesFinder = Callable[[Mapping[str, Any]], Mapping[str, Path]]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def speed_only(name: str) -> bool:
@@ -72,6 +77,27 @@ def key_document(what: Any, params: Mapping[str, Any] | None = None, inputs: Map
     flat = {name: value for name, value in flatten(dict(params or {})).items() if not speed_only(name)}
     return {"format": FORMAT, "what": what, "params": flat, "inputs": dict(sorted((inputs or {}).items())),
             "files": dict(sorted((files or {}).items())), "package": __version__}
+
+
+def reads_files(finder: FilesFinder) -> Callable[[F], F]:
+    """Declare on a node function the files it reads besides its catalog inputs (the FID weights).
+
+    ``finder(params)``, given the validated parameter tree as plain values
+    (``Params.model_dump(mode="json")``), returns ``{label: path}`` (``{}``: none with these
+    parameters). The content hash of each file goes into the ``files`` of the fingerprint of what
+    runs the node (:mod:`maskdm_pipeline.caching`), so another file there makes it stale. The
+    function itself is returned, unwrapped: Kedro reads its signature."""
+    def declare(func: F) -> F:
+        setattr(func, _FILES_READ, finder)
+        return func
+
+    return declare
+
+
+def files_read(func: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Path]:
+    """The files ``func`` declared with :func:`reads_files`, for ``params``; ``{}`` when none."""
+    finder = getattr(func, _FILES_READ, None)
+    return dict(finder(params)) if finder is not None else {}
 
 
 def fingerprint(document: Mapping[str, Any]) -> str:

@@ -2,15 +2,18 @@
 for the whole session, ``smoke_run``) copied per scenario, then the commands a user types.
 
 Each scenario reads the cache's log lines (``maskdm_pipeline.caching``): ``<stage>: up to date
-(fingerprint ..., written ...), skipped`` for a stage whose parts are all current, else one line
-per part, ``<stage> [<part>]: runs (<why>)`` or ``... up to date ...``. The three runners are each
-used once (Sequential by default, Thread and Parallel below). MLflow tracking stays on in the
-no-op run (the smoke run checks the store); the other scenarios switch it off in their copy,
-which saves its start-up (about 2 s a command here) and changes nothing the cache does.
+(fingerprint ..., written ...), skipped`` for a stage whose parts are all current, these in
+pipeline order, else one line per part, ``<stage> [<part>]: runs (<why>)`` or ``... up to date
+...``; and Kedro's "Pipeline execution completed successfully in X sec." once, X the whole run's
+duration. The three runners are each used once (Sequential by default, Thread and Parallel
+below). MLflow tracking stays on in the no-op run (the smoke run checks the store); the other
+scenarios switch it off in their copy, which saves its start-up (about 2 s a command here) and
+changes nothing the cache does.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -29,14 +32,40 @@ from kedro_project import kedro, make_project, subprocess_env
 STAGES = ("preprocess", "pretrain", "baseline", "finetune", "sample", "evaluate", "report")
 UP_TO_DATE = r"{}: up to date \(fingerprint [0-9a-f]{{6}}, written \d{{4}}-\d\d-\d\d \d\d:\d\d\), skipped"
 CACHE_LINE = re.compile(r" - maskdm_pipeline\.caching - \w+ - (.*)$", re.MULTILINE)
+WHEN = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
+COMPLETED = re.compile(WHEN + r" - kedro\.runner\.\w+ - INFO - Pipeline execution completed successfully in "
+                       r"(\d+\.\d) sec\.$", re.MULTILINE)
+DECIDED = re.compile(WHEN + r" - maskdm_pipeline\.caching - INFO - .*: (runs|up to date) \(", re.MULTILINE)
 
 
 def _run(root: Path, *args: str, env_name: str = "smoke") -> list[str]:
-    """``kedro run --env <env_name> <args>``; the cache's log lines."""
+    """``kedro run --env <env_name> <args>``; the cache's log lines. Every run ends with Kedro's
+    completion line, once, and gives its stage lines in pipeline order."""
     result = kedro(root, "run", "--env", env_name, *args)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    return CACHE_LINE.findall(output) + [f"[log] {line}" for line in output.splitlines() if "Running node" in line]
+    _completed_once(output)
+    lines = CACHE_LINE.findall(output)
+    _in_pipeline_order(lines)
+    return lines + [f"[log] {line}" for line in output.splitlines() if "Running node" in line]
+
+
+def _completed_once(output: str) -> None:
+    """One "Pipeline execution completed" line for the whole run (not one per batch of parts), and
+    its duration covers the run: at least the time from the first decision to that line."""
+    completed = COMPLETED.findall(output)
+    assert len(completed) == 1, f"{len(completed)} completion lines: {completed}\n{output[-3000:]}"
+    (end, seconds), start = completed[0], DECIDED.search(output)
+    assert start, output[-3000:]
+    span = (dt.datetime.strptime(end, "%Y-%m-%d %H:%M:%S,%f")
+            - dt.datetime.strptime(start.group(1), "%Y-%m-%d %H:%M:%S,%f")).total_seconds()
+    assert float(seconds) >= span - 0.1, f"completed in {seconds} s, yet the run took {span:.2f} s"
+
+
+def _in_pipeline_order(lines: list[str]) -> None:
+    """The ``<stage>: up to date`` lines in the order of :data:`STAGES`."""
+    shown = [stage for line in lines for stage in STAGES if re.fullmatch(UP_TO_DATE.format(stage), line)]
+    assert shown == sorted(shown, key=STAGES.index), f"stage lines out of pipeline order: {shown}"
 
 
 def _has(lines: list[str], pattern: str) -> bool:
@@ -75,6 +104,7 @@ def test_second_run_skips_every_stage_and_trains_nothing(smoke_copy: Path) -> No
     before = _digests(smoke_copy, "*.pt", "*.npz")
     lines = _run(smoke_copy)
     _up_to_date(lines, *STAGES)
+    assert [line.split(":")[0] for line in lines if " up to date " in line] == list(STAGES)  # pipeline order
     assert not [line for line in lines if line.startswith("[log]")], "a node ran"
     assert _digests(smoke_copy, "*.pt", "*.npz") == before
     # Nothing was recomputed, yet the run's MLflow record holds the current metrics and the

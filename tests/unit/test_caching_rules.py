@@ -41,7 +41,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     state = {"catalog": catalog, "part": part, "root": tmp_path, "params": {"block": {"k": 3}}}
 
     def judge() -> Judge:
-        return Judge(catalog, state["params"], {"out": part}, {})
+        return Judge(catalog, state["params"], {"out": part})
 
     def run() -> None:
         decision = judge().decide(part)
@@ -129,6 +129,57 @@ def test_a_resume_checkpoint_makes_its_stage_not_current(project: dict[str, Any]
     assert reason == "resume checkpoint out.resume.pt exists: an unfinished run, which continues from it"
 
 
+def test_the_files_a_node_function_declares_are_part_of_its_key(project: dict[str, Any]) -> None:
+    """A node that reads a file besides its inputs (evaluate's FID weights) declares it with
+    ``reads_files``; the judge hashes what the function declares, whatever the function."""
+    from maskdm_pipeline.fingerprint import reads_files
+
+    root = project["root"]
+    weights = root / "weights.pth"
+    weights.write_bytes(b"a")
+
+    @reads_files(lambda params: {"weights.pth": weights} if params["block"]["k"] else {})
+    def weighted(raw: dict[str, Any], block: dict[str, Any], slot: Any) -> dict[str, Any]:
+        return scale(raw, block, slot)
+
+    catalog = project["catalog"]
+    (part,) = split_parts(pipeline([node(weighted, ["raw", "params:block", "slot"], "out", name="scale")]),
+                          lambda name: name in catalog, {"scale": "stage"})
+    judge = Judge(catalog, project["params"], {"out": part})
+    catalog.save("out", weighted(catalog.load("raw"), project["params"]["block"], None))
+    judge.record(judge.decide(part))
+    assert json.loads((root / "out.json.fingerprint.json").read_text())["files"] == {
+        "weights.pth": "sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"}
+    assert Judge(catalog, project["params"], {"out": part}).decide(part).current
+    weights.write_bytes(b"b")
+    assert Judge(catalog, project["params"], {"out": part}).decide(part).reasons == ["file weights.pth changed"]
+
+
+def test_the_evaluate_nodes_declare_the_fid_weights(tmp_path: Path) -> None:
+    from maskdm_pipeline.fingerprint import files_read
+    from maskdm_pipeline.metrics import FID_WEIGHTS_FILENAME
+    from maskdm_pipeline.pipelines.evaluate import nodes
+
+    fid = {"enabled": True, "weights_path": str(tmp_path / "w.pth")}
+    for func in (nodes.inception_reference, nodes.score_samples):
+        assert files_read(func, {"evaluate": {"fid": fid}}) == {FID_WEIGHTS_FILENAME: tmp_path / "w.pth"}
+        assert files_read(func, {"evaluate": {"fid": {**fid, "enabled": False}}}) == {}
+    assert files_read(nodes.collect_metrics, {"evaluate": {"fid": fid}}) == {}
+
+
+def test_the_judge_knows_no_stage_and_no_dataset_class() -> None:
+    """What a node reads and what blocks a part are declared by the node and the dataset."""
+    import ast
+    import inspect
+
+    from maskdm_pipeline.caching import judge
+
+    tree = ast.parse(inspect.getsource(judge))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m and m.startswith(("maskdm_pipeline.pipelines", "maskdm_pipeline.datasets"))]
+
+
 def test_read_fingerprints_gives_each_output_its_record(project: dict[str, Any]) -> None:
     project["run"]()
     found = caching.read_fingerprints(project["catalog"])
@@ -177,13 +228,13 @@ def test_an_input_from_a_stage_outside_the_run_is_named_when_that_stage_would_re
                         {"scale": "first", "copy": "second", "read": "third"})
     writers = {out: p for p in parts for out in p.outputs}
     SequentialRunner().run(pipe, catalog)
-    judge = Judge(catalog, project["params"], writers, {})
+    judge = Judge(catalog, project["params"], writers)
     for part in parts:
         judge.record(judge.decide(part))
 
     third = frozenset({"read"})
-    assert Upstream(Judge(catalog, project["params"], writers, {}), third).stale("copy") is None
-    changed = Judge(catalog, {"block": {"k": 5}}, writers, {})
+    assert Upstream(Judge(catalog, project["params"], writers), third).stale("copy") is None
+    changed = Judge(catalog, {"block": {"k": 5}}, writers)
     assert Upstream(changed, third).stale("copy") == ("first", "parameters changed: block.k 3 -> 5")
     assert Upstream(changed, frozenset({"scale", "copy", "read"})).stale("copy") is None  # decided in the run
 
@@ -234,7 +285,7 @@ def test_shard_records_stay_beside_the_folder_through_its_swaps(project: dict[st
     (part,) = split_parts(pipe, lambda name: name in catalog, {"write": "stage"})
 
     def judge() -> Judge:
-        return Judge(catalog, {}, {"shards": part}, {})
+        return Judge(catalog, {}, {"shards": part})
 
     images = np.zeros((4, 1, 2, 2), np.uint8)
     catalog.save("shards", {"images": images})

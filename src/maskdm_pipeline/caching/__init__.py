@@ -3,7 +3,10 @@ fingerprint of what determines it, and a part of the pipeline whose outputs are 
 skipped with a ``<stage>: up to date (fingerprint ..., written ...), skipped`` line.
 
 - :mod:`~maskdm_pipeline.caching.session`: ``CachingSession`` (``settings.SESSION_CLASS``) and the
-  runner wrapper that decides part by part;
+  run that decides part by part;
+- :mod:`~maskdm_pipeline.caching.kedro_runner`: how that run gets into Kedro's runner (the one
+  place that touches Kedro's private runner methods);
+- :mod:`~maskdm_pipeline.caching.report`: what the run logs;
 - :mod:`~maskdm_pipeline.caching.units`: the parts of a pipeline and their stages;
 - :mod:`~maskdm_pipeline.caching.judge`: current or not, and why;
 - :mod:`~maskdm_pipeline.caching.records`: the fingerprint records beside the outputs (their

@@ -3,43 +3,34 @@
 A part is current when every file it writes exists, has its fingerprint record beside it, is as
 that record describes it, and the record's fingerprint equals the one the part would get now
 from its parameters, the content of its inputs as they are on disk, the files it reads and the
-package version; and when no resume checkpoint of it exists (an unfinished run). An input's
+package version; and when no input blocks it (an unfinished run's resume checkpoint). An input's
 content is the one its writer recorded, so a part whose rerun wrote the same bytes as before
 changes nothing downstream (early cut-off).
+
+What the judge asks of the nodes and the datasets, without knowing any of them:
+
+- a node function may declare the files it reads besides its catalog inputs
+  (:func:`maskdm_pipeline.fingerprint.reads_files`; the FID weights): their content hashes go into
+  the fingerprint;
+- an input dataset may define ``blocks_current(shown) -> str | None``: why the part that reads it
+  cannot be current (``CheckpointSlotDataset``: its file exists, an unfinished run), ``shown``
+  giving a path as the cache shows it;
+- and ``content_identity()`` (:mod:`~maskdm_pipeline.caching.records`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from maskdm_pipeline.caching import records
 from maskdm_pipeline.caching.units import PARAMS_PREFIX, Part
-from maskdm_pipeline.datasets.checkpoint import CheckpointSlotDataset
-from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document
+from maskdm_pipeline.fingerprint import file_digest, files_read, fingerprint, key_document
 
 _SHOWN = 4  # changed parameters named per line
-
-
-def fid_weights(params: Mapping[str, Any]) -> dict[str, Path]:
-    """The Inception weights file FID reads (where ``evaluate.fid`` says, else the hub cache)."""
-    from maskdm_pipeline.metrics import FID_WEIGHTS_FILENAME, hub_weights_path
-
-    fid = params["evaluate"]["fid"]
-    if not fid["enabled"]:
-        return {}
-    return {FID_WEIGHTS_FILENAME: Path(fid["weights_path"]).expanduser() if fid["weights_path"] else hub_weights_path()}
-
-
-def files_read() -> dict[Callable[..., Any], Callable[[Mapping[str, Any]], dict[str, Path]]]:
-    """Files a node reads that are not catalog inputs, by node function: their content hash goes
-    into the fingerprint of the part that calls it."""
-    from maskdm_pipeline.pipelines.evaluate import nodes as evaluate
-
-    return {evaluate.inception_reference: fid_weights, evaluate.score_samples: fid_weights}
 
 
 @dataclass
@@ -81,16 +72,12 @@ class Judge:
         catalog: the run's catalog.
         params: the validated parameter tree as plain values (``Params.model_dump(mode="json")``).
         writers: dataset name -> the part (of the whole DAG) that writes it.
-        files_read: node function -> ``f(params) -> {name: path}``, files a node reads that are not
-            catalog inputs (their content hash goes into the fingerprint).
     """
 
-    def __init__(self, catalog: Any, params: Mapping[str, Any], writers: Mapping[str, Part],
-                 files_read: Mapping[Callable[..., Any], Callable[[Mapping[str, Any]], Mapping[str, Path]]]):
+    def __init__(self, catalog: Any, params: Mapping[str, Any], writers: Mapping[str, Part]):
         self.catalog = catalog
         self.params = params
         self.writers = writers
-        self.files_read = files_read
         self._identities: dict[str, str] = {}
         self._digests: dict[tuple[Path, int, int], str] = {}
 
@@ -119,8 +106,7 @@ class Judge:
     def _files(self, part: Part) -> dict[str, str]:
         files: dict[str, str] = {}
         for node in part.nodes:
-            finder = self.files_read.get(node.func)
-            for label, path in (finder(self.params) if finder else {}).items():
+            for label, path in files_read(node.func, self.params).items():
                 files[label] = self._file_digest(path)
         return files
 
@@ -144,7 +130,8 @@ class Judge:
     # ------------------------------------------------------------------ the decision
     def _unchanged(self, dataset: Any, path: Path, record: Mapping[str, Any]) -> bool:
         """Whether the output is what its record describes; a matching content with a new stamp
-        (a copy that did not keep modification times) refreshes the record's stamp."""
+        (a copy that did not keep modification times) refreshes the record's stamp, the one write
+        of a decision, as ``git status`` refreshes its index: later runs need not hash it again."""
         now = records.stamp(dataset, path)
         if now == record["stamp"]:
             return True
@@ -158,10 +145,9 @@ class Judge:
         document, key = self.key(part)
         reasons = [f"cache.rerun={forced}"] if forced else []
         for name in part.inputs:
-            dataset = self._dataset(name)
-            if isinstance(dataset, CheckpointSlotDataset) and dataset.filepath.exists():
-                reasons.append(f"resume checkpoint {shown(dataset.filepath)} exists: an unfinished run, "
-                               "which continues from it")
+            blocks = getattr(self._dataset(name), "blocks_current", None)
+            if callable(blocks) and (why := blocks(shown)):
+                reasons.append(why)
         missing, unrecorded, written = [], [], []
         for name in part.outputs:
             path = records.dataset_path(self._dataset(name))

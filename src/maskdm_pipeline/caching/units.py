@@ -101,7 +101,22 @@ def split_parts(pipeline: Pipeline, persistent: Any, stage_of: Mapping[str, str]
         members.setdefault(root(node.name), []).append(node)
     parts = [_part(group_nodes, persistent, stage_of) for group_nodes in members.values()]
     _label(parts)
-    return _topological(parts, after, [root(n) for n in members])
+    roots = list(members)
+    by_root = dict(zip(roots, parts, strict=True))
+    return [by_root[r] for r in _in_order(roots, after)]
+
+
+def stage_order(parts: list[Part]) -> list[str]:
+    """The stages of ``parts`` (in topological order) in pipeline order: each after the stages it
+    reads from, else in the order of its first part (``preprocess``, ``pretrain``, ``baseline``,
+    ..., ``report``: the FID reference statistics, an early part of ``evaluate``, do not move
+    ``evaluate`` before the training stages)."""
+    writer = {out: p.stage for p in parts for out in p.outputs}
+    after: dict[str, set[str]] = {}
+    for part in parts:
+        read = {writer[d] for d in part.inputs if d in writer}
+        after.setdefault(part.stage, set()).update(read - {part.stage})
+    return _in_order(list(after), after)
 
 
 def _reachable(start: str, after: Mapping[str, set[str]]) -> set[str]:
@@ -114,12 +129,14 @@ def _reachable(start: str, after: Mapping[str, set[str]]) -> set[str]:
     return seen
 
 
-def _topological(parts: list[Part], after: Mapping[str, set[str]], roots: list[str]) -> list[Part]:
-    by_root = dict(zip(roots, parts, strict=True))
+def _in_order(names: list[str], after: Mapping[str, set[str]]) -> list[str]:
+    """``names``, each after the ones it reads from (``after``), else in the given order; where
+    some read from each other (a cycle), the earliest of them goes first."""
     ordered: list[str] = []
-    while len(ordered) < len(roots):
-        ordered += [r for r in roots if r not in ordered and after[r] <= set(ordered)][:1]
-    return [by_root[r] for r in ordered]
+    while len(ordered) < len(names):
+        left = [n for n in names if n not in ordered]
+        ordered.append(next((n for n in left if after[n] <= set(ordered)), left[0]))
+    return ordered
 
 
 def _part(nodes: list[Node], persistent: Any, stage_of: Mapping[str, str]) -> Part:

@@ -13,6 +13,7 @@ once more after the last step; once the final checkpoint is on disk, the slot is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,16 @@ class CheckpointSlotDataset(AbstractDataset[None, CheckpointSlot]):
 
     def content_identity(self) -> None:
         """Not part of its stage's fingerprint: resuming gives the result of an uninterrupted run.
-        That the file exists is what counts (``maskdm_pipeline.caching``: an unfinished stage is
-        not current)."""
+        That the file exists is what counts (:meth:`blocks_current`)."""
         return None
+
+    def blocks_current(self, shown: Callable[[Path], str] = str) -> str | None:
+        """Why the stage that reads this slot is not current (``maskdm_pipeline.caching``): the
+        file exists, left by an unfinished run, which the next run continues; None when it does
+        not. ``shown`` writes the path as the message shows it."""
+        if not self._filepath.exists():
+            return None
+        return f"resume checkpoint {shown(self._filepath)} exists: an unfinished run, which continues from it"
 
     def _exists(self) -> bool:
         return True

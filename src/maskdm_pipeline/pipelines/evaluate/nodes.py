@@ -13,12 +13,13 @@ import torch
 from maskdm_pipeline import fd_clf, sharding
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import resolve_device
-from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document
+from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document, reads_files
 from maskdm_pipeline.metrics import (
     FID_WEIGHTS_FILENAME,
     InceptionFeatures,
     InceptionWeightsUnavailable,
     frechet_distance,
+    hub_weights_path,
     resolve_inception_weights,
     stats,
     stats_from_batches,
@@ -69,6 +70,17 @@ def reference_key(dims: int, checksum: str, images: np.ndarray, weights: Path) -
     return f"inception-pool{dims}_{fingerprint(document)}"
 
 
+def fid_weights(params: Mapping[str, Any]) -> dict[str, Path]:
+    """The Inception weights file FID reads, where ``evaluate.fid.weights_path`` says, else the
+    torch hub cache (``{}`` with FID off): what the nodes below declare to the cache."""
+    fid = params["evaluate"]["fid"]
+    if not fid["enabled"]:
+        return {}
+    path = Path(fid["weights_path"]).expanduser() if fid["weights_path"] else hub_weights_path()
+    return {FID_WEIGHTS_FILENAME: path}
+
+
+@reads_files(fid_weights)
 def inception_reference(
     primary_train: Mapping[str, Any],
     dataset_card: Mapping[str, Any],
@@ -108,6 +120,7 @@ def inception_reference(
             "n": len(images), "key": key}
 
 
+@reads_files(fid_weights)
 def score_samples(
     samples: Mapping[str, np.ndarray],
     classifier: Mapping[str, Any],
