@@ -73,7 +73,7 @@ class StageWriteError(ClickException):
 
 class StageNodesError(NodesError, ClickException):
     """Several nodes could not start or go on together; the message names the parameter or host,
-    what was kept and what to do (training/nodes.py)."""
+    what was kept and what to do (training/multinode.py)."""
 
     def __init__(self, message: str) -> None:
         ClickException.__init__(self, message)
@@ -167,7 +167,7 @@ def train_stage(
         stage=params.stage_config(), mask=params.mask_config(),
         trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
-        resume=params.resume, node_settings=node_settings(name, train, params, model, diffusion, trainer),
+        resume=params.resume, shared_settings=shared_settings(name, train, params, model, diffusion, trainer),
     )
     if resume_state is not None:
         _check_resume(job, params, slot)
@@ -194,8 +194,8 @@ def train_stage(
     return state, history_table(state), accounting(name, state)
 
 
-def node_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
-                  diffusion: DiffusionConfig, trainer: Mapping[str, Any]) -> dict[str, Any]:
+def shared_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
+                    diffusion: DiffusionConfig, trainer: Mapping[str, Any]) -> dict[str, Any]:
     """What every node of a multi-node job must share, by the names a user types: the blocks this
     stage reads and the training images' content checksum (the same shards on every node).
     ``trainer.rdzv_endpoint`` is left out: the nodes met there, however each spells it."""

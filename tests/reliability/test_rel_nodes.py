@@ -89,7 +89,7 @@ def test_two_nodes_train_as_one_process_and_resume_together_after_a_kill9(make_p
                      rf"\S*pretrained\.resume\.pt \(step {held}\)\. Rerun the same command on every node", line), line
     assert held >= 2 * KILL_EVERY and not (first.data / "06_models" / "pretrained.pt").exists()
 
-    from maskdm_pipeline.training.nodes import saved_steps
+    from maskdm_pipeline.training.multinode import saved_steps
 
     common = set(saved_steps(resume)) & set(saved_steps(second.data / "06_models" / "pretrained.resume.pt"))
     assert common, "the nodes must share a periodic step"

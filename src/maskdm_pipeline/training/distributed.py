@@ -21,7 +21,7 @@ naming the step. A second signal stops them at once through elastic's shutdown.
 Several nodes (``trainer.nnodes > 1``, README "Scaling out"): the same launch on every node,
 with the c10d rendezvous at ``trainer.rdzv_endpoint`` (min = max = ``nnodes``, joined within
 ``trainer.rdzv_timeout``, ``trainer.max_restarts`` restarts of the worker group); what the
-nodes agree on and how each ends with rank 0's state: training/nodes.py. A worker that loses
+nodes agree on and how each ends with rank 0's state: training/multinode.py. A worker that loses
 its peers (another node died) exits with :data:`LOST_PEER_EXIT` instead of returning, so that
 the elastic agent counts a failure (and restarts the group if restarts are left) rather than
 waiting at its exit barrier for a node that is gone.
@@ -59,7 +59,7 @@ from maskdm_pipeline.training.job import (
     TrainJob,
 )
 from maskdm_pipeline.training.loop import TrainProcess
-from maskdm_pipeline.training.nodes import (
+from maskdm_pipeline.training.multinode import (
     NodeGroup,
     check_endpoint,
     is_loopback,
@@ -133,7 +133,7 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
     try:
         if job.trainer.nnodes > 1:
             nodes = NodeGroup(job.name, local_rank)
-            nodes.agree(job.node_settings or {f"{block}.{key}": value for block, values in job.config().items()
+            nodes.agree(job.shared_settings or {f"{block}.{key}": value for block, values in job.config().items()
                                               for key, value in values.items()})
             job = _resumed(job, nodes)
         state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank, nodes=nodes).train()
@@ -153,7 +153,7 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
 
 def _resumed(job: TrainJob, nodes: NodeGroup) -> TrainJob:
     """The job with the state every node resumes from: the latest periodic step all nodes hold
-    (training/nodes.py), also after an elastic restart of the worker group."""
+    (training/multinode.py), also after an elastic restart of the worker group."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if job.checkpoint_path is None or not (job.resume or restarted):
         return replace(job, resume_state=None)
@@ -219,7 +219,7 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
         local_addr="127.0.0.1" if is_loopback(split_endpoint(endpoint)[0]) else None,
         signals_to_handle="SIGHUP,SIGQUIT",  # SIGINT and SIGTERM: ForwardSignals
     )
-    if trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/nodes.py)
+    if trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/multinode.py)
         job = replace(job, resume_state=None)
     path = job.checkpoint_path
     # This node's rank, set by its workers once the rendezvous has ranked the nodes (-1 before):
