@@ -26,7 +26,6 @@ from maskdm_pipeline.fileio import CheckpointError
 from maskdm_pipeline.params import StageParams
 from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
-from maskdm_pipeline.training.builders import ResumeMismatchError, check_resume
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.job import (
     EvalFn,
@@ -35,6 +34,7 @@ from maskdm_pipeline.training.job import (
     TrainingInterrupted,
     TrainJob,
 )
+from maskdm_pipeline.training.resume import ResumeMismatchError, check_resume
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""The training engine (training/config.py, job.py, run.py, loop.py, builders.py, streams.py,
-distributed.py).
+"""The training engine (training/config.py, job.py, run.py, loop.py, builders.py, resume.py,
+streams.py, distributed.py).
 
 Everything runs a tiny real U-ViT (8x8 images, patch 2, 16 tokens, width 32) on the CPU with one
 thread: on shared cores, oversubscribed OpenMP threads made a step ~50x slower.

@@ -3,7 +3,8 @@
 ``config.py`` the typed configs; ``job.py`` the job; ``run.py`` the entry (``run_training``);
 ``distributed.py`` the DDP launch; ``multinode.py`` what several machines agree on;
 ``loop.py`` the loop of one process; ``builders.py``, ``process.py``, ``streams.py`` and
-``ema.py`` its parts. Checkpoint files: ``fileio.py``.
+``ema.py`` its parts; ``resume.py`` a saved state read back (older checkpoints, the resume
+policy). Checkpoint files: ``fileio.py``.
 """
 
 from maskdm_pipeline.fileio import (

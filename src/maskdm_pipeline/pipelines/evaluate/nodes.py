@@ -23,7 +23,7 @@ from maskdm_pipeline.metrics import (
     stats,
     stats_from_batches,
 )
-from maskdm_pipeline.training.config import stage_recipe
+from maskdm_pipeline.training.resume import stage_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def collect_metrics(
 ) -> dict[str, Any]:
     """``metrics.json``: quality per model, the real-data floor, per-stage compute (token-blocks
     too: what the network computed, dense blocks included) and each model's recipe by stage
-    (``training.config.stage_recipe``)."""
+    (``training.resume.stage_recipe``)."""
     accountings = {"pretrain": pretrain, "finetune": finetune, "baseline": baseline_accounting}
     stages = {name: {k: acc.get("stats", {}).get(k) for k in STAGE_KEYS} for name, acc in accountings.items()}
     recipes = {name: stage_recipe(acc.get("config") or {}) for name, acc in accountings.items()}
