@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdm_pipeline import fd_clf, sharding
+from maskdm_pipeline import fd_clf, workers
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document
@@ -44,7 +44,7 @@ def _inception(params: Mapping[str, Any], trainer: Mapping[str, Any], weights_pa
     kwargs = {"dims": int(fid["dims"]), "weights_path": weights_path or fid.get("weights_path"),
               "batch_size": int(fid["batch_size"]), "allow_download": bool(fid["allow_download"]),
               "download_timeout": 10.0}
-    return sharding.features_on(sharding.construct, (InceptionFeatures, kwargs), dims=kwargs["dims"],
+    return workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=kwargs["dims"],
                                 batch_size=kwargs["batch_size"], nproc=_nproc(trainer), device=_device(trainer))
 
 
@@ -117,7 +117,7 @@ def score_samples(
     trainer: Mapping[str, Any],
 ) -> dict[str, Any]:
     """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples, the
-    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.sharding`)."""
+    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
     scores.update(fd_clf.score(images, classifier, clf_reference, int(params["fd_clf"]["num_samples"]),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskdm_pipeline import fd_clf, sharding
+from maskdm_pipeline import fd_clf, workers
 from maskdm_pipeline.generation import generate
 from maskdm_pipeline.metrics import InceptionFeatures, stats_from_batches
 from maskdm_pipeline.metrics.classifier import (
@@ -55,11 +55,11 @@ def test_sharded_inception_and_fd_clf_features_equal_one_process(tmp_path):
     torch.save(random_fid_inception_state_dict(seed=0), weights)
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
     kwargs = {"dims": 64, "weights_path": weights, "batch_size": 2, "allow_download": False}
-    one = sharding.features_on(sharding.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=1,
+    one = workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=1,
                                device="cpu")
-    two = sharding.features_on(sharding.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=2,
+    two = workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=2,
                                device="cpu")
-    assert isinstance(one, InceptionFeatures) and isinstance(two, sharding.ShardedFeatures)
+    assert isinstance(one, InceptionFeatures) and isinstance(two, workers.ShardedFeatures)
     expected = one(images)
     assert expected.shape == (5, 64) and np.array_equal(two(images), expected)
     # The statistics accumulate the same batches in the same order: bitwise too.
@@ -72,7 +72,7 @@ def test_sharded_inception_and_fd_clf_features_equal_one_process(tmp_path):
     digits = np.random.default_rng(1).integers(0, 256, (9, 1, 8, 8), dtype=np.uint8)
     alone = fd_clf.classifier_features(state, batch_size=4)(digits)
     spread = fd_clf.classifier_features(state, nproc=2, batch_size=4)
-    assert isinstance(spread, sharding.ShardedFeatures)
+    assert isinstance(spread, workers.ShardedFeatures)
     assert alone.shape == (9, 16) and np.array_equal(spread(digits), alone)
 
 
