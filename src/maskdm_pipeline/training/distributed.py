@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -202,26 +202,9 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"{nproc}); use a top-level function or functools.partial, not a closure or "
             f"lambda ({type(exc).__name__}: {exc})"
         ) from exc
-    trainer = job.trainer
-    trainer.check_nodes()
-    if trainer.rdzv_endpoint is None:  # one node: a private port, an id of its own
-        endpoint, run_id = f"127.0.0.1:{free_port()}", f"maskdm-{uuid.uuid4().hex[:8]}"
-    else:
-        check_endpoint(trainer.rdzv_endpoint, job.name)
-        endpoint, run_id = trainer.rdzv_endpoint, rendezvous_id(job.name)
-    config = LaunchConfig(
-        min_nodes=trainer.nnodes, max_nodes=trainer.nnodes, nproc_per_node=nproc,
-        rdzv_backend="c10d", rdzv_endpoint=endpoint, run_id=run_id,
-        rdzv_configs={"join_timeout": trainer.rdzv_timeout, "read_timeout": trainer.rdzv_timeout},
-        max_restarts=trainer.max_restarts, start_method="spawn",
-        # The address the other nodes reach this one at: the FQDN lookup (None) across machines;
-        # on a loopback endpoint 127.0.0.1, which also skips that lookup (it can stall when sandboxed).
-        local_addr="127.0.0.1" if is_loopback(split_endpoint(endpoint)[0]) else None,
-        signals_to_handle="SIGHUP,SIGQUIT",  # SIGINT and SIGTERM: ForwardSignals
-    )
-    if trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/multinode.py)
+    config, endpoint = _launch_config(job)
+    if job.trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/multinode.py)
         job = replace(job, resume_state=None)
-    path = job.checkpoint_path
     # This node's rank, set by its workers once the rendezvous has ranked the nodes (-1 before):
     # known even when the job fails afterwards, so the MLflow hook can still mark rank 0's run FAILED.
     started = multiprocessing.get_context("spawn").Value("i", -1)
@@ -234,7 +217,50 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
                 results = elastic_launch(config, worker_entry)(job, log_level, started)
             finally:
                 _set_node_rank(started.value)
-    except SignalException as exc:
+    except (SignalException, RendezvousError, ChildFailedError) as exc:
+        _raise_launch_error(exc, job, endpoint, started.value >= 0, forwarded.received)
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    return _rank0_result(results, job)
+
+
+def _launch_config(job: TrainJob) -> tuple[LaunchConfig, str]:
+    """Elastic's launch of this node's ``trainer.nproc`` workers, and the rendezvous endpoint.
+
+    Raises (before any process starts):
+        ValueError: ``trainer.nnodes > 1`` without ``trainer.rdzv_endpoint``.
+        NodesError: the endpoint cannot be used from this node (training/multinode.py).
+    """
+    trainer = job.trainer
+    trainer.check_nodes()
+    if trainer.rdzv_endpoint is None:  # one node: a private port, an id of its own
+        endpoint, run_id = f"127.0.0.1:{free_port()}", f"maskdm-{uuid.uuid4().hex[:8]}"
+    else:
+        check_endpoint(trainer.rdzv_endpoint, job.name)
+        endpoint, run_id = trainer.rdzv_endpoint, rendezvous_id(job.name)
+    config = LaunchConfig(
+        min_nodes=trainer.nnodes, max_nodes=trainer.nnodes, nproc_per_node=trainer.nproc,
+        rdzv_backend="c10d", rdzv_endpoint=endpoint, run_id=run_id,
+        rdzv_configs={"join_timeout": trainer.rdzv_timeout, "read_timeout": trainer.rdzv_timeout},
+        max_restarts=trainer.max_restarts, start_method="spawn",
+        # The address the other nodes reach this one at: the FQDN lookup (None) across machines;
+        # on a loopback endpoint 127.0.0.1, which also skips that lookup (it can stall when sandboxed).
+        local_addr="127.0.0.1" if is_loopback(split_endpoint(endpoint)[0]) else None,
+        signals_to_handle="SIGHUP,SIGQUIT",  # SIGINT and SIGTERM: ForwardSignals
+    )
+    return config, endpoint
+
+
+def _raise_launch_error(exc: Exception, job: TrainJob, endpoint: str, started: bool,
+                        signalled: signal.Signals | None) -> NoReturn:
+    """Raise, for a launch that failed with ``exc``, the error the caller acts on: a signal is
+    ``TrainingInterrupted``, a rendezvous or a node that failed is ``NodesError`` in one line;
+    any other failure of the workers is ``exc`` itself. ``started``: the rendezvous had ranked
+    the nodes (the job ran); ``signalled``: the signal :class:`ForwardSignals` passed on."""
+    path, trainer = job.checkpoint_path, job.trainer
+    if isinstance(exc, SignalException):
         # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
         where = (f"the last periodic checkpoint is in {path}; continue with "
                  f"resume_state=load_checkpoint({str(path)!r})") if path else \
@@ -243,8 +269,8 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"{job.name}: distributed training stopped by {exc.sigval.name}; {where}",
             step=None, checkpoint_path=None if path is None else Path(path),
         ) from exc
-    except RendezvousError as exc:
-        if started.value >= 0:  # the job ran, then the rendezvous (a node hosting its store) was lost
+    if isinstance(exc, RendezvousError):
+        if started:  # the job ran, then the rendezvous (a node hosting its store) was lost
             raise NodesError(_lost_message(job, None)) from exc
         if not isinstance(exc, RendezvousTimeoutError):
             raise NodesError(
@@ -257,22 +283,17 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"trainer.rdzv_endpoint={endpoint} within trainer.rdzv_timeout={trainer.rdzv_timeout} s; start "
             "the same command on every node (the same trainer.rdzv_endpoint and trainer.nnodes), or raise "
             "trainer.rdzv_timeout; nothing was trained.") from exc
-    except ChildFailedError as exc:
-        if forwarded.received is None and trainer.nnodes > 1:
-            raise NodesError(_lost_message(job, exc)) from None
-        if forwarded.received is None:
-            raise
-        # Signalled before a worker could install its handler (while it started up).
-        raise TrainingInterrupted(
-            f"{job.name}: stopped by {forwarded.received.name} while the worker processes started; "
-            + (f"any earlier checkpoint in {path} is untouched" if path else "nothing was saved"),
-            step=None, checkpoint_path=None if path is None else Path(path),
-        ) from exc
-    finally:
-        for sig, handler in previous.items():
-            if handler is not None:
-                signal.signal(sig, handler)
-    return _rank0_result(results, job)
+    assert isinstance(exc, ChildFailedError)
+    if signalled is None and trainer.nnodes > 1:
+        raise NodesError(_lost_message(job, exc)) from None
+    if signalled is None:
+        raise exc
+    # Signalled before a worker could install its handler (while it started up).
+    raise TrainingInterrupted(
+        f"{job.name}: stopped by {signalled.name} while the worker processes started; "
+        + (f"any earlier checkpoint in {path} is untouched" if path else "nothing was saved"),
+        step=None, checkpoint_path=None if path is None else Path(path),
+    ) from exc
 
 
 def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
