@@ -23,6 +23,7 @@ from click import ClickException
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.fileio import CheckpointError
+from maskdm_pipeline.listing import shown as _shown  # `shown` is a local name below
 from maskdm_pipeline.params import StageParams
 from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
@@ -98,14 +99,6 @@ def _check_writable(name: str, slot: CheckpointSlot) -> None:
             f"Make it a writable folder, or point the catalog's {name} checkpoint entries at one, "
             "and rerun."
         ) from exc
-
-
-def _shown(path: Path) -> str:
-    """``data/06_models/x.pt`` when under the working directory (the project), else absolute."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _resume_state(name: str, params: StageParams, slot: CheckpointSlot) -> dict[str, Any] | None:

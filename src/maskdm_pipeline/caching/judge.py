@@ -20,6 +20,7 @@ from maskdm_pipeline.caching import records
 from maskdm_pipeline.caching.units import PARAMS_PREFIX, Part
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlotDataset
 from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document
+from maskdm_pipeline.listing import shown
 
 _SHOWN = 4  # changed parameters named per line
 
@@ -57,14 +58,6 @@ class Decision:
     @property
     def current(self) -> bool:
         return not self.reasons
-
-
-def shown(path: Path) -> str:
-    """A path relative to the project (the working directory) when it is inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
 
 
 def _dotted(tree: Mapping[str, Any], name: str) -> Any:
