@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is a folder of the project, not installed
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from benchmarks import suite, train_step  # noqa: E402
-from benchmarks.__main__ import main, render_markdown  # noqa: E402
+import devkit
+from benchmarks import suite, train_step
+from benchmarks.__main__ import main, render_markdown
 
 SMOKE_SIZE = {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -78,7 +75,7 @@ def test_train_step_cli_still_works(tmp_path: Path) -> None:
 
 def test_project_copy_and_measured_run(tmp_path: Path) -> None:
     """The e2e part's pieces: a runnable project copy, and wall time + peak RSS of a child."""
-    root = suite.make_project_copy(tmp_path / "project")
+    root = devkit.make_project_copy(tmp_path / "project")
     assert (root / "conf" / "base" / "catalog.yml").is_file() and (root / "pyproject.toml").is_file()
     assert (root / "src" / "maskdm_pipeline").is_dir() and (root / "data" / "06_models").is_dir()
     assert not list((root / "conf" / "local").iterdir())
@@ -111,7 +108,7 @@ def test_targets_markdown_and_cli(sampling: dict, tmp_path: Path) -> None:
     cache = {"label": "`kedro run --env smoke`", "completed": True, "noop_vs_full": 0.25,
              "noop": {"wall_s": 5.0, "nodes_run": 0}, "forced_full": {"wall_s": 20.0}}
     result = {"schema": suite.SCHEMA, "mode": "quick", "note": "fake",
-              "machine": suite.machine_info(torch.device("cpu")),
+              "machine": devkit.machine_info(torch.device("cpu")),
               "train_step": {"small-64": train}, "sampling": sampling, "fid": fid, "e2e": e2e, "cache": cache}
     result["machine"]["load_average_at_end"] = result["machine"]["load_average_at_start"]
     result["targets"] = suite.evaluate_targets(result)
