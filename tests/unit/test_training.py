@@ -370,6 +370,7 @@ def test_bf16_autocast_trains(images):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_two_gloo_processes_match_one_process(images, recipe):
     """DDP over 2 CPU workers with the same GLOBAL batch gives the single-process result, with

@@ -38,6 +38,7 @@ def _model() -> torch.nn.Module:
     return build_uvit("tiny", embed_dim=32, depth=2, num_heads=2, patch_size=2, img_size=8).eval()
 
 
+@pytest.mark.slow
 def test_sharded_samples_equal_one_process_for_any_batch_size():
     """DDIM with eta 1 draws fresh noise at every step: each sample's own generator must follow it
     to whichever worker draws it. Batch 3: ranges of 3, 3, 1; batch 7: capped at ceil(7/2) = 4."""
@@ -48,6 +49,7 @@ def test_sharded_samples_equal_one_process_for_any_batch_size():
         assert sharded.dtype == np.uint8 and np.array_equal(sharded, whole), f"batch_size={batch_size}"
 
 
+@pytest.mark.slow
 def test_sharded_inception_and_fd_clf_features_equal_one_process(tmp_path):
     from benchmarks.standin_weights import random_fid_inception_state_dict
 
@@ -117,6 +119,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_sharded_sampling_stops_the_workers_without_their_tracebacks(tmp_path):
     """SIGINT to the whole process group, as a terminal sends it: the parent alone raises
     KeyboardInterrupt; the workers, which ignore it, are stopped at once (not after their task)."""
