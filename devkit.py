@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LAYERS", "PROJECT_ROOT", "cpu_name", "load_average", "machine_info", "make_project_copy"]
+__all__ = ["LAYERS", "PROJECT_ROOT", "cpu_name", "load_average", "machine_info",
+           "make_project_copy"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input",
@@ -34,7 +35,8 @@ LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_inp
 def make_project_copy(dest: Path, project_root: Path = PROJECT_ROOT, *, copy_src: bool = True,
                       notebooks: bool = False) -> Path:
     """A throw-away copy of the project in ``dest``: conf/ (without local/), pyproject.toml,
-    .telemetry, src/ and empty data layers; the one copy helper of benchmarks, experiments and tests.
+    .telemetry, src/ and empty data layers; the one copy helper of benchmarks, experiments and
+    tests.
 
     ``copy_src=False`` leaves src/ empty, so the installed package runs (experiments resume their
     copies later and must not run a stale snapshot); ``notebooks`` copies notebooks/ too.

@@ -17,11 +17,11 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 # "not slow"` leaves it out (tests/README.md). The few slow tests without such a fixture carry
 # @pytest.mark.slow themselves.
 SLOW_FIXTURES = frozenset({
-    "smoke_run",           # a whole `kedro run --env smoke` (smoke_copy and the fixtures built on it)
+    "smoke_run",           # a whole `kedro run --env smoke` (smoke_copy and what builds on it)
     "make_project",        # tests/reliability: the project copies those tests `kedro run` in
     "folder_project",      # tests/pipelines/test_caching.py: `kedro run` on a folder of PNGs
     "viz",                 # tests/pipelines/test_viz.py: `kedro viz build`
-    "sampler_comparison",  # tests/unit/test_benchmarks.py: every sampler, DDPM's 1000 steps included
+    "sampler_comparison",  # tests/unit/test_benchmarks.py: every sampler, DDPM's 1000 steps too
 })
 
 

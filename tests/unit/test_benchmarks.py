@@ -111,8 +111,8 @@ def test_targets_markdown_and_cli(sampler_comparison: dict, tmp_path: Path) -> N
              "noop": {"wall_s": 5.0, "nodes_run": 0}, "forced_full": {"wall_s": 20.0}}
     result = {"schema": suite.SCHEMA, "mode": "quick", "note": "fake",
               "machine": devkit.machine_info(torch.device("cpu")),
-              "train_step": {"small-64": train}, "sampling": sampler_comparison, "fid": fid, "e2e": e2e,
-              "cache": cache}
+              "train_step": {"small-64": train}, "sampling": sampler_comparison, "fid": fid,
+              "e2e": e2e, "cache": cache}
     result["machine"]["load_average_at_end"] = result["machine"]["load_average_at_start"]
     result["targets"] = suite.evaluate_targets(result)
     result["ratios"] = suite.flat_ratios(result)
