@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.e2e import PIPELINES, make_project_copy, run_measured
-from benchmarks.machine import load_average, machine_info
+from benchmarks.e2e import PIPELINES, run_measured
+from devkit import load_average, machine_info, make_project_copy
 
 UP_TO_DATE = re.compile(r"maskdm_pipeline\.caching - INFO - (\w+): up to date \(fingerprint [0-9a-f]{6}, ")
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.e2e import PROJECT_ROOT, make_project_copy
+from devkit import PROJECT_ROOT, make_project_copy
 from maskdm_pipeline.conversion import Conversion
 from maskdm_pipeline.datasets import ShardDataset
 from maskdm_pipeline.listing import scan_folder

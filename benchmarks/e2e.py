@@ -5,7 +5,6 @@ a throw-away copy of the project, wall time and peak RSS per stage.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,35 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from devkit import make_project_copy
+
 PIPELINES = ("preprocess", "pretrain", "baseline", "finetune", "sample", "evaluate", "report")
-LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input",
-          "06_models", "07_model_output", "08_reporting")
-
-
-def make_project_copy(dest: Path, project_root: Path = PROJECT_ROOT, *, copy_src: bool = True,
-                      notebooks: bool = False) -> Path:
-    """A throw-away copy of the project in ``dest``: conf/ (without local/), pyproject.toml,
-    .telemetry, src/ and empty data layers; the one copy helper of benchmarks, experiments and tests.
-
-    ``copy_src=False`` leaves src/ empty, so the installed package runs (experiments resume their
-    copies later and must not run a stale snapshot); ``notebooks`` copies notebooks/ too.
-    """
-    shutil.copytree(project_root / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
-    if copy_src:
-        shutil.copytree(project_root / "src", dest / "src",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    else:
-        (dest / "src").mkdir()  # Kedro wants the folder; the package itself is installed
-    if notebooks:
-        shutil.copytree(project_root / "notebooks", dest / "notebooks")
-    for name in ("pyproject.toml", ".telemetry"):
-        if (project_root / name).is_file():
-            shutil.copy(project_root / name, dest / name)
-    for layer in LAYERS:
-        (dest / "data" / layer).mkdir(parents=True)
-    return dest
 
 
 def run_measured(cmd: list[str], cwd: Path, env: dict[str, str], log: Path,

@@ -37,8 +37,8 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from benchmarks.machine import load_average, machine_info
 from benchmarks.standin_weights import benchmark_weights
+from devkit import load_average, machine_info
 from maskdm_pipeline.metrics import (
     InceptionFeatures,
     InceptionWeightsUnavailable,

@@ -38,15 +38,7 @@ import torch
 
 from benchmarks import SECTIONS, data, train_step
 from benchmarks.cache import bench_cache
-from benchmarks.e2e import (
-    LAYERS,
-    PIPELINES,
-    PROJECT_ROOT,
-    bench_e2e,
-    make_project_copy,
-    run_measured,
-)
-from benchmarks.machine import load_average, machine_info
+from benchmarks.e2e import PIPELINES, bench_e2e, run_measured
 from benchmarks.sampling import (
     MIN_TRAINED_STEPS,
     REFERENCE_SAMPLER,
@@ -57,6 +49,7 @@ from benchmarks.sampling import (
     load_sampling_source,
     untrained_source,
 )
+from devkit import PROJECT_ROOT, load_average, machine_info
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.masking import mask_count
 from maskdm_pipeline.models import PRESETS
@@ -64,11 +57,11 @@ from maskdm_pipeline.models import PRESETS
 SCHEMA = "maskdm-benchmarks/1"
 
 __all__ = [
-    "LAYERS", "MIN_TRAINED_STEPS", "PIPELINES", "PROJECT_ROOT", "REFERENCE_SAMPLER", "SAMPLERS",
+    "MIN_TRAINED_STEPS", "PIPELINES", "PROJECT_ROOT", "REFERENCE_SAMPLER", "SAMPLERS",
     "SCHEMA", "SamplerSpec", "SamplingSource", "SuiteConfig", "bench_cache", "bench_data", "bench_e2e", "bench_fid",
     "bench_memory",
     "bench_samplers", "bench_train_steps", "choose_mask", "evaluate_targets", "flat_ratios",
-    "load_sampling_source", "machine_info", "make_project_copy", "run_measured", "run_suite",
+    "load_sampling_source", "run_measured", "run_suite",
     "untrained_source",
 ]
 

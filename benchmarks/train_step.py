@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.machine import machine_info
+from devkit import machine_info
 from maskdm_pipeline.devices import synchronize
 from maskdm_pipeline.diffusion import (
     PREDICTIONS,

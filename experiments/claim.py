@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.e2e import make_project_copy
-from benchmarks.machine import cpu_name
+from devkit import cpu_name, make_project_copy
 from maskdm_pipeline import reporting
 from maskdm_pipeline.models import build_uvit
 

@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests run offline, on CPU, with small sizes."""
+"""Shared fixtures, and the `slow` marker of the fast lane. Tests run offline, on CPU, with small
+sizes; tests/README.md says what runs where."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ import pytest
 from kedro_project import PROJECT_ROOT, kedro, make_project
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+# Fixtures that start a real `kedro` subprocess (or otherwise take tens of seconds): every test
+# that requests one, itself or through another fixture, is marked `slow` here, so `pytest -m
+# "not slow"` leaves it out (tests/README.md). The few slow tests without such a fixture carry
+# @pytest.mark.slow themselves.
+SLOW_FIXTURES = frozenset({
+    "smoke_run",           # a whole `kedro run --env smoke` (smoke_copy and what builds on it)
+    "make_project",        # tests/reliability: the project copies those tests `kedro run` in
+    "folder_project",      # tests/pipelines/test_caching.py: `kedro run` on a folder of PNGs
+    "viz",                 # tests/pipelines/test_viz.py: `kedro viz build`
+    "sampler_comparison",  # tests/unit/test_benchmarks.py: every sampler, DDPM's 1000 steps too
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is a folder of the project, not installed
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from benchmarks.e2e import make_project_copy  # noqa: E402
+from devkit import PROJECT_ROOT, make_project_copy
 
 
 def make_project(root: Path) -> Path:

@@ -23,7 +23,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from maskdm_pipeline import generation, sharding
+from maskdm_pipeline import generation, workers
 from maskdm_pipeline.fileio import from_bytes, to_bytes
 from maskdm_pipeline.metrics import (
     ClassifierFeatures,
@@ -76,23 +76,23 @@ def _extractor(device: torch.device, state: Mapping[str, Any] | bytes, batch_siz
 
 def classifier_features(
     state: Mapping[str, Any], device: str | torch.device = "cpu", *, nproc: int = 1, batch_size: int = FEATURE_BATCH
-) -> ClassifierFeatures | sharding.ShardedFeatures | None:
+) -> ClassifierFeatures | workers.ShardedFeatures | None:
     """The feature extractor of a :func:`fit_feature_classifier` dict, or None when unavailable.
 
     ``nproc > 1`` (``trainer.nproc``): its batches of ``batch_size`` are spread over that many
-    local workers, with the same features (:class:`~maskdm_pipeline.sharding.ShardedFeatures`).
+    local workers, with the same features (:class:`~maskdm_pipeline.workers.ShardedFeatures`).
     The classifier is LeNet-sized, so this pays only for many images: at the final score's
     N = 256 there is one batch, computed here.
     """
     if not state.get("available", False):
         return None
     source = to_bytes(dict(state)) if nproc > 1 else state
-    return sharding.features_on(_extractor, (source, batch_size), dims=int(state["config"]["feature_dim"]),
+    return workers.features_on(_extractor, (source, batch_size), dims=int(state["config"]["feature_dim"]),
                                 batch_size=batch_size, nproc=nproc, device=device)
 
 
 def distance_to_reference(
-    features: ClassifierFeatures | sharding.ShardedFeatures, images: Any, mu: NDArray[np.float64], sigma: NDArray[np.float64]
+    features: ClassifierFeatures | workers.ShardedFeatures, images: Any, mu: NDArray[np.float64], sigma: NDArray[np.float64]
 ) -> float:
     """fd_clf of ``images`` (uint8 ``(N, C, H, W)``) against reference statistics ``(mu, sigma)``.
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskdm_pipeline import sharding
+from maskdm_pipeline import workers
 from maskdm_pipeline.devices import autocast
 from maskdm_pipeline.diffusion import PerSampleGenerator, make_schedule
 from maskdm_pipeline.diffusion.samplers import sample, validate_sampling
@@ -71,10 +71,10 @@ def generate(
     images do not depend on ``batch_size``: it changes speed and memory, not results.
 
     ``nproc > 1`` (``trainer.nproc``) shards the samples over that many local worker processes
-    (:mod:`maskdm_pipeline.sharding`; on CUDA worker r on ``cuda:<r>``): contiguous ranges of at
+    (:mod:`maskdm_pipeline.workers`; on CUDA worker r on ``cuda:<r>``): contiguous ranges of at
     most ``batch_size`` and at most ``ceil(N / nproc)`` samples, so every worker has work even
     when one batch would hold them all. For the same reason as above the images are the same
-    as in one process (bitwise on the CPU in fp32, ``tests/unit/test_sharding.py``).
+    as in one process (bitwise on the CPU in fp32, ``tests/unit/test_workers.py``).
     """
     device = torch.device(device)
     validate_sampling(sampler, steps, make_schedule(schedule).num_timesteps, eta)
@@ -82,12 +82,12 @@ def generate(
                 "eta": eta, "seed": seed, "precision": precision}
     per_task = min(batch_size, -(-num_samples // max(1, nproc)))
     ranges = [(first, min(per_task, num_samples - first)) for first in range(0, num_samples, per_task)]
-    workers = min(nproc, len(ranges))
+    nworkers = min(nproc, len(ranges))
     start = time.perf_counter()
-    if workers > 1:
-        chunks = list(sharding.run_sharded(_model_in_worker, [to_bytes(model)], _draw,
-                                           [(first, n, settings) for first, n in ranges],
-                                           nproc=workers, device=device))
+    if nworkers > 1:
+        chunks = list(workers.run_sharded(_model_in_worker, [to_bytes(model)], _draw,
+                                          [(first, n, settings) for first, n in ranges],
+                                          nproc=nworkers, device=device))
     else:
         model = model.to(device)
         chunks = [_draw(model, device, first, n, settings) for first, n in ranges]

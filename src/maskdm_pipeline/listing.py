@@ -6,6 +6,8 @@ read. :func:`scan_folder` walks the tree with ``os.scandir`` (no file is opened;
 modification times come from the directory entries), and :class:`FileListing` keeps what it found
 packed: every relative path in one UTF-8 byte string with an offset array, plus the sizes and
 modification times as int64 arrays, about ``len(path) + 24`` bytes per file.
+
+:func:`shown`: a path as the project's messages show it, relative to the project when inside it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FileListing", "scan_folder"]
+__all__ = ["FileListing", "scan_folder", "shown"]
 
 
 class FileListing:
@@ -96,3 +98,13 @@ def scan_folder(root: str | os.PathLike[str], suffixes: tuple[str, ...] = ()) ->
                 found.append((rel, size, mtime))
     found.sort()
     return FileListing(root, [f[0] for f in found], [f[1] for f in found], [f[2] for f in found])
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` as a message shows it: relative to the working directory (the project, where
+    ``kedro run`` starts) when it lies inside it, e.g. ``data/06_models/pretrained.pt``; else as
+    given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)

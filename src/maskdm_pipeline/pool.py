@@ -2,7 +2,7 @@
 machine (the standard library only; no torch, no Kedro).
 
 Used by the image conversion (:mod:`maskdm_pipeline.conversion`) and by sampling and feature
-extraction sharded over ``trainer.nproc`` processes (:mod:`maskdm_pipeline.sharding`).
+extraction sharded over ``trainer.nproc`` processes (:mod:`maskdm_pipeline.workers`).
 
 - **spawn, not fork:** the parent may hold threads (MLflow, tqdm's monitor, a Kedro runner), and
   forking a threaded process can deadlock its children; a spawned worker imports only what its

@@ -23,10 +23,10 @@ from click import ClickException
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.fileio import CheckpointError
+from maskdm_pipeline.listing import shown as _shown  # `shown` is a local name below
 from maskdm_pipeline.params import StageParams
 from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
-from maskdm_pipeline.training.builders import ResumeMismatchError, check_resume
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.distributed import NODE_RANK
 from maskdm_pipeline.training.job import (
@@ -36,6 +36,7 @@ from maskdm_pipeline.training.job import (
     TrainingInterrupted,
     TrainJob,
 )
+from maskdm_pipeline.training.resume import ResumeMismatchError, check_resume
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class StageWriteError(ClickException):
 
 class StageNodesError(NodesError, ClickException):
     """Several nodes could not start or go on together; the message names the parameter or host,
-    what was kept and what to do (training/nodes.py)."""
+    what was kept and what to do (training/multinode.py)."""
 
     def __init__(self, message: str) -> None:
         ClickException.__init__(self, message)
@@ -99,14 +100,6 @@ def _check_writable(name: str, slot: CheckpointSlot) -> None:
             f"Make it a writable folder, or point the catalog's {name} checkpoint entries at one, "
             "and rerun."
         ) from exc
-
-
-def _shown(path: Path) -> str:
-    """``data/06_models/x.pt`` when under the working directory (the project), else absolute."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _resume_state(name: str, params: StageParams, slot: CheckpointSlot) -> dict[str, Any] | None:
@@ -168,7 +161,7 @@ def train_stage(
         stage=params.stage_config(), mask=params.mask_config(),
         trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
-        resume=params.resume, node_settings=node_settings(name, train, params, model, diffusion, trainer),
+        resume=params.resume, shared_settings=shared_settings(name, train, params, model, diffusion, trainer),
     )
     if resume_state is not None:
         _check_resume(job, params, slot)
@@ -196,8 +189,8 @@ def train_stage(
     return state, history_table(state), accounting(name, state, node_rank)
 
 
-def node_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
-                  diffusion: DiffusionConfig, trainer: Mapping[str, Any]) -> dict[str, Any]:
+def shared_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
+                    diffusion: DiffusionConfig, trainer: Mapping[str, Any]) -> dict[str, Any]:
     """What every node of a multi-node job must share, by the names a user types: the blocks this
     stage reads and the training images' content checksum (the same shards on every node).
     ``trainer.rdzv_endpoint`` is left out: the nodes met there, however each spells it."""

@@ -31,7 +31,6 @@ def write_kernelspec(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.slow
 def test_results_notebook_runs(smoke_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = smoke_copy  # a finished `kedro run --env smoke`, in a private copy
     for name, value in subprocess_env().items():

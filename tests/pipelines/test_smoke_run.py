@@ -122,7 +122,6 @@ def test_only_missing_outputs_skips_finished_stages(smoke_copy: Path) -> None:
         assert (smoke_copy / rel).stat().st_mtime_ns == kept[rel], rel
 
 
-@pytest.mark.slow
 def test_two_process_ddp_run_writes_one_checkpoint(smoke_copy: Path) -> None:
     # trainer.nproc changes the speed, not the result, so the cache would skip the stage: forced.
     result = kedro(smoke_copy, "run", "--env", "smoke", "--pipelines", "pretrain", "--params",

@@ -68,6 +68,7 @@ def _version_of(path: Path) -> int:
     return version
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
     """Eight SIGKILLs at random moments (seeded) of a process overwriting a 32 MB checkpoint in a
     loop: after each, the file loads (weights_only) and holds exactly one version that was
@@ -340,7 +341,6 @@ def test_only_the_temporaries_of_writers_that_are_gone_are_removed(tmp_path, tin
     assert remove_stale_temporaries(tmp_path / "missing") == []
 
 
-@pytest.mark.slow
 def test_cli_refuses_a_corrupted_checkpoint_in_one_line_and_removes_killed_writes(make_project, tiny_state):
     """`kedro run --pipelines finetune` with one flipped byte in data/06_models/pretrained.pt and,
     beside it, what a kill -9 during an earlier save left (a hidden folder holding an intact

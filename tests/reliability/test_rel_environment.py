@@ -103,7 +103,6 @@ def test_mlflow_failure_during_the_run_only_warns(caplog, tmp_path):
     assert len(warnings) == 1 and "database is locked" in warnings[0].getMessage()
 
 
-@pytest.mark.slow
 def test_unreachable_mlflow_store_only_warns(make_project):
     """The tracking URI points below a regular file (a store that cannot be created): the run
     warns once that MLflow tracking is off, trains anyway and writes every output."""

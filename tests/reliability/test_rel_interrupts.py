@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import signal
 
-import pytest
 import torch
 from conftest import squash
 
@@ -55,7 +54,6 @@ def _same_weights(a: dict, b: dict, steps: int = STEPS) -> None:
             assert torch.equal(value, b["optimizer"]["state"][index][name]), f"optimizer {index}.{name}"
 
 
-@pytest.mark.slow
 def test_sigint_sigterm_and_kill9_then_rerun_equal_an_uninterrupted_run(make_project):
     """SIGINT, then SIGTERM on the resumed run, then kill -9 on the next one, then a last rerun:
     clean exits and messages, bounded loss, and bitwise the weights of an uninterrupted run."""
@@ -124,7 +122,6 @@ def _assert_one_message(output: str) -> None:
         assert noise not in output, f"{noise!r} in the output:\n{output[-3000:]}"
 
 
-@pytest.mark.slow
 def test_two_process_run_stops_cleanly_on_sigint_and_sigterm_and_resumes_bitwise(make_project):
     """trainer.nproc=2: the launcher passes SIGINT / SIGTERM on to its workers, which finish the
     step, save once and return, so the command ends at once with the one message of a single

@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import time
 
-import pytest
 import torch
 from conftest import squash
 
@@ -60,7 +59,6 @@ def _mlflow_runs(project) -> list[str]:
 KILL_STEPS, KILL_EVERY = 40, 10
 
 
-@pytest.mark.slow
 def test_two_nodes_train_as_one_process_and_resume_together_after_a_kill9(make_project):
     """Two nodes train as one process of the same global batch, through a kill -9.
 
@@ -90,7 +88,7 @@ def test_two_nodes_train_as_one_process_and_resume_together_after_a_kill9(make_p
                      rf"\S*pretrained\.resume\.pt \(step {held}\)\. Rerun the same command on every node", line), line
     assert held >= 2 * KILL_EVERY and not (first.data / "06_models" / "pretrained.pt").exists()
 
-    from maskdm_pipeline.training.nodes import saved_steps
+    from maskdm_pipeline.training.multinode import saved_steps
 
     common = set(saved_steps(resume)) & set(saved_steps(second.data / "06_models" / "pretrained.resume.pt"))
     assert common, "the nodes must share a periodic step"
@@ -123,7 +121,6 @@ def test_two_nodes_train_as_one_process_and_resume_together_after_a_kill9(make_p
 FAST = 6  # trainer.rdzv_timeout of the fault runs
 
 
-@pytest.mark.slow
 def test_bad_endpoints_missing_nodes_differing_parameters_and_a_busy_port_end_in_one_line(make_project):
     """Each fault ends in one `Error:` line naming the parameter or host and what to do; every
     file already under data/ (a resume checkpoint included) is kept as it was."""

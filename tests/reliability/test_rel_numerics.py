@@ -63,7 +63,6 @@ def test_nan_at_step_25_keeps_the_step_20_checkpoint(tmp_path, tiny_images, monk
     assert [p.name for p in tmp_path.iterdir()] == ["pretrained.resume.pt"]
 
 
-@pytest.mark.slow
 def test_cli_lr_1e30_stops_cleanly_and_keeps_the_checkpoint(make_project, one_thread):
     """`kedro run --pipelines pretrain --params pretrain.lr=1e30` resuming from a good step-20
     checkpoint: exit 1 with one `Error:` line naming the step and the knobs, no traceback, the

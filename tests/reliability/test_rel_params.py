@@ -103,7 +103,6 @@ def test_cli_refuses_a_bad_block_that_the_selected_pipeline_does_not_read(make_p
     assert "finetune.mask_ratio=0.5 (from --params): unknown parameter" in text
 
 
-@pytest.mark.slow
 def test_cli_checkpoint_every_zero_switches_periodic_checkpoints_off(make_project):
     """`pretrain.checkpoint_every=0` is accepted and means off: the stage trains to the end and
     saves no periodic checkpoint (the smoke run, every 10 steps, logs one per save: see

@@ -15,34 +15,32 @@ import numpy as np
 import pytest
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is a folder of the project, not installed
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from benchmarks import suite, train_step  # noqa: E402
-from benchmarks.__main__ import main, render_markdown  # noqa: E402
+import devkit
+from benchmarks import suite, train_step
+from benchmarks.__main__ import main, render_markdown
 
 SMOKE_SIZE = {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 @pytest.fixture(scope="module")
-def sampling() -> dict:
+def sampler_comparison() -> dict:
     source = suite.untrained_source("test: untrained model", **SMOKE_SIZE)
     with torch.inference_mode():
         return suite.bench_samplers(source, num_samples=8, repeats=1, ddpm_repeats=1)
 
 
-def test_sampler_comparison_schema(sampling: dict) -> None:
-    assert set(sampling["results"]) == {"ddpm-1000", "ddim-250", "ddim-50", "dpm++2m-25"}
-    assert sampling["reference"] == "ddim-250"
-    for r in sampling["results"].values():
+def test_sampler_comparison_schema(sampler_comparison: dict) -> None:
+    assert set(sampler_comparison["results"]) == {"ddpm-1000", "ddim-250", "ddim-50", "dpm++2m-25"}
+    assert sampler_comparison["reference"] == "ddim-250"
+    for r in sampler_comparison["results"].values():
         assert r["seconds_median"] > 0 and r["speedup_vs_reference"] > 0
         assert r["fd_clf"] is None and r["fd_clf_ratio_vs_reference"] is None
-    assert sampling["results"]["ddim-250"]["speedup_vs_reference"] == pytest.approx(1.0)
-    assert sampling["quality_reason"] == "test: untrained model"
-    assert sampling["model"]["source"] == "untrained"
+    assert sampler_comparison["results"]["ddim-250"]["speedup_vs_reference"] == pytest.approx(1.0)
+    assert sampler_comparison["quality_reason"] == "test: untrained model"
+    assert sampler_comparison["model"]["source"] == "untrained"
 
 
+@pytest.mark.slow
 def test_sampler_comparison_with_quality() -> None:
     """With a classifier and reference statistics, every sampler gets an fd_clf and its ratio."""
     from maskdm_pipeline import fd_clf
@@ -60,6 +58,7 @@ def test_sampler_comparison_with_quality() -> None:
         assert r["fd_clf"] is not None and r["fd_clf_ratio_vs_reference"] is not None
 
 
+@pytest.mark.slow
 def test_train_step_section() -> None:
     cfg = suite.SuiteConfig(mode="test", train_presets={"tiny": 2}, train_ratios=(0.0, 0.5),
                             train_repeats=1)
@@ -78,7 +77,7 @@ def test_train_step_cli_still_works(tmp_path: Path) -> None:
 
 def test_project_copy_and_measured_run(tmp_path: Path) -> None:
     """The e2e part's pieces: a runnable project copy, and wall time + peak RSS of a child."""
-    root = suite.make_project_copy(tmp_path / "project")
+    root = devkit.make_project_copy(tmp_path / "project")
     assert (root / "conf" / "base" / "catalog.yml").is_file() and (root / "pyproject.toml").is_file()
     assert (root / "src" / "maskdm_pipeline").is_dir() and (root / "data" / "06_models").is_dir()
     assert not list((root / "conf" / "local").iterdir())
@@ -92,7 +91,7 @@ def test_mask_choice() -> None:
     assert suite.choose_mask(4, (0.0, 0.5, 0.75, 0.9), 4)[0] == "patch"  # tiny: one block
 
 
-def test_targets_markdown_and_cli(sampling: dict, tmp_path: Path) -> None:
+def test_targets_markdown_and_cli(sampler_comparison: dict, tmp_path: Path) -> None:
     """A result with every section (fake timings where a section is slow) renders and passes
     through ``--markdown``; targets and flat ratios are present, machine info is recorded."""
     train = {"config": {"preset": "small-64", "batch_size": 4, "kind": "block", "block_size": 4},
@@ -111,8 +110,9 @@ def test_targets_markdown_and_cli(sampling: dict, tmp_path: Path) -> None:
     cache = {"label": "`kedro run --env smoke`", "completed": True, "noop_vs_full": 0.25,
              "noop": {"wall_s": 5.0, "nodes_run": 0}, "forced_full": {"wall_s": 20.0}}
     result = {"schema": suite.SCHEMA, "mode": "quick", "note": "fake",
-              "machine": suite.machine_info(torch.device("cpu")),
-              "train_step": {"small-64": train}, "sampling": sampling, "fid": fid, "e2e": e2e, "cache": cache}
+              "machine": devkit.machine_info(torch.device("cpu")),
+              "train_step": {"small-64": train}, "sampling": sampler_comparison, "fid": fid,
+              "e2e": e2e, "cache": cache}
     result["machine"]["load_average_at_end"] = result["machine"]["load_average_at_start"]
     result["targets"] = suite.evaluate_targets(result)
     result["ratios"] = suite.flat_ratios(result)
@@ -139,14 +139,15 @@ def test_targets_markdown_and_cli(sampling: dict, tmp_path: Path) -> None:
     assert main(["--markdown", str(path)]) == 0
 
 
-def test_markdown_of_a_quick_result_without_e2e(sampling: dict) -> None:
-    result = {"schema": suite.SCHEMA, "mode": "quick", "machine": {"cpu": "x"}, "sampling": sampling,
-              "e2e": {"skipped": "quick mode"}}
+def test_markdown_of_a_quick_result_without_e2e(sampler_comparison: dict) -> None:
+    result = {"schema": suite.SCHEMA, "mode": "quick", "machine": {"cpu": "x"},
+              "sampling": sampler_comparison, "e2e": {"skipped": "quick mode"}}
     result["targets"] = suite.evaluate_targets(result)
     table = render_markdown(result)
     assert "not measured" in table and "`python -m benchmarks --quick`" in table
 
 
+@pytest.mark.slow
 def test_data_section_and_its_rows(tmp_path: Path) -> None:
     """The data benchmarks at tiny sizes: 1 and 2 workers write the same shards, both training
     rates and both loop rates are measured, and the rows and targets render."""

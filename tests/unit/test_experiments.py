@@ -7,18 +7,13 @@ their arithmetic run on small hand-made run folders.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-if str(PROJECT_ROOT) not in sys.path:  # `experiments` is a folder of the project, not installed
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from experiments import claim, fd_noise, levels, recipes  # noqa: E402
+from experiments import claim, fd_noise, levels, recipes
 
 BASELINE_SIDE = ["03_primary/train.npz", "04_feature/feature_classifier.pt", "06_models/baseline.pt",
                  "07_model_output/baseline_samples.npz", "07_model_output/baseline_png/0.png",

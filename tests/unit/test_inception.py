@@ -97,6 +97,7 @@ def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return _write_folder(base / "a", 12, 0, 0), _write_folder(base / "b", 12, 1, 60)
 
 
+@pytest.mark.slow
 def test_pytorch_fid_constants_match_and_pipelines_load_without_it() -> None:
     import pytorch_fid.fid_score
     import pytorch_fid.inception
@@ -117,6 +118,7 @@ def test_hub_path_follows_torch_home(torch_home: Path) -> None:
     assert resolve_inception_weights(allow_download=False) == expected
 
 
+@pytest.mark.slow
 def test_fid_from_folders_equals_pytorch_fid_cli(
     torch_home: Path, image_folders: tuple[Path, Path]
 ) -> None:
@@ -147,6 +149,7 @@ def test_fid_from_folders_equals_pytorch_fid_cli(
     assert abs(ours - reference) / reference < 1e-4
 
 
+@pytest.mark.slow
 def test_pool3_features_match_pytorch_fid_activations(
     torch_home: Path, image_folders: tuple[Path, Path]
 ) -> None:
@@ -158,6 +161,7 @@ def test_pool3_features_match_pytorch_fid_activations(
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_inception_features_inputs(torch_home: Path, image_folders: tuple[Path, Path]) -> None:
     # dims=64 (first block only) keeps this cheap and exercises the spatial-average path.
     files = list_images(image_folders[0])[:6]

@@ -23,7 +23,7 @@ FLOORS = {
     **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing",
                      "pool", "atomic"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "conversion", "splitting",
-                     "reporting", "tracking", "fingerprint", "sharding"), 1),
+                     "reporting", "tracking", "fingerprint", "workers"), 1),
     "params": 2,
     "train_stage": 3,
     "pipelines": 4,

@@ -104,6 +104,7 @@ def test_tiny_forward_both_paths() -> None:
     assert model(x, t, mask).shape == (3, 4, 16)
 
 
+@pytest.mark.slow
 def test_small64_real_forward() -> None:
     torch.manual_seed(0)
     model = build_uvit("small-64").eval()

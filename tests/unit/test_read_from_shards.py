@@ -62,6 +62,7 @@ def test_training_from_shards_equals_training_from_memory(data, one_torch_thread
         assert [h["loss"] for h in other["history"]] == [h["loss"] for h in from_array["history"]]
 
 
+@pytest.mark.slow
 def test_ddp_workers_get_file_names_and_open_the_shards(data, one_torch_thread):
     """The job sent to each worker carries no pixels and no shared-memory tensor; two workers
     reading the shards themselves reproduce the one-process run."""

@@ -16,16 +16,16 @@ from maskdm_pipeline import diffusion as dm
 from maskdm_pipeline import tracking
 from maskdm_pipeline.pipelines.evaluate.nodes import collect_metrics
 from maskdm_pipeline.pipelines.finetune.nodes import init_weights_from
-from maskdm_pipeline.training.builders import ResumeMismatchError, build_loss, check_resume
+from maskdm_pipeline.training.builders import build_loss
 from maskdm_pipeline.training.config import (
     DiffusionConfig,
     MaskConfig,
     ModelConfig,
     StageConfig,
     TrainerConfig,
-    stage_recipe,
 )
 from maskdm_pipeline.training.job import TrainJob
+from maskdm_pipeline.training.resume import ResumeMismatchError, check_resume, stage_recipe
 
 CPU = torch.device("cpu")
 MIN_SNR = DiffusionConfig(schedule="cosine", prediction="v", loss_weighting="min_snr", min_snr_gamma=3.0)

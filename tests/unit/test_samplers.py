@@ -302,7 +302,8 @@ def test_image_grid_layout(channels: int) -> None:
 
 
 # ---------------------------------------------------------------------------- per-sample seeds
-@pytest.mark.parametrize(("sampler", "steps", "eta"), [("ddim", 20, 1.0), ("dpm++2m", 10, 0.0), ("ddpm", None, 1.0)])
+@pytest.mark.parametrize(("sampler", "steps", "eta"), [
+    ("ddim", 20, 1.0), ("dpm++2m", 10, 0.0), pytest.param("ddpm", None, 1.0, marks=pytest.mark.slow)])
 def test_samples_do_not_depend_on_the_batch_size(sampler, steps, eta):
     """Every sample draws its noise from its own seeded generator (EDM's per-image seeds), so on
     the CPU in fp32 the images are bitwise the same for any batch size, stochastic samplers too."""

@@ -1,5 +1,5 @@
-"""The training engine (training/config.py, job.py, run.py, loop.py, builders.py, streams.py,
-distributed.py).
+"""The training engine (training/config.py, job.py, run.py, loop.py, builders.py, resume.py,
+streams.py, distributed.py).
 
 Everything runs a tiny real U-ViT (8x8 images, patch 2, 16 tokens, width 32) on the CPU with one
 thread: on shared cores, oversubscribed OpenMP threads made a step ~50x slower.
@@ -371,6 +371,7 @@ def test_bf16_autocast_trains(images):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_two_gloo_processes_match_one_process(images, recipe):
     """DDP over 2 CPU workers with the same GLOBAL batch gives the single-process result, with

@@ -12,9 +12,8 @@ What the judge asks of the nodes and the datasets, without knowing any of them:
 - a node function may declare the files it reads besides its catalog inputs
   (:func:`maskdm_pipeline.fingerprint.reads_files`; the FID weights): their content hashes go into
   the fingerprint;
-- an input dataset may define ``blocks_current(shown) -> str | None``: why the part that reads it
-  cannot be current (``CheckpointSlotDataset``: its file exists, an unfinished run), ``shown``
-  giving a path as the cache shows it;
+- an input dataset may define ``blocks_current() -> str | None``: why the part that reads it
+  cannot be current (``CheckpointSlotDataset``: its file exists, an unfinished run);
 - and ``content_identity()`` (:mod:`~maskdm_pipeline.caching.records`).
 """
 
@@ -29,6 +28,7 @@ from typing import Any
 from maskdm_pipeline.caching import records
 from maskdm_pipeline.caching.units import PARAMS_PREFIX, Part
 from maskdm_pipeline.fingerprint import file_digest, files_read, fingerprint, key_document
+from maskdm_pipeline.listing import shown
 
 _SHOWN = 4  # changed parameters named per line
 
@@ -47,14 +47,6 @@ class Decision:
     @property
     def current(self) -> bool:
         return not self.reasons
-
-
-def shown(path: Path) -> str:
-    """A path relative to the project (the working directory) when it is inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
 
 
 def _dotted(tree: Mapping[str, Any], name: str) -> Any:
@@ -146,7 +138,7 @@ class Judge:
         reasons = [f"cache.rerun={forced}"] if forced else []
         for name in part.inputs:
             blocks = getattr(self._dataset(name), "blocks_current", None)
-            if callable(blocks) and (why := blocks(shown)):
+            if callable(blocks) and (why := blocks()):
                 reasons.append(why)
         missing, unrecorded, written = [], [], []
         for name in part.outputs:

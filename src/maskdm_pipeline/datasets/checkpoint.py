@@ -13,7 +13,6 @@ once more after the last step; once the final checkpoint is on disk, the slot is
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from maskdm_pipeline.datasets.torch_state import TorchStateDataset
 from maskdm_pipeline.fileio import load_checkpoint, save_checkpoint
+from maskdm_pipeline.listing import shown
 
 
 class TorchCheckpointDataset(TorchStateDataset):
@@ -83,10 +83,10 @@ class CheckpointSlotDataset(AbstractDataset[None, CheckpointSlot]):
         That the file exists is what counts (:meth:`blocks_current`)."""
         return None
 
-    def blocks_current(self, shown: Callable[[Path], str] = str) -> str | None:
+    def blocks_current(self) -> str | None:
         """Why the stage that reads this slot is not current (``maskdm_pipeline.caching``): the
         file exists, left by an unfinished run, which the next run continues; None when it does
-        not. ``shown`` writes the path as the message shows it."""
+        not."""
         if not self._filepath.exists():
             return None
         return f"resume checkpoint {shown(self._filepath)} exists: an unfinished run, which continues from it"

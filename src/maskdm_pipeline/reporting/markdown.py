@@ -128,7 +128,7 @@ def _mask_text(mask: Mapping[str, Any] | None) -> str:
 
 def recipe_table(metrics: Mapping[str, Any]) -> str:
     """A row per model and stage: mask, dense blocks, target and loss weighting, hflip (the
-    ``recipe`` of ``metrics.json``, ``training.config.stage_recipe``)."""
+    ``recipe`` of ``metrics.json``, ``training.resume.stage_recipe``)."""
     rows = []
     for key, name in MODELS.items():
         for stage, r in ((metrics.get(key) or {}).get("recipe") or {"?": None}).items():

@@ -1,8 +1,10 @@
 """The training engine (pure torch, no Kedro): a :class:`TrainJob` in, a full training state out.
 
 ``config.py`` the typed configs; ``job.py`` the job; ``run.py`` the entry (``run_training``);
-``distributed.py`` the DDP launch; ``loop.py`` the loop of one process; ``builders.py``,
-``process.py``, ``streams.py`` and ``ema.py`` its parts. Checkpoint files: ``fileio.py``.
+``distributed.py`` the DDP launch; ``multinode.py`` what several machines agree on;
+``loop.py`` the loop of one process; ``builders.py``, ``process.py``, ``streams.py`` and
+``ema.py`` its parts; ``resume.py`` a saved state read back (older checkpoints, the resume
+policy). Checkpoint files: ``fileio.py``.
 """
 
 from maskdm_pipeline.fileio import (

@@ -1,6 +1,6 @@
-"""What the training loop is built from: the loss, the LR schedule, the start weights, and the
-check that a resumed state continues the run it is asked to continue. Apart from training/loop.py so that the loop reads as
-the algorithm of METHOD.md section 4 and each piece can be tested on its own."""
+"""What the training loop is built from: the loss, the LR schedule and the start weights. Apart
+from training/loop.py so that the loop reads as the algorithm of METHOD.md section 4 and each
+piece can be tested on its own."""
 
 from __future__ import annotations
 
@@ -10,11 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdm_pipeline.training.config import (
-    DiffusionConfig,
-    MaskConfig,
-    saved_stage_with_defaults,
-)
+from maskdm_pipeline.training.config import DiffusionConfig, MaskConfig
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -60,82 +56,3 @@ def load_init_weights(model: nn.Module, weights: Mapping[str, Any], name: str) -
             f"{name}: init_weights do not fit the model built from the model config (same preset, "
             f"image size and channels as the stage that produced them?): {exc}"
         ) from exc
-
-
-# What a resumed run may change (issue 16). A resume continues ONE run, so everything that
-# defines that run must be what it was trained with: the model, the diffusion (schedule,
-# prediction, loss weighting), the data (number of images), the seed and the recipe (betas,
-# weight decay, EMA, flips, the mask and its dense blocks). Free to change:
-# - `steps`, to extend (or shorten) a run, as long as the state has not gone past it;
-# - the cadence of checkpoints, logs and evaluations, which records the run without changing it;
-# - the knobs the divergence message tells a user to turn before rerunning (loop.py
-#   `_non_finite_message`: lr, grad_clip, batch_size, warmup_steps), only while there are steps
-#   left to train with them (reported: the continuation differs from an uninterrupted run);
-#   a finished state saved under new values would claim settings it never trained with.
-# The trainer block (device, precision, compile, nproc) is where the run happens, not what it
-# learns: a batch is global whatever nproc is, and precision is also a divergence remedy.
-RESUME_CADENCE = ("steps", "checkpoint_every", "log_every", "eval_every")
-RESUME_REMEDIES = ("lr", "grad_clip", "batch_size", "warmup_steps")
-
-
-class ResumeMismatchError(ValueError):
-    """A resume state trained with other settings than the run asks for.
-
-    Attributes: ``name`` (the stage), ``step`` (the state's step) and ``differences``:
-    ``(key, saved, asked)`` with engine keys (``seed``, ``mask.ratio``, ``diffusion.prediction``,
-    ``model.depth``, ``images``, ``steps``).
-    """
-
-    def __init__(self, name: str, step: int, differences: list[tuple[str, Any, Any]]) -> None:
-        self.name, self.step, self.differences = name, step, differences
-        shown = "; ".join(f"{key}: {saved!r} -> {asked!r}" for key, saved, asked in differences)
-        super().__init__(f"{name}: resume_state (step {step}) was trained with other settings ({shown}); "
-                         "resume with the settings it was trained with, or start afresh without it")
-
-
-def _nested(config: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """``{"mask": {"ratio": 0.5}}`` -> ``{"mask.ratio": 0.5}`` (one level, as checkpoints nest)."""
-    flat: dict[str, Any] = {}
-    for key, value in (config or {}).items():
-        if isinstance(value, Mapping):
-            flat.update(_nested(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
-def check_resume(state: Mapping[str, Any], config: Mapping[str, Any], name: str,
-                 num_images: int | None = None) -> list[tuple[str, Any, Any]]:
-    """Whether ``state`` (a checkpoint dict) may be continued by a job with ``config``
-    (``TrainJob.config()``) on ``num_images`` images; returns the remedies that changed, as
-    ``(key, saved, asked)``, for the caller to report (see the rule above).
-
-    Keys a checkpoint written before they existed lacks count as their defaults, which is what
-    it was trained with.
-
-    Raises:
-        ResumeMismatchError: anything else differs, naming each difference.
-    """
-    saved = state.get("config", {})
-    step = int(state.get("step", 0))
-    found = {**_nested(saved.get("model"), "model."),
-             **_nested({**DiffusionConfig().to_dict(), **saved.get("diffusion", {})}, "diffusion."),
-             **_nested(saved_stage_with_defaults(saved.get("stage", {})))}
-    wanted = {**_nested(config["model"], "model."), **_nested(config["diffusion"], "diffusion."),
-              **_nested(config["stage"])}
-    if found["diffusion.loss_weighting"] == wanted["diffusion.loss_weighting"] == "none":
-        found.pop("diffusion.min_snr_gamma"), wanted.pop("diffusion.min_snr_gamma")  # unused by either
-    differences = [(key, found.get(key), wanted.get(key)) for key in sorted(found.keys() | wanted.keys())
-                   if key not in RESUME_CADENCE and found.get(key) != wanted.get(key)]
-    remedies = [d for d in differences if d[0] in RESUME_REMEDIES]
-    if step >= int(wanted["steps"]):  # nothing left to train: the remedies would never apply
-        remedies = []
-    refused = [d for d in differences if d not in remedies]
-    if step > int(wanted["steps"]):
-        refused.append(("steps", step, wanted["steps"]))
-    perm = (state.get("rng") or {}).get("perm")
-    if num_images is not None and perm is not None and len(perm) != num_images:
-        refused.append(("images", len(perm), num_images))
-    if refused:
-        raise ResumeMismatchError(name, step, refused)
-    return remedies

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
@@ -115,7 +115,7 @@ class DiffusionConfig(Frozen):
     ``loss_weighting``: ``none`` (MaskDM's L_simple, METHOD.md 1.7) or ``min_snr`` (Min-SNR-gamma,
     Hang et al., ICCV 2023) with ``min_snr_gamma`` (their 5). Schedule and prediction define what
     the network computes, the weighting how its errors are counted during training; a resumed
-    run needs all of them unchanged (training/builders.py ``check_resume``).
+    run needs all of them unchanged (training/resume.py ``check_resume``).
     """
 
     schedule: Literal[SCHEDULES] = "linear"
@@ -209,45 +209,6 @@ class StageConfig(Frozen):
         out["betas"] = list(self.betas)  # lists survive JSON and YAML round trips; tuples do not
         out["mask"] = None if mask is None else mask.to_dict()
         return out
-
-
-def saved_stage_with_defaults(stage: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage config as stored in a checkpoint (``StageConfig.to_dict``), with the fields it
-    predates (``hflip``, the mask's ``dense_blocks``) at their defaults: what it was trained with."""
-    filled = {k: f.default for k, f in StageConfig.model_fields.items()
-              if k not in stage and not f.is_required()}
-    filled.update(stage)
-    if isinstance(filled.get("mask"), Mapping):
-        filled["mask"] = {**MaskConfig().to_dict(), **filled["mask"]}
-    return filled
-
-
-def stage_recipe(config: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What a trained stage did, from its checkpoint ``config`` (``TrainJob.config()``): the mask
-    (None: none dropped) and its dense blocks, the diffusion target and loss weighting, hflip.
-
-    For the report and ``metrics.json`` (issue 17 item 5): two runs compare without reading
-    their configs. Keys missing from an older checkpoint take today's defaults, which are what
-    that checkpoint was trained with. ``dense_blocks`` is None when no token was dropped and
-    ``min_snr_gamma`` None under ``loss_weighting: none`` (neither had an effect). None when
-    ``config`` has no diffusion block (not a checkpoint's config: nothing to tell).
-    """
-    if not config.get("diffusion"):
-        return None
-    stage = saved_stage_with_defaults(config.get("stage") or {})
-    diffusion = DiffusionConfig.model_validate(dict(config["diffusion"]))
-    mask = None if stage.get("mask") is None else MaskConfig.model_validate(stage["mask"])
-    masked = mask is not None and mask.drops_tokens
-    min_snr = diffusion.loss_weighting == "min_snr"
-    return {
-        "mask": mask.model_dump(exclude={"dense_blocks"}) if masked else None,
-        "dense_blocks": mask.dense_blocks if masked else None,
-        "schedule": diffusion.schedule,
-        "prediction": diffusion.prediction,
-        "loss_weighting": diffusion.loss_weighting,
-        "min_snr_gamma": diffusion.min_snr_gamma if min_snr else None,
-        "hflip": float(stage["hflip"]),
-    }
 
 
 # ---------------------------------------------------------------------------- hardware

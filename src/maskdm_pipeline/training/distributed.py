@@ -21,7 +21,7 @@ naming the step. A second signal stops them at once through elastic's shutdown.
 Several nodes (``trainer.nnodes > 1``, README "Scaling out"): the same launch on every node,
 with the c10d rendezvous at ``trainer.rdzv_endpoint`` (min = max = ``nnodes``, joined within
 ``trainer.rdzv_timeout``, ``trainer.max_restarts`` restarts of the worker group); what the
-nodes agree on and how each ends with rank 0's state: training/nodes.py. A worker that loses
+nodes agree on and how each ends with rank 0's state: training/multinode.py. A worker that loses
 its peers (another node died) exits with :data:`LOST_PEER_EXIT` instead of returning, so that
 the elastic agent counts a failure (and restarts the group if restarts are left) rather than
 waiting at its exit barrier for a node that is gone.
@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -59,7 +59,7 @@ from maskdm_pipeline.training.job import (
     TrainJob,
 )
 from maskdm_pipeline.training.loop import TrainProcess
-from maskdm_pipeline.training.nodes import (
+from maskdm_pipeline.training.multinode import (
     NodeGroup,
     check_endpoint,
     is_loopback,
@@ -152,7 +152,7 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
     try:
         if job.trainer.nnodes > 1:
             nodes = NodeGroup(job.name, local_rank)
-            nodes.agree(job.node_settings or {f"{block}.{key}": value for block, values in job.config().items()
+            nodes.agree(job.shared_settings or {f"{block}.{key}": value for block, values in job.config().items()
                                               for key, value in values.items()})
             job = _resumed(job, nodes)
         state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank, nodes=nodes).train()
@@ -172,7 +172,7 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
 
 def _resumed(job: TrainJob, nodes: NodeGroup) -> TrainJob:
     """The job with the state every node resumes from: the latest periodic step all nodes hold
-    (training/nodes.py), also after an elastic restart of the worker group."""
+    (training/multinode.py), also after an elastic restart of the worker group."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if job.checkpoint_path is None or not (job.resume or restarted):
         return replace(job, resume_state=None)
@@ -223,26 +223,9 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"{nproc}); use a top-level function or functools.partial, not a closure or "
             f"lambda ({type(exc).__name__}: {exc})"
         ) from exc
-    trainer = job.trainer
-    trainer.check_nodes()
-    if trainer.rdzv_endpoint is None:  # one node: a private port, an id of its own
-        endpoint, run_id = f"127.0.0.1:{free_port()}", f"maskdm-{uuid.uuid4().hex[:8]}"
-    else:
-        check_endpoint(trainer.rdzv_endpoint, job.name)
-        endpoint, run_id = trainer.rdzv_endpoint, rendezvous_id(job.name)
-    config = LaunchConfig(
-        min_nodes=trainer.nnodes, max_nodes=trainer.nnodes, nproc_per_node=nproc,
-        rdzv_backend="c10d", rdzv_endpoint=endpoint, run_id=run_id,
-        rdzv_configs={"join_timeout": trainer.rdzv_timeout, "read_timeout": trainer.rdzv_timeout},
-        max_restarts=trainer.max_restarts, start_method="spawn",
-        # The address the other nodes reach this one at: the FQDN lookup (None) across machines;
-        # on a loopback endpoint 127.0.0.1, which also skips that lookup (it can stall when sandboxed).
-        local_addr="127.0.0.1" if is_loopback(split_endpoint(endpoint)[0]) else None,
-        signals_to_handle="SIGHUP,SIGQUIT",  # SIGINT and SIGTERM: ForwardSignals
-    )
-    if trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/nodes.py)
+    config, endpoint = _launch_config(job)
+    if job.trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/multinode.py)
         job = replace(job, resume_state=None)
-    path = job.checkpoint_path
     # This node's rank, set by its workers once the rendezvous has ranked the nodes (-1 before):
     # known even when the job fails afterwards, so the MLflow hook can still mark rank 0's run FAILED.
     started = multiprocessing.get_context("spawn").Value("i", -1)
@@ -253,7 +236,51 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
         with ForwardSignals() as forwarded, _quiet_elastic(log_level):
             with _ranked(started):
                 results = elastic_launch(config, worker_entry)(job, log_level, started)
-    except SignalException as exc:
+    except (SignalException, RendezvousError, ChildFailedError) as exc:
+        _raise_launch_error(exc, job, endpoint, started.value >= 0, forwarded.received)
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    with _ranked(started):
+        return {**_rank0_result(results, job), NODE_RANK: started.value}
+
+
+def _launch_config(job: TrainJob) -> tuple[LaunchConfig, str]:
+    """Elastic's launch of this node's ``trainer.nproc`` workers, and the rendezvous endpoint.
+
+    Raises (before any process starts):
+        ValueError: ``trainer.nnodes > 1`` without ``trainer.rdzv_endpoint``.
+        NodesError: the endpoint cannot be used from this node (training/multinode.py).
+    """
+    trainer = job.trainer
+    trainer.check_nodes()
+    if trainer.rdzv_endpoint is None:  # one node: a private port, an id of its own
+        endpoint, run_id = f"127.0.0.1:{free_port()}", f"maskdm-{uuid.uuid4().hex[:8]}"
+    else:
+        check_endpoint(trainer.rdzv_endpoint, job.name)
+        endpoint, run_id = trainer.rdzv_endpoint, rendezvous_id(job.name)
+    config = LaunchConfig(
+        min_nodes=trainer.nnodes, max_nodes=trainer.nnodes, nproc_per_node=trainer.nproc,
+        rdzv_backend="c10d", rdzv_endpoint=endpoint, run_id=run_id,
+        rdzv_configs={"join_timeout": trainer.rdzv_timeout, "read_timeout": trainer.rdzv_timeout},
+        max_restarts=trainer.max_restarts, start_method="spawn",
+        # The address the other nodes reach this one at: the FQDN lookup (None) across machines;
+        # on a loopback endpoint 127.0.0.1, which also skips that lookup (it can stall when sandboxed).
+        local_addr="127.0.0.1" if is_loopback(split_endpoint(endpoint)[0]) else None,
+        signals_to_handle="SIGHUP,SIGQUIT",  # SIGINT and SIGTERM: ForwardSignals
+    )
+    return config, endpoint
+
+
+def _raise_launch_error(exc: Exception, job: TrainJob, endpoint: str, started: bool,
+                        signalled: signal.Signals | None) -> NoReturn:
+    """Raise, for a launch that failed with ``exc``, the error the caller acts on: a signal is
+    ``TrainingInterrupted``, a rendezvous or a node that failed is ``NodesError`` in one line;
+    any other failure of the workers is ``exc`` itself. ``started``: the rendezvous had ranked
+    the nodes (the job ran); ``signalled``: the signal :class:`ForwardSignals` passed on."""
+    path, trainer = job.checkpoint_path, job.trainer
+    if isinstance(exc, SignalException):
         # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
         where = (f"the last periodic checkpoint is in {path}; continue with "
                  f"resume_state=load_checkpoint({str(path)!r})") if path else \
@@ -262,8 +289,8 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"{job.name}: distributed training stopped by {exc.sigval.name}; {where}",
             step=None, checkpoint_path=None if path is None else Path(path),
         ) from exc
-    except RendezvousError as exc:
-        if started.value >= 0:  # the job ran, then the rendezvous (a node hosting its store) was lost
+    if isinstance(exc, RendezvousError):
+        if started:  # the job ran, then the rendezvous (a node hosting its store) was lost
             raise NodesError(_lost_message(job, None)) from exc
         if not isinstance(exc, RendezvousTimeoutError):
             raise NodesError(
@@ -276,23 +303,17 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
             f"trainer.rdzv_endpoint={endpoint} within trainer.rdzv_timeout={trainer.rdzv_timeout} s; start "
             "the same command on every node (the same trainer.rdzv_endpoint and trainer.nnodes), or raise "
             "trainer.rdzv_timeout; nothing was trained.") from exc
-    except ChildFailedError as exc:
-        if forwarded.received is None and trainer.nnodes > 1:
-            raise NodesError(_lost_message(job, exc)) from None
-        if forwarded.received is None:
-            raise
-        # Signalled before a worker could install its handler (while it started up).
-        raise TrainingInterrupted(
-            f"{job.name}: stopped by {forwarded.received.name} while the worker processes started; "
-            + (f"any earlier checkpoint in {path} is untouched" if path else "nothing was saved"),
-            step=None, checkpoint_path=None if path is None else Path(path),
-        ) from exc
-    finally:
-        for sig, handler in previous.items():
-            if handler is not None:
-                signal.signal(sig, handler)
-    with _ranked(started):
-        return {**_rank0_result(results, job), NODE_RANK: started.value}
+    assert isinstance(exc, ChildFailedError)
+    if signalled is None and trainer.nnodes > 1:
+        raise NodesError(_lost_message(job, exc)) from None
+    if signalled is None:
+        raise exc
+    # Signalled before a worker could install its handler (while it started up).
+    raise TrainingInterrupted(
+        f"{job.name}: stopped by {signalled.name} while the worker processes started; "
+        + (f"any earlier checkpoint in {path} is untouched" if path else "nothing was saved"),
+        step=None, checkpoint_path=None if path is None else Path(path),
+    ) from exc
 
 
 def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:

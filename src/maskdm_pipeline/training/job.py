@@ -56,9 +56,9 @@ class TrainJob:
         name: the stage name used in messages (``pretrain``, ``finetune``, ...).
         progress: tqdm bar (True), log lines (False), or auto (None: bar when stderr is a TTY).
         resume: with several nodes (``trainer.nnodes > 1``), continue from the latest periodic
-            checkpoint that every node holds (training/nodes.py); ``resume_state`` is then only
+            checkpoint that every node holds (training/multinode.py); ``resume_state`` is then only
             checked, not used, since each node may hold another step.
-        node_settings: with several nodes, the values every node must share (dotted parameter
+        shared_settings: with several nodes, the values every node must share (dotted parameter
             name -> value), compared right after the rendezvous; None: this job's ``config()``.
     """
 
@@ -75,7 +75,7 @@ class TrainJob:
     name: str = "stage"
     progress: bool | None = None
     resume: bool = False
-    node_settings: Mapping[str, Any] | None = None
+    shared_settings: Mapping[str, Any] | None = None
 
     @property
     def masked(self) -> bool:

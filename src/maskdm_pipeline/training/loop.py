@@ -41,7 +41,7 @@ from maskdm_pipeline.training.builders import (
 )
 from maskdm_pipeline.training.ema import build_ema, ema_state_dict, load_ema_state_dict
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
-from maskdm_pipeline.training.nodes import NodeGroup
+from maskdm_pipeline.training.multinode import NodeGroup
 from maskdm_pipeline.training.streams import TrainingStreams
 
 __all__ = ["TrainProcess"]
@@ -66,7 +66,7 @@ class TrainProcess:
         self.path = None if job.checkpoint_path is None else Path(job.checkpoint_path)
         self.config = job.config()
         self.device = process.select_device(trainer, local_rank)
-        # Several nodes: rank 0's state reaches every node through ``nodes`` (training/nodes.py),
+        # Several nodes: rank 0's state reaches every node through ``nodes`` (training/multinode.py),
         # and each node's first process reports progress, so every node's log shows its steps.
         self.nodes = nodes
         self.reports = rank == 0 or (nodes is not None and nodes.leader)
@@ -271,7 +271,7 @@ class TrainProcess:
 
     def _save(self) -> float:
         """Write the full state atomically (rank 0 only; with several nodes rank 0's state on
-        every node, training/nodes.py); return the seconds it took."""
+        every node, training/multinode.py); return the seconds it took."""
         if self.path is None or (self.rank != 0 and self.nodes is None):
             return 0.0
         t0 = time.perf_counter()

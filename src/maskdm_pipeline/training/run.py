@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from maskdm_pipeline.training.builders import check_resume
 from maskdm_pipeline.training.config import check_compatible
 from maskdm_pipeline.training.distributed import run_distributed
 from maskdm_pipeline.training.job import TrainJob
 from maskdm_pipeline.training.loop import TrainProcess
+from maskdm_pipeline.training.resume import check_resume
 
 __all__ = ["run_training"]
 
@@ -29,7 +29,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         ValueError: inconsistent inputs (hardware, batch against ``nproc``, images against the
             model, mask against the patch grid), before any process starts or step runs.
         ResumeMismatchError: ``resume_state`` was trained with other settings (a ValueError;
-            training/builders.py ``check_resume`` says what may differ).
+            training/resume.py ``check_resume`` says what may differ).
         NonFiniteLossError: the loss became NaN/inf; the last checkpoint is left as it was.
         TrainingInterrupted: SIGINT/SIGTERM; the state was saved after the current step.
     """

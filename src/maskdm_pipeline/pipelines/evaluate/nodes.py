@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdm_pipeline import fd_clf, sharding
+from maskdm_pipeline import fd_clf, workers
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document, reads_files
@@ -24,7 +24,7 @@ from maskdm_pipeline.metrics import (
     stats,
     stats_from_batches,
 )
-from maskdm_pipeline.training.config import stage_recipe
+from maskdm_pipeline.training.resume import stage_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _inception(params: Mapping[str, Any], trainer: Mapping[str, Any], weights_pa
     kwargs = {"dims": int(fid["dims"]), "weights_path": weights_path or fid.get("weights_path"),
               "batch_size": int(fid["batch_size"]), "allow_download": bool(fid["allow_download"]),
               "download_timeout": 10.0}
-    return sharding.features_on(sharding.construct, (InceptionFeatures, kwargs), dims=kwargs["dims"],
+    return workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=kwargs["dims"],
                                 batch_size=kwargs["batch_size"], nproc=_nproc(trainer), device=_device(trainer))
 
 
@@ -130,7 +130,7 @@ def score_samples(
     trainer: Mapping[str, Any],
 ) -> dict[str, Any]:
     """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples, the
-    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.sharding`)."""
+    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
     scores.update(fd_clf.score(images, classifier, clf_reference, int(params["fd_clf"]["num_samples"]),
@@ -157,7 +157,7 @@ def collect_metrics(
 ) -> dict[str, Any]:
     """``metrics.json``: quality per model, the real-data floor, per-stage compute (token-blocks
     too: what the network computed, dense blocks included) and each model's recipe by stage
-    (``training.config.stage_recipe``)."""
+    (``training.resume.stage_recipe``)."""
     accountings = {"pretrain": pretrain, "finetune": finetune, "baseline": baseline_accounting}
     stages = {name: {k: acc.get("stats", {}).get(k) for k in STAGE_KEYS} for name, acc in accountings.items()}
     recipes = {name: stage_recipe(acc.get("config") or {}) for name, acc in accountings.items()}

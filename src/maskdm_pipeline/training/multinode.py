@@ -111,16 +111,17 @@ def check_endpoint(endpoint: str, name: str) -> None:
             return  # free: this node's launcher will host the store
         except OSError:
             pass
-    if not _answers_as_store(host, port):
+    if not _usable_by_rendezvous(host, port):
         raise NodesError(
             f"{name}: {where}: port {port} on this machine is in use by another program; pick a free "
             f"port (e.g. another one above 1024) and give the same trainer.rdzv_endpoint to every node; "
             "nothing was run.")
 
 
-def _answers_as_store(host: str, port: int) -> bool:
-    """Whether a torch TCPStore answers on ``host:port``; nothing listening counts as yes (the
-    port was held only for a moment, e.g. by another node's launcher checking it too).
+def _usable_by_rendezvous(host: str, port: int) -> bool:
+    """Whether the rendezvous can use the held port ``host:port`` of this machine: a torch
+    TCPStore answers there (another node's launcher hosts the store), or nothing listens any
+    more (the port was held only for a moment, e.g. by another node's launcher checking it too).
 
     Torch's store client waits forever (in C++, where no timeout reaches it) on a port that
     another program holds, so it is tried in a forked process given :data:`PROBE_SECONDS`.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskdm_pipeline import fd_clf, sharding
+from maskdm_pipeline import fd_clf, workers
 from maskdm_pipeline.generation import generate
 from maskdm_pipeline.metrics import InceptionFeatures, stats_from_batches
 from maskdm_pipeline.metrics.classifier import (
@@ -38,6 +38,7 @@ def _model() -> torch.nn.Module:
     return build_uvit("tiny", embed_dim=32, depth=2, num_heads=2, patch_size=2, img_size=8).eval()
 
 
+@pytest.mark.slow
 def test_sharded_samples_equal_one_process_for_any_batch_size():
     """DDIM with eta 1 draws fresh noise at every step: each sample's own generator must follow it
     to whichever worker draws it. Batch 3: ranges of 3, 3, 1; batch 7: capped at ceil(7/2) = 4."""
@@ -48,6 +49,7 @@ def test_sharded_samples_equal_one_process_for_any_batch_size():
         assert sharded.dtype == np.uint8 and np.array_equal(sharded, whole), f"batch_size={batch_size}"
 
 
+@pytest.mark.slow
 def test_sharded_inception_and_fd_clf_features_equal_one_process(tmp_path):
     from benchmarks.standin_weights import random_fid_inception_state_dict
 
@@ -55,11 +57,11 @@ def test_sharded_inception_and_fd_clf_features_equal_one_process(tmp_path):
     torch.save(random_fid_inception_state_dict(seed=0), weights)
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
     kwargs = {"dims": 64, "weights_path": weights, "batch_size": 2, "allow_download": False}
-    one = sharding.features_on(sharding.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=1,
+    one = workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=1,
                                device="cpu")
-    two = sharding.features_on(sharding.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=2,
+    two = workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=64, batch_size=2, nproc=2,
                                device="cpu")
-    assert isinstance(one, InceptionFeatures) and isinstance(two, sharding.ShardedFeatures)
+    assert isinstance(one, InceptionFeatures) and isinstance(two, workers.ShardedFeatures)
     expected = one(images)
     assert expected.shape == (5, 64) and np.array_equal(two(images), expected)
     # The statistics accumulate the same batches in the same order: bitwise too.
@@ -72,7 +74,7 @@ def test_sharded_inception_and_fd_clf_features_equal_one_process(tmp_path):
     digits = np.random.default_rng(1).integers(0, 256, (9, 1, 8, 8), dtype=np.uint8)
     alone = fd_clf.classifier_features(state, batch_size=4)(digits)
     spread = fd_clf.classifier_features(state, nproc=2, batch_size=4)
-    assert isinstance(spread, sharding.ShardedFeatures)
+    assert isinstance(spread, workers.ShardedFeatures)
     assert alone.shape == (9, 16) and np.array_equal(spread(digits), alone)
 
 
@@ -117,6 +119,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_sharded_sampling_stops_the_workers_without_their_tracebacks(tmp_path):
     """SIGINT to the whole process group, as a terminal sends it: the parent alone raises
     KeyboardInterrupt; the workers, which ignore it, are stopped at once (not after their task)."""

@@ -89,7 +89,7 @@ class ShardedFeatures:
     extractor does alone and sends one batch a task; the worker's extractor computes it as one
     batch. Equal batches through the same network on the same kind of device give bitwise
     equal features, so the features, and the statistics accumulated from them in order, equal
-    the one-process result (``tests/unit/test_sharding.py``).
+    the one-process result (``tests/unit/test_workers.py``).
 
     ``build(device, *args)`` makes the extractor in each worker (a top-level function).
     """
