@@ -89,7 +89,7 @@ def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
 
 def cache_tags(records: Mapping[str, Mapping[str, Any]],
                decisions: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """MLflow tags of the cache (README "Caching and reruns"): ``fingerprint.<dataset>`` for every
+    """MLflow tags of the cache (docs/caching.md): ``fingerprint.<dataset>`` for every
     output with a fingerprint record, and ``cache.<stage>[/<part>]`` = ``ran`` or ``up to date``
     for each part the run decided (``caching.run_decisions``)."""
     tags = {f"fingerprint.{name}": str(record["fingerprint"]) for name, record in records.items()
