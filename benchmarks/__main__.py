@@ -1,4 +1,5 @@
-"""``python -m benchmarks``: the benchmark suite (issue 6), and the README "Performance" table.
+"""``python -m benchmarks``: the benchmark suite (issue 6), and the table of
+benchmarks/README.md "Performance".
 
     python -m benchmarks --quick                  # about 2 minutes on 2 CPU cores, no kedro run
     python -m benchmarks --quick --e2e            # plus the DAG end to end with --env smoke
@@ -172,7 +173,8 @@ def _data_rows(result: dict[str, Any], targets: dict[str, Any]) -> list[list[str
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    """The README "Performance" table (and a caption naming the machine) from a suite result."""
+    """The table of benchmarks/README.md "Performance" (with a caption naming the machine) from a
+    suite result."""
     targets = result.get("targets", {})
     rows = [*_train_rows(result, targets), *_sampling_rows(result, targets),
             *_fid_rows(result, targets), *_data_rows(result, targets), _e2e_row(result, targets)]

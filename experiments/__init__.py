@@ -1,1 +1,1 @@
-"""Experiments that measure the paper's claims with this pipeline (see README "Results")."""
+"""Experiments that measure the paper's claims with this pipeline (see docs/results.md)."""

@@ -1,13 +1,14 @@
 """fd_clf, the offline quality metric, in one place: its classifier, its real reference, the
 real-data floor, the periodic probe of the training stages and the final score (pure: no Kedro).
 
-``fd_clf`` is the Frechet distance on the penultimate features of a small classifier trained on
-the real training images (the "Frechet LeNet distance" practice; DESIGN.md "Decisions"). It is
-always reported with its sample count and never called FID: its scale depends on the classifier,
-so it is only comparable between runs that share it. FID is computed only with pytorch-fid's real
-Inception weights (:mod:`maskdm_pipeline.metrics`). The network and its training live in
-:mod:`maskdm_pipeline.metrics.classifier` (math); this module decides what the metric is measured
-on (which images, which N, against which reference) and turns unavailability into a reason.
+``fd_clf`` is the Frechet distance on the penultimate features of a small classifier trained on the
+real training images (the "Frechet LeNet distance" practice; DESIGN.md "Decisions already taken").
+It is always reported with its sample count and never called FID: its scale depends on the
+classifier, so it is only comparable between runs that share it. FID is computed only with
+pytorch-fid's real Inception weights (:mod:`maskdm_pipeline.metrics`). The network and its training
+live in :mod:`maskdm_pipeline.metrics.classifier` (math); this module decides what the metric is
+measured on (which images, which N, against which reference) and turns unavailability into a
+reason.
 
 Distances are always ``frechet_distance(samples, reference)`` in that argument order, so the
 probe, the floor and the final score are computed the same way.

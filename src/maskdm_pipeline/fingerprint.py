@@ -1,4 +1,4 @@
-"""The one rule that keys every cached result of the project (issue 14; DESIGN.md, "Caching").
+"""The one rule that keys every cached result of the project (issue 14; DESIGN.md "Caching").
 
 A fingerprint is the SHA-256 of one canonical JSON document naming everything that determines a
 result:
@@ -44,7 +44,8 @@ FORMAT = "maskdm-fingerprint/1"
 # result comes, not what it is. The process and node counts of DDP and its rendezvous (the global
 # batch, the seeds and each sample's noise do not depend on them), the sampling batch (each sample
 # draws its noise from its own seed), the preprocessing workers, and whether a stage resumes from
-# its resume checkpoint (a resumed run equals an uninterrupted one). README, "Caching and reruns".
+# its resume checkpoint (a resumed run equals an uninterrupted one). docs/caching.md "Keys left
+# out of fingerprints".
 SPEED_ONLY_KEYS = (
     "trainer.nproc", "trainer.nnodes", "trainer.rdzv_*", "trainer.max_restarts",
     "sample.batch_size", "preprocess.workers",

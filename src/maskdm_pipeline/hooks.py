@@ -36,8 +36,8 @@ class CheckpointSlotHook:
 
     The engine writes the finished state to the slot as well as returning it (training/loop.py),
     so that if the catalog cannot save the final checkpoint (a full disk), the finished state is
-    still on disk and a rerun saves it without training again (README, "Disk full at the final
-    save"). Once the final checkpoint is saved, the slot is cleared, so that the next run of the
+    still on disk and a rerun saves it without training again (docs/reliability.md "Disk and
+    folders"). Once the final checkpoint is saved, the slot is cleared, so that the next run of the
     stage starts afresh instead of "resuming" a finished run with new settings. The node that
     loaded a slot and saved a ``maskdm-checkpoint/1`` output is the link, so the resume path is
     declared once, in the slot's catalog entry.

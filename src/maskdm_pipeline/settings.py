@@ -41,8 +41,8 @@ HOOKS = (ValidateParametersHook(), TemporaryFilesHook(), CheckpointSlotHook(), M
 # through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")  # if a user installs it anyway
 
-# `kedro run` with the cache (README "Caching and reruns"): a stage whose outputs are current is
-# skipped; the session hands the chosen runner a wrapper that decides part by part.
+# `kedro run` with the cache (docs/caching.md "How it is built"): a stage whose outputs are
+# current is skipped; the session hands the chosen runner a wrapper that decides part by part.
 SESSION_CLASS = CachingSession
 
 # Parameters that name files (params.ProjectPath) are relative to the project root, like the

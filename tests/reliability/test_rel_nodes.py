@@ -1,6 +1,6 @@
 """Training across nodes (issue 15), on CPU with gloo: two "nodes" on 127.0.0.1 are two
 `kedro run` processes in two project copies, one worker each, the same command in both, as
-torchrun runs it on two machines (README "Scaling out").
+torchrun runs it on two machines (docs/scaling-out.md).
 
 What is proved (the first test covers the issue's first two): both copies end with the same pretrained.pt, within 1e-5 of a one-process run
 of the same global batch, and only the node that got global rank 0 opens an MLflow run; a node

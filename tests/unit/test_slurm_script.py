@@ -1,4 +1,4 @@
-"""scripts/slurm/pretrain.sbatch builds the command README "Scaling out" gives, on every node.
+"""scripts/slurm/pretrain.sbatch builds the command of docs/scaling-out.md "Commands" on every node.
 
 SLURM is not here, so ``srun`` and ``scontrol`` are stand-ins on PATH that record what they were
 asked; the script itself runs under bash as sbatch would run it on the first node.

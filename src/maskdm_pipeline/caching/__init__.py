@@ -1,4 +1,4 @@
-"""The cache of ``kedro run`` (issue 14; README "Caching and reruns"): every output carries a
+"""The cache of ``kedro run`` (issue 14; docs/caching.md): every output carries a
 fingerprint of what determines it, and a part of the pipeline whose outputs are current is
 skipped with a ``<stage>: up to date (fingerprint ..., written ...), skipped`` line.
 

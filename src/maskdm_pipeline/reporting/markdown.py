@@ -297,7 +297,7 @@ def build_markdown(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | N
         "Training wall time only (evaluation and checkpointing excluded); MaskDM is charged for "
         "its pre-training. Tokens: patch tokens fed to the network (visible ones when masked); "
         "token-blocks: patch tokens summed over the network's blocks, so dense blocks count every "
-        "token (attention's quadratic part is not counted, see README).",
+        "token (attention's quadratic part is not counted, see docs/method-in-code.md).",
         compute_table(costs),
         "## Quality vs compute", "![quality vs compute](quality_vs_compute.png)",
         reach_section(maskdm, baseline, cmp),

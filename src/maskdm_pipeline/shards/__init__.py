@@ -1,4 +1,4 @@
-"""Memory-mapped image shards: the on-disk form of every image set a stage reads (DESIGN.md, "Data
+"""Memory-mapped image shards: the on-disk form of every image set a stage reads (DESIGN.md "Data
 at scale"). Neutral file I/O (numpy and the standard library), imported by ``datasets/`` (which
 writes and loads them for the catalog) and by ``training/`` (whose workers open them).
 

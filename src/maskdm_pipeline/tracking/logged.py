@@ -127,7 +127,7 @@ def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
 
 
 def cache_tags(records: Mapping[str, Mapping[str, Any]], session_id: str | None) -> dict[str, str]:
-    """MLflow tags of the cache (README "Caching and reruns"), from the fingerprint records of a
+    """MLflow tags of the cache (docs/caching.md), from the fingerprint records of a
     run's outputs (``caching.read_fingerprints``; their format: caching/records.py):
     ``fingerprint.<dataset>`` for every output with a record, and ``cache.<stage>[/<part>]`` for
     each part with one: ``ran`` when this run wrote its records (their ``session_id`` is this

@@ -18,7 +18,7 @@ it passes the signal on to the workers, which finish their step, agree to stop (
 save once (rank 0) and return normally, and the caller gets the usual ``TrainingInterrupted``
 naming the step. A second signal stops them at once through elastic's shutdown.
 
-Several nodes (``trainer.nnodes > 1``, README "Scaling out"): the same launch on every node,
+Several nodes (``trainer.nnodes > 1``, docs/scaling-out.md): the same launch on every node,
 with the c10d rendezvous at ``trainer.rdzv_endpoint`` (min = max = ``nnodes``, joined within
 ``trainer.rdzv_timeout``, ``trainer.max_restarts`` restarts of the worker group); what the
 nodes agree on and how each ends with rank 0's state: training/multinode.py. A worker that loses

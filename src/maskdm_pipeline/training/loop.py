@@ -234,7 +234,7 @@ class TrainProcess:
                 # The finished (or interrupted) state goes to the resume file too, although the
                 # caller also gets it back: if the caller cannot store it (the catalog's final
                 # save fails on a full disk), it is still on disk, and a rerun resumes at the
-                # last step and only saves (README, "Disk full at the final save").
+                # last step and only saves (docs/reliability.md "Disk and folders").
                 if self.path is not None:
                     self._save()
         finally:

@@ -1,5 +1,5 @@
 """Training across nodes: what the same ``kedro run`` on every node must agree on, and how every
-node ends with global rank 0's state (README "Scaling out").
+node ends with global rank 0's state (docs/scaling-out.md "What each node writes").
 
 torchrun's model, with torch's own parts: each node's launcher joins a c10d rendezvous at
 ``trainer.rdzv_endpoint`` (torch's elastic agent, training/distributed.py); the rendezvous gives
