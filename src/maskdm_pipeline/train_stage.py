@@ -27,7 +27,7 @@ from maskdm_pipeline.params import StageParams
 from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
 from maskdm_pipeline.training.builders import ResumeMismatchError, check_resume
-from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
+from maskdm_pipeline.training.config import DiffusionConfig, MaskConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.job import (
     EvalFn,
     NodesError,
@@ -131,8 +131,7 @@ def _check_resume(job: TrainJob, params: StageParams, slot: CheckpointSlot) -> N
         check_resume(state, job.config(), job.name, len(job.images))
     except ResumeMismatchError as exc:
         saved_steps = state.get("config", {}).get("stage", {}).get("steps", "?")
-        shown = "; ".join(f"{type(params).parameter_name(name, key) if key != 'images' else 'training images'} "
-                          f"{saved!r} -> {asked!r}" for key, saved, asked in exc.differences)
+        shown = "; ".join(f"{_parameter(name, key)} {saved!r} -> {asked!r}" for key, saved, asked in exc.differences)
         raise ResumeRefused(
             f"{name}: refused to resume from {_shown(slot.path)} (step {exc.step}/{saved_steps}): it was "
             f"trained with other settings (saved -> asked: {shown}). It is kept as it is: rerun with the "
@@ -140,6 +139,15 @@ def _check_resume(job: TrainJob, params: StageParams, slot: CheckpointSlot) -> N
             "(its checkpoints then replace it)."
         ) from None
     logger.info("%s: resuming from %s at step %d", name, slot.path, state["step"])
+
+
+def _parameter(stage: str, key: str) -> str:
+    """What a user types for an engine key of the stage's run (``TrainJob.config()``, nested as
+    the parameters are): ``mask.ratio`` -> ``pretrain.mask.ratio``; ``model.*`` and
+    ``diffusion.*`` are blocks of their own; ``images`` is the data, not a parameter."""
+    if key == "images":
+        return "training images"
+    return key if key.startswith(("model.", "diffusion.")) else f"{stage}.{key}"
 
 
 def train_stage(
@@ -151,10 +159,13 @@ def train_stage(
     trainer: Mapping[str, Any],
     slot: CheckpointSlot,
     *,
+    mask: MaskConfig | None = None,
     init_weights: Mapping[str, Any] | None = None,
     eval_fn: EvalFn | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Run one training stage; returns (checkpoint, history table, time accounting).
+
+    ``mask``: the tokens pre-training drops (``pretrain.mask``); None trains on every token.
 
     ``trainer`` is the raw ``params:trainer`` mapping: the sample and evaluate nodes read it too,
     and Kedro hands every reader the same object, so it is not typed in the pipelines.
@@ -164,7 +175,7 @@ def train_stage(
     resume_state = _resume_state(name, params, slot)
     job = TrainJob(
         images=images, model=model.for_images(images), diffusion=diffusion,
-        stage=params.stage_config(), mask=params.mask_config(),
+        stage=params.stage_config(), mask=mask,
         trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
         resume=params.resume, node_settings=node_settings(name, train, params, model, diffusion, trainer),

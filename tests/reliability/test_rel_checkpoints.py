@@ -187,21 +187,23 @@ def test_a_resume_file_of_another_configuration_is_refused_and_kept(tmp_path, ti
     from maskdm_pipeline.training import DiffusionConfig, ModelParams
 
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
-    base = {"steps": 4, "batch_size": 8, "lr": 1e-3, "log_every": 2, "mask_kind": "patch", "mask_ratio": 0.75}
+    base = {"steps": 4, "batch_size": 8, "lr": 1e-3, "log_every": 2, "mask": {"kind": "patch", "ratio": 0.75}}
 
     def run(**changes: Any) -> dict[str, Any]:
-        return train_stage("pretrain", {"images": tiny_images.numpy()}, PretrainParams(**{**base, **changes}),
+        stage = PretrainParams(**{**base, **changes})
+        return train_stage("pretrain", {"images": tiny_images.numpy()}, stage,
                            ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2),
-                           DiffusionConfig(schedule="linear", prediction="x0"), {"device": "cpu"}, slot)[0]
+                           DiffusionConfig(schedule="linear", prediction="x0"), {"device": "cpu"}, slot,
+                           mask=stage.mask)[0]
 
     run()
     finished = slot.path.read_bytes()
     with pytest.raises(ClickException) as info:
-        run(seed=7, mask_ratio=0.5)
+        run(seed=7, mask={"kind": "patch", "ratio": 0.5})
     message = info.value.format_message()
     assert info.value.exit_code == 2 and "\n" not in message
     assert message.startswith(f"pretrain: refused to resume from {slot.path} (step 4/4): it was trained with other "
-                              "settings (saved -> asked: pretrain.mask_ratio 0.75 -> 0.5; pretrain.seed 0 -> 7)")
+                              "settings (saved -> asked: pretrain.mask.ratio 0.75 -> 0.5; pretrain.seed 0 -> 7)")
     assert "rerun with the settings it was trained with" in message and "--params pretrain.resume=false" in message
     with pytest.raises(ClickException, match=r"pretrain.steps 4 -> 3"):
         run(steps=3)  # the state went past the asked length

@@ -46,11 +46,12 @@ def test_nan_at_step_25_keeps_the_step_20_checkpoint(tmp_path, tiny_images, monk
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     stage = {"steps": 40, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5, "resume": True}
     if masked:  # the unmasked case: the pre-training node's body with a mask-less (baseline) block
-        stage = PretrainParams(**stage, mask_kind="patch", mask_ratio=0.5, mask_block_size=1)
+        stage = PretrainParams(**stage, mask={"kind": "patch", "ratio": 0.5, "block_size": 1})
     else:
         stage = BaselineParams(**stage)
     with pytest.raises(NonFiniteLossError) as info:
-        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, MODEL, DIFFUSION, {"device": "cpu"}, slot)
+        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, MODEL, DIFFUSION, {"device": "cpu"}, slot,
+                    mask=stage.mask if masked else None)
     message = str(info.value)
     assert "the loss became nan at step 25" in message
     assert f"the last good checkpoint {slot.path} (step 20) is kept" in message

@@ -39,7 +39,7 @@ def init_weights_from(pretrained: Mapping[str, Any], init_from: str, wanted: Map
     training, so that a mismatch costs nothing).
 
     Only the model config is compared: pre-training's dense blocks and loss weighting
-    (``pretrain.dense_blocks``, ``diffusion.loss_weighting``) shape how the weights were
+    (``pretrain.mask.dense_blocks``, ``diffusion.loss_weighting``) shape how the weights were
     trained, not what they are, so weights pre-trained under either start fine-tuning, which
     trains with its own loss (issue 17)."""
     saved = dict(pretrained.get("config", {}).get("model", {}))

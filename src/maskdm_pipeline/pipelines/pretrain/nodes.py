@@ -53,5 +53,5 @@ def pretrain(
     trainer: Mapping[str, Any],
     slot: CheckpointSlot,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Pre-train with ``pretrain.mask_*`` masks; returns (checkpoint, history, accounting)."""
-    return train_stage("pretrain", images, params, model, diffusion, trainer, slot)
+    """Pre-train with ``pretrain.mask`` masks; returns (checkpoint, history, accounting)."""
+    return train_stage("pretrain", images, params, model, diffusion, trainer, slot, mask=params.mask)
