@@ -156,7 +156,7 @@ def train_stage(
     params: StageParams,
     model: ModelParams,
     diffusion: DiffusionConfig,
-    trainer: Mapping[str, Any],
+    trainer: TrainerConfig,
     slot: CheckpointSlot,
     *,
     mask: MaskConfig | None = None,
@@ -166,9 +166,6 @@ def train_stage(
     """Run one training stage; returns (checkpoint, history table, time accounting).
 
     ``mask``: the tokens pre-training drops (``pretrain.mask``); None trains on every token.
-
-    ``trainer`` is the raw ``params:trainer`` mapping: the sample and evaluate nodes read it too,
-    and Kedro hands every reader the same object, so it is not typed in the pipelines.
     """
     images = train["images"]  # memory-mapped shards: DDP workers open them, nothing is copied
     _check_writable(name, slot)
@@ -176,7 +173,7 @@ def train_stage(
     job = TrainJob(
         images=images, model=model.for_images(images), diffusion=diffusion,
         stage=params.stage_config(), mask=mask,
-        trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
+        trainer=trainer, init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
         resume=params.resume, node_settings=node_settings(name, train, params, model, diffusion, trainer),
     )
@@ -206,13 +203,13 @@ def train_stage(
 
 
 def node_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
-                  diffusion: DiffusionConfig, trainer: Mapping[str, Any]) -> dict[str, Any]:
+                  diffusion: DiffusionConfig, trainer: TrainerConfig) -> dict[str, Any]:
     """What every node of a multi-node job must share, by the names a user types: the blocks this
     stage reads and the training images' content checksum (the same shards on every node).
     ``trainer.rdzv_endpoint`` is left out: the nodes met there, however each spells it."""
-    blocks = {name: params, "model": model, "diffusion": diffusion,
-              "trainer": {k: v for k, v in dict(trainer).items() if k != "rdzv_endpoint"}}
-    return {**flatten(blocks), "training images": train.get("checksum")}
+    settings = flatten({name: params, "model": model, "diffusion": diffusion, "trainer": trainer})
+    settings.pop("trainer.rdzv_endpoint", None)
+    return {**settings, "training images": train.get("checksum")}
 
 
 def _interrupted(name: str, exc: TrainingInterrupted, slot: CheckpointSlot, resumes: bool) -> StageInterrupted:

@@ -158,7 +158,7 @@ def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_
     both ways out (delete it, or resume=false); it is never silently replaced by a fresh start."""
     from maskdm_pipeline.params import PretrainParams
     from maskdm_pipeline.train_stage import train_stage
-    from maskdm_pipeline.training import DiffusionConfig, ModelParams
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams, TrainerConfig
 
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     save_checkpoint(tiny_state, slot.path)
@@ -167,7 +167,7 @@ def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_
     with pytest.raises(CheckpointError) as info:
         train_stage("pretrain", {"images": tiny_images.numpy()}, stage, ModelParams(preset="tiny", patch_size=2,
                     embed_dim=16, depth=2, num_heads=2), DiffusionConfig(schedule="linear", prediction="x0"),
-                    {"device": "cpu"}, slot)
+                    TrainerConfig(device="cpu"), slot)
     message = str(info.value)
     assert str(slot.path) in message and "pretrain.resume=false" in message and "delete" in message
 
@@ -184,7 +184,7 @@ def test_a_resume_file_of_another_configuration_is_refused_and_kept(tmp_path, ti
 
     from maskdm_pipeline.params import PretrainParams
     from maskdm_pipeline.train_stage import train_stage
-    from maskdm_pipeline.training import DiffusionConfig, ModelParams
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams, TrainerConfig
 
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     base = {"steps": 4, "batch_size": 8, "lr": 1e-3, "log_every": 2, "mask": {"kind": "patch", "ratio": 0.75}}
@@ -193,7 +193,7 @@ def test_a_resume_file_of_another_configuration_is_refused_and_kept(tmp_path, ti
         stage = PretrainParams(**{**base, **changes})
         return train_stage("pretrain", {"images": tiny_images.numpy()}, stage,
                            ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2),
-                           DiffusionConfig(schedule="linear", prediction="x0"), {"device": "cpu"}, slot,
+                           DiffusionConfig(schedule="linear", prediction="x0"), TrainerConfig(device="cpu"), slot,
                            mask=stage.mask)[0]
 
     run()

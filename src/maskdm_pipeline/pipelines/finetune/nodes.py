@@ -10,7 +10,7 @@ import pandas as pd
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import FinetuneParams
 from maskdm_pipeline.train_stage import quality_probe, train_stage
-from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 
 def finetune(
@@ -19,7 +19,7 @@ def finetune(
     params: FinetuneParams,
     model: ModelParams,
     diffusion: DiffusionConfig,
-    trainer: Mapping[str, Any],
+    trainer: TrainerConfig,
     slot: CheckpointSlot,
     classifier: Mapping[str, Any],
     reference: Mapping[str, Any],
