@@ -1,6 +1,5 @@
-"""Project hooks: refuse bad parameters before any node runs; release a training stage's resume
-slot once its final checkpoint is saved; remove what killed writes left behind; track every run
-in MLflow.
+"""Project hooks: release a training stage's resume slot once its final checkpoint is saved;
+remove what killed writes left behind; track every run in MLflow.
 
 Tracking is best-effort by design: if the MLflow store is locked, unreachable or misconfigured,
 the hook warns once, stops talking to MLflow for the rest of the run and the pipeline goes on,
@@ -27,23 +26,6 @@ from maskdm_pipeline import tracking
 from maskdm_pipeline.tracking import flatten
 
 logger = logging.getLogger(__name__)
-
-
-class ValidateParametersHook:
-    """Checks the whole merged parameter tree (conf + ``--params``) against the schema in
-    :mod:`maskdm_pipeline.params` and stops the run with a message naming each parameter.
-
-    It runs as soon as the context exists: before the catalog is built, which is when Kedro's
-    own validation of the typed ``params:`` inputs runs (for the selected pipelines only, and
-    ending in a traceback), and before any node.
-    """
-
-    @hook_impl(tryfirst=True)
-    def after_context_created(self, context: Any) -> None:
-        from maskdm_pipeline.params import validate_parameters
-
-        loader = context.config_loader
-        validate_parameters(loader["parameters"], runtime_params=loader.runtime_params)
 
 
 class CheckpointSlotHook:
@@ -175,7 +157,7 @@ class MlflowTrackingHook:
             self._config = dict(context.config_loader["mlflow"])
         except Exception:  # noqa: BLE001 - no mlflow.yml in this environment: track with defaults
             self._config = {}
-        self._nnodes = context.params["trainer"].nnodes  # a TrainerConfig: the nodes type params:trainer
+        self._nnodes = context.validated_params.trainer.nnodes
 
     def _tracking_uri(self) -> str:
         """``sqlite:///mlflow.db`` is relative to the project root, wherever Kedro is started from

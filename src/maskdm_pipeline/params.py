@@ -1,16 +1,17 @@
 """The parameter schema: every parameter of ``conf/*/parameters*.yml`` as one typed tree.
 
 Kedro merges ``conf/base``, the ``--env`` environment and ``--params``;
-``hooks.ValidateParametersHook`` checks the result with :class:`Params` once per run, as soon as
-the context exists (before the catalog is built and before any node), whatever ``--pipelines``
-selects. Every problem is listed at once, one line each, starting with the dotted name and the
-value given, e.g. ``pretrain.mask.ratio=1.5: must be in [0, 1)``; the run stops with exit status
-2 (:class:`ParameterError`).
+``project.ProjectContext`` checks the result with :class:`Params` (:func:`validate_parameters`)
+once per run, as the context is made (before any hook, the catalog or a node), whatever
+``--pipelines`` selects. Every problem is listed at once, one line each, starting with the dotted
+name and the value given, e.g. ``pretrain.mask.ratio=1.5: must be in [0, 1)``, an unknown name
+with the closest valid one; the run stops with exit status 2 (:class:`ParameterError`).
 
 Each block is a frozen pydantic model (``extra="forbid"``: a misspelt name is refused; strict:
-``steps: true`` is not 1). The training stages' nodes take their blocks as these models
-(``params:pretrain`` is a :class:`PretrainParams`, built by Kedro with the same class), so once
-:class:`Params` has accepted the tree, Kedro's own per-pipeline validation cannot refuse it.
+``steps: true`` is not 1). Every node takes its blocks as these models (``params:pretrain`` is a
+:class:`PretrainParams`, ``params:trainer`` a ``TrainerConfig``, built by Kedro with the same
+classes), so once :class:`Params` has accepted the tree, Kedro's own per-pipeline validation
+cannot refuse it.
 Rules that involve several blocks (the patch grid, masks against the grid, the dense blocks
 against the model's depth, the batch against ``trainer.nproc``, the sampler's steps) are checked
 once, in :meth:`Params._fit_together`, with the checks of the modules that own them. Pure: no
