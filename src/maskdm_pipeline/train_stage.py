@@ -121,7 +121,7 @@ def _resume_state(name: str, params: StageParams, slot: CheckpointSlot) -> dict[
     return state
 
 
-def _check_resume(job: TrainJob, params: StageParams, slot: CheckpointSlot) -> None:
+def _check_resume(job: TrainJob, slot: CheckpointSlot) -> None:
     """Refuse, before anything runs, a resume file trained with other settings; it is never
     adopted, and never deleted unless the user asks (``resume=false`` starts afresh and its
     checkpoints replace it)."""
@@ -178,7 +178,7 @@ def train_stage(
         resume=params.resume, node_settings=node_settings(name, train, params, model, diffusion, trainer),
     )
     if resume_state is not None:
-        _check_resume(job, params, slot)
+        _check_resume(job, slot)
     try:
         state = run_training(job)
     except TrainingInterrupted as exc:
