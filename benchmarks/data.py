@@ -36,6 +36,7 @@ from devkit import PROJECT_ROOT, make_project_copy
 from maskdm_pipeline.conversion import Conversion
 from maskdm_pipeline.datasets import ShardDataset
 from maskdm_pipeline.listing import scan_folder
+from maskdm_pipeline.params import PreprocessParams
 
 __all__ = ["bench_loop_vs_bare", "bench_mmap_vs_ram", "bench_preprocess", "generate_jpegs",
            "memory_run", "sample_tree"]
@@ -65,8 +66,8 @@ def generate_jpegs(root: Path, n: int, size: tuple[int, int] = (64, 64), seed: i
 
 # conf/celeba64's conversion: the aligned CelebA size, the U-ViT crop box, resized to 64.
 CELEBA_SIZE = (178, 218)
-PREPROCESS = {"resolution": 64, "channels": 3, "crop": [57, 25, 128, 128], "min_size": 0,
-              "alpha_background": 0, "labels": "none"}
+PREPROCESS = PreprocessParams(resolution=64, channels=3, crop=[57, 25, 128, 128], heldout_fraction=0.1, subset=None,
+                              min_size=0, alpha_background=0, labels="none", seed=0)
 
 
 # --------------------------------------------------------------------------- preprocessing speed
@@ -95,7 +96,7 @@ def bench_preprocess(n: int = 5000, repeats: int = 3, workers: tuple[int, ...] =
     base = results[str(workers[0])]["img_per_s"]
     for r in results.values():
         r["speedup_vs_1"] = r["img_per_s"] / base
-    return {"num_images": n, "source_size": list(CELEBA_SIZE), "resolution": 64, "crop": PREPROCESS["crop"],
+    return {"num_images": n, "source_size": list(CELEBA_SIZE), "resolution": 64, "crop": PREPROCESS.crop,
             "workers": list(workers), "results": results,
             "identical_output": len(set(digests.values())) == 1,
             "method": "ShardDataset.save(Conversion(listing, workers=w)) into a fresh folder; median of "
@@ -206,7 +207,8 @@ def quickstart_images() -> np.ndarray:
     from maskdm_pipeline.conversion import convert_images
     from maskdm_pipeline.datasets import EmbeddedDigitsDataset
 
-    params = {"resolution": 16, "channels": 1, "crop": "none", "labels": "none"}
+    params = PreprocessParams(resolution=16, channels=1, crop="none", heldout_fraction=0.1, subset=None, min_size=0,
+                              alpha_background=0, labels="none", seed=0)
     return convert_images(EmbeddedDigitsDataset().load(), params)["images"][:4500]
 
 

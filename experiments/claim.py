@@ -57,9 +57,9 @@ SCALES: dict[str, dict[str, Any]] = {
     # the paper's 4x4 blocks on a 16x16 grid, at a quarter of the tokens.
     "64": {
         "model.patch_size": 2,
-        "pretrain.mask_kind": "block",
-        "pretrain.mask_ratio": 0.9,
-        "pretrain.mask_block_size": 2,
+        "pretrain.mask.kind": "block",
+        "pretrain.mask.ratio": 0.9,
+        "pretrain.mask.block_size": 2,
         "pretrain.steps": 8000,
         "finetune.steps": 8000,
         "baseline.steps": 8000,
@@ -67,9 +67,9 @@ SCALES: dict[str, dict[str, Any]] = {
     "256": {
         "preprocess.resolution": 32,
         "model.patch_size": 2,
-        "pretrain.mask_kind": "block",
-        "pretrain.mask_ratio": 0.9,
-        "pretrain.mask_block_size": 2,
+        "pretrain.mask.kind": "block",
+        "pretrain.mask.ratio": 0.9,
+        "pretrain.mask.block_size": 2,
         "pretrain.steps": 4000,
         "pretrain.batch_size": 32,
         "finetune.steps": 1000,

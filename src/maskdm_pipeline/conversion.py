@@ -161,8 +161,10 @@ def _convert_range(start: int, stop: int) -> _Chunk:
 @dataclass
 class Conversion:
     """A conversion to run: ``raw`` (a source, see :func:`image_source`) with the ``preprocess``
-    parameters. What the ``convert_images`` node returns: the catalog's shard dataset runs it
-    while it writes (Kedro's lazy saving), so the images never exist in memory at once.
+    block (a ``params.PreprocessParams``, read by attribute: see
+    :func:`maskdm_pipeline.imaging.conversion_kwargs`). What the ``convert_images`` node returns:
+    the catalog's shard dataset runs it while it writes (Kedro's lazy saving), so the images
+    never exist in memory at once.
 
     ``label``: the catalog entry ``raw`` came from, for messages. After :meth:`run`: ``found``,
     ``log`` (counts and skipped files), ``labels`` (int64 per row, or None) and ``count`` (rows
@@ -170,7 +172,7 @@ class Conversion:
     """
 
     raw: Any
-    params: Mapping[str, Any]
+    params: Any  # params.PreprocessParams: the schema is a floor above, so it is not imported here
     workers: int | None = None
     progress: bool | None = None  # None: a bar when stderr is a terminal
     label: str = "raw_images"
@@ -183,7 +185,7 @@ class Conversion:
 
     @property
     def item_shape(self) -> tuple[int, int, int]:
-        return (int(self.params["channels"]), int(self.params["resolution"]), int(self.params["resolution"]))
+        return (self.params.channels, self.params.resolution, self.params.resolution)
 
     def run(self, sink: Sink) -> Conversion:
         """Convert every image of the source into ``sink`` in source order.
@@ -198,7 +200,7 @@ class Conversion:
         # Embedded arrays need no decoding (~40 us an image): a pool's start-up would cost more.
         workers = 1 if isinstance(source, _ArraySource) else self.workers or default_workers()
         workers = max(1, min(workers, -(-n // CHUNK_IMAGES)))
-        subfolder = self.params.get("labels", "none") == "subfolder" and not isinstance(source, _ArraySource)
+        subfolder = self.params.labels == "subfolder" and not isinstance(source, _ArraySource)
         self._description = source.description
         classes: dict[str, int] = {}
         class_ids: list[np.ndarray] = []
@@ -293,12 +295,12 @@ class _MemorySink:
         self.digests.append(digests)
 
 
-def convert_images(raw: Any, params: Mapping[str, Any], workers: int | None = 1) -> dict[str, Any]:
+def convert_images(raw: Any, params: Any, workers: int | None = 1) -> dict[str, Any]:
     """Decode, convert and collect every usable image in memory (small sets and tests; the
     pipeline streams into shards instead, see :class:`Conversion`).
 
     ``raw``: an embedded set, a folder listing or a ``PartitionedDataset`` mapping of loaders;
-    ``params``: the ``preprocess`` block. Returns ``{"images": uint8 (N, C, R, R), "labels": int64
+    ``params``: the ``preprocess`` block (a ``params.PreprocessParams``). Returns ``{"images": uint8 (N, C, R, R), "labels": int64
     (N,) | None, "digests": uint8 (N, 16), "source", "found", "log", "meta"}`` (``meta``: what the
     shards' index records, :meth:`Conversion.summary`).
 

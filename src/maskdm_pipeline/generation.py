@@ -16,13 +16,13 @@ from maskdm_pipeline.devices import autocast
 from maskdm_pipeline.diffusion import PerSampleGenerator, make_schedule
 from maskdm_pipeline.diffusion.samplers import sample, validate_sampling
 from maskdm_pipeline.fileio import from_bytes, to_bytes
-from maskdm_pipeline.models import build_uvit
+from maskdm_pipeline.training.config import ModelConfig
 
 
 def model_from_checkpoint(state: Mapping[str, Any], weights: str = "ema") -> nn.Module:
-    """Rebuild the U-ViT a checkpoint was trained with and load its EMA (default) or raw weights."""
-    config = {k: v for k, v in state["config"]["model"].items() if v is not None}
-    model = build_uvit(config.pop("preset"), **config)
+    """Rebuild the U-ViT a checkpoint was trained with (its ``config.model``, built by the one
+    model builder, ``ModelConfig.build``) and load its EMA (default) or raw weights."""
+    model = ModelConfig.model_validate(dict(state["config"]["model"])).build()
     model.load_state_dict(state["ema"]["model"] if weights == "ema" else state["model"])
     return model.eval()
 
@@ -40,8 +40,9 @@ def _draw(model: nn.Module, device: torch.device, first: int, n: int, settings: 
     settings["schedule"] = make_schedule(settings["schedule"])
     shape = (model.in_chans, model.img_size, model.img_size)
     with torch.inference_mode(), autocast(device, precision):
+        # check=False: generate checked the settings once, for every batch
         x = sample(model, (n, *shape), generator=PerSampleGenerator(seed, range(first, first + n)), device=device,
-                   **settings)
+                   check=False, **settings)
     return to_uint8(x.float())
 
 
@@ -77,7 +78,7 @@ def generate(
     as in one process (bitwise on the CPU in fp32, ``tests/unit/test_workers.py``).
     """
     device = torch.device(device)
-    validate_sampling(sampler, steps, make_schedule(schedule).num_timesteps, eta)
+    validate_sampling(sampler, steps, make_schedule(schedule).num_timesteps, eta)  # once: the batches trust it
     settings = {"schedule": schedule, "prediction": prediction, "sampler": sampler, "steps": steps,
                 "eta": eta, "seed": seed, "precision": precision}
     per_task = min(batch_size, -(-num_samples // max(1, nproc)))

@@ -1,6 +1,7 @@
-"""Project hooks: refuse bad parameters before any node runs; release a training stage's resume
-slot once its final checkpoint is saved; remove what killed writes left behind. The MLflow hook
-is in :mod:`maskdm_pipeline.tracking.mlflow_hook`.
+"""Project hooks: release a training stage's resume slot once its final checkpoint is saved;
+remove what killed writes left behind. The MLflow hook is in
+:mod:`maskdm_pipeline.tracking.mlflow_hook`; the parameters are validated as the context is made
+(:class:`maskdm_pipeline.project.ProjectContext`).
 """
 
 from __future__ import annotations
@@ -12,23 +13,6 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 logger = logging.getLogger(__name__)
-
-
-class ValidateParametersHook:
-    """Checks the whole merged parameter tree (conf + ``--params``) against the schema in
-    :mod:`maskdm_pipeline.params` and stops the run with a message naming each parameter.
-
-    It runs as soon as the context exists: before the catalog is built, which is when Kedro's
-    own validation of the typed ``params:`` inputs runs (for the selected pipelines only, and
-    ending in a traceback), and before any node.
-    """
-
-    @hook_impl(tryfirst=True)
-    def after_context_created(self, context: Any) -> None:
-        from maskdm_pipeline.params import validate_parameters
-
-        loader = context.config_loader
-        validate_parameters(loader["parameters"], runtime_params=loader.runtime_params)
 
 
 class CheckpointSlotHook:

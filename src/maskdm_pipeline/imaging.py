@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -184,14 +184,16 @@ class NoUsableImagesError(ValueError):
     """The input held no image that could be converted."""
 
 
-def conversion_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``preprocess`` parameter block -> :func:`convert`'s keyword arguments (all but ``log``)."""
+def conversion_kwargs(params: Any) -> dict[str, Any]:
+    """The ``preprocess`` block (a ``params.PreprocessParams``, validated: its attributes are
+    read as they are) -> :func:`convert`'s keyword arguments (all but ``log``); plain values,
+    for the worker processes."""
     return {
-        "resolution": int(params["resolution"]),
-        "channels": int(params["channels"]),
-        "crop_spec": params.get("crop", "none"),
-        "min_size": int(params.get("min_size", 0) or 0),
-        "background": int(params.get("alpha_background", 0)),
+        "resolution": params.resolution,
+        "channels": params.channels,
+        "crop_spec": params.crop,
+        "min_size": params.min_size,
+        "background": params.alpha_background,
     }
 
 

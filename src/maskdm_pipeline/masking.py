@@ -45,14 +45,15 @@ def validate_mask_params(
     block_size: int | None,
     crop_size: int | None,
     *,
-    prefix: str = "pretrain",
+    prefix: str = "",
 ) -> None:
     """Refuse mask settings that cannot be realised, naming the parameter at fault.
 
     Only the parameters the kind uses are checked (``ratio`` is ignored by ``crop``,
     ``block_size`` only matters for ``block``, ``crop_size`` only for ``crop``).
-    Messages name the user-facing parameters, ``{prefix}.mask_ratio`` etc. (the
-    ``pretrain.*`` keys of DESIGN.md); pass ``prefix=""`` for bare names.
+    Messages name them as this function's arguments (``ratio=1.2 is outside [0, 1)``);
+    ``prefix`` is where the caller keeps them, e.g. ``pretrain.mask`` for the parameter
+    ``pretrain.mask.ratio``.
 
     Raises:
         ValueError: unknown kind, a ratio outside [0, 1), a block size that does not divide
@@ -60,7 +61,7 @@ def validate_mask_params(
     """
     if kind not in MASK_KINDS:
         raise ValueError(
-            f"{_name(prefix, 'mask_kind')}={kind!r} is not a mask kind; "
+            f"{_name(prefix, 'kind')}={kind!r} is not a mask kind; "
             f"valid kinds: {', '.join(MASK_KINDS)}"
         )
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
@@ -69,7 +70,7 @@ def validate_mask_params(
         )
     n = grid_size**2
     if kind in ("patch", "block"):
-        r_name = _name(prefix, "mask_ratio")
+        r_name = _name(prefix, "ratio")
         if isinstance(ratio, bool) or not isinstance(ratio, Real):
             raise ValueError(f"{r_name}={ratio!r} must be a number in [0, 1)")
         if not 0.0 <= float(ratio) < 1.0:  # also refuses NaN
@@ -80,7 +81,7 @@ def validate_mask_params(
                 "at least one patch must stay visible"
             )
     if kind == "block":
-        b_name = _name(prefix, "mask_block_size")
+        b_name = _name(prefix, "block_size")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"{b_name}={block_size!r} must be a positive int")
         if grid_size % block_size:
@@ -89,9 +90,9 @@ def validate_mask_params(
                 f"(grid_size={grid_size}); pick a divisor of {grid_size}"
             )
     if kind == "crop":
-        c_name = _name(prefix, "mask_crop_size")
+        c_name = _name(prefix, "crop_size")
         if crop_size is None:
-            raise ValueError(f"{c_name} is required for {_name(prefix, 'mask_kind')}='crop'")
+            raise ValueError(f"{c_name} is required for {_name(prefix, 'kind')}='crop'")
         if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
             raise ValueError(f"{c_name}={crop_size!r} must be a positive int")
         if crop_size > grid_size:
@@ -112,7 +113,7 @@ def mask_count(
     Raises:
         ValueError: as :func:`validate_mask_params`.
     """
-    validate_mask_params(kind, grid_size, ratio, block_size, crop_size, prefix="")
+    validate_mask_params(kind, grid_size, ratio, block_size, crop_size)
     return _count(kind, grid_size, ratio, block_size, crop_size)
 
 

@@ -1,16 +1,17 @@
 """The parameter schema: every parameter of ``conf/*/parameters*.yml`` as one typed tree.
 
 Kedro merges ``conf/base``, the ``--env`` environment and ``--params``;
-``hooks.ValidateParametersHook`` checks the result with :class:`Params` once per run, as soon as
-the context exists (before the catalog is built and before any node), whatever ``--pipelines``
-selects. Every problem is listed at once, one line each, starting with the dotted name and the
-value given, e.g. ``pretrain.mask_ratio=1.5: must be in [0, 1)``; the run stops with exit status
-2 (:class:`ParameterError`).
+``project.ProjectContext`` checks the result with :class:`Params` (:func:`validate_parameters`)
+once per run, as the context is made (before any hook, the catalog or a node), whatever
+``--pipelines`` selects. Every problem is listed at once, one line each, starting with the dotted
+name and the value given, e.g. ``pretrain.mask.ratio=1.5: must be in [0, 1)``, an unknown name
+with the closest valid one; the run stops with exit status 2 (:class:`ParameterError`).
 
 Each block is a frozen pydantic model (``extra="forbid"``: a misspelt name is refused; strict:
-``steps: true`` is not 1). The training stages' nodes take their blocks as these models
-(``params:pretrain`` is a :class:`PretrainParams`, built by Kedro with the same class), so once
-:class:`Params` has accepted the tree, Kedro's own per-pipeline validation cannot refuse it.
+``steps: true`` is not 1). Every node takes its blocks as these models (``params:pretrain`` is a
+:class:`PretrainParams`, ``params:trainer`` a ``TrainerConfig``, built by Kedro with the same
+classes), so once :class:`Params` has accepted the tree, Kedro's own per-pipeline validation
+cannot refuse it.
 Rules that involve several blocks (the patch grid, masks against the grid, the dense blocks
 against the model's depth, the batch against ``trainer.nproc``, the sampler's steps) are checked
 once, in :meth:`Params._fit_together`, with the checks of the modules that own them. Pure: no
@@ -19,10 +20,12 @@ Kedro import (click, for the error type only).
 
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
 import types
-from collections.abc import Collection, Mapping
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from collections.abc import Collection, Iterator, Mapping
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from click import ClickException
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
@@ -33,8 +36,6 @@ from maskdm_pipeline.training.config import (
     DiffusionConfig,
     Frozen,
     MaskConfig,
-    MaskKind,
-    MaskRatio,
     ModelParams,
     NonNegativeFloat,
     NonNegativeInt,
@@ -45,8 +46,9 @@ from maskdm_pipeline.training.config import (
     interval,
 )
 
-__all__ = ["BaselineParams", "CacheParams", "FinetuneParams", "ParameterError", "Params", "PretrainParams",
-           "ProjectPath", "StageParams", "describe", "names_a_path", "validate_parameters"]
+__all__ = ["BaselineParams", "CacheParams", "EvaluateParams", "FinetuneParams", "ParameterError", "Params",
+           "PreprocessParams", "PretrainParams", "ProjectPath", "SampleParams", "StageParams", "describe",
+           "names_a_path", "parameter_fields", "validate_parameters"]
 
 
 SampleCount = Annotated[int, Field(ge=2)]  # a Frechet distance needs a covariance: N >= 2
@@ -140,46 +142,15 @@ class StageParams(StageConfig):
         """The engine's part (already validated, so not validated again)."""
         return StageConfig.model_construct(**self.model_dump(include=set(StageConfig.model_fields)))
 
-    def mask_config(self) -> MaskConfig | None:
-        """The stage's token mask; None: no masking (plain DSM)."""
-        return None
-
-    @classmethod
-    def parameter_name(cls, stage: str, key: str) -> str:
-        """The ``--params`` name of an engine config key of this stage's run: ``seed`` ->
-        ``pretrain.seed``; ``model.*`` and ``diffusion.*`` are blocks of their own."""
-        if key.startswith(("model.", "diffusion.")):
-            return key
-        return f"{stage}.{cls._MASK_PARAMETERS.get(key, key)}"
-
-    _MASK_PARAMETERS: ClassVar[dict[str, str]] = {}
-
-
-_MASK = MaskConfig()  # the defaults, METHOD.md section 2
-
 
 class PretrainParams(StageParams):
-    """Masked pre-training: the mask as the flat ``mask_*`` keys users type on the command line,
-    ``dense_blocks`` (k in-blocks on all tokens before the drop: dense-first masking, issue 17;
-    0 is MaskDM), and the data to pre-train on (``target``: the training split; ``source``: the
-    catalog entry ``raw_pretrain_images``, for transfer runs)."""
+    """Masked pre-training: the engine's ``mask`` (``pretrain.mask.kind``, ``.ratio``,
+    ``.block_size``, ``.crop_size`` and ``.dense_blocks``: k in-blocks on all tokens before the
+    drop, dense-first masking; 0 is MaskDM), and the data to pre-train on (``target``: the
+    training split; ``source``: the catalog entry ``raw_pretrain_images``, for transfer runs)."""
 
     data: Literal["target", "source"] = "target"
-    mask_kind: MaskKind = _MASK.kind
-    mask_ratio: MaskRatio = _MASK.ratio
-    mask_block_size: PositiveInt = _MASK.block_size
-    mask_crop_size: PositiveInt | None = _MASK.crop_size
-    dense_blocks: NonNegativeInt = _MASK.dense_blocks
-
-    _MASK_PARAMETERS: ClassVar[dict[str, str]] = {
-        "mask.kind": "mask_kind", "mask.ratio": "mask_ratio", "mask.block_size": "mask_block_size",
-        "mask.crop_size": "mask_crop_size", "mask.dense_blocks": "dense_blocks"}
-
-    def mask_config(self) -> MaskConfig:
-        return MaskConfig.model_construct(kind=self.mask_kind, ratio=self.mask_ratio,
-                                          block_size=self.mask_block_size,
-                                          crop_size=self.mask_crop_size,
-                                          dense_blocks=self.dense_blocks)
+    mask: MaskConfig = MaskConfig()  # the defaults, METHOD.md section 2
 
 
 class FinetuneParams(StageParams):
@@ -260,7 +231,6 @@ class Params(Frozen):
         """Rules across blocks; each message comes from the module that owns the rule. Fast:
         no model is built."""
         from maskdm_pipeline.diffusion.schedules import make_schedule
-        from maskdm_pipeline.masking import validate_mask_params
         from maskdm_pipeline.models.presets import PRESETS
         from maskdm_pipeline.models.uvit import check_dense_blocks
 
@@ -281,11 +251,9 @@ class Params(Frozen):
                 f"preprocess.resolution={resolution} is not divisible by the patch size {patch} "
                 f"(from {source}); pick a multiple of {patch}, e.g. {max(patch, resolution // patch * patch)}")
         else:
-            p = self.pretrain
-            attempt(validate_mask_params, p.mask_kind, resolution // patch, p.mask_ratio,
-                    p.mask_block_size, p.mask_crop_size, prefix="pretrain")
+            attempt(self.pretrain.mask.check, resolution // patch, "pretrain")
         depth = model.depth or PRESETS[model.preset]["depth"]
-        attempt(check_dense_blocks, self.pretrain.dense_blocks, depth)
+        attempt(check_dense_blocks, self.pretrain.mask.dense_blocks, depth, "pretrain.mask")
         attempt(self.trainer.check_nodes)
         for name in ("pretrain", "finetune", "baseline"):
             attempt(check_compatible, getattr(self, name), self.trainer, name)
@@ -338,7 +306,14 @@ def describe(exc: ValidationError, prefix: str = "", reported: Collection[str] =
 
 
 def _unknown(name: str, value: Any, origin: str = "") -> str:
-    return f"{name}={value!r}{origin}: unknown parameter (a typo? every valid name is in conf/base/parameters*.yml)"
+    """``name=value: unknown parameter; did you mean <the closest valid name>?``: a general
+    close match over every valid name (no table of old names to keep). The cutoff, 0.8 of
+    difflib's ratio, is above what a shared block name alone scores (``finetune.mask_ratio`` is
+    0.7 from ``finetune.ema_decay``) and below a typo or a renamed key (0.89 and up)."""
+    values = [n for n, annotation in parameter_fields().items() if _block(annotation) is None]
+    close = difflib.get_close_matches(name, values, n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]}?" if close else " (a typo? every valid name is in conf/base/parameters*.yml)"
+    return f"{name}={value!r}{origin}: unknown parameter{hint}"
 
 
 def _lines(error: Mapping[str, Any], prefix: str, reported: Collection[str]) -> list[str]:
@@ -364,15 +339,26 @@ def _lines(error: Mapping[str, Any], prefix: str, reported: Collection[str]) -> 
 
 
 def _is_known(name: str) -> bool:
-    """Whether a dotted name is a parameter of :class:`Params` (or inside one, e.g. a list)."""
-    model: Any = Params
-    for part in name.split("."):
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return False
-        field = model.model_fields.get(part)
-        if field is None:
-            return False
-        model = field.annotation
-        if get_origin(model) in (Union, types.UnionType):  # X | None -> X
-            model = next(arg for arg in get_args(model) if arg is not type(None))
-    return True
+    """Whether a dotted name is a parameter (or a block) of :class:`Params`."""
+    return name in parameter_fields()
+
+
+@functools.cache
+def parameter_fields() -> dict[str, Any]:
+    """Every dotted name of :class:`Params`, blocks included, with its annotation
+    (``{"preprocess": PreprocessParams, "preprocess.resolution": int, ...}``), in schema order."""
+    def walk(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any]]:
+        for name, field in model.model_fields.items():
+            yield f"{prefix}{name}", field.annotation
+            if (block := _block(field.annotation)) is not None:
+                yield from walk(block, f"{prefix}{name}.")
+
+    return dict(walk(Params, ""))
+
+
+def _block(annotation: Any) -> type[BaseModel] | None:
+    """The parameter block an annotation names (``X | None`` -> X), or None for a value."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+

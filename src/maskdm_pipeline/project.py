@@ -9,7 +9,8 @@ root. This module closes the two gaps the project has:
 - **Parameters that name files** (``params.ProjectPath``, e.g. ``evaluate.fid.weights_path``;
   :func:`path_parameters` lists them):
   :class:`ProjectContext` (``settings.CONTEXT_CLASS``) resolves them against the project root
-  before any node or hook sees them.
+  before any node or hook sees them. The same context validates the whole parameter tree once,
+  when it is made.
 - **The log file of conf/logging.yml**: Kedro looks for ``conf/logging.yml`` in the working
   directory only, so from a sub-folder it silently used its own defaults, without the file
   handler, and a logging.yml found there would write ``info.log`` into that folder.
@@ -33,7 +34,7 @@ from kedro.framework.context import KedroContext
 from kedro.utils import find_kedro_project
 from pydantic import BaseModel
 
-from maskdm_pipeline.params import Params, names_a_path
+from maskdm_pipeline.params import Params, names_a_path, parameter_fields, validate_parameters
 
 __all__ = ["ProjectContext", "path_parameters", "resolve_path_parameters", "use_project_logging"]
 
@@ -41,11 +42,27 @@ logger = logging.getLogger("kedro.framework.project")  # where Kedro says which 
 
 
 class ProjectContext(KedroContext):
-    """Kedro's context, with every ``ProjectPath`` parameter resolved against the project root.
+    """Kedro's context, with the merged parameters validated once and every ``ProjectPath``
+    parameter resolved against the project root.
+
+    The whole tree (conf + ``--params``, whatever ``--pipelines`` selects) is checked by
+    :func:`maskdm_pipeline.params.validate_parameters` as the context is made: every Kedro
+    command that loads the project (``kedro run``, ``catalog``, ``ipython``, ``viz``) makes one,
+    and does so before any hook (``after_context_created``) or the catalog reads a parameter. A
+    problem stops the command with exit status 2 and one line per parameter; nothing has run.
+    The result is kept as ``validated_params`` (a :class:`~maskdm_pipeline.params.Params`), for
+    the cache and the hooks; the nodes get their typed blocks from Kedro's ``params:`` inputs.
 
     ``params`` feeds the catalog's ``params:`` entries and the ``parameters`` dataset, so the
     nodes, the hooks and MLflow all see the same absolute path.
     """
+
+    validated_params: Params
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        loader = self.config_loader
+        self.validated_params = validate_parameters(loader["parameters"], runtime_params=loader.runtime_params)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -82,16 +99,9 @@ def use_project_logging(cwd: Path | None = None) -> Path | None:
 
 
 # ---------------------------------------------------------------------------- path parameters
-def path_parameters(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+def path_parameters() -> list[str]:
     """The dotted names of every :data:`ProjectPath` parameter, e.g. ``evaluate.fid.weights_path``."""
-    names: list[str] = []
-    for name, field in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        if names_a_path(field.annotation):
-            names.append(dotted)
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            names += path_parameters(field.annotation, f"{dotted}.")
-    return names
+    return [name for name, annotation in parameter_fields().items() if names_a_path(annotation)]
 
 
 def resolve_path_parameters(params: Mapping[str, Any], root: str | os.PathLike[str]) -> dict[str, Any]:

@@ -6,11 +6,7 @@ from kedro.config import OmegaConfigLoader
 
 from maskdm_pipeline.caching.session import CachingSession
 from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
-from maskdm_pipeline.hooks import (
-    CheckpointSlotHook,
-    TemporaryFilesHook,
-    ValidateParametersHook,
-)
+from maskdm_pipeline.hooks import CheckpointSlotHook, TemporaryFilesHook
 from maskdm_pipeline.project import ProjectContext, use_project_logging
 from maskdm_pipeline.tracking.mlflow_hook import MlflowTrackingHook
 
@@ -33,9 +29,7 @@ KEDRO_RESOLVER_DEPRECATION = {"message": r"register_new_resolver\(\) is deprecat
                                "module": r"kedro\.config\.omegaconf_config"}
 warnings.filterwarnings("ignore", **KEDRO_RESOLVER_DEPRECATION)
 
-# Parameter validation runs before any node (and before an MLflow run is opened): an unknown or
-# invalid value is refused up front, naming the parameter, instead of failing an hour in.
-HOOKS = (ValidateParametersHook(), TemporaryFilesHook(), CheckpointSlotHook(), MlflowTrackingHook())
+HOOKS = (TemporaryFilesHook(), CheckpointSlotHook(), MlflowTrackingHook())
 
 # kedro-mlflow's hooks stop a run when the store is locked or unreachable, so the project logs
 # through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
@@ -45,8 +39,10 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")  # if a user instal
 # current is skipped; the session hands the chosen runner a wrapper that decides part by part.
 SESSION_CLASS = CachingSession
 
-# Parameters that name files (params.ProjectPath) are relative to the project root, like the
-# catalog's file paths, wherever Kedro is started.
+# The parameters are validated once, as the context is made, before any hook or node (and before
+# an MLflow run is opened): an unknown or invalid value is refused up front, naming the parameter,
+# instead of failing an hour in. Parameters that name files (params.ProjectPath) are relative to
+# the project root, like the catalog's file paths, wherever Kedro is started.
 CONTEXT_CLASS = ProjectContext
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader

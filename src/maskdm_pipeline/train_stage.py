@@ -27,7 +27,7 @@ from maskdm_pipeline.listing import shown as _shown  # `shown` is a local name b
 from maskdm_pipeline.params import StageParams
 from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
-from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
+from maskdm_pipeline.training.config import DiffusionConfig, MaskConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.distributed import NODE_RANK
 from maskdm_pipeline.training.job import (
     EvalFn,
@@ -115,7 +115,7 @@ def _resume_state(name: str, params: StageParams, slot: CheckpointSlot) -> dict[
     return state
 
 
-def _check_resume(job: TrainJob, params: StageParams, slot: CheckpointSlot) -> None:
+def _check_resume(job: TrainJob, slot: CheckpointSlot) -> None:
     """Refuse, before anything runs, a resume file trained with other settings; it is never
     adopted, and never deleted unless the user asks (``resume=false`` starts afresh and its
     checkpoints replace it)."""
@@ -125,8 +125,7 @@ def _check_resume(job: TrainJob, params: StageParams, slot: CheckpointSlot) -> N
         check_resume(state, job.config(), job.name, len(job.images))
     except ResumeMismatchError as exc:
         saved_steps = state.get("config", {}).get("stage", {}).get("steps", "?")
-        shown = "; ".join(f"{type(params).parameter_name(name, key) if key != 'images' else 'training images'} "
-                          f"{saved!r} -> {asked!r}" for key, saved, asked in exc.differences)
+        shown = "; ".join(f"{_parameter(name, key)} {saved!r} -> {asked!r}" for key, saved, asked in exc.differences)
         raise ResumeRefused(
             f"{name}: refused to resume from {_shown(slot.path)} (step {exc.step}/{saved_steps}): it was "
             f"trained with other settings (saved -> asked: {shown}). It is kept as it is: rerun with the "
@@ -136,35 +135,44 @@ def _check_resume(job: TrainJob, params: StageParams, slot: CheckpointSlot) -> N
     logger.info("%s: resuming from %s at step %d", name, slot.path, state["step"])
 
 
+def _parameter(stage: str, key: str) -> str:
+    """What a user types for an engine key of the stage's run (``TrainJob.config()``, nested as
+    the parameters are): ``mask.ratio`` -> ``pretrain.mask.ratio``; ``model.*`` and
+    ``diffusion.*`` are blocks of their own; ``images`` is the data, not a parameter."""
+    if key == "images":
+        return "training images"
+    return key if key.startswith(("model.", "diffusion.")) else f"{stage}.{key}"
+
+
 def train_stage(
     name: str,
     train: Mapping[str, Any],
     params: StageParams,
     model: ModelParams,
     diffusion: DiffusionConfig,
-    trainer: Mapping[str, Any],
+    trainer: TrainerConfig,
     slot: CheckpointSlot,
     *,
+    mask: MaskConfig | None = None,
     init_weights: Mapping[str, Any] | None = None,
     eval_fn: EvalFn | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Run one training stage; returns (checkpoint, history table, time accounting).
 
-    ``trainer`` is the raw ``params:trainer`` mapping: the sample and evaluate nodes read it too,
-    and Kedro hands every reader the same object, so it is not typed in the pipelines.
+    ``mask``: the tokens pre-training drops (``pretrain.mask``); None trains on every token.
     """
     images = train["images"]  # memory-mapped shards: DDP workers open them, nothing is copied
     _check_writable(name, slot)
     resume_state = _resume_state(name, params, slot)
     job = TrainJob(
         images=images, model=model.for_images(images), diffusion=diffusion,
-        stage=params.stage_config(), mask=params.mask_config(),
-        trainer=TrainerConfig.model_validate(dict(trainer)), init_weights=init_weights,
+        stage=params.stage_config(), mask=mask,
+        trainer=trainer, init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
         resume=params.resume, shared_settings=shared_settings(name, train, params, model, diffusion, trainer),
     )
     if resume_state is not None:
-        _check_resume(job, params, slot)
+        _check_resume(job, slot)
     try:
         state = run_training(job)
     except TrainingInterrupted as exc:
@@ -190,13 +198,13 @@ def train_stage(
 
 
 def shared_settings(name: str, train: Mapping[str, Any], params: StageParams, model: ModelParams,
-                    diffusion: DiffusionConfig, trainer: Mapping[str, Any]) -> dict[str, Any]:
+                    diffusion: DiffusionConfig, trainer: TrainerConfig) -> dict[str, Any]:
     """What every node of a multi-node job must share, by the names a user types: the blocks this
     stage reads and the training images' content checksum (the same shards on every node).
     ``trainer.rdzv_endpoint`` is left out: the nodes met there, however each spells it."""
-    blocks = {name: params, "model": model, "diffusion": diffusion,
-              "trainer": {k: v for k, v in dict(trainer).items() if k != "rdzv_endpoint"}}
-    return {**flatten(blocks), "training images": train.get("checksum")}
+    settings = flatten({name: params, "model": model, "diffusion": diffusion, "trainer": trainer})
+    settings.pop("trainer.rdzv_endpoint", None)
+    return {**settings, "training images": train.get("checksum")}
 
 
 def _interrupted(name: str, exc: TrainingInterrupted, slot: CheckpointSlot, resumes: bool) -> StageInterrupted:

@@ -139,9 +139,9 @@ def test_finetune_lr_reruns_finetuning_and_what_reads_it(copy: Path) -> None:
 def test_mask_ratio_reruns_pretraining_and_everything_after_it(copy: Path) -> None:
     """With ParallelRunner (the session keeps its shared-memory catalog)."""
     baseline = _digests(copy, "baseline.pt")
-    lines = _run(copy, "--runner", "ParallelRunner", "--params", "pretrain.mask_ratio=0.5")
+    lines = _run(copy, "--runner", "ParallelRunner", "--params", "pretrain.mask.ratio=0.5")
     _up_to_date(lines, "preprocess", "baseline", "sample [baseline]", "evaluate [baseline]")
-    _runs(lines, "pretrain", r"parameters changed: pretrain\.mask_ratio 0\.75 -> 0\.5")
+    _runs(lines, "pretrain", r"parameters changed: pretrain\.mask\.ratio 0\.75 -> 0\.5")
     _runs(lines, "finetune", "input pretrained changed")
     _runs(lines, "sample [maskdm]")
     _runs(lines, "evaluate [maskdm]")

@@ -181,8 +181,8 @@ def test_pretrain_trains_on_masked_tokens(pretrained: dict[str, Any], folder: Pa
     state = _check_stage(pretrained, "pretrain", "pretrained")
     stats = pretrained["pretrain_accounting"]["stats"]
     tokens = (RESOLUTION // 2) ** 2  # patch 2 (conf/smoke)
-    ratio = tiny_params()["pretrain"]["mask_ratio"]
-    assert tiny_params()["pretrain"]["mask_kind"] == "patch"
+    ratio = tiny_params()["pretrain"]["mask"]["ratio"]
+    assert tiny_params()["pretrain"]["mask"]["kind"] == "patch"
     visible = tokens - int(ratio * tokens)  # patch masks: floor(ratio * tokens) of them
     assert stats["tokens_seen"] == STEPS * BATCH * visible, "the encoder sees the visible tokens only"
     assert state["config"]["stage"]["mask"]["ratio"] == ratio

@@ -79,7 +79,7 @@ def test_mlflow_store_holds_one_run_with_histories(smoke_run: Path) -> None:
                             (run,)).fetchone()
         assert losses[0] >= 3  # one point per log_every steps, a history, not a single value
         params = dict(db.execute("select key, value from params where run_uuid=?", (run,)).fetchall())
-        assert params["pretrain.mask_ratio"] == "0.75" and params["model.preset"] == "tiny"
+        assert params["pretrain.mask.ratio"] == "0.75" and params["model.preset"] == "tiny"
         tags = dict(db.execute("select key, value from tags where run_uuid=?", (run,)).fetchall())
         series: dict[str, list[tuple[int, float]]] = {}
         for key, step, value in db.execute("select key, step, value from metrics where run_uuid=? "

@@ -149,6 +149,7 @@ def primary_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and the empty ``pretrain_source/``), made once per session by the real preprocessing nodes
     and dataset (in-process: a ``kedro run`` would add seconds for nothing)."""
     from maskdm_pipeline.datasets import EmbeddedDigitsDataset, ShardDataset
+    from maskdm_pipeline.params import PreprocessParams
     from maskdm_pipeline.pipelines.preprocess.nodes import (
         convert_images,
         convert_pretrain_images,
@@ -157,9 +158,9 @@ def primary_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("primary")
     params = load_params(PROJECT_ROOT)
-    train, heldout, _ = split_images(convert_images(EmbeddedDigitsDataset().load(), params["preprocess"]),
-                                     params["preprocess"])
-    source = convert_pretrain_images(None, params["preprocess"], params["pretrain"]["data"])
+    preprocess = PreprocessParams(**params["preprocess"])
+    train, heldout, _ = split_images(convert_images(EmbeddedDigitsDataset().load(), preprocess), preprocess)
+    source = convert_pretrain_images(None, preprocess, params["pretrain"]["data"])
     for name, data in (("train", train), ("heldout", heldout), ("pretrain_source", source)):
         ShardDataset(str(folder / name)).save(data)
     return folder

@@ -159,7 +159,7 @@ def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_
     both ways out (delete it, or resume=false); it is never silently replaced by a fresh start."""
     from maskdm_pipeline.params import PretrainParams
     from maskdm_pipeline.train_stage import train_stage
-    from maskdm_pipeline.training import DiffusionConfig, ModelParams
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams, TrainerConfig
 
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     save_checkpoint(tiny_state, slot.path)
@@ -168,7 +168,7 @@ def test_resume_from_a_damaged_slot_is_refused_with_the_way_out(tiny_state, tmp_
     with pytest.raises(CheckpointError) as info:
         train_stage("pretrain", {"images": tiny_images.numpy()}, stage, ModelParams(preset="tiny", patch_size=2,
                     embed_dim=16, depth=2, num_heads=2), DiffusionConfig(schedule="linear", prediction="x0"),
-                    {"device": "cpu"}, slot)
+                    TrainerConfig(device="cpu"), slot)
     message = str(info.value)
     assert str(slot.path) in message and "pretrain.resume=false" in message and "delete" in message
 
@@ -185,24 +185,26 @@ def test_a_resume_file_of_another_configuration_is_refused_and_kept(tmp_path, ti
 
     from maskdm_pipeline.params import PretrainParams
     from maskdm_pipeline.train_stage import train_stage
-    from maskdm_pipeline.training import DiffusionConfig, ModelParams
+    from maskdm_pipeline.training import DiffusionConfig, ModelParams, TrainerConfig
 
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
-    base = {"steps": 4, "batch_size": 8, "lr": 1e-3, "log_every": 2, "mask_kind": "patch", "mask_ratio": 0.75}
+    base = {"steps": 4, "batch_size": 8, "lr": 1e-3, "log_every": 2, "mask": {"kind": "patch", "ratio": 0.75}}
 
     def run(**changes: Any) -> dict[str, Any]:
-        return train_stage("pretrain", {"images": tiny_images.numpy()}, PretrainParams(**{**base, **changes}),
+        stage = PretrainParams(**{**base, **changes})
+        return train_stage("pretrain", {"images": tiny_images.numpy()}, stage,
                            ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2),
-                           DiffusionConfig(schedule="linear", prediction="x0"), {"device": "cpu"}, slot)[0]
+                           DiffusionConfig(schedule="linear", prediction="x0"), TrainerConfig(device="cpu"), slot,
+                           mask=stage.mask)[0]
 
     run()
     finished = slot.path.read_bytes()
     with pytest.raises(ClickException) as info:
-        run(seed=7, mask_ratio=0.5)
+        run(seed=7, mask={"kind": "patch", "ratio": 0.5})
     message = info.value.format_message()
     assert info.value.exit_code == 2 and "\n" not in message
     assert message.startswith(f"pretrain: refused to resume from {slot.path} (step 4/4): it was trained with other "
-                              "settings (saved -> asked: pretrain.mask_ratio 0.75 -> 0.5; pretrain.seed 0 -> 7)")
+                              "settings (saved -> asked: pretrain.mask.ratio 0.75 -> 0.5; pretrain.seed 0 -> 7)")
     assert "rerun with the settings it was trained with" in message and "--params pretrain.resume=false" in message
     with pytest.raises(ClickException, match=r"pretrain.steps 4 -> 3"):
         run(steps=3)  # the state went past the asked length

@@ -18,7 +18,7 @@ import maskdm_pipeline.atomic as atomic_module
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.fileio import load_checkpoint
 from maskdm_pipeline.params import BaselineParams
-from maskdm_pipeline.training import DiffusionConfig, ModelParams
+from maskdm_pipeline.training import DiffusionConfig, ModelParams, TrainerConfig
 
 MODEL = ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2)
 DIFFUSION = DiffusionConfig(schedule="linear", prediction="x0")
@@ -28,7 +28,7 @@ STAGE = BaselineParams(steps=30, batch_size=8, lr=1e-3, checkpoint_every=10, log
 def _train(images, slot: CheckpointSlot):
     from maskdm_pipeline.train_stage import train_stage
 
-    return train_stage("pretrain", {"images": images.numpy()}, STAGE, MODEL, DIFFUSION, {"device": "cpu"}, slot)
+    return train_stage("pretrain", {"images": images.numpy()}, STAGE, MODEL, DIFFUSION, TrainerConfig(device="cpu"), slot)
 
 
 def test_unwritable_model_folder_is_refused_before_training(tmp_path, tiny_images, monkeypatch):

@@ -22,12 +22,11 @@ from PIL import Image
 from maskdm_pipeline import imaging
 from maskdm_pipeline.conversion import convert_images
 from maskdm_pipeline.imaging import NoUsableImagesError
+from maskdm_pipeline.params import PreprocessParams
 from maskdm_pipeline.pipelines.preprocess.nodes import split_images
 
-PARAMS: dict[str, Any] = {
-    "resolution": 8, "channels": 3, "crop": "center", "heldout_fraction": 0.25, "subset": None,
-    "min_size": 0, "alpha_background": 0, "labels": "none", "seed": 0,
-}
+PARAMS = PreprocessParams(resolution=8, channels=3, crop="center", heldout_fraction=0.25, subset=None,
+                          min_size=0, alpha_background=0, labels="none", seed=0)
 REASONS = ("not an image", "corrupt", "decompression bomb", "vanished", "unreadable", "broken symlink",
            "not a file", "too small")
 
@@ -46,7 +45,7 @@ def _noise(size: int = 24, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def _run(root: Path, params: dict[str, Any] = PARAMS) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
+def _run(root: Path, params: PreprocessParams = PARAMS) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
     """(accepted file -> array, skipped file -> reason, card) and the accounting invariants."""
     partitions = _folder(root).load()
     converted = convert_images(partitions, params)
@@ -257,7 +256,7 @@ def test_small_images_are_upsampled_or_refused_below_min_size(tmp_path):
     _noise(size=24).save(tmp_path / "raw" / "fine.png")
     accepted, _, card = _run(tmp_path / "raw")
     assert set(accepted) == {"tiny.png", "fine.png"} and card["converted"]["upsampled"] == 1
-    _, skipped, _ = _run(tmp_path / "raw", {**PARAMS, "min_size": 4})
+    _, skipped, _ = _run(tmp_path / "raw", PARAMS.model_copy(update={"min_size": 4}))
     assert skipped == {"tiny.png": "too small: 3x3 is below preprocess.min_size=4"}
 
 
@@ -270,7 +269,7 @@ def test_exif_rotation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     (tmp_path / "raw").mkdir()
     Image.fromarray(stored).save(tmp_path / "raw" / "photo.jpg", exif=exif, quality=95)
-    accepted, _, card = _run(tmp_path / "raw", {**PARAMS, "channels": 1})
+    accepted, _, card = _run(tmp_path / "raw", PARAMS.model_copy(update={"channels": 1}))
     image = accepted["photo.jpg"][0].astype(float)
     assert image[:3].mean() < 40 and image[-3:].mean() > 215, image
     assert card["converted"]["EXIF rotated"] == 1

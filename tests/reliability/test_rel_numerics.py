@@ -14,7 +14,7 @@ from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.fileio import load_checkpoint
 from maskdm_pipeline.params import BaselineParams, PretrainParams
 from maskdm_pipeline.train_stage import train_stage
-from maskdm_pipeline.training import DiffusionConfig, ModelParams, NonFiniteLossError
+from maskdm_pipeline.training import DiffusionConfig, ModelParams, NonFiniteLossError, TrainerConfig
 
 MODEL = ModelParams(preset="tiny", patch_size=2, embed_dim=16, depth=2, num_heads=2)
 DIFFUSION = DiffusionConfig(schedule="linear", prediction="x0")
@@ -46,11 +46,12 @@ def test_nan_at_step_25_keeps_the_step_20_checkpoint(tmp_path, tiny_images, monk
     slot = CheckpointSlot(tmp_path / "pretrained.resume.pt")
     stage = {"steps": 40, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5, "resume": True}
     if masked:  # the unmasked case: the pre-training node's body with a mask-less (baseline) block
-        stage = PretrainParams(**stage, mask_kind="patch", mask_ratio=0.5, mask_block_size=1)
+        stage = PretrainParams(**stage, mask={"kind": "patch", "ratio": 0.5, "block_size": 1})
     else:
         stage = BaselineParams(**stage)
     with pytest.raises(NonFiniteLossError) as info:
-        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, MODEL, DIFFUSION, {"device": "cpu"}, slot)
+        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, MODEL, DIFFUSION, TrainerConfig(device="cpu"), slot,
+                    mask=stage.mask if masked else None)
     message = str(info.value)
     assert "the loss became nan at step 25" in message
     assert f"the last good checkpoint {slot.path} (step 20) is kept" in message
@@ -73,9 +74,10 @@ def test_cli_lr_1e30_stops_cleanly_and_keeps_the_checkpoint(make_project, one_th
     params = load_params(project.root)
     slot = CheckpointSlot(project.data / "06_models" / "pretrained.resume.pt")
     primary = ShardDataset(str(project.data / "03_primary" / "train")).load()
-    good, _, _ = train_stage("pretrain", primary, PretrainParams(**{**params["pretrain"], "steps": 20}),
-                             ModelParams(**params["model"]), DiffusionConfig(**params["diffusion"]),
-                             params["trainer"], slot)
+    stage = PretrainParams(**{**params["pretrain"], "steps": 20})
+    good, _, _ = train_stage("pretrain", primary, stage, ModelParams(**params["model"]),
+                             DiffusionConfig(**params["diffusion"]), TrainerConfig(**params["trainer"]), slot,
+                             mask=stage.mask)
     assert good["step"] == 20 and slot.path.exists()
     before = slot.path.read_bytes()
 

@@ -37,35 +37,35 @@ def test_cli_refuses_every_invalid_value_and_typo_at_once(make_project):
     """Invalid mask ratio, unknown preset / sampler / mask kind / schedule / precision, non-positive
     steps and lr, and a misspelt name: one run, each named with its value and the allowed values."""
     text = _refused_before_any_work(make_project(), {
-        "pretrain.mask_ratio": 1.5,
+        "pretrain.mask.ratio": 1.5,
         "model.preset": "huge",
         "sample.sampler": "euler",
-        "pretrain.mask_kind": "stripes",
+        "pretrain.mask.kind": "stripes",
         "diffusion.schedule": "quadratic",
         "trainer.precision": "fp8",
         "finetune.steps": 0,
         "sample.steps": 0,
         "baseline.lr": -0.001,
-        "pretrain.mask_ratoi": 0.5,
+        "pretrain.mask.ratoi": 0.5,
         "diffusion.min_snr_gamma": 0,
         "finetune.hflip": 1.5,
     })
     for expected in (
-        "pretrain.mask_ratio=1.5: must be in [0, 1)",
+        "pretrain.mask.ratio=1.5: must be in [0, 1)",
         "model.preset='huge': must be one of tiny, small-64, small-128, small-256, base-256",
         "sample.sampler='euler': must be one of ddpm, ddim, dpm++2m",
-        "pretrain.mask_kind='stripes': must be one of patch, block, crop",
+        "pretrain.mask.kind='stripes': must be one of patch, block, crop",
         "diffusion.schedule='quadratic': must be one of linear, cosine",
         "trainer.precision='fp8': must be one of fp32, bf16, fp16",
         "finetune.steps=0: must be >= 1",
         "sample.steps=0: must be >= 1",
         "baseline.lr=-0.001: must be > 0",
-        "pretrain.mask_ratoi=0.5 (from --params): unknown parameter",
+        "pretrain.mask.ratoi=0.5 (from --params): unknown parameter; did you mean pretrain.mask.ratio?",
         "diffusion.min_snr_gamma=0: must be > 0",
         "finetune.hflip=1.5: must be in [0, 1]",
     ):
         assert expected in text, f"missing: {expected!r}\n{text[-3000:]}"
-    assert text.count("mask_ratoi") == 1, f"the typo is reported more than once:\n{text[-3000:]}"
+    assert text.count("mask.ratoi") == 1, f"the typo is reported more than once:\n{text[-3000:]}"
 
 
 def test_cli_refuses_settings_that_do_not_fit_together(make_project):
@@ -73,15 +73,15 @@ def test_cli_refuses_settings_that_do_not_fit_together(make_project):
     trainer.nproc, a ddpm sampler asked for fewer than T steps and more dense blocks than the
     model has in-blocks: refused in one go."""
     text = _refused_before_any_work(make_project(), {
-        "pretrain.mask_kind": "block",
-        "pretrain.mask_block_size": 3,
+        "pretrain.mask.kind": "block",
+        "pretrain.mask.block_size": 3,
         "trainer.nproc": 3,
         "sample.sampler": "ddpm",
-        "pretrain.dense_blocks": 2,
+        "pretrain.mask.dense_blocks": 2,
     })
     for expected in (
-        "pretrain.dense_blocks=2: must be an integer from 0 to 1, the number of in-blocks of a depth-2 U-ViT",
-        "pretrain.mask_block_size=3 does not divide the 4x4 patch grid",
+        "pretrain.mask.dense_blocks=2: must be an integer from 0 to 1, the number of in-blocks of a depth-2 U-ViT",
+        "pretrain.mask.block_size=3 does not divide the 4x4 patch grid",
         "pretrain.batch_size=16: the global batch must be divisible by trainer.nproc=3",
         "sample.steps must be null or T=1000 for the ddpm sampler",
     ):
@@ -135,15 +135,15 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
-    ({"pretrain.mask_ratio": 1.0}, "pretrain.mask_ratio=1.0: must be in [0, 1)"),
-    ({"pretrain.mask_ratio": -0.1}, "pretrain.mask_ratio=-0.1: must be in [0, 1)"),
-    ({"pretrain.mask_ratio": float("nan")}, "pretrain.mask_ratio=nan: must be a number"),
-    ({"pretrain.mask_kind": "block", "pretrain.mask_block_size": 3},
-     "pretrain.mask_block_size=3 does not divide the 4x4 patch grid"),
-    ({"pretrain.mask_kind": "crop", "pretrain.mask_crop_size": 5},
-     "pretrain.mask_crop_size=5 is larger than the 4x4 patch grid"),
-    ({"pretrain.mask_kind": "crop", "pretrain.mask_crop_size": None},
-     "pretrain.mask_crop_size is required for pretrain.mask_kind='crop'"),
+    ({"pretrain.mask.ratio": 1.0}, "pretrain.mask.ratio=1.0: must be in [0, 1)"),
+    ({"pretrain.mask.ratio": -0.1}, "pretrain.mask.ratio=-0.1: must be in [0, 1)"),
+    ({"pretrain.mask.ratio": float("nan")}, "pretrain.mask.ratio=nan: must be a number"),
+    ({"pretrain.mask.kind": "block", "pretrain.mask.block_size": 3},
+     "pretrain.mask.block_size=3 does not divide the 4x4 patch grid"),
+    ({"pretrain.mask.kind": "crop", "pretrain.mask.crop_size": 5},
+     "pretrain.mask.crop_size=5 is larger than the 4x4 patch grid"),
+    ({"pretrain.mask.kind": "crop", "pretrain.mask.crop_size": None},
+     "pretrain.mask.crop_size is required for pretrain.mask.kind='crop'"),
     ({"preprocess.resolution": 10, "model.patch_size": 4},
      "preprocess.resolution=10 is not divisible by the patch size 4"),
     ({"preprocess.resolution": 18, "model.patch_size": None},
@@ -153,7 +153,7 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"sample.sampler": "ddim", "sample.steps": 1001}, "sample.steps must be an integer in [1, 1000]"),
     ({"sample.sampler": "ddim", "sample.steps": None}, "sample.steps must be an integer in [1, 1000]; got None"),
     ({"sample.eta": 1.5}, "sample.eta must lie in [0, 1]"),
-    ({"pretrain.mask_kind": "random"}, "pretrain.mask_kind='random': must be one of patch, block, crop"),
+    ({"pretrain.mask.kind": "random"}, "pretrain.mask.kind='random': must be one of patch, block, crop"),
     ({"diffusion.schedule": "sigmoid"}, "diffusion.schedule='sigmoid': must be one of linear, cosine"),
     ({"diffusion.prediction": "score"}, "diffusion.prediction='score': must be one of eps, x0, v"),
     ({"trainer.precision": "int8"}, "trainer.precision='int8': must be one of fp32, bf16, fp16"),
@@ -167,11 +167,11 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"pretrain.resume": "yes"}, "pretrain.resume='yes': must be true or false"),
     ({"pretrain.betas": [0.9, 1.5]}, "pretrain.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
     ({"finetune.init_from": "best"}, "finetune.init_from='best': must be one of raw, ema"),
-    ({"pretrain.mask_ratoi": 0.5}, "pretrain.mask_ratoi=0.5: unknown parameter"),
-    ({"pretrain.dense_blocks": 2}, "pretrain.dense_blocks=2: must be an integer from 0 to 1"),  # smoke: depth 2
-    ({"model.depth": None, "pretrain.dense_blocks": 3},  # tiny's depth 4: two in-blocks
-     "pretrain.dense_blocks=3: must be an integer from 0 to 2, the number of in-blocks of a depth-4 U-ViT"),
-    ({"pretrain.dense_blocks": -1}, "pretrain.dense_blocks=-1: must be >= 0"),
+    ({"pretrain.mask.ratoi": 0.5}, "pretrain.mask.ratoi=0.5: unknown parameter"),
+    ({"pretrain.mask.dense_blocks": 2}, "pretrain.mask.dense_blocks=2: must be an integer from 0 to 1"),  # smoke: depth 2
+    ({"model.depth": None, "pretrain.mask.dense_blocks": 3},  # tiny's depth 4: two in-blocks
+     "pretrain.mask.dense_blocks=3: must be an integer from 0 to 2, the number of in-blocks of a depth-4 U-ViT"),
+    ({"pretrain.mask.dense_blocks": -1}, "pretrain.mask.dense_blocks=-1: must be >= 0"),
     ({"diffusion.min_snr_gamma": 0.0}, "diffusion.min_snr_gamma=0.0: must be > 0"),
     ({"diffusion.min_snr_gamma": -5}, "diffusion.min_snr_gamma=-5: must be > 0"),
     ({"diffusion.loss_weighting": "p2"}, "diffusion.loss_weighting='p2': must be one of none, min_snr"),
@@ -191,12 +191,12 @@ def test_each_fault_alone_is_named(smoke_params, changes, expected):
 @pytest.mark.parametrize("changes", [
     {"sample.sampler": "ddpm", "sample.steps": None},  # what the ddpm refusal tells the user to set
     {"sample.sampler": "ddpm", "sample.steps": 1000},
-    {"pretrain.mask_kind": "crop", "pretrain.mask_crop_size": 2},
-    {"pretrain.mask_kind": "block", "pretrain.mask_block_size": 2, "pretrain.mask_ratio": 0.5},
+    {"pretrain.mask.kind": "crop", "pretrain.mask.crop_size": 2},
+    {"pretrain.mask.kind": "block", "pretrain.mask.block_size": 2, "pretrain.mask.ratio": 0.5},
     {"trainer.device": "cuda", "trainer.nproc": 2},  # a GPU config still validates on a CPU machine
-    {"pretrain.dense_blocks": 1, "diffusion.loss_weighting": "min_snr", "diffusion.min_snr_gamma": 1,
+    {"pretrain.mask.dense_blocks": 1, "diffusion.loss_weighting": "min_snr", "diffusion.min_snr_gamma": 1,
      "pretrain.hflip": 1, "finetune.hflip": 0.5},  # all in-blocks dense; integers where numbers go
-    {"model.depth": None, "pretrain.dense_blocks": 2},  # tiny's own depth 4
+    {"model.depth": None, "pretrain.mask.dense_blocks": 2},  # tiny's own depth 4
     {"preprocess.workers": 3},  # more decoding processes than cores is allowed (speed only)
 ])
 def test_valid_combinations_are_accepted(smoke_params, changes):
@@ -218,11 +218,28 @@ def test_a_command_line_typo_is_one_line_although_kedro_merged_it():
         validate_parameters(load_params(PROJECT_ROOT, "smoke", runtime_params=runtime), runtime_params=runtime)
     lines = str(info.value).splitlines()
     assert [line for line in lines if "stepz" in line] == [
-        "  - pretrain.stepz=2000 (from --params): unknown parameter (a typo? every valid name is in "
-        "conf/base/parameters*.yml)"]
+        "  - pretrain.stepz=2000 (from --params): unknown parameter; did you mean pretrain.steps?"]
     assert [line for line in lines if "sampel" in line] == [
-        "  - sampel.steps=3 (from --params): unknown parameter (a typo? every valid name is in "
-        "conf/base/parameters*.yml)"]
+        "  - sampel.steps=3 (from --params): unknown parameter; did you mean sample.steps?"]
+
+
+@pytest.mark.parametrize(("typed", "hint"), [
+    ("pretrain.mask_ratio", "; did you mean pretrain.mask.ratio?"),  # the name before the mask was nested
+    ("pretrain.dense_blocks", "; did you mean pretrain.mask.dense_blocks?"),
+    ("trainer.nprocs", "; did you mean trainer.nproc?"),
+    ("evaluate.fid.weight_path", "; did you mean evaluate.fid.weights_path?"),
+    ("finetune.mask_ratio", " (a typo? every valid name is in conf/base/parameters*.yml)"),  # nothing close
+])
+def test_an_unknown_name_gets_the_closest_valid_one(typed, hint):
+    """`--params <old or misspelt name>=0.5`: refused with the closest valid name, found among all
+    of them (no table of old names), or with where to find them when none is close."""
+    *block, key = typed.split(".")
+    runtime: dict[str, Any] = {key: 0.5}
+    for part in reversed(block):
+        runtime = {part: runtime}
+    with pytest.raises(ParameterError) as info:
+        validate_parameters(load_params(PROJECT_ROOT, "smoke", runtime_params=runtime), runtime_params=runtime)
+    assert str(info.value).splitlines()[1:] == [f"  - {typed}=0.5 (from --params): unknown parameter{hint}"]
 
 
 @pytest.mark.parametrize("env_name", sorted(

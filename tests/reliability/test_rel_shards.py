@@ -16,6 +16,7 @@ from kedro.io import DatasetError
 
 from maskdm_pipeline.conversion import Conversion
 from maskdm_pipeline.datasets import ShardDataset
+from maskdm_pipeline.params import PreprocessParams
 from maskdm_pipeline.shards import ShardWriter
 
 RERUN = "kedro run --pipelines preprocess"
@@ -102,7 +103,8 @@ def test_full_disk_while_writing_keeps_the_previous_shards(shards, monkeypatch, 
     _full_disk_from_second_shard(monkeypatch)
     images = _images(300, seed=1)
     data = (Conversion({"images": images, "labels": None, "source": "test"},
-                       {"resolution": 4, "channels": 1, "crop": "none"}, workers=1)
+                       PreprocessParams(resolution=4, channels=1, crop="none", heldout_fraction=0.25, subset=None,
+                                        min_size=0, alpha_background=0, labels="none", seed=0), workers=1)
             if streamed else {"images": images})
     with pytest.raises(DatasetError) as info:
         ShardDataset(str(shards), max_shard_bytes=160).save(data)

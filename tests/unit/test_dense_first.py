@@ -125,7 +125,7 @@ def test_dense_blocks_do_not_change_the_unmasked_paths() -> None:
 def test_dense_blocks_outside_the_in_blocks_are_refused(bad) -> None:
     model = _model(depth=4)  # 2 in-blocks
     x, t, mask = _inputs()
-    match = r"pretrain\.dense_blocks=.*from 0 to 2.*depth-4"
+    match = r"^dense_blocks=.*from 0 to 2.*depth-4"
     with pytest.raises(ValueError, match=match):
         model(x, t, mask, dense_blocks=bad)
     with pytest.raises(ValueError, match=match):
@@ -133,6 +133,8 @@ def test_dense_blocks_outside_the_in_blocks_are_refused(bad) -> None:
     with pytest.raises(ValueError, match=match):
         check_dense_blocks(bad, depth=4)
     assert check_dense_blocks(2, depth=4) == 2
+    with pytest.raises(ValueError, match=r"^pretrain\.mask\.dense_blocks=3: must be an integer from 0 to 2"):
+        check_dense_blocks(3, depth=4, prefix="pretrain.mask")
 
 
 def test_token_blocks_counts_what_the_blocks_see() -> None:
@@ -164,7 +166,7 @@ def test_token_blocks_small64() -> None:
     for bad in (0, 257):
         with pytest.raises(ValueError, match="visible_tokens must be an integer from 1 to N=256"):
             model.token_blocks(bad)
-    with pytest.raises(ValueError, match=r"pretrain\.dense_blocks=7"):
+    with pytest.raises(ValueError, match=r"^dense_blocks=7"):
         model.token_blocks(32, dense_blocks=7)
 
 
@@ -181,5 +183,5 @@ def test_the_masked_loss_hands_dense_blocks_to_the_model() -> None:
             expected = (model(x_t, t, mask, dense_blocks=k) - target).pow(2).flatten(1).mean(1).mean()
             loss = MaskedDenoisingLoss(s, "eps", dense_blocks=k)(model, x0, mask, t=t, noise=noise)
             torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
-        with pytest.raises(ValueError, match=r"pretrain\.dense_blocks=3"):
+        with pytest.raises(ValueError, match=r"^dense_blocks=3"):
             MaskedDenoisingLoss(s, "eps", dense_blocks=3)(model, x0, mask, t=t, noise=noise)

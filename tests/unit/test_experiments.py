@@ -48,9 +48,9 @@ def test_reuse_baseline_refuses_an_unfinished_reference(tmp_path: Path) -> None:
 
 
 def test_a_sweep_with_a_reused_baseline_may_only_change_pretraining() -> None:
-    claim.check_reusable({"pretrain.mask_ratio": "0.5", "pretrain.mask_kind": "block"})
+    claim.check_reusable({"pretrain.mask.ratio": "0.5", "pretrain.mask.kind": "block"})
     with pytest.raises(SystemExit, match=r"finetune\.lr, model\.patch_size"):
-        claim.check_reusable({"pretrain.mask_ratio": "0.5", "model.patch_size": "2", "finetune.lr": "1e-3"})
+        claim.check_reusable({"pretrain.mask.ratio": "0.5", "model.patch_size": "2", "finetune.lr": "1e-3"})
 
 
 def test_an_interrupted_copy_is_resumed_not_wiped(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ from maskdm_pipeline.metrics import (
     list_images,
     resolve_inception_weights,
 )
+from maskdm_pipeline.params import EvaluateParams
 from maskdm_pipeline.pipelines.evaluate.nodes import inception_reference
+from maskdm_pipeline.training import TrainerConfig
 
 # --------------------------------------------------------------------------- Inception weights
 
@@ -327,11 +329,12 @@ def test_evaluate_node_names_the_parameter(empty_torch_home: Path, tmp_path: Pat
     parameter and the command line, and reports FID as null."""
     from maskdm_pipeline.datasets import FeatureCacheDataset
 
-    params = {"fid": {"enabled": True, "dims": 64, "weights_path": None, "batch_size": 8,
-                      "allow_download": False}}
+    params = EvaluateParams(fid={"enabled": True, "dims": 64, "weights_path": None, "batch_size": 8,
+                                 "allow_download": False},
+                            fd_clf={"enabled": False, "num_samples": 2, "epochs": 1, "seed": 0})
     train = {"images": np.zeros((4, 1, 8, 8), np.uint8)}
     cache = FeatureCacheDataset(path=str(tmp_path / "cache")).load()
-    out = inception_reference(train, {"checksum": "0" * 64}, cache, params, {"device": "cpu"})
+    out = inception_reference(train, {"checksum": "0" * 64}, cache, params, TrainerConfig(device="cpu"))
     assert out["available"] is False
     assert "set the parameter `evaluate.fid.weights_path` to its path (e.g. kedro run --params " \
            f"evaluate.fid.weights_path=/path/to/{FID_WEIGHTS_FILENAME})" in out["reason"]

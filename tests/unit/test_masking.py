@@ -122,17 +122,17 @@ def test_device_follows_generator() -> None:
 @pytest.mark.parametrize(
     ("kind", "grid", "ratio", "block", "crop", "match"),
     [
-        ("patch", 16, 1.2, 4, None, r"pretrain\.mask_ratio=1\.2 is outside \[0, 1\)"),
-        ("block", 16, -0.1, 4, None, r"pretrain\.mask_ratio=-0\.1 is outside"),
-        ("patch", 16, math.nan, 4, None, r"pretrain\.mask_ratio=nan is outside"),
-        ("patch", 16, "0.5", 4, None, r"pretrain\.mask_ratio='0\.5' must be a number"),
-        ("patch", 4, 1 - 1e-12, 4, None, r"mask_ratio=.*at least one patch must stay visible"),
-        ("block", 15, 0.5, 4, None, r"pretrain\.mask_block_size=4 does not divide .*grid_size=15"),
-        ("block", 16, 0.5, 0, None, r"pretrain\.mask_block_size=0 must be a positive int"),
-        ("crop", 16, 0.9, 4, 17, r"pretrain\.mask_crop_size=17 is larger than the 16x16"),
-        ("crop", 16, 0.9, 4, None, r"pretrain\.mask_crop_size is required"),
-        ("crop", 16, 0.9, 4, 0, r"pretrain\.mask_crop_size=0 must be a positive int"),
-        ("random", 16, 0.5, 4, None, r"pretrain\.mask_kind='random'.*patch, block, crop"),
+        ("patch", 16, 1.2, 4, None, r"^ratio=1\.2 is outside \[0, 1\)"),
+        ("block", 16, -0.1, 4, None, r"^ratio=-0\.1 is outside"),
+        ("patch", 16, math.nan, 4, None, r"^ratio=nan is outside"),
+        ("patch", 16, "0.5", 4, None, r"^ratio='0\.5' must be a number"),
+        ("patch", 4, 1 - 1e-12, 4, None, r"^ratio=.*at least one patch must stay visible"),
+        ("block", 15, 0.5, 4, None, r"^block_size=4 does not divide .*grid_size=15"),
+        ("block", 16, 0.5, 0, None, r"^block_size=0 must be a positive int"),
+        ("crop", 16, 0.9, 4, 17, r"^crop_size=17 is larger than the 16x16"),
+        ("crop", 16, 0.9, 4, None, r"^crop_size is required for kind='crop'"),
+        ("crop", 16, 0.9, 4, 0, r"^crop_size=0 must be a positive int"),
+        ("random", 16, 0.5, 4, None, r"^kind='random'.*patch, block, crop"),
         ("patch", 0, 0.5, 4, None, r"grid_size=0"),
     ],
 )
@@ -150,9 +150,11 @@ def test_validation_only_checks_parameters_the_kind_uses() -> None:
 
 
 def test_prefix_controls_parameter_names() -> None:
-    with pytest.raises(ValueError, match=r"^mask_ratio=2"):
-        validate_mask_params("patch", 4, 2, 4, None, prefix="")
-    with pytest.raises(ValueError, match=r"^mask_ratio=2"):
+    with pytest.raises(ValueError, match=r"^pretrain\.mask\.ratio=2"):
+        validate_mask_params("patch", 4, 2, 4, None, prefix="pretrain.mask")
+    with pytest.raises(ValueError, match=r"^pretrain\.mask\.crop_size is required for pretrain\.mask\.kind='crop'"):
+        validate_mask_params("crop", 4, 0.5, 4, None, prefix="pretrain.mask")
+    with pytest.raises(ValueError, match=r"^ratio=2"):
         mask_count("patch", 4, 2)
 
 

@@ -11,19 +11,20 @@ from PIL import Image
 from maskdm_pipeline import imaging, splitting
 from maskdm_pipeline.conversion import convert_images
 from maskdm_pipeline.imaging import NoUsableImagesError
+from maskdm_pipeline.params import PreprocessParams
 from maskdm_pipeline.pipelines.preprocess.nodes import split_images
 
-PARAMS = {
-    "resolution": 8,
-    "channels": 3,
-    "crop": "center",
-    "heldout_fraction": 0.25,
-    "subset": None,
-    "min_size": 0,
-    "alpha_background": 0,
-    "labels": "subfolder",
-    "seed": 0,
-}
+PARAMS = PreprocessParams(
+    resolution=8,
+    channels=3,
+    crop="center",
+    heldout_fraction=0.25,
+    subset=None,
+    min_size=0,
+    alpha_background=0,
+    labels="subfolder",
+    seed=0,
+)
 
 
 def _folder_dataset(path):
@@ -120,7 +121,7 @@ def test_embedded_conversion_and_card_checksum_is_deterministic():
     from maskdm_pipeline.datasets import EmbeddedDigitsDataset
 
     raw = EmbeddedDigitsDataset("sklearn_digits").load()
-    params = {**PARAMS, "channels": 1, "resolution": 16, "labels": "none", "subset": 0.5}
+    params = PARAMS.model_copy(update={"channels": 1, "resolution": 16, "labels": "none", "subset": 0.5})
     cards = [split_images(convert_images(raw, params), params)[2] for _ in range(2)]
     assert cards[0]["checksum"] == cards[1]["checksum"]
     assert cards[0]["train"] == round(cards[0]["train_before_subset"] * 0.5)
@@ -167,8 +168,8 @@ def test_labels_only_from_class_folders_and_odd_classes_reported(tmp_path, caplo
     (tmp_path / "junk" / "notes.txt").write_text("not an image")
     raw = ImageFolder(str(tmp_path)) if entry == "ImageFolder" else _folder_dataset(tmp_path)
     with caplog.at_level(logging.WARNING, logger="maskdm_pipeline.conversion"):
-        converted = convert_images(raw.load(), {**PARAMS, "heldout_fraction": 0.2})
-    _, _, card = split_images(converted, {**PARAMS, "heldout_fraction": 0.2})
+        converted = convert_images(raw.load(), PARAMS.model_copy(update={"heldout_fraction": 0.2}))
+    _, _, card = split_images(converted, PARAMS.model_copy(update={"heldout_fraction": 0.2}))
     assert card["num_classes"] == 3 and card["used"] == 9
     assert card["images_per_class"] == {"cat": 4, "dog": 4, "solo": 1}
     assert card["empty_classes"] == ["junk"] and card["single_image_classes"] == ["solo"]

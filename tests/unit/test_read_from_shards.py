@@ -97,11 +97,12 @@ def test_transfer_pretraining_reads_the_source_shards_preprocess_wrote(tmp_path)
     """``pretrain.data: source``: preprocessing converts raw_pretrain_images into pretrain_source
     like the target; a project preprocessed with ``target`` holds none and is told to rerun."""
     from maskdm_pipeline.datasets import EmbeddedDigitsDataset
-    from maskdm_pipeline.params import PretrainParams
+    from maskdm_pipeline.params import PreprocessParams, PretrainParams
     from maskdm_pipeline.pipelines.preprocess.nodes import convert_pretrain_images
     from maskdm_pipeline.pipelines.pretrain.nodes import pretrain_data
 
-    params = {"resolution": 16, "channels": 1, "crop": "none", "labels": "none", "workers": 1}
+    params = PreprocessParams(resolution=16, channels=1, crop="none", heldout_fraction=0.1, subset=None, min_size=0,
+                              alpha_background=0, labels="none", seed=0, workers=1)
     block = {"steps": 2, "batch_size": 4, "lr": 1e-3}
     source, target = PretrainParams(**block, data="source"), PretrainParams(**block, data="target")
     raw = EmbeddedDigitsDataset("sklearn_digits").load()

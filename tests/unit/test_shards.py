@@ -16,10 +16,11 @@ from maskdm_pipeline.conversion import Conversion, convert_images
 from maskdm_pipeline.datasets import ImageFolder, ShardDataset
 from maskdm_pipeline.listing import scan_folder
 from maskdm_pipeline.metrics import stats, stats_from_batches
+from maskdm_pipeline.params import PreprocessParams
 from maskdm_pipeline.shards import RowView, folder_checksum, open_shards, take_rows
 
-PARAMS = {"resolution": 8, "channels": 3, "crop": "center", "min_size": 0, "alpha_background": 0,
-          "labels": "subfolder"}
+PARAMS = PreprocessParams(resolution=8, channels=3, crop="center", heldout_fraction=0.25, subset=None,
+                          min_size=0, alpha_background=0, labels="subfolder", seed=0)
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:

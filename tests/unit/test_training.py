@@ -57,9 +57,10 @@ def images() -> torch.Tensor:
 
 
 def _stage(**overrides) -> PretrainParams:
-    """A pre-training block (the flat mask_* keys users type); its engine part is the job's."""
+    """A pre-training block (the nested mask users type, ``mask.ratio``); its engine part is the job's."""
+    mask = {"kind": "patch", "ratio": 0.5, **overrides.pop("mask", {})}
     base = {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 3, "grad_clip": 1.0,
-            "ema_update_after_step": 2, "log_every": 2, "mask_kind": "patch", "mask_ratio": 0.5}
+            "ema_update_after_step": 2, "log_every": 2, "mask": mask}
     return PretrainParams.model_validate({**base, **overrides})
 
 
@@ -67,12 +68,12 @@ def _train(images, params: PretrainParams, **fields):
     fields.setdefault("trainer", CPU)
     fields.setdefault("diffusion", DIFFUSION)
     return run_training(TrainJob(images=images, model=TINY, stage=params.stage_config(),
-                                 mask=params.mask_config(), progress=False, name="pretrain", **fields))
+                                 mask=params.mask, progress=False, name="pretrain", **fields))
 
 
 # Today's MaskDM, and every recipe of issue 17 at once: flips, a dense block, min-SNR weighting.
 RECIPES = {"maskdm": ({}, DIFFUSION),
-           "recipes": ({"hflip": 0.5, "dense_blocks": 1},
+           "recipes": ({"hflip": 0.5, "mask": {"dense_blocks": 1}},
                        DiffusionConfig(schedule="linear", prediction="eps", loss_weighting="min_snr",
                                        min_snr_gamma=2.0))}
 
@@ -124,10 +125,10 @@ _STAGE = {"steps": 5, "batch_size": 4, "lr": 1e-3}
         (FinetuneParams, {**_STAGE, "grad_clip": 0}, "finetune.grad_clip=0: must be > 0"),
         (FinetuneParams, {**_STAGE, "checkpoint_every": -1}, "finetune.checkpoint_every=-1: must be >= 0"),
         (FinetuneParams, {**_STAGE, "lrr": 1}, "finetune.lrr=1: unknown parameter"),
-        (FinetuneParams, {**_STAGE, "mask_ratio": 0.5}, "finetune.mask_ratio=0.5: unknown parameter"),
-        (PretrainParams, {**_STAGE, "mask_kind": "pixel"},
-         "pretrain.mask_kind='pixel': must be one of patch, block, crop"),
-        (PretrainParams, {**_STAGE, "mask_ratio": 1.0}, "pretrain.mask_ratio=1.0: must be in [0, 1)"),
+        (FinetuneParams, {**_STAGE, "mask": {"ratio": 0.5}}, "finetune.mask.ratio=0.5: unknown parameter"),
+        (PretrainParams, {**_STAGE, "mask": {"kind": "pixel"}},
+         "pretrain.mask.kind='pixel': must be one of patch, block, crop"),
+        (PretrainParams, {**_STAGE, "mask": {"ratio": 1.0}}, "pretrain.mask.ratio=1.0: must be in [0, 1)"),
     ],
 )
 def test_stage_config_errors_name_the_parameter(cls, data, message):
@@ -139,9 +140,9 @@ def test_stage_config_errors_name_the_parameter(cls, data, message):
 
 def test_checkpoint_every_zero_means_off_and_the_mask_is_checked_against_the_grid():
     assert FinetuneParams.model_validate({**_STAGE, "checkpoint_every": 0}).checkpoint_every == 0
-    with pytest.raises(ValueError, match="pretrain.mask_crop_size is required for pretrain.mask_kind='crop'"):
+    with pytest.raises(ValueError, match="pretrain.mask.crop_size is required for pretrain.mask.kind='crop'"):
         MaskConfig(kind="crop").count(4)
-    with pytest.raises(ValueError, match="pretrain.mask_block_size=3 does not divide the 4x4 patch grid"):
+    with pytest.raises(ValueError, match="pretrain.mask.block_size=3 does not divide the 4x4 patch grid"):
         MaskConfig(kind="block", block_size=3).sampler(4)
 
 
@@ -180,8 +181,8 @@ def test_config_round_trips_through_json():
     assert StageConfig.model_validate(saved) == stage
     trainer = TrainerConfig(device="cpu", precision="bf16")
     assert TrainerConfig.model_validate(json.loads(json.dumps(trainer.to_dict()))) == trainer
-    params = _stage(dense_blocks=1, hflip=0.5)
-    saved = params.stage_config().to_dict(params.mask_config())
+    params = _stage(mask={"dense_blocks": 1}, hflip=0.5)
+    saved = params.stage_config().to_dict(params.mask)
     assert saved["mask"] == {"kind": "patch", "ratio": 0.5, "block_size": 4, "crop_size": None,
                              "dense_blocks": 1}
     assert saved["hflip"] == 0.5
@@ -246,7 +247,7 @@ def test_result_differs_with_the_seed(images):
 
 def test_masked_stage_counts_fewer_tokens(images):
     masked = _train(images, _stage(steps=2))
-    full = _train(images, _stage(steps=2, mask_ratio=0.0))
+    full = _train(images, _stage(steps=2, mask={"ratio": 0.0}))
     assert masked["stats"]["tokens_per_image"] == full["stats"]["tokens_per_image"] == 16
     assert masked["stats"]["visible_tokens_per_image"] == 8
     assert masked["stats"]["tokens_seen"] == 8 * 8 and full["stats"]["tokens_seen"] == 16 * 8
@@ -257,11 +258,11 @@ def test_masked_stage_counts_fewer_tokens(images):
 
 
 def test_dense_first_masking_trains_differently_and_is_charged_for_its_dense_blocks(images):
-    """pretrain.dense_blocks=1: the in-block sees all 16 tokens, so it costs 1 x 16 + 2 x 8
+    """pretrain.mask.dense_blocks=1: the in-block sees all 16 tokens, so it costs 1 x 16 + 2 x 8
     token-blocks per image (not MaskDM's 3 x 8) for the same 8 visible tokens, and the loss
     reaches the model (the weights differ from k = 0's after the same draws)."""
     masked = _train(images, _stage(steps=2))
-    dense = _train(images, _stage(steps=2, dense_blocks=1))
+    dense = _train(images, _stage(steps=2, mask={"dense_blocks": 1}))
     assert dense["stats"]["tokens_seen"] == masked["stats"]["tokens_seen"] == 8 * 8
     assert dense["stats"]["token_blocks_per_image"] == 16 + 2 * 8
     assert dense["stats"]["token_blocks_seen"] == 8 * 32 > masked["stats"]["token_blocks_seen"]
@@ -345,7 +346,7 @@ def test_history_stats_and_eval_time_are_accounted(images, caplog):
 
 def test_fine_tuning_starts_from_the_raw_weights(images):
     pretrained = _train(images, _stage(steps=2))
-    stage = _stage(steps=1, mask_ratio=0.0, lr=1e-12, ema_update_after_step=100)
+    stage = _stage(steps=1, mask={"ratio": 0.0}, lr=1e-12, ema_update_after_step=100)
     tuned = _train(images, stage, init_weights=pretrained)  # a whole checkpoint dict is accepted
     # lr 1e-12: one step moves nothing visible, and the EMA (still copying) restarted from them.
     _assert_tensors_equal(pretrained["model"], tuned["ema"]["model"], atol=1e-9)
@@ -359,10 +360,10 @@ def test_inputs_are_checked_before_training(images):
         _train(images.expand(-1, 3, -1, -1).contiguous(), _stage())
     with pytest.raises(ValueError, match="uint8"):
         _train(images.float(), _stage())
-    with pytest.raises(ValueError, match="pretrain.mask_block_size=3"):
-        _train(images, _stage(mask_kind="block", mask_block_size=3))
-    with pytest.raises(ValueError, match=r"pretrain.dense_blocks=2: must be an integer from 0 to 1"):
-        _train(images, _stage(dense_blocks=2))  # depth 2: one in-block
+    with pytest.raises(ValueError, match="pretrain.mask.block_size=3"):
+        _train(images, _stage(mask={"kind": "block", "block_size": 3}))
+    with pytest.raises(ValueError, match=r"pretrain.mask.dense_blocks=2: must be an integer from 0 to 1"):
+        _train(images, _stage(mask={"dense_blocks": 2}))  # depth 2: one in-block
 
 
 def test_bf16_autocast_trains(images):

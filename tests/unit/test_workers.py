@@ -49,6 +49,25 @@ def test_sharded_samples_equal_one_process_for_any_batch_size():
         assert sharded.dtype == np.uint8 and np.array_equal(sharded, whole), f"batch_size={batch_size}"
 
 
+def test_generate_checks_the_sampling_settings_once_not_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One validate_sampling per generate call, however many batches; bad settings are still refused."""
+    from maskdm_pipeline import generation
+    from maskdm_pipeline.diffusion import samplers
+
+    calls, check = [], samplers.validate_sampling
+
+    def counted(*args: object) -> None:
+        calls.append(args)
+        check(*args)
+
+    monkeypatch.setattr(samplers, "validate_sampling", counted)
+    monkeypatch.setattr(generation, "validate_sampling", counted)
+    generate(_model(), batch_size=3, **SAMPLING)  # three batches: 3, 3, 1
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"sample\.steps"):
+        generate(_model(), batch_size=3, **{**SAMPLING, "steps": 0})
+
+
 @pytest.mark.slow
 def test_sharded_inception_and_fd_clf_features_equal_one_process(tmp_path):
     from benchmarks.standin_weights import random_fid_inception_state_dict

@@ -45,10 +45,10 @@ class CachingSession(KedroSession):
 
     def load_context(self) -> Any:
         from maskdm_pipeline.caching.units import stage_pipelines
-        from maskdm_pipeline.params import ParameterError, validate_parameters
+        from maskdm_pipeline.params import ParameterError
 
         context = super().load_context()
-        params = validate_parameters(context.config_loader["parameters"])
+        params = context.validated_params  # validated once, as the context was made (project.ProjectContext)
         problem = check_rerun(params.cache.rerun, stage_pipelines())
         if problem:
             raise ParameterError(f"Invalid parameters, nothing was run:\n  - {problem}")

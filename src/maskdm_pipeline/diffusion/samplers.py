@@ -267,16 +267,22 @@ def sample(
     generator: Generator | None = None,
     device: torch.device | str | None = None,
     clip: bool = True,
+    check: bool = True,
 ) -> torch.Tensor:
     """Draw x_T ~ N(0, I) of ``shape`` (B, C, H, W) from ``generator`` and run ``sampler``.
 
     ``device`` defaults to the model's parameters' device. The model is called under
     ``torch.inference_mode`` and as it is (put it in eval mode and pick EMA weights first).
     Returns float32 (B, C, H, W) clamped to [-1, 1]; the same generator seed gives the same
-    samples.
+    samples. ``check=False`` skips :func:`validate_sampling`, for a caller that checked the
+    settings once for many batches (``generation.generate``).
+
+    Raises:
+        ValueError: an unknown prediction, sampler, or steps/eta outside what it takes.
     """
     validate_prediction(prediction)
-    validate_sampling(sampler, steps, schedule.num_timesteps, eta)
+    if check:
+        validate_sampling(sampler, steps, schedule.num_timesteps, eta)
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")

@@ -38,12 +38,13 @@ from maskdm_pipeline.models.patching import keep_visible, unpatchify
 __all__ = ["UViT", "check_dense_blocks", "timestep_embedding"]
 
 
-def check_dense_blocks(dense_blocks: int, depth: int) -> int:
+def check_dense_blocks(dense_blocks: int, depth: int, prefix: str = "") -> int:
     """Return ``dense_blocks`` if a U-ViT of ``depth`` can run it, else raise ValueError.
 
     Dense-first masking may keep 0 (MaskDM) up to all depth // 2 in-blocks dense; with all of
-    them dense the drop happens right before the mid-block. The message names the stage
-    parameter ``pretrain.dense_blocks`` (issue 17), so the parameter schema can call this too.
+    them dense the drop happens right before the mid-block. The message names the argument,
+    ``dense_blocks=...``; ``prefix`` is where the caller keeps it (``pretrain.mask`` for the
+    parameter ``pretrain.mask.dense_blocks``), so the parameter schema can call this too.
     """
     in_blocks = depth // 2
     if (
@@ -51,8 +52,9 @@ def check_dense_blocks(dense_blocks: int, depth: int) -> int:
         or not isinstance(dense_blocks, int)
         or not 0 <= dense_blocks <= in_blocks
     ):
+        name = f"{prefix}.dense_blocks" if prefix else "dense_blocks"
         raise ValueError(
-            f"pretrain.dense_blocks={dense_blocks!r}: must be an integer from 0 to {in_blocks}, "
+            f"{name}={dense_blocks!r}: must be an integer from 0 to {in_blocks}, "
             f"the number of in-blocks of a depth-{depth} U-ViT (depth // 2); 0 drops the masked "
             "tokens at the input, as MaskDM does"
         )

@@ -80,7 +80,7 @@ class MlflowTrackingHook:
             self._config = dict(context.config_loader["mlflow"])
         except Exception:  # noqa: BLE001 - no mlflow.yml in this environment: track with defaults
             self._config = {}
-        self._nnodes = int((context.params.get("trainer") or {}).get("nnodes", 1))
+        self._nnodes = context.validated_params.trainer.nnodes
 
     def _tracking_uri(self) -> str:
         """``sqlite:///mlflow.db`` is relative to the project root, wherever Kedro is started from

@@ -137,8 +137,9 @@ class MaskConfig(Frozen):
     in-blocks see every token before the masked ones are dropped; 0 is MaskDM. It needs no
     weights, so it is part of the stage's recipe, not of the model (fine-tuning ignores it); the
     model checks it against its depth (``models.check_dense_blocks``). The ratio is fixed for
-    the whole stage: the paper uses no curriculum. What depends on the patch grid (a block size that divides it, a crop that fits, a crop size for
-    ``crop``) is checked by :meth:`sampler` and :meth:`count`, with masking.py's own rules.
+    the whole stage: the paper uses no curriculum. What depends on the patch grid (a block size
+    that divides it, a crop that fits, a crop size for ``crop``) is checked by :meth:`check`
+    (and so by :meth:`sampler` and :meth:`count`), with masking.py's own rules.
     """
 
     kind: MaskKind = "block"
@@ -152,28 +153,33 @@ class MaskConfig(Frozen):
         """A 0-ratio patch/block mask is plain DSM (METHOD.md section 1 item 8)."""
         return self.kind == "crop" or self.ratio > 0.0
 
+    def check(self, grid_size: int, name: str = "pretrain") -> None:
+        """Refuse settings that do not fit a ``grid_size`` x ``grid_size`` patch grid.
+
+        Raises:
+            ValueError: naming the parameter where stage ``name`` keeps it, ``<name>.mask.<field>``.
+        """
+        masking.validate_mask_params(self.kind, grid_size, self.ratio, self.block_size,
+                                     self.crop_size, prefix=f"{name}.mask")
+
     def count(self, grid_size: int, name: str = "pretrain") -> int:
         """Masked patches per image on a ``grid_size`` x ``grid_size`` patch grid.
 
         Raises:
-            ValueError: settings that do not fit the grid, naming ``<name>.mask_*``.
+            ValueError: as :meth:`check`.
         """
-        self._check(grid_size, name)
+        self.check(grid_size, name)
         return masking.mask_count(self.kind, grid_size, self.ratio, self.block_size, self.crop_size)
 
     def sampler(self, grid_size: int, name: str = "pretrain") -> MaskSampler:
         """``sampler(batch_size, generator=g) -> bool (B, grid_size**2)``, True = masked.
 
-        The settings are checked against the grid here, once; the returned
+        The settings are checked against the grid here, once (:meth:`check`); the returned
         ``functools.partial`` of ``masking.draw_masks`` trusts them on every step.
         """
-        self._check(grid_size, name)
+        self.check(grid_size, name)
         return functools.partial(masking.draw_masks, self.kind, grid_size, ratio=self.ratio,
                                  block_size=self.block_size, crop_size=self.crop_size)
-
-    def _check(self, grid_size: int, name: str) -> None:
-        masking.validate_mask_params(self.kind, grid_size, self.ratio, self.block_size,
-                                     self.crop_size, prefix=name)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from maskdm_pipeline.models import check_dense_blocks
 from maskdm_pipeline.training.config import check_compatible
 from maskdm_pipeline.training.distributed import run_distributed
 from maskdm_pipeline.training.job import TrainJob
@@ -49,7 +50,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
 
 
 def check_inputs(job: TrainJob) -> None:
-    """Refuse images that do not fit the model, and a mask that does not fit its patch grid."""
+    """Refuse images that do not fit the model, and a mask that does not fit its patch grid or
+    its depth (dense blocks)."""
     images, name = job.images, job.name
     dtype, shape = getattr(images, "dtype", None), tuple(getattr(images, "shape", ()))
     if str(dtype).removeprefix("torch.") != "uint8" or len(shape) != 4:
@@ -66,4 +68,5 @@ def check_inputs(job: TrainJob) -> None:
             "(C, H, W); set model.img_size/in_chans or preprocess.resolution/channels to match"
         )
     if job.masked:
-        job.mask.count(int(model.grid_size), name)
+        job.mask.check(int(model.grid_size), name)
+        check_dense_blocks(job.mask.dense_blocks, int(model.depth), prefix=f"{name}.mask")

@@ -12,7 +12,7 @@ import pandas as pd
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import BaselineParams
 from maskdm_pipeline.train_stage import quality_probe, train_stage
-from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 
 def baseline(
@@ -20,7 +20,7 @@ def baseline(
     params: BaselineParams,
     model: ModelParams,
     diffusion: DiffusionConfig,
-    trainer: Mapping[str, Any],
+    trainer: TrainerConfig,
     slot: CheckpointSlot,
     classifier: Mapping[str, Any],
     reference: Mapping[str, Any],

@@ -24,6 +24,8 @@ from maskdm_pipeline.metrics import (
     stats,
     stats_from_batches,
 )
+from maskdm_pipeline.params import EvaluateParams
+from maskdm_pipeline.training.config import TrainerConfig
 from maskdm_pipeline.training.resume import stage_recipe
 
 logger = logging.getLogger(__name__)
@@ -39,22 +41,14 @@ _POINT_AT_WEIGHTS = (f"set the parameter `{WEIGHTS_PARAMETER}` to its path "
                      f"(e.g. kedro run --params {WEIGHTS_PARAMETER}=/path/to/{FID_WEIGHTS_FILENAME})")
 
 
-def _inception(params: Mapping[str, Any], trainer: Mapping[str, Any], weights_path: Any = None) -> Any:
+def _inception(params: EvaluateParams, trainer: TrainerConfig, weights_path: Any = None) -> Any:
     """The Inception extractor, on ``trainer.nproc`` local workers when above 1 (same features)."""
-    fid = params["fid"]
-    kwargs = {"dims": int(fid["dims"]), "weights_path": weights_path or fid.get("weights_path"),
-              "batch_size": int(fid["batch_size"]), "allow_download": bool(fid["allow_download"]),
-              "download_timeout": 10.0}
-    return workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=kwargs["dims"],
-                                batch_size=kwargs["batch_size"], nproc=_nproc(trainer), device=_device(trainer))
-
-
-def _nproc(trainer: Mapping[str, Any]) -> int:
-    return int(trainer.get("nproc", 1))
-
-
-def _device(trainer: Mapping[str, Any]) -> str:
-    return str(resolve_device(trainer.get("device", "auto")))
+    fid = params.fid
+    kwargs = {"dims": fid.dims, "weights_path": weights_path or fid.weights_path, "batch_size": fid.batch_size,
+              "allow_download": fid.allow_download, "download_timeout": 10.0}
+    return workers.features_on(workers.construct, (InceptionFeatures, kwargs), dims=fid.dims,
+                                batch_size=fid.batch_size, nproc=trainer.nproc,
+                                device=str(resolve_device(trainer.device)))
 
 
 def reference_key(dims: int, checksum: str, images: np.ndarray, weights: Path) -> str:
@@ -85,8 +79,8 @@ def inception_reference(
     primary_train: Mapping[str, Any],
     dataset_card: Mapping[str, Any],
     cache: FeatureCache,
-    params: Mapping[str, Any],
-    trainer: Mapping[str, Any],
+    params: EvaluateParams,
+    trainer: TrainerConfig,
 ) -> dict[str, Any]:
     """Inception statistics of the training images (``mu`` ``(D,)``, ``sigma`` ``(D, D)``, float64
     tensors), from the feature cache when the images and the weights are unchanged.
@@ -94,18 +88,18 @@ def inception_reference(
     Without the real weights this returns ``available: False`` and the exact message of where
     to put the file; FID is then reported as null, never computed from other weights.
     """
-    fid = params["fid"]
-    if not fid["enabled"]:
+    fid = params.fid
+    if not fid.enabled:
         return {"available": False, "reason": "evaluate.fid.enabled=false"}
     images = fd_clf.reference_split(primary_train)[0]
     try:
-        weights = resolve_inception_weights(fid.get("weights_path"), allow_download=bool(fid["allow_download"]),
+        weights = resolve_inception_weights(fid.weights_path, allow_download=fid.allow_download,
                                             download_timeout=10.0)
     except InceptionWeightsUnavailable as exc:
         reason = exc.explain(_POINT_AT_WEIGHTS)
         logger.warning("FID unavailable, reported as null. %s", reason)
         return {"available": False, "reason": reason}
-    key = reference_key(int(fid["dims"]), dataset_card["checksum"], images, weights)
+    key = reference_key(fid.dims, dataset_card["checksum"], images, weights)
     cached = cache.get(key)
     if cached is not None:
         logger.info("FID reference statistics from the cache (%s)", key)
@@ -113,7 +107,7 @@ def inception_reference(
     else:
         extractor = _inception(params, trainer, weights)
         mu, sigma = stats_from_batches(extractor.batches(images))  # the shards, batch by batch
-        cache.put(key, mu, sigma, {"n": len(images), "dims": fid["dims"], "checksum": dataset_card["checksum"],
+        cache.put(key, mu, sigma, {"n": len(images), "dims": fid.dims, "checksum": dataset_card["checksum"],
                                    "weights": str(weights)})
     # Tensors: the catalog keeps the result as a weights_only torch state (inception_reference).
     return {"available": True, "mu": torch.from_numpy(np.asarray(mu)), "sigma": torch.from_numpy(np.asarray(sigma)),
@@ -126,15 +120,14 @@ def score_samples(
     classifier: Mapping[str, Any],
     clf_reference: Mapping[str, Any],
     inc_reference: Mapping[str, Any],
-    params: Mapping[str, Any],
-    trainer: Mapping[str, Any],
+    params: EvaluateParams,
+    trainer: TrainerConfig,
 ) -> dict[str, Any]:
     """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples, the
     features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
-    scores.update(fd_clf.score(images, classifier, clf_reference, int(params["fd_clf"]["num_samples"]),
-                               nproc=_nproc(trainer)))
+    scores.update(fd_clf.score(images, classifier, clf_reference, params.fd_clf.num_samples, nproc=trainer.nproc))
     if not inc_reference.get("available", False):
         scores.update(fid=None, fid_n=None, fid_reason=inc_reference.get("reason"))
     else:

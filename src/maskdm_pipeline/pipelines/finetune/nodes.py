@@ -10,7 +10,7 @@ import pandas as pd
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import FinetuneParams
 from maskdm_pipeline.train_stage import quality_probe, train_stage
-from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 
 def finetune(
@@ -19,7 +19,7 @@ def finetune(
     params: FinetuneParams,
     model: ModelParams,
     diffusion: DiffusionConfig,
-    trainer: Mapping[str, Any],
+    trainer: TrainerConfig,
     slot: CheckpointSlot,
     classifier: Mapping[str, Any],
     reference: Mapping[str, Any],
@@ -39,7 +39,7 @@ def init_weights_from(pretrained: Mapping[str, Any], init_from: str, wanted: Map
     training, so that a mismatch costs nothing).
 
     Only the model config is compared: pre-training's dense blocks and loss weighting
-    (``pretrain.dense_blocks``, ``diffusion.loss_weighting``) shape how the weights were
+    (``pretrain.mask.dense_blocks``, ``diffusion.loss_weighting``) shape how the weights were
     trained, not what they are, so weights pre-trained under either start fine-tuning, which
     trains with its own loss (issue 17)."""
     saved = dict(pretrained.get("config", {}).get("model", {}))

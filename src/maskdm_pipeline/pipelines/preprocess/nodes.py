@@ -18,6 +18,7 @@ import numpy as np
 from maskdm_pipeline import fd_clf, splitting
 from maskdm_pipeline.conversion import Conversion, convert_images
 from maskdm_pipeline.imaging import ConversionLog
+from maskdm_pipeline.params import EvaluateParams, PreprocessParams
 from maskdm_pipeline.shards import RowView, combine_checksums, folder_checksum
 
 __all__ = ["convert_images", "convert_pretrain_images", "fd_clf_reference", "fit_fd_clf_classifier",
@@ -28,14 +29,14 @@ logger = logging.getLogger(__name__)
 _MAX_LISTED_SKIPS = 1000
 
 
-def start_conversion(raw_images: Any, params: Mapping[str, Any]) -> Conversion:
+def start_conversion(raw_images: Any, params: PreprocessParams) -> Conversion:
     """``raw_images`` -> the conversion of every image (run by the catalog's shard dataset, in
     ``preprocess.workers`` processes, into ``converted_images``)."""
-    return Conversion(raw_images, dict(params), workers=params.get("workers"))
+    return Conversion(raw_images, params, workers=params.workers)
 
 
 def convert_pretrain_images(
-    raw_pretrain_images: Any, params: Mapping[str, Any], pretrain_data: str
+    raw_pretrain_images: Any, params: PreprocessParams, pretrain_data: str
 ) -> Conversion | dict[str, Any]:
     """The images of masked pre-training on a source set (``pretrain.data: source``, the paper's
     VGGFace2 -> CelebA-HQ transfer, METHOD.md section 4.4), converted exactly like the target
@@ -49,9 +50,8 @@ def convert_pretrain_images(
     parameters it takes, and another mask ratio must not make the conversion stale.
     """
     if pretrain_data == "source":
-        return Conversion(raw_pretrain_images, dict(params), workers=params.get("workers"),
-                          label="raw_pretrain_images")
-    shape = (int(params["channels"]), int(params["resolution"]), int(params["resolution"]))
+        return Conversion(raw_pretrain_images, params, workers=params.workers, label="raw_pretrain_images")
+    shape = (params.channels, params.resolution, params.resolution)
     return {"images": np.empty((0, *shape), np.uint8), "labels": None,
             "meta": {"pretrain_data": "target", "note": "pretrain.data is target: nothing to convert"}}
 
@@ -65,7 +65,7 @@ def _converted(converted: Any) -> dict[str, Any]:
 
 
 def split_images(
-    converted: Any, params: Mapping[str, Any]
+    converted: Any, params: PreprocessParams
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Seeded train / held-out split, optional few-shot subset of the training part, and the card.
 
@@ -77,11 +77,11 @@ def split_images(
     converted = _converted(converted)
     images, labels, digests = converted["images"], converted["labels"], converted["digests"]
     info = converted["meta"]
-    seed = int(params.get("seed", 0))
-    train_idx, heldout_idx = splitting.split_indices(len(images), float(params["heldout_fraction"]), seed)
+    seed = params.seed
+    train_idx, heldout_idx = splitting.split_indices(len(images), params.heldout_fraction, seed)
     full_idx = train_idx
     full_train = len(train_idx)
-    train_idx = splitting.subset_indices(train_idx, params.get("subset"), seed)
+    train_idx = splitting.subset_indices(train_idx, params.subset, seed)
 
     def part(idx: np.ndarray, prefix: str = "") -> dict[str, Any]:
         return {f"{prefix}images": RowView(images, idx), f"{prefix}digests": np.asarray(digests[idx]),
@@ -95,14 +95,14 @@ def split_images(
     log = ConversionLog(dict(info["converted"]), list(info["skipped"]))
     card = {
         "source": info["source"],
-        "resolution": int(params["resolution"]),
-        "channels": int(params["channels"]),
-        "crop": params.get("crop", "none"),
+        "resolution": params.resolution,
+        "channels": params.channels,
+        "crop": params.crop,
         "found": int(info["found"]),
         "used": int(len(images)),
         "train": int(len(train_idx)),
         "train_before_subset": int(full_train),
-        "subset": params.get("subset"),
+        "subset": params.subset,
         "heldout": int(len(heldout_idx)),
         "seed": seed,
         "labels": labels is not None,
@@ -127,19 +127,16 @@ def split_images(
 # for their periodic quality probes and the evaluate stage for the final scores.
 
 
-def fit_fd_clf_classifier(primary_train: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+def fit_fd_clf_classifier(primary_train: Mapping[str, Any], params: EvaluateParams) -> dict[str, Any]:
     """Train the small classifier whose penultimate features define fd_clf (labelled data only);
     ``params`` is the ``evaluate`` block."""
-    fd = params["fd_clf"]
+    fd = params.fd_clf
     images, labels = fd_clf.reference_split(primary_train)
-    state = fd_clf.fit_feature_classifier(
-        images, labels if fd["enabled"] else None,
-        epochs=int(fd["epochs"]), seed=int(fd["seed"]),
-    )
+    state = fd_clf.fit_feature_classifier(images, labels if fd.enabled else None, epochs=fd.epochs, seed=fd.seed)
     if state["available"]:
         logger.info("fd_clf classifier: %.1f%% accuracy on its own held-out split", 100 * state["test_accuracy"])
     else:
-        logger.warning("fd_clf unavailable: %s", state["reason"] if fd["enabled"] else "evaluate.fd_clf.enabled=false")
+        logger.warning("fd_clf unavailable: %s", state["reason"] if fd.enabled else "evaluate.fd_clf.enabled=false")
     return state
 
 
@@ -147,14 +144,14 @@ def fd_clf_reference(
     primary_train: Mapping[str, Any],
     primary_heldout: Mapping[str, Any],
     classifier: Mapping[str, Any],
-    params: Mapping[str, Any],
+    params: EvaluateParams,
 ) -> dict[str, Any]:
     """Reference statistics of the training images and the real-data floor at N."""
     splitting.check_same_dataset(primary_train, primary_heldout)
     features = fd_clf.classifier_features(classifier)
     if features is None:
         return {"available": False, "reason": classifier.get("reason")}
-    n = int(params["fd_clf"]["num_samples"])
+    n = params.fd_clf.num_samples
     images = fd_clf.reference_split(primary_train)[0]
     reference = fd_clf.reference_and_floor(features, images, primary_heldout["images"], n)
     logger.info("fd_clf real-data floor: %.3f (%d held-out images vs %d training images)",

@@ -11,7 +11,7 @@ import pandas as pd
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import PretrainParams
 from maskdm_pipeline.train_stage import train_stage
-from maskdm_pipeline.training.config import DiffusionConfig, ModelParams
+from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def pretrain(
     params: PretrainParams,
     model: ModelParams,
     diffusion: DiffusionConfig,
-    trainer: Mapping[str, Any],
+    trainer: TrainerConfig,
     slot: CheckpointSlot,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Pre-train with ``pretrain.mask_*`` masks; returns (checkpoint, history, accounting)."""
-    return train_stage("pretrain", images, params, model, diffusion, trainer, slot)
+    """Pre-train with ``pretrain.mask`` masks; returns (checkpoint, history, accounting)."""
+    return train_stage("pretrain", images, params, model, diffusion, trainer, slot, mask=params.mask)

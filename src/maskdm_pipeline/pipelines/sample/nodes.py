@@ -11,6 +11,8 @@ from PIL import Image
 
 from maskdm_pipeline import generation
 from maskdm_pipeline.devices import resolve_device
+from maskdm_pipeline.params import SampleParams
+from maskdm_pipeline.training.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +20,7 @@ GRID_SIZE = 64  # images shown in the PNG grid (all samples are in the array and
 
 
 def draw_samples(
-    checkpoint: Mapping[str, Any], params: Mapping[str, Any], trainer: Mapping[str, Any]
+    checkpoint: Mapping[str, Any], params: SampleParams, trainer: TrainerConfig
 ) -> tuple[dict[str, np.ndarray], Image.Image, dict[str, Image.Image], dict[str, Any]]:
     """Sample ``sample.num_samples`` images from the checkpoint's EMA weights, on
     ``trainer.nproc`` local worker processes when above 1 (the same images).
@@ -27,32 +29,32 @@ def draw_samples(
     ``python -m pytorch_fid`` reads) and what was done (sampler, steps, seed, seconds).
     """
     diffusion = checkpoint["config"]["diffusion"]
-    device = resolve_device(trainer.get("device", "auto"))
+    device = resolve_device(trainer.device)
     model = generation.model_from_checkpoint(checkpoint, weights="ema")
     images, timing = generation.generate(
         model,
-        num_samples=int(params["num_samples"]),
-        batch_size=int(params["batch_size"]),
+        num_samples=params.num_samples,
+        batch_size=params.batch_size,
         schedule=diffusion["schedule"],
         prediction=diffusion["prediction"],
-        sampler=params["sampler"],
-        steps=params["steps"],
-        eta=float(params.get("eta", 1.0)),
-        seed=int(params["seed"]),
+        sampler=params.sampler,
+        steps=params.steps,
+        eta=params.eta,
+        seed=params.seed,
         device=device,
-        precision=trainer.get("precision", "fp32"),
-        nproc=int(trainer.get("nproc", 1)),
+        precision=trainer.precision,
+        nproc=trainer.nproc,
     )
     logger.info("Sampled %d images in %.1f s (%s, %s steps)", len(images), timing["seconds"],
-                params["sampler"], params["steps"])
+                params.sampler, params.steps)
     grid = Image.fromarray(generation.image_grid(images[:GRID_SIZE]))
     pngs = {f"{i:06d}": Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
             for i, img in enumerate(images)}
     info = {
-        "sampler": params["sampler"],
-        "steps": params["steps"],
-        "eta": float(params.get("eta", 1.0)),
-        "seed": int(params["seed"]),
+        "sampler": params.sampler,
+        "steps": params.steps,
+        "eta": params.eta,
+        "seed": params.seed,
         "num_samples": len(images),
         "weights": "ema",
         "trained_steps": int(checkpoint["step"]),
