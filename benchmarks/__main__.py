@@ -145,7 +145,8 @@ def _data_rows(result: dict[str, Any], targets: dict[str, Any]) -> list[list[str
             f"crop + resize to {pre['resolution']}), 2 workers vs 1",
             f"{res['2']['img_per_s']:,.0f} img/s ({res['2']['cpu_ms_per_image']:.2f} CPU ms/img)",
             f"{res['1']['img_per_s']:,.0f} img/s ({res['1']['cpu_ms_per_image']:.2f} CPU ms/img)",
-            f"{_fmt_ratio(res['2']['speedup_vs_1'])}{', same bytes' if pre['identical_output'] else ', OUTPUT DIFFERS'}",
+            f"{_fmt_ratio(res['2']['speedup_vs_1'])}"
+            f"{', same bytes' if pre['identical_output'] else ', OUTPUT DIFFERS'}",
             "-", "-"])
     if mm := section.get("mmap_vs_ram"):
         rows.append([

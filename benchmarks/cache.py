@@ -60,7 +60,8 @@ def bench_cache(env_name: str | None, threads: int | None, timeout_s: float) -> 
     result["load_average_at_end"] = load_average()
     completed = "error" not in result
     noop = result.get("noop", {})
-    result["completed"] = completed and noop.get("nodes_run") == 0 and noop.get("stages_up_to_date") == sorted(PIPELINES)
+    result["completed"] = (completed and noop.get("nodes_run") == 0
+                           and noop.get("stages_up_to_date") == sorted(PIPELINES))
     if completed:
         result["noop_vs_full"] = result["noop"]["wall_s"] / result["forced_full"]["wall_s"]
     return result

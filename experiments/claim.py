@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run nothing: one table over earlier results files (e.g. a mask sweep)")
     args = parser.parse_args(argv)
     if args.compare:
-        print(compare([json.loads(path.read_text()) for path in args.compare]))  # noqa: T201 - a command-line tool's output
+        print(compare([json.loads(path.read_text()) for path in args.compare]))  # noqa: T201 - a CLI's output
         return
     extra = dict(item.split("=", 1) for item in args.params.split(",") if item)
     jobs = [(scale, seed) for scale in args.scales for seed in args.seeds]

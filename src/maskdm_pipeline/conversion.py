@@ -300,7 +300,8 @@ def convert_images(raw: Any, params: Any, workers: int | None = 1) -> dict[str, 
     pipeline streams into shards instead, see :class:`Conversion`).
 
     ``raw``: an embedded set, a folder listing or a ``PartitionedDataset`` mapping of loaders;
-    ``params``: the ``preprocess`` block (a ``params.PreprocessParams``). Returns ``{"images": uint8 (N, C, R, R), "labels": int64
+    ``params``: the ``preprocess`` block (a ``params.PreprocessParams``).
+    Returns ``{"images": uint8 (N, C, R, R), "labels": int64
     (N,) | None, "digests": uint8 (N, 16), "source", "found", "log", "meta"}`` (``meta``: what the
     shards' index records, :meth:`Conversion.summary`).
 

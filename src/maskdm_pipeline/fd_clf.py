@@ -93,7 +93,10 @@ def classifier_features(
 
 
 def distance_to_reference(
-    features: ClassifierFeatures | workers.ShardedFeatures, images: Any, mu: NDArray[np.float64], sigma: NDArray[np.float64]
+    features: ClassifierFeatures | workers.ShardedFeatures,
+    images: Any,
+    mu: NDArray[np.float64],
+    sigma: NDArray[np.float64],
 ) -> float:
     """fd_clf of ``images`` (uint8 ``(N, C, H, W)``) against reference statistics ``(mu, sigma)``.
 

@@ -246,7 +246,8 @@ def test_kill9_in_one_training_stage_keeps_the_other_that_finished_in_the_same_b
     only fine-tuning. Seen in a real 64-token experiment: a finished 8,000-step baseline trained
     again because the session ended during fine-tuning."""
     params = "baseline.steps=20,finetune.steps=400,baseline.eval_every=0,finetune.eval_every=0"
-    finished = r"maskdm_pipeline\.caching - INFO - baseline: finished, recorded as up to date \(fingerprint [0-9a-f]{6}\)"
+    finished = (r"maskdm_pipeline\.caching - INFO - baseline: finished, recorded as up to date "
+                r"\(fingerprint [0-9a-f]{6}\)")
     code, output = _interrupt(copy, params, (finished, r"finetune step \d+/400"), signal.SIGKILL, "--runner", runner)
     assert code == -signal.SIGKILL, output[-3000:]
     assert "Completed node: finetune" not in output, output[-3000:]

@@ -247,7 +247,8 @@ def test_report_reads_the_run_it_follows(evaluated, finetuned, baseline, sampled
                   finetune_accounting=finetuned["finetune_accounting"],
                   baseline_accounting=baseline["baseline_accounting"],
                   finetune_history=finetuned["finetune_history"], baseline_history=baseline["baseline_history"],
-                  maskdm_sample_grid=sampled["maskdm_sample_grid"], baseline_sample_grid=sampled["baseline_sample_grid"])
+                  maskdm_sample_grid=sampled["maskdm_sample_grid"],
+                  baseline_sample_grid=sampled["baseline_sample_grid"])
     assert {"report_markdown", "report_curves", "report_samples"} <= set(outputs)
     fd_clf = evaluated["metrics"]["maskdm"]["fd_clf"]
     assert f"{fd_clf:.2f}" in outputs["report_markdown"]

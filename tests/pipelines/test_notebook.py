@@ -1,8 +1,9 @@
 """notebooks/results.ipynb runs top to bottom against a finished run's outputs.
 
 It runs in a private copy of the project after a `kedro run --env smoke` (the ``smoke_copy``
-fixture), so it never depends on what the repository's own data/ holds. The kernel is this interpreter, through a kernelspec written to a temporary folder,
-so the test never picks up some other `python3` kernel.
+fixture), so it never depends on what the repository's own data/ holds. The kernel is this
+interpreter, through a kernelspec written to a temporary folder, so the test never picks up some
+other `python3` kernel.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ def test_a_run_started_in_notebooks_uses_only_the_project_root(evaluate_runs: di
     written into notebooks/."""
     root, output = evaluate_runs[FROM_NOTEBOOKS]
     assert f"weights_path={root / WEIGHTS} (no such file)" in output, output[-3000:]
-    assert sorted(p.name for p in (root / "notebooks").iterdir()) == sorted(p.name for p in (PROJECT_ROOT / "notebooks").iterdir())
+    names = sorted(p.name for p in (PROJECT_ROOT / "notebooks").iterdir())
+    assert sorted(p.name for p in (root / "notebooks").iterdir()) == names
     assert "maskdm_pipeline.pipelines.evaluate.nodes - WARNING - FID unavailable" in (root / "info.log").read_text()
     client, experiment, run = _latest_run(root, "from_notebooks")
     assert experiment.artifact_location == (root / "mlruns" / "from_notebooks").as_uri()

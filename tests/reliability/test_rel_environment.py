@@ -28,7 +28,8 @@ STAGE = BaselineParams(steps=30, batch_size=8, lr=1e-3, checkpoint_every=10, log
 def _train(images, slot: CheckpointSlot):
     from maskdm_pipeline.train_stage import train_stage
 
-    return train_stage("pretrain", {"images": images.numpy()}, STAGE, MODEL, DIFFUSION, TrainerConfig(device="cpu"), slot)
+    return train_stage("pretrain", {"images": images.numpy()}, STAGE, MODEL, DIFFUSION, TrainerConfig(device="cpu"),
+                       slot)
 
 
 def test_unwritable_model_folder_is_refused_before_training(tmp_path, tiny_images, monkeypatch):

@@ -1,9 +1,9 @@
-"""Training across nodes (issue 15), on CPU with gloo: two "nodes" on 127.0.0.1 are two
+"""Training across nodes, on CPU with gloo: two "nodes" on 127.0.0.1 are two
 `kedro run` processes in two project copies, one worker each, the same command in both, as
 torchrun runs it on two machines (docs/scaling-out.md).
 
-What is proved (the first test covers the issue's first two): both copies end with the same pretrained.pt, within 1e-5 of a one-process run
-of the same global batch, and only the node that got global rank 0 opens an MLflow run; a node
+What is proved: both copies end with the same pretrained.pt, within 1e-5 of a one-process run of
+the same global batch, and only the node that got global rank 0 opens an MLflow run; a node
 killed with kill -9 makes the other exit within trainer.rdzv_timeout with one line naming its
 last periodic checkpoint, and rerunning both resumes from the latest step both hold and ends
 within 1e-5 of an uninterrupted run; a bad endpoint, nodes that never all join, different

@@ -50,7 +50,8 @@ def test_nan_at_step_25_keeps_the_step_20_checkpoint(tmp_path, tiny_images, monk
     else:
         stage = BaselineParams(**stage)
     with pytest.raises(NonFiniteLossError) as info:
-        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, MODEL, DIFFUSION, TrainerConfig(device="cpu"), slot,
+        train_stage("pretrain", {"images": tiny_images.numpy()}, stage, MODEL, DIFFUSION, TrainerConfig(device="cpu"),
+                    slot,
                     mask=stage.mask if masked else None)
     message = str(info.value)
     assert "the loss became nan at step 25" in message

@@ -57,7 +57,8 @@ def _good_and_half(kind: str) -> tuple[Any, Any]:
     if kind == "JSONDataset":
         return {"fd_clf": 1.5}, {"fd_clf": 2.5, "note": _Unprintable()}
     if kind == "CSVDataset":
-        return pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.4]}), pd.DataFrame({"step": [1, 2], "loss": [0.3, _Unprintable()]})
+        good = pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.4]})
+        return good, pd.DataFrame({"step": [1, 2], "loss": [0.3, _Unprintable()]})
     if kind == "TextDataset":
         return "# Report\n\nfd_clf 1.5\n", 123  # not text: fails after the file was opened
     if kind == "ImageDataset":

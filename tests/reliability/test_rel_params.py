@@ -168,7 +168,8 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"pretrain.betas": [0.9, 1.5]}, "pretrain.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
     ({"finetune.init_from": "best"}, "finetune.init_from='best': must be one of raw, ema"),
     ({"pretrain.mask.ratoi": 0.5}, "pretrain.mask.ratoi=0.5: unknown parameter"),
-    ({"pretrain.mask.dense_blocks": 2}, "pretrain.mask.dense_blocks=2: must be an integer from 0 to 1"),  # smoke: depth 2
+    # smoke: depth 2
+    ({"pretrain.mask.dense_blocks": 2}, "pretrain.mask.dense_blocks=2: must be an integer from 0 to 1"),
     ({"model.depth": None, "pretrain.mask.dense_blocks": 3},  # tiny's depth 4: two in-blocks
      "pretrain.mask.dense_blocks=3: must be an integer from 0 to 2, the number of in-blocks of a depth-4 U-ViT"),
     ({"pretrain.mask.dense_blocks": -1}, "pretrain.mask.dense_blocks=-1: must be >= 0"),

@@ -155,7 +155,8 @@ def test_data_section_and_its_rows(tmp_path: Path) -> None:
 
     section = {"preprocess": data.bench_preprocess(130, repeats=1, log=lambda msg: None),
                "mmap_vs_ram": data.bench_mmap_vs_ram(64, size=8, steps=1, batch=8, repeats=1),
-               "loop_vs_bare": data.bench_loop_vs_bare(steps=1, batch=8, repeats=1, images=np.zeros((16, 1, 16, 16), np.uint8))}
+               "loop_vs_bare": data.bench_loop_vs_bare(steps=1, batch=8, repeats=1,
+                                                       images=np.zeros((16, 1, 16, 16), np.uint8))}
     assert section["preprocess"]["identical_output"] and set(section["preprocess"]["results"]) == {"1", "2"}
     assert section["mmap_vs_ram"]["ratio_mmap_vs_ram"] > 0 and section["loop_vs_bare"]["ratio_loop_vs_bare"] > 0
     memory = {"sizes": [10, 100], "ratios": {"preprocess": 1.1},

@@ -53,7 +53,8 @@ def test_after_a_forced_stage_finished_the_hint_names_the_command_without_cache_
     hint = go_on_hint(_interrupted(), "baseline", ["baseline"], argv)
     assert hint == ("To go on, rerun without cache.rerun=baseline, which would redo baseline again "
                     "(`kedro run --env smoke --params trainer.nproc=2`): what finished is skipped as up to date.")
-    everything = go_on_hint(KeyboardInterrupt(), "all", ["preprocess", "pretrain"], [KEDRO, "run", "--params=cache.rerun=all"])
+    everything = go_on_hint(KeyboardInterrupt(), "all", ["preprocess", "pretrain"],
+                            [KEDRO, "run", "--params=cache.rerun=all"])
     assert everything == ("To go on, rerun without cache.rerun=all, which would redo preprocess, pretrain again "
                           "(`kedro run`): what finished is skipped as up to date; the stages cache.rerun=all had "
                           "not reached then run only if they are out of date.")

@@ -62,7 +62,8 @@ def test_speed_only_keys_stay_out_of_the_fingerprint() -> None:
     # The computation, the inputs and the files read are part of the key too.
     assert fingerprint(key_document("x", base)) != fingerprint(key_document("y", base))
     assert fingerprint(key_document("x", base, {"a": "1"})) != fingerprint(key_document("x", base, {"a": "2"}))
-    assert fingerprint(key_document("x", base, files={"w": "1"})) != fingerprint(key_document("x", base, files={"w": "2"}))
+    one, two = key_document("x", base, files={"w": "1"}), key_document("x", base, files={"w": "2"})
+    assert fingerprint(one) != fingerprint(two)
 
 
 def test_the_feature_cache_key_follows_the_same_rule(tmp_path: Path) -> None:
@@ -106,7 +107,8 @@ def test_missing_unreadable_or_outdated_records_make_it_stale_and_say_why(projec
     assert reason.startswith("the fingerprint out.json.fingerprint.json is unreadable (JSONDecodeError")
     sidecar.unlink()
     assert judge().decide(part).reasons == [
-        "out.json has no fingerprint (written by an older version, copied by hand, or by a run killed between writing it and recording it)"]
+        "out.json has no fingerprint (written by an older version, copied by hand, or by a run killed between "
+        "writing it and recording it)"]
     sidecar.write_text(good)
     (root / "out.json").write_text('{"v": 7}')  # changed by hand after the record was written
     assert judge().decide(part).reasons == ["out.json changed since its fingerprint was written"]

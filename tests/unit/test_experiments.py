@@ -168,7 +168,8 @@ def test_recipes_share_a_reused_baseline_and_average_each_arm_over_its_seeds() -
 
 
 def test_recipes_refuse_to_average_seeds_evaluated_at_different_compute() -> None:
-    curves = [_result(0, [90, 40], [1, 1])["curves"]["maskdm"], _result(1, [90, 40], [1, 1], step=3.0)["curves"]["maskdm"]]
+    curves = [_result(0, [90, 40], [1, 1])["curves"]["maskdm"],
+              _result(1, [90, 40], [1, 1], step=3.0)["curves"]["maskdm"]]
     with pytest.raises(ValueError, match="different tokens"):
         recipes.mean_curve(curves, "tokens")
 

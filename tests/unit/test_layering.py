@@ -2,9 +2,9 @@
 with ``ast``, so lazy imports inside functions count too) points to its own floor or below.
 
 From the bottom: math (models, masking, diffusion, metrics) and the neutral modules (fileio,
-devices, shards, listing, pool, atomic); the rooms, with training/ and datasets/ side by side; params.py; train_stage.py; the
-stages (pipelines/<stage>/); the wiring. The one import by name, ``datasets/__init__.py``'s lazy
-``importlib.import_module``, loads that package's own modules.
+devices, shards, listing, pool, atomic); the rooms, with training/ and datasets/ side by side;
+params.py; train_stage.py; the stages (pipelines/<stage>/); the wiring. The one import by name,
+``datasets/__init__.py``'s lazy ``importlib.import_module``, loads that package's own modules.
 """
 
 from __future__ import annotations

@@ -112,5 +112,6 @@ def test_transfer_pretraining_reads_the_source_shards_preprocess_wrote(tmp_path)
     assert converted["images"].shape == (1797, 1, 16, 16)
     assert pretrain_data({"images": "the target split"}, converted, source) is converted
     assert pretrain_data({"images": "the target split"}, converted, target) == {"images": "the target split"}
-    with pytest.raises(ValueError, match=r"holds no images.*kedro run --pipelines preprocess --params pretrain.data=source"):
+    expected = r"holds no images.*kedro run --pipelines preprocess --params pretrain.data=source"
+    with pytest.raises(ValueError, match=expected):
         pretrain_data({}, ShardDataset(str(tmp_path / "target")).load(), source)

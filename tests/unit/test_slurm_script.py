@@ -19,7 +19,8 @@ def _run(tmp_path: Path, *args: str, **env: str) -> list[str]:
     bin_dir.mkdir()
     record = tmp_path / "srun.args"
     (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'gpu-a017\\ngpu-a018\\n'\n")
-    (bin_dir / "srun").write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {shlex.quote(str(record))}\n')
+    (bin_dir / "srun").write_text(
+        f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {shlex.quote(str(record))}\n')
     for tool in ("scontrol", "srun"):
         (bin_dir / tool).chmod(0o755)
     environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-a[017-018]",

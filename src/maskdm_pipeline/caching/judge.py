@@ -208,7 +208,8 @@ def changes(record: Mapping[str, Any], document: Mapping[str, Any]) -> list[str]
     old, new = record.get("params", {}), document["params"]
     names = [k for k in sorted({*old, *new}) if old.get(k, ...) != new.get(k, ...)]
     if names:
-        described = [f"{k} {_value(old[k]) if k in old else '(not set)'} -> {_value(new[k]) if k in new else '(removed)'}"
+        described = [f"{k} {_value(old[k]) if k in old else '(not set)'} -> "
+                     f"{_value(new[k]) if k in new else '(removed)'}"
                      for k in names[:_SHOWN]]
         more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
         out.append("parameters changed: " + ", ".join(described) + more)

@@ -4,9 +4,9 @@ A part is a set of nodes connected through in-memory datasets (``pretrain_data``
 images to ``pretrain`` in memory, so the two are one part): it can only run whole, and everything
 it leaves on disk is written by it. Nodes connected through a file are parts of their own:
 ``convert_images`` writes the converted shards that ``split_images`` reads, so a rerun of the
-conversion that wrote the same content leaves the split current. Parts are small where the DAG allows it, so that a change reruns
-no more than it must: MaskDM's and the baseline's sampling are two parts of the ``sample`` stage,
-and "``finetune.lr`` changed" reruns MaskDM's alone.
+conversion that wrote the same content leaves the split current. Parts are small where the DAG
+allows it, so that a change reruns no more than it must: MaskDM's and the baseline's sampling are
+two parts of the ``sample`` stage, and "``finetune.lr`` changed" reruns MaskDM's alone.
 """
 
 from __future__ import annotations

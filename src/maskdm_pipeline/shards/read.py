@@ -279,7 +279,8 @@ def open_shards(folder: str | os.PathLike[str]) -> dict[str, Any]:
             out[f"{prefix}labels"] = None if labels is None else np.array(_side_array(folder, labels, count, "labels"))
             out[f"{prefix}digests"] = _side_array(folder, group["digests"], count, "digests")
     except (KeyError, TypeError, ValueError) as exc:
-        raise ShardError(f"{folder / INDEX} is incomplete or malformed ({type(exc).__name__}: {exc}); {RERUN}.") from exc
+        raise ShardError(
+            f"{folder / INDEX} is incomplete or malformed ({type(exc).__name__}: {exc}); {RERUN}.") from exc
     computed = folder_checksum(out)  # from the digests and labels: 16 + 8 bytes an image, no pixel
     if out["checksum"] != computed:
         raise ShardError(f"{folder / INDEX} gives the content checksum {str(out['checksum'])[:12]}... but the "
