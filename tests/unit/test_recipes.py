@@ -112,8 +112,8 @@ def test_metrics_json_carries_each_models_recipe_and_token_blocks():
     assert metrics["baseline"]["training_cost"]["token_blocks_seen"] == 30 * 48
     assert metrics["stages"]["pretrain"]["token_blocks_seen"] == 320
     # MLflow: token-blocks among the accounting metrics; the recipe is parameters, not metrics.
-    metrics = tracking.accounting_metrics("pretrain", _accounting(masked, 10, 32))
-    assert metrics["cost.pretrain.token_blocks_seen"] == 320
+    costs = tracking.accounting_metrics("pretrain", _accounting(masked, 10, 32))
+    assert costs["cost.pretrain.token_blocks_seen"] == 320
     logged = tracking.quality_metrics(metrics)
     assert logged["maskdm.training_cost.token_blocks_seen"] == 1280
     assert not [name for name in logged if "recipe" in name]
