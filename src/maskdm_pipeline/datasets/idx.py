@@ -145,7 +145,8 @@ class IdxDataset(AbstractDataset[None, dict[str, Any]]):
     def content_identity(self) -> str:
         """The SHA-256 of every file, in order (what the cache keys preprocessing on): the same
         files copied elsewhere, or with new modification times, are the same input."""
-        from maskdm_pipeline.fingerprint import file_digest  # pandas comes with it: only when the cache asks
+        # Imported here: fingerprint brings pandas, which loading the images does not need.
+        from maskdm_pipeline.fingerprint import file_digest
 
         whole = hashlib.sha256()
         for path in [*self._images, *self._labels]:
