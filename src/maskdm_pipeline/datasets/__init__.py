@@ -1,6 +1,6 @@
-"""Custom Kedro datasets: embedded digit sets, image folders, image shards, numpy archives, torch
-checkpoints, feature caches, a folder of PNGs replaced whole, and the kedro-datasets file datasets
-with atomic saves.
+"""Custom Kedro datasets: embedded digit sets, image folders, IDX files (MNIST's format), image
+shards, numpy archives, torch checkpoints, feature caches, a folder of PNGs replaced whole, and the
+kedro-datasets file datasets with atomic saves.
 
 Every dataset that writes, writes atomically (``atomic.atomic_write``). For the cache
 (``maskdm_pipeline.caching``) a dataset may define ``content_identity() -> str | None``: a string
@@ -19,6 +19,7 @@ from typing import Any
 _WHERE = {
     "EmbeddedDigitsDataset": ".embedded",
     "ImageFolder": ".folder",
+    "IdxDataset": ".idx",
     "NpzDataset": ".arrays",
     "ShardDataset": ".shards",
     "TorchCheckpointDataset": ".checkpoint",
