@@ -15,6 +15,7 @@ from maskdm_pipeline.conversion import convert_images
 from maskdm_pipeline.datasets import IdxDataset
 from maskdm_pipeline.datasets.errors import UnreadableFileError
 from maskdm_pipeline.datasets.idx import read_idx
+from maskdm_pipeline.params import PreprocessParams
 from maskdm_pipeline.pipelines.preprocess.nodes import split_images
 
 _CODE = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
@@ -122,8 +123,8 @@ def test_idx_images_go_through_preprocessing_with_their_labels(tmp_path):
     images, labels = images_and_labels(40, 28)
     write(tmp_path / "img", idx_bytes(images), zipped=True)
     write(tmp_path / "lab", idx_bytes(labels), zipped=True)
-    params = {"resolution": 16, "channels": 1, "crop": "none", "heldout_fraction": 0.25, "subset": None,
-              "min_size": 0, "alpha_background": 0, "labels": "none", "seed": 0}
+    params = PreprocessParams(resolution=16, channels=1, crop="none", heldout_fraction=0.25, subset=None,
+                              min_size=0, alpha_background=0, labels="none", seed=0)
     converted = convert_images(IdxDataset(path=str(tmp_path), images="img", labels="lab").load(), params)
     train, heldout, card = split_images(converted, params)
     assert card["found"] == card["used"] == 40 and card["labels"] is True
