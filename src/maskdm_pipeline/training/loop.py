@@ -101,6 +101,8 @@ class TrainProcess:
             # Checked against the grid here, once; the sampler trusts its settings every step.
             mask_sampler=job.mask.sampler(grid, job.name) if job.masked else None,
             hflip=stage.hflip,
+            labels=None if job.labels is None else torch.as_tensor(job.labels, dtype=torch.long),
+            num_classes=int(self.model.num_classes), label_dropout=stage.label_dropout,
         )
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -154,12 +156,13 @@ class TrainProcess:
         if draws.flip is not None:
             x0 = process.flip_horizontally(x0, draws.flip)
         t = draws.t.to(self.device, non_blocking=True)
+        labels = None if draws.labels is None else draws.labels.to(self.device, non_blocking=True)
         with self.autocast:
             if draws.mask is None:
-                loss = self.loss_fn(self.train_model, x0, t=t, noise=draws.noise)
+                loss = self.loss_fn(self.train_model, x0, t=t, noise=draws.noise, labels=labels)
             else:
                 mask = draws.mask.to(self.device, non_blocking=True)
-                loss = self.loss_fn(self.train_model, x0, mask, t=t, noise=draws.noise)
+                loss = self.loss_fn(self.train_model, x0, mask, t=t, noise=draws.noise, labels=labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdm_pipeline import fd_clf, workers
+from maskdm_pipeline import fd_clf, generation, workers
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import resolve_device
 from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document, reads_files
@@ -24,7 +24,7 @@ from maskdm_pipeline.metrics import (
     stats,
     stats_from_batches,
 )
-from maskdm_pipeline.params import EvaluateParams
+from maskdm_pipeline.params import EvaluateParams, SampleParams
 from maskdm_pipeline.training.config import TrainerConfig
 from maskdm_pipeline.training.resume import stage_recipe
 
@@ -124,10 +124,14 @@ def score_samples(
     trainer: TrainerConfig,
 ) -> dict[str, Any]:
     """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples, the
-    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`)."""
+    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`);
+    a class-conditional model's samples (with their asked ``labels``) also get the fd_clf
+    classifier's accuracy against the asked class, overall and per class (``fd_clf.class_accuracy``)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
     scores.update(fd_clf.score(images, classifier, clf_reference, params.fd_clf.num_samples, nproc=trainer.nproc))
+    if "labels" in samples:  # unconditional samples have none, and their scores are what they were
+        scores.update(fd_clf.class_accuracy(images, samples["labels"], classifier))
     if not inc_reference.get("available", False):
         scores.update(fid=None, fid_n=None, fid_reason=inc_reference.get("reason"))
     else:
@@ -155,6 +159,7 @@ def collect_metrics(
     stages = {name: {k: acc.get("stats", {}).get(k) for k in STAGE_KEYS} for name, acc in accountings.items()}
     recipes = {name: stage_recipe(acc.get("config") or {}) for name, acc in accountings.items()}
     maskdm_cost = {k: (stages["pretrain"][k] or 0) + (stages["finetune"][k] or 0) for k in COST_KEYS}
+    maskdm, baseline = _overall(maskdm), _overall(baseline)
     metrics = {
         "maskdm": {**maskdm, "sampling": dict(maskdm_sampling), "training_cost": maskdm_cost,
                    "recipe": {s: recipes[s] for s in ("pretrain", "finetune")}},
@@ -169,6 +174,44 @@ def collect_metrics(
         "stages": stages,
     }
     for model in ("maskdm", "baseline"):
-        logger.info("%s: fd_clf %s (N=%s), FID %s", model, metrics[model]["fd_clf"], metrics[model]["fd_clf_n"],
-                    metrics[model]["fid"])
+        logger.info("%s: fd_clf %s (N=%s), FID %s%s", model, metrics[model]["fd_clf"], metrics[model]["fd_clf_n"],
+                    metrics[model]["fid"], f", class accuracy {metrics[model]['class_accuracy']}"
+                    if "class_accuracy" in metrics[model] else "")
     return metrics
+
+
+def _overall(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's scores for metrics.json: the per-class accuracies stay in ``<model>_scores.json``."""
+    return {k: v for k, v in scores.items() if k != "class_accuracy_per_class"}
+
+
+def guidance_sweep(
+    checkpoint: Mapping[str, Any],
+    classifier: Mapping[str, Any],
+    clf_reference: Mapping[str, Any],
+    sample: SampleParams,
+    params: EvaluateParams,
+    trainer: TrainerConfig,
+) -> dict[str, Any]:
+    """fd_clf and class accuracy at each guidance scale of ``sample.guidance_sweep``
+    (``fd_clf.guidance_sweep``), on ``evaluate.fd_clf.num_samples`` samples each, with
+    ``sample``'s guidance mode, interval, classes, sampler and seed; and each guidance mode's
+    forward-pass FLOPs per sample. ``available: false`` and the reason where there is nothing
+    to sweep (no scale asked, no classifier, cfg of an unconditional checkpoint)."""
+    model = generation.model_from_checkpoint(checkpoint, weights="ema")
+    classes, reason = None, None
+    try:
+        classes = sample.for_model(model, scale=2.0)[0]  # any w != 1: can this model be guided so at all?
+    except ValueError as exc:
+        reason = str(exc)
+    if not sample.guidance_sweep:
+        reason = "sample.guidance_sweep is empty"
+    if reason is not None:
+        return {"available": False, "reason": reason}
+    diffusion = checkpoint["config"]["diffusion"]
+    return fd_clf.guidance_sweep(
+        model, classifier, clf_reference, scales=sample.guidance_sweep, guidance=sample.guidance_settings(),
+        classes=classes, num_samples=params.fd_clf.num_samples, schedule=diffusion["schedule"],
+        prediction=diffusion["prediction"], sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
+        seed=sample.seed, batch_size=sample.batch_size, device=resolve_device(trainer.device),
+        precision=trainer.precision, nproc=trainer.nproc)

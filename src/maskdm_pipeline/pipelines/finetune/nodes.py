@@ -9,7 +9,7 @@ import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import FinetuneParams
-from maskdm_pipeline.train_stage import quality_probe, train_stage
+from maskdm_pipeline.train_stage import num_classes, quality_probe, train_stage
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 
@@ -26,8 +26,10 @@ def finetune(
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Fine-tune the raw (or, with ``finetune.init_from: ema``, the EMA) pre-trained weights;
     optimizer and EMA start fresh, as in the official code."""
-    weights = init_weights_from(pretrained, params.init_from, model.for_images(primary_train["images"]).to_dict())
-    probe = quality_probe(params, diffusion, classifier, reference)
+    classes = num_classes("finetune", primary_train) if model.class_conditional else None
+    weights = init_weights_from(pretrained, params.init_from,
+                                model.for_images(primary_train["images"], classes).to_dict())
+    probe = quality_probe(params, diffusion, classifier, reference, classes)
     return train_stage(
         "finetune", primary_train, params, model, diffusion, trainer, slot, init_weights=weights, eval_fn=probe
     )
@@ -41,8 +43,14 @@ def init_weights_from(pretrained: Mapping[str, Any], init_from: str, wanted: Map
     Only the model config is compared: pre-training's dense blocks and loss weighting
     (``pretrain.mask.dense_blocks``, ``diffusion.loss_weighting``) shape how the weights were
     trained, not what they are, so weights pre-trained under either start fine-tuning, which
-    trains with its own loss (issue 17)."""
+    trains with its own loss (issue 17).
+
+    A class-conditional fine-tuning may start from an unconditional pre-trained model
+    (``pretrain.use_labels: false``): the model configs then differ by ``num_classes`` alone, and
+    the label embedding starts fresh (``training.builders.load_init_weights``)."""
     saved = dict(pretrained.get("config", {}).get("model", {}))
+    if "num_classes" not in saved:  # unconditional weights: a conditional model adds its label table
+        wanted = {k: v for k, v in wanted.items() if k != "num_classes"}
     if saved != dict(wanted):
         raise ValueError(
             f"finetune: the pre-trained checkpoint (catalog entry 'pretrained') was trained with model "
