@@ -199,15 +199,12 @@ def guidance_sweep(
     forward-pass FLOPs per sample. ``available: false`` and the reason where there is nothing
     to sweep (no scale asked, no classifier, cfg of an unconditional checkpoint)."""
     model = generation.model_from_checkpoint(checkpoint, weights="ema")
-    classes, reason = None, None
-    try:
-        classes = sample.for_model(model, scale=2.0)[0]  # any w != 1: can this model be guided so at all?
-    except ValueError as exc:
-        reason = str(exc)
     if not sample.guidance_sweep:
-        reason = "sample.guidance_sweep is empty"
-    if reason is not None:
-        return {"available": False, "reason": reason}
+        return {"available": False, "reason": "sample.guidance_sweep is empty"}
+    if sample.guidance == "cfg" and not model.conditional:
+        return {"available": False, "reason": "cfg guidance needs a class-conditional model (its weak branch is the "
+                "no-label pass) and this one is unconditional; sample.guidance=sparse sweeps it"}
+    classes = sample.for_model(model, scale=max(sample.guidance_sweep))[0]
     diffusion = checkpoint["config"]["diffusion"]
     return fd_clf.guidance_sweep(
         model, classifier, clf_reference, scales=sample.guidance_sweep, guidance=sample.guidance_settings(),
