@@ -182,15 +182,19 @@ def class_accuracy(images: np.ndarray, asked: np.ndarray, classifier: Mapping[st
 
 def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: Mapping[str, Any], *,
                    scales: Sequence[float], guidance: Guidance, classes: Sequence[int] | None, num_samples: int,
-                   schedule: str, sampler: str, steps: int | None, **sampling: Any) -> dict[str, Any]:
+                   schedule: str, sampler: str, steps: int | None, drawn: Mapping[float, np.ndarray] | None = None,
+                   **sampling: Any) -> dict[str, Any]:
     """fd_clf and class accuracy of ``num_samples`` samples at each guidance scale w of ``scales``
     (``guidance``'s mode and interval, the same seeds and classes at every w, so the points differ by
     w alone), and the forward-pass FLOPs per sample of each guidance mode at these sampler settings.
-    ``sampling``: the other arguments of :func:`~maskdm_pipeline.generation.generate`.
+    ``sampling``: the other arguments of :func:`~maskdm_pipeline.generation.generate`. ``drawn``:
+    samples already drawn with these settings at some w (the sample stage's, uint8 ``(M, C, H, W)``,
+    M >= ``num_samples``): their first ``num_samples`` are the images this would draw at that w
+    (sample i depends on its seed and index alone), so they are scored instead of drawn again.
 
     Returns ``{"available": True, "guidance", "guidance_interval", "sparse_mask_ratio",
     "num_samples", "sampler", "steps", "classifier_accuracy", "points": [{"scale", "fd_clf",
-    "fd_clf_n", "class_accuracy", "flops_per_sample", "seconds"}], "flops_per_sample": {"none",
+    "fd_clf_n", "class_accuracy", "flops_per_sample", "seconds" (0: reused)}], "flops_per_sample": {"none",
     "cfg" (None for an unconditional model), "sparse"}}`` (FLOPs of each mode at the largest w).
     """
     labels = None
@@ -201,8 +205,12 @@ def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: M
     points = []
     for w in scales:
         at = replace(guidance, scale=float(w))
-        images, timing = generation.generate(model, num_samples=num_samples, classes=classes, guidance=at,
-                                             **settings, **sampling)
+        known = (drawn or {}).get(float(w))
+        if known is not None and len(known) >= num_samples:
+            images, timing = known[:num_samples], {"seconds": 0.0}
+        else:
+            images, timing = generation.generate(model, num_samples=num_samples, classes=classes, guidance=at,
+                                                 **settings, **sampling)
         point = {"scale": float(w), **score(images, classifier, reference, num_samples)}
         if labels is not None:
             point["class_accuracy"] = class_accuracy(images, labels, classifier)["class_accuracy"]

@@ -162,6 +162,14 @@ def resolve_classes(model: nn.Module, asked: Sequence[int | str] | None) -> list
     return [k if c == NO_LABEL else int(c) for c in asked]
 
 
+def class_names(classes: Sequence[int] | None, model: nn.Module) -> list[int | str] | None:
+    """``classes`` as a record names them: the model's "no label" class K as :data:`NO_LABEL`."""
+    if classes is None:
+        return None
+    k = int(getattr(model, "num_classes", 0))
+    return [NO_LABEL if c == k else int(c) for c in classes]
+
+
 def sampling_cost(model: nn.Module, *, schedule: str, sampler: str, steps: int | None,
                   guidance: Guidance | None = None) -> int:
     """Forward-pass FLOPs per sample of :func:`generate` with these settings

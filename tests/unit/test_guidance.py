@@ -8,7 +8,6 @@ checks shapes, masks and per-sample seeds. One torch thread throughout.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -30,12 +29,7 @@ TINY = {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads"
 SCHEDULE = make_schedule("linear")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _uvit(num_classes: int = 0, seed: int = 0) -> nn.Module:
@@ -301,3 +295,19 @@ def test_a_conditional_model_starts_from_unconditional_weights_with_a_fresh_labe
     assert torch.equal(after[LABEL_EMBEDDING], fresh)
     with pytest.raises(ValueError, match="init_weights do not fit"):  # the other way round stays strict
         load_init_weights(_uvit(), conditional.state_dict(), "finetune")
+
+
+def test_the_sweep_reuses_the_sample_stages_images_only_when_drawn_with_its_settings() -> None:
+    from maskdm_pipeline.pipelines.evaluate.nodes import _drawn_so
+
+    sample = SampleParams(sampler="dpm++2m", steps=25, eta=0.0, num_samples=256, batch_size=256, seed=1,
+                          guidance_scale=2.0, classes=[3, "none"])
+    info = {"sampler": "dpm++2m", "steps": 25, "eta": 0.0, "seed": 1, "guidance": "cfg", "guidance_scale": 2.0,
+            "guidance_interval": None, "sparse_mask_ratio": None, "classes": [3, "none"]}
+    names = generation.class_names([3, 4], _uvit(num_classes=4))
+    assert names == [3, "none"] and _drawn_so(info, sample, names)
+    for changed in ({"seed": 2}, {"guidance_scale": 3.0}, {"classes": [3]}, {"guidance": "sparse"}):
+        assert not _drawn_so({**info, **changed}, sample, names), changed
+    unguided = {k: v for k, v in info.items() if not k.startswith(("guidance", "sparse"))}
+    sparse_at_one = sample.model_copy(update={"guidance": "sparse", "guidance_scale": 1.0})
+    assert _drawn_so(unguided, sparse_at_one, names), "w = 1 is unguided whatever the mode"

@@ -187,6 +187,8 @@ def _overall(scores: Mapping[str, Any]) -> dict[str, Any]:
 
 def guidance_sweep(
     checkpoint: Mapping[str, Any],
+    samples: Mapping[str, np.ndarray],
+    sampling_info: Mapping[str, Any],
     classifier: Mapping[str, Any],
     clf_reference: Mapping[str, Any],
     sample: SampleParams,
@@ -196,8 +198,11 @@ def guidance_sweep(
     """fd_clf and class accuracy at each guidance scale of ``sample.guidance_sweep``
     (``fd_clf.guidance_sweep``), on ``evaluate.fd_clf.num_samples`` samples each, with
     ``sample``'s guidance mode, interval, classes, sampler and seed; and each guidance mode's
-    forward-pass FLOPs per sample. ``available: false`` and the reason where there is nothing
-    to sweep (no scale asked, no classifier, cfg of an unconditional checkpoint)."""
+    forward-pass FLOPs per sample. The sample stage's own samples stand for the point at
+    ``sample.guidance_scale`` when ``sampling_info`` says they were drawn with these settings (the
+    same images: each depends on its seed and index alone), which saves drawing them twice.
+    ``available: false`` and the reason where there is nothing to sweep (no scale asked, cfg of an
+    unconditional checkpoint)."""
     model = generation.model_from_checkpoint(checkpoint, weights="ema")
     if not sample.guidance_sweep:
         return {"available": False, "reason": "sample.guidance_sweep is empty"}
@@ -206,9 +211,28 @@ def guidance_sweep(
                 "no-label pass) and this one is unconditional; sample.guidance=sparse sweeps it"}
     classes = sample.for_model(model, scale=max(sample.guidance_sweep))[0]
     diffusion = checkpoint["config"]["diffusion"]
+    names = generation.class_names(classes, model)
+    drawn = {sample.guidance_scale: samples["images"]} if _drawn_so(sampling_info, sample, names) else None
     return fd_clf.guidance_sweep(
         model, classifier, clf_reference, scales=sample.guidance_sweep, guidance=sample.guidance_settings(),
-        classes=classes, num_samples=params.fd_clf.num_samples, schedule=diffusion["schedule"],
+        classes=classes, num_samples=params.fd_clf.num_samples, schedule=diffusion["schedule"], drawn=drawn,
         prediction=diffusion["prediction"], sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
         seed=sample.seed, batch_size=sample.batch_size, device=resolve_device(trainer.device),
         precision=trainer.precision, nproc=trainer.nproc)
+
+
+def _drawn_so(info: Mapping[str, Any], sample: SampleParams, classes: list[str | int] | None) -> bool:
+    """Whether the sample stage's record (``<model>_sampling.json``) says its samples were drawn with
+    ``sample``'s sampler, steps, eta, seed and guidance, and these classes (as the record names
+    them, ``generation.class_names``). A record without guidance keys was unguided (w = 1), where
+    the mode, the interval and the ratio make no difference."""
+    def effective(scale: float, mode: str, interval: Any, ratio: Any) -> tuple[Any, ...]:
+        if scale == 1:
+            return (1.0,)
+        return (scale, mode, None if interval is None else list(interval), ratio if mode == "sparse" else None)
+
+    recorded = effective(info.get("guidance_scale", 1.0), info.get("guidance"), info.get("guidance_interval"),
+                         info.get("sparse_mask_ratio"))
+    wanted = effective(sample.guidance_scale, sample.guidance, sample.guidance_interval, sample.sparse_mask_ratio)
+    return recorded == wanted and info.get("classes") == classes and all(
+        info.get(key) == getattr(sample, key) for key in ("sampler", "steps", "eta", "seed"))

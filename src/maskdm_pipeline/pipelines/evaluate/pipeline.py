@@ -32,8 +32,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 guidance_sweep,
-                inputs=["checkpoint", "feature_classifier", "fd_clf_reference", "params:sample",
-                        "params:evaluate", "params:trainer"],
+                inputs=["checkpoint", "samples", "sampling_info", "feature_classifier", "fd_clf_reference",
+                        "params:sample", "params:evaluate", "params:trainer"],
                 outputs="guidance_sweep",
                 name="guidance_sweep",
             ),
@@ -43,7 +43,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         pipeline(
             score,
             namespace=model,
-            inputs={"samples": f"{model}_samples", "feature_classifier": "feature_classifier",
+            inputs={"samples": f"{model}_samples", "sampling_info": f"{model}_sampling_info",
+                    "feature_classifier": "feature_classifier",
                     "fd_clf_reference": "fd_clf_reference", "inception_reference": "inception_reference",
                     "checkpoint": checkpoint},
             outputs={"scores": f"{model}_scores", "guidance_sweep": f"{model}_guidance_sweep"},

@@ -79,8 +79,7 @@ def draw_samples(
     }
     if classes is not None or guidance.active:  # an unconditional, unguided record is what it was
         info.update(guidance_info(model, params, guidance, diffusion["schedule"]))
-        info["classes"] = None if classes is None else [generation.NO_LABEL if c == model.num_classes else c
-                                                         for c in classes]
+        info["classes"] = generation.class_names(classes, model)
     return samples, grid, pngs, info
 
 
