@@ -35,7 +35,7 @@ def guidance_section(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
     where = "every step" if interval is None else f"noise levels sigma in ({interval[0]:g}, {interval[1]:g}]"
     mode = first["guidance"] + (f", r = {first['sparse_mask_ratio']:g}" if first["guidance"] == "sparse" else "")
     header = ["model", "w", f"fd_clf (N={first['num_samples']})", "class accuracy", "GFLOPs / sample"]
-    rows = [[MODELS[key].split(" (")[0], f"{p['scale']:g}", _fmt(p.get("fd_clf")), _fmt(p.get("class_accuracy")),
+    rows = [[MODELS[key].split(" (")[0], f"{p['scale']:g}", _fmt(p.get("fd_clf")), _fmt(p.get("class_accuracy"), 3),
              _fmt(p["flops_per_sample"] / 1e9, 3)]
             for key, sweep in swept.items() for p in sweep["points"]]
     cost_rows = [[MODELS[key].split(" (")[0], *(_fmt(f / 1e9, 3) if f is not None else "n/a (unconditional)"
@@ -51,8 +51,8 @@ def guidance_section(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
         "was asked for" + (f"; on held-out real images it scores {ceiling:.3f}, the ceiling." if ceiling else "."),
         "![guidance sweep](guidance_sweep.png)",
         md_table(header, rows),
-        f"Forward-pass FLOPs per sample at w != 1 (the {first['steps']}-step sampler, counted from the "
-        "architecture: `UViT.forward_flops`):",
+        f"Forward-pass FLOPs per sample of each mode at any w != 1 ({where}; the {first['steps']}-step sampler; "
+        "counted from the architecture: `UViT.forward_flops`):",
         md_table(["model", *(_MODE_NAMES[m] for m in ("none", "cfg", "sparse"))], cost_rows),
     ]
     return "\n\n".join(lines)
