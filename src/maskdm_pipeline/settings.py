@@ -2,9 +2,8 @@
 
 import warnings
 
-from kedro.config import OmegaConfigLoader
-
 from maskdm_pipeline.caching.session import CachingSession
+from maskdm_pipeline.configuration import ProjectConfigLoader
 from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
 from maskdm_pipeline.hooks import CheckpointSlotHook, TemporaryFilesHook
 from maskdm_pipeline.project import ProjectContext, use_project_logging
@@ -45,7 +44,9 @@ SESSION_CLASS = CachingSession
 # the project root, like the catalog's file paths, wherever Kedro is started.
 CONTEXT_CLASS = ProjectContext
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Kedro's OmegaConfigLoader; a mistake in conf/ (a file that is not YAML, an environment without a
+# folder, a key set twice) ends in one line that names the file (configuration.ProjectConfigLoader).
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

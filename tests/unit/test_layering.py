@@ -27,14 +27,15 @@ FLOORS = {
     "params": 2,
     "train_stage": 3,
     "pipelines": 4,
-    **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "caching", "project", "__main__"), 5),
+    **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "caching", "project", "configuration",
+                     "cli", "__main__"), 5),
     "tracking.mlflow_hook": 5,  # a module on a floor of its own: tracking/ is a room, its hook is wiring
 }
 MATH = ("models", "masking", "diffusion", "metrics")
 NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic")
 # Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
-KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "__main__",
-                 "tracking.mlflow_hook")
+KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "configuration", "cli",
+                 "__main__", "tracking.mlflow_hook")
 
 
 def module_name(path: Path) -> str:

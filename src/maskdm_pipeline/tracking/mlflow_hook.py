@@ -76,10 +76,12 @@ class MlflowTrackingHook:
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         self._project_path = Path(context.project_path)
+        from kedro.config import MissingConfigException
+
         try:
             self._config = dict(context.config_loader["mlflow"])
-        except Exception:  # noqa: BLE001 - no mlflow.yml in this environment: track with defaults
-            self._config = {}
+        except MissingConfigException:  # no mlflow.yml in this environment: track with defaults
+            self._config = {}  # (one that is not YAML stops the command with one line: configuration.py)
         self._nnodes = context.validated_params.trainer.nnodes
 
     def _tracking_uri(self) -> str:
