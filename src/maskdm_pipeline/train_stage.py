@@ -69,6 +69,17 @@ class ResumeRefused(ResumeMismatchError, ClickException):
         ClickException.__init__(self, message)
 
 
+class InputsDoNotFit(ValueError, ClickException):
+    """An input made with other settings than this run's (a pre-trained checkpoint of another
+    model): the message names each setting with both values and the command that remakes the
+    input. Exit status 2, nothing was trained; a ``ValueError`` for Python callers."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        ClickException.__init__(self, message)
+
+
 class StageWriteError(ClickException):
     """The model folder cannot be written (not writable, disk full); says what is kept."""
 

@@ -43,6 +43,7 @@ class Decision:
     fingerprint: str
     written: str | None = None  # the newest of its records, when current
     stale_inputs: list[str] = field(default_factory=list)
+    params_changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (recorded, now)
 
     @property
     def current(self) -> bool:
@@ -140,7 +141,7 @@ class Judge:
             blocks = getattr(self._dataset(name), "blocks_current", None)
             if callable(blocks) and (why := blocks()):
                 reasons.append(why)
-        missing, unrecorded, written = [], [], []
+        missing, unrecorded, written, changed = [], [], [], {}
         for name in part.outputs:
             path = records.dataset_path(self._dataset(name))
             if path is None:
@@ -161,6 +162,7 @@ class Judge:
                     written.append(record["written"])
                     if record["fingerprint"] != key:
                         reasons += [r for r in changes(record, document) if r not in reasons]
+                        changed.update(param_changes(record, document))
         if missing:
             reasons.append(_some(missing, "does not exist", "do not exist"))
         if unrecorded:
@@ -169,7 +171,8 @@ class Judge:
                              "it and recording it)")
         if not part.outputs:
             reasons.append("it writes no file to fingerprint")
-        return Decision(part, reasons, document, key, written=max(written) if written and not reasons else None)
+        return Decision(part, reasons, document, key, written=max(written) if written and not reasons else None,
+                        params_changed=changed)
 
     def record(self, decision: Decision, session_id: str | None = None) -> None:
         """Write the records of a part that has just run in the Kedro session ``session_id`` (the
@@ -202,14 +205,25 @@ def _value(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+UNSET = "(not set)"  # a parameter on one side only: param_changes' value on the other
+
+
+def param_changes(record: Mapping[str, Any], document: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Each parameter whose value differs between a record and the key document a part would
+    get now: dotted name -> (recorded, now), :data:`UNSET` where one side lacks it; sorted."""
+    old, new = record.get("params", {}), document["params"]
+    return {k: (old.get(k, UNSET), new.get(k, UNSET))
+            for k in sorted({*old, *new}) if old.get(k, ...) != new.get(k, ...)}
+
+
 def changes(record: Mapping[str, Any], document: Mapping[str, Any]) -> list[str]:
     """What differs between a record and the key document a part would get now, in words."""
     out: list[str] = []
-    old, new = record.get("params", {}), document["params"]
-    names = [k for k in sorted({*old, *new}) if old.get(k, ...) != new.get(k, ...)]
+    changed = param_changes(record, document)
+    names = list(changed)
     if names:
-        described = [f"{k} {_value(old[k]) if k in old else '(not set)'} -> "
-                     f"{_value(new[k]) if k in new else '(removed)'}"
+        described = [f"{k} {_value(changed[k][0]) if changed[k][0] is not UNSET else UNSET} -> "
+                     f"{_value(changed[k][1]) if changed[k][1] is not UNSET else '(removed)'}"
                      for k in names[:_SHOWN]]
         more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
         out.append("parameters changed: " + ", ".join(described) + more)
@@ -232,18 +246,24 @@ class Upstream:
     def __init__(self, judge: Judge, in_run: frozenset[str]):
         self.judge = judge
         self.in_run = in_run  # node names of this run
-        self._verdicts: dict[int, tuple[str, str] | None] = {}
+        self._verdicts: dict[int, Decision | None] = {}
 
     def stale(self, name: str) -> tuple[str, str] | None:
         """(the stage that would rerun, why), or None when ``name`` is current or written in this run."""
+        decision = self.stale_decision(name)
+        return None if decision is None else (decision.part.stage, decision.reasons[0])
+
+    def stale_decision(self, name: str) -> Decision | None:
+        """The decision of the part that would rerun, ``name``'s writer or one before it; None
+        when ``name`` is current or written in this run."""
         writer = self.judge.writers.get(name)
         if writer is None or writer.node_names & self.in_run:
             return None
         if id(writer) not in self._verdicts:
             self._verdicts[id(writer)] = None  # a cycle cannot recurse forever
             decision = self.judge.decide(writer)
-            verdict = None if decision.current else (writer.stage, decision.reasons[0])
+            verdict = None if decision.current else decision
             for up in writer.inputs if verdict is None else ():
-                verdict = verdict or self.stale(up)
+                verdict = verdict or self.stale_decision(up)
             self._verdicts[id(writer)] = verdict
         return self._verdicts[id(writer)]

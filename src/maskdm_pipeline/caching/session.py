@@ -87,6 +87,7 @@ def run_in_parts(params: Mapping[str, Any], session_id: str, pipeline: Pipeline,
     a wave that must run to Kedro's runner in one batch (``run_batch``). The records of the parts
     that ran name ``session_id`` (the Kedro session), which is how the MLflow hook tells a part
     that ran from one that was up to date."""
+    from maskdm_pipeline.caching.fit import check_inputs_fit
     from maskdm_pipeline.caching.judge import Judge, Upstream
     from maskdm_pipeline.caching.report import Report
     from maskdm_pipeline.caching.units import (
@@ -105,6 +106,7 @@ def run_in_parts(params: Mapping[str, Any], session_id: str, pipeline: Pipeline,
     whole = split_parts(sum(stages.values(), Pipeline([])), persistent, stage_of)
     judge = Judge(catalog, params, {out: p for p in whole for out in p.outputs})
     upstream = Upstream(judge, frozenset(n.name for n in pipeline.nodes))
+    check_inputs_fit(parts, upstream, catalog, stage_order(whole), sys.argv)  # before any part runs
     rerun = params["cache"]["rerun"]
     report = Report(parts, stage_order(whole))
     decisions: list[Decision] = []
