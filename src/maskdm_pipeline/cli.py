@@ -107,8 +107,8 @@ def _config_option(option: click.Parameter) -> click.Parameter:
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
             raise UsageMistake(f"--config {value} is not valid YAML: {getattr(exc, 'problem', exc)}{where}") from None
         except KeyError:
-            raise UsageMistake(f"--config {value}: the file has no `{ctx.info_name}:` section; write the options "
-                               f"under it (`{ctx.info_name}:` then `  pipelines: ...`)") from None
+            raise UsageMistake(f"--config {value}: the file has no `{ctx.info_name}:` section; put the options under "
+                               f"it, as a mapping of option names to values") from None
 
     wrapped.callback = callback
     return wrapped
