@@ -53,6 +53,9 @@ def cli() -> None:
 
 
 class _OneLineRun(click.Command):
+    """Kedro's ``run`` (its options, help and body): usage errors as one line, the typed names
+    checked before the body, a runner refusing its arguments named (module docstring)."""
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)

@@ -4,6 +4,7 @@ same cases through the real ``kedro run`` are in tests/reliability/test_rel_usag
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +146,6 @@ def _loader(root: Path, env: str = "smoke") -> ProjectConfigLoader:
     ({"smoke/parameters_x.yml": "pretrain:\n\tsteps: 3\n"}, "parameters",
      "conf/smoke/parameters_x.yml is not valid YAML: found character that cannot start any token (line 2, column 1)"),
     ({"smoke/catalog.yml": "raw: {type: x\n"}, "catalog", "conf/smoke/catalog.yml is not valid YAML"),
-    ({"smoke/a.yml": "x: 1\n", "smoke/parameters_a.yml": "model:\n  depth: 3\n",
-      "smoke/parameters_b.yml": "model:\n  depth: 4\n"}, "parameters",
-     "Duplicate keys found in conf/smoke/parameters_a.yml and conf/smoke/parameters_b.yml: model.depth: set each key "
-     "in one file of an environment"),
     ({"smoke/parameters_x.yml": "sample:\n  seed: ${globals:nosuch}\n"}, "parameters",
      "conf/smoke/parameters_x.yml: sample.seed: Globals key 'nosuch' not found"),
     ({"smoke/parameters_x.yml": "- a\n- b\n"}, "parameters",
@@ -159,6 +156,17 @@ def test_a_conf_file_that_does_not_fit_is_one_line_naming_it(tmp_path, monkeypat
     with pytest.raises(UsageMistake) as info:
         _loader(_conf(tmp_path, files))[key]
     assert expected in info.value.message and info.value.exit_code == 2, info.value.message
+
+
+def test_a_key_set_twice_in_an_environment_names_both_files(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = _conf(tmp_path, {"smoke/parameters_a.yml": "model:\n  depth: 3\n",
+                            "smoke/parameters_b.yml": "model:\n  depth: 4\n"})
+    with pytest.raises(UsageMistake) as info:
+        _loader(root)["parameters"]
+    message = info.value.message
+    assert re.fullmatch(r"Duplicate keys found in conf/smoke/parameters_[ab]\.yml and conf/smoke/parameters_[ab]\.yml: "
+                        r"model\.depth: set each key in one file of an environment", message), message
 
 
 def test_an_environment_without_a_folder_is_named_with_the_environments(tmp_path, monkeypatch) -> None:
