@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks.e2e import PIPELINES, run_measured
-from devkit import load_average, machine_info, make_project_copy
+from devkit import kedro_command, load_average, machine_info, make_project_copy
 
 UP_TO_DATE = re.compile(r"maskdm_pipeline\.caching - INFO - (\w+): up to date \(fingerprint [0-9a-f]{6}, ")
 
@@ -29,9 +28,7 @@ UP_TO_DATE = re.compile(r"maskdm_pipeline\.caching - INFO - (\w+): up to date \(
 def bench_cache(env_name: str | None, threads: int | None, timeout_s: float) -> dict[str, Any]:
     """Wall time and peak RSS of a full ``kedro run``, the same command as a no-op, and a forced
     full rerun; ``noop_vs_full`` is the no-op's share of the forced full run's wall time."""
-    kedro = Path(sys.executable).with_name("kedro")
-    command = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
-    command += ["run"] + (["--env", env_name] if env_name else [])
+    command = kedro_command() + ["run"] + (["--env", env_name] if env_name else [])
     env = dict(os.environ, KEDRO_DISABLE_TELEMETRY="1", PYTHONWARNINGS="ignore")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

@@ -21,13 +21,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from image_factory import good_image
-from kedro_project import kedro, make_project, subprocess_env
+from kedro_project import kedro, kedro_command, make_project, subprocess_env
 
 STAGES = ("preprocess", "pretrain", "baseline", "finetune", "sample", "evaluate", "report")
 UP_TO_DATE = r"{}: up to date \(fingerprint [0-9a-f]{{6}}, written \d{{4}}-\d\d-\d\d \d\d:\d\d\), skipped"
@@ -172,8 +171,7 @@ def _interrupt(root: Path, params: str, after: str | tuple[str, ...], sig: signa
     whole process group, as a terminal's Ctrl-C and a scheduler's kill do (a ParallelRunner's
     workers would otherwise outlive a kill -9)."""
     waits = [after] if isinstance(after, str) else list(after)
-    script = Path(sys.executable).with_name("kedro")
-    proc = subprocess.Popen([str(script), "run", "--env", "smoke", "--params", params, *extra], cwd=root,
+    proc = subprocess.Popen([*kedro_command(), "run", "--env", "smoke", "--params", params, *extra], cwd=root,
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
