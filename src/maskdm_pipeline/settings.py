@@ -3,6 +3,7 @@
 import warnings
 
 from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
 
 from maskdm_pipeline.caching.session import CachingSession
 from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
@@ -52,4 +53,8 @@ CONFIG_LOADER_ARGS = {
     # An environment (smoke, celeba64, ...) overrides single keys, not whole top-level blocks.
     "merge_strategy": {"parameters": "soft"},
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+    # `${oc.env:NAME,default}` in conf/ (Kedro enables it for credentials only): where a data set
+    # lies differs between machines (conf/fashion/catalog.yml: FASHION_MNIST_DIR), as Kedro's
+    # configuration docs suggest, rather than an environment per machine.
+    "custom_resolvers": {"oc.env": oc.env},
 }

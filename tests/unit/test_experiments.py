@@ -225,3 +225,24 @@ def test_fd_noise_redraws_the_recorded_final_score_and_other_seeds_differ(smoke_
 def test_fd_noise_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="baseline.pt"):
         fd_noise.main([str(tmp_path), "--models", "baseline"])
+
+
+@pytest.mark.slow
+def test_the_fashion256_gpu_command_runs_on_the_cpu_at_tiny_size(tmp_path: Path, monkeypatch) -> None:
+    """The device command of docs/results.md, dry: the fashion32 environment and claim's whole
+    machinery on generated IDX files, one seed; the results file has claim's schema."""
+    from image_factory import write_fashion_like
+
+    from experiments import fashion256
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(write_fashion_like(tmp_path)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "fashion-256.json"
+    fashion256.main(["--dry-run", "--out", str(out), "--workdir", str(tmp_path / "runs")])
+    record = json.loads(out.read_text())
+    (result,) = record["results"]
+    assert result["seed"] == 0 and result["scale_tokens"] == 256
+    assert result["device"] == f"cpu: {claim.cpu_name()}"
+    assert result["budget"]["baseline"] == {"steps": 4, "batch_size": 8}
+    assert record["extra_params"]["trainer.device"] == "cpu"
+    assert len(result["curves"]["baseline"]["fd_clf"]) >= 2 and out.with_suffix(".png").is_file()
