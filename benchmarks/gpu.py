@@ -29,18 +29,20 @@ cannot rot); its JSON goes where ``--json`` says, never under docs/. The real ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.gpu_train import bench_preset, compiled
+from benchmarks.gpu_train import bench_preset, compiled, free_memory
 from devkit import PROJECT_ROOT, load_average, machine_info
 from maskdm_pipeline.devices import synchronize
 from maskdm_pipeline.models import build_uvit
@@ -92,8 +94,8 @@ def flop_check(preset: str, device: torch.device) -> dict[str, Any]:
     x = torch.randn(1, model.in_chans, model.img_size, model.img_size, device=device)
     t = torch.zeros(1, dtype=torch.long, device=device)
     # On the CPU torch's counter does not see the fused attention: count its plain products there.
-    backends = [SDPBackend.MATH] if device.type == "cpu" else list(SDPBackend)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), sdpa_kernel(backends):
+    backends = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), backends:
         with FlopCounterMode(display=False) as forward:
             model(x, t)
         with FlopCounterMode(display=False) as training:
@@ -195,11 +197,12 @@ def card(device: torch.device) -> dict[str, Any]:
 def goals(report: dict[str, Any]) -> dict[str, Any]:
     """The issue's three goals, from the base-256 figures (None where base-256 did not run)."""
     base = report["train"].get("base-256")
+    base = base if base and "modes" in base else None
     unmasked = base["modes"]["unmasked"] if base else None
     values = {"mfu_base256_unmasked": unmasked and unmasked["mfu"],
               "masked90_speedup_base256": base and base["masked90_speedup"],
               "loading_fraction": max((m["loading_fraction"] for p in report["train"].values()
-                                       for m in p["modes"].values()), default=None)}
+                                       for m in p.get("modes", {}).values()), default=None)}
     out = {}
     for key, target in GOALS.items():
         value = values[key]
@@ -218,6 +221,8 @@ REQUIRED_MODE = {"step_s": float, "img_per_s": float, "mfu": float, "tflops": fl
 def check_schema(report: dict[str, Any]) -> list[str]:
     """What is missing or mistyped in a report (empty: it is complete)."""
     problems = [f"{k}: expected {t.__name__}" for k, t in REQUIRED.items() if not isinstance(report.get(k), t)]
+    problems += [f"{k}: {v['error']}" for k, v in report.items() if isinstance(v, dict) and "error" in v]
+    problems += [f"train.{k}: {v['error']}" for k, v in (report.get("train") or {}).items() if "error" in v]
     for preset, result in (report.get("train") or {}).items():
         for mode in ("unmasked", "masked90"):
             entry = result.get("modes", {}).get(mode)
@@ -234,6 +239,19 @@ def check_schema(report: dict[str, Any]) -> list[str]:
 COMPILE_NEEDS_S = 100  # compiling base-256's step (about a minute) and timing it
 
 
+def section(report: dict[str, Any], key: str, measure: Any, *args: Any, save: Any, device: torch.device) -> Any:
+    """``report[key] = measure(*args)``; an error is recorded there (type and first line) and the
+    run goes on to the next section, so one failure on the GPU costs one figure, not the call."""
+    try:
+        report[key] = measure(*args)
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON and by check_schema, exit status 1
+        report[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+        traceback.print_exc()
+    free_memory(device)
+    save(report)
+    return report[key]
+
+
 def run(dry_run: bool, budget_s: float, save: Any = lambda report: None, log: Any = print) -> dict[str, Any]:
     """Every section in turn; ``save(report)`` after each, so that a run stopped from outside
     still leaves what it measured."""
@@ -241,36 +259,36 @@ def run(dry_run: bool, budget_s: float, save: Any = lambda report: None, log: An
     size = sizes(dry_run)
     device = torch.device(size["device"])
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (the loss) on the tensor cores
+        torch.set_float32_matmul_precision("high")  # fp32 leftovers (the loss) on the tensor cores
     else:  # tiny tensors: more threads than free cores only wait on each other (100x slower under load)
         torch.set_num_threads(1)
     report: dict[str, Any] = {"schema": SCHEMA, "dry_run": dry_run, "machine": card(device),
                               "precision": "bf16 autocast" if not dry_run else "fp32 (dry run)"}
-    report["matmul"] = matmul_rate(size["matmul_n"], size["dtype"], device, size["warmup"], size["repeats"])
-    ceiling = report["matmul"]["tflops_mean"]
+    kw = {"save": save, "device": device}
+    matmul = section(report, "matmul", matmul_rate, size["matmul_n"], size["dtype"], device, size["warmup"],
+                     size["repeats"], **kw)
+    ceiling = matmul.get("tflops_mean") or DATASHEET_BF16_TFLOPS  # MFU needs a ceiling; the JSON says which
     log(f"matmul {size['matmul_n']}^3: {ceiling:.1f} TFLOP/s (datasheet {DATASHEET_BF16_TFLOPS:g})")
-    report["flop_check"] = {p: flop_check(p, device) for p in size["presets"]}
-    save(report)
+    section(report, "flop_check", lambda: {p: flop_check(p, device) for p in size["presets"]}, **kw)
     report["train"] = {}
     for preset in size["presets"]:
-        report["train"][preset] = result = bench_preset(preset, size, ceiling)
-        for mode, m in result["modes"].items():
+        result = section(report["train"], preset, bench_preset, preset, size, ceiling, **kw)
+        for mode, m in result.get("modes", {}).items():
             log(f"{preset} {mode} batch {result['batch']['batch_size']}: {m['img_per_s']:.1f} img/s, "
                 f"{m['tflops']:.1f} TFLOP/s, MFU {m['mfu']:.1%}, loading {m['loading_fraction']:.1%}, "
                 f"fused attention {m['attention']['fused']}")
-        save(report)
-    report["attention_backends"] = attention_backends(size["attention_shape"], size["dtype"], device, size["repeats"])
-    report["sampling"] = {p: sampling(p, size["sampling_batch"][p], device, "bf16" if not dry_run else "fp32")
-                          for p in size["sampling_batch"]}
-    report["inception"] = inception(size["inception_images"], device)
-    save(report)
+    section(report, "attention_backends", attention_backends, size["attention_shape"], size["dtype"], device,
+            size["repeats"], **kw)
+    section(report, "sampling", lambda: {p: sampling(p, batch, device, "fp32" if dry_run else "bf16")
+                                         for p, batch in size["sampling_batch"].items()}, **kw)
+    section(report, "inception", inception, size["inception_images"], device, **kw)
     preset, backend = size["compile"]
     left = budget_s - (time.perf_counter() - started)
-    if dry_run or left > COMPILE_NEEDS_S:
-        report["compile"] = compiled(preset, backend, size, report["train"][preset], ceiling)
+    if (dry_run or left > COMPILE_NEEDS_S) and "modes" in report["train"].get(preset, {}):
+        section(report, "compile", compiled, preset, backend, size, report["train"][preset], ceiling, **kw)
     else:
-        report["compile"] = {"skipped": f"{left:.0f} s of the {budget_s:.0f} s budget left, compiling "
-                                        f"{preset} takes about a minute"}
+        report["compile"] = {"skipped": f"{left:.0f} s of the {budget_s:.0f} s budget left (compiling {preset} "
+                                        "takes about a minute), or its eager figures are missing"}
     report["goals"] = goals(report)
     report["machine"]["load_average_at_end"] = load_average()
     report["elapsed_s"] = time.perf_counter() - started

@@ -46,7 +46,7 @@ DEVICE_LINES = {
     "evaluate": r"Scoring \d+ samples: fd_clf features on cpu, (?P<device>[^\n]*)",
 }
 UNTRACKED = "MLflow cannot be imported"
-# The default `kedro run` on the CPU, README.md "How long, and what came out": one run on a quiet
+# The default `kedro run` on the CPU, as the README's quick start reports it: one run on a quiet
 # 2-core VM, 2026-11-25, torch 2.14.1.
 CPU_QUICK_START = {"date": "2026-11-25", "wall_s": 377.0, "maskdm_fd_clf": 20.09, "baseline_fd_clf": 18.37,
                    "real_floor_fd_clf": 4.41, "machine": "2-core CPU VM, quiet",

@@ -53,7 +53,7 @@ def _images(preset: str, n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, channels, side, side), dtype=np.uint8)
 
 
-def _free(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -67,7 +67,7 @@ def choose_batch(preset: str, size: dict[str, Any]) -> dict[str, Any]:
     probe = size["probe_batch"]
     if device.type != "cuda":
         return {"batch_size": size["max_batch"], "rule": "dry run: fixed"}
-    _free(device)
+    free_memory(device)
     proc = TrainProcess(_job(preset, probe, False, "cuda", _images(preset, 4 * probe)), rank=0, world_size=1,
                         local_rank=0)
     for _ in range(2):
@@ -78,7 +78,7 @@ def choose_batch(preset: str, size: dict[str, Any]) -> dict[str, Any]:
     per_image = (peak - static) / probe
     batch = int(min(size["max_batch"], FILL * (total - static) / per_image)) // 8 * 8
     del proc
-    _free(device)
+    free_memory(device)
     return {"batch_size": max(8, batch), "probe_batch": probe, "static_gib": static / 2**30,
             "gib_per_image": per_image / 2**30, "total_gib": total / 2**30,
             "rule": f"{FILL:.0%} of the card's memory less what stays between steps, over a probe step's peak "
@@ -111,16 +111,22 @@ def loading_time(proc: TrainProcess, images: Any, repeats: int = 10) -> float:
 
 
 def attention_kernels(proc: TrainProcess) -> dict[str, Any]:
-    """Kernel (GPU) or operator (CPU) names of one profiled step that look like attention."""
+    """The attention operators (which backend torch dispatched to) and, on a GPU, the kernels
+    that ran, in one profiled step; ``fused``: a fused kernel ran (on the CPU: a fused operator)
+    and the unfused ``math`` backend did not."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = proc.device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         proc._step(StopOnSignal())
         synchronize(proc.device)
-    names = sorted({e.key for e in prof.key_averages() if ATTENTION.search(e.key)})
-    return {"names": names, "fused": any(FUSED.search(n) for n in names),
-            "source": "profiler kernel names" if cuda else "profiler operator names (CPU dry run)"}
+    events = [e for e in prof.events() if ATTENTION.search(e.name)]
+    ops = sorted({e.name for e in events if e.device_type == DeviceType.CPU})
+    kernels = sorted({e.name[:300] for e in events if e.device_type == DeviceType.CUDA})
+    fused = any(FUSED.search(n) for n in (kernels if cuda else ops)) and not any("math" in n for n in ops)
+    return {"operators": ops, "kernels": kernels, "fused": fused}
 
 
 def bench_preset(preset: str, size: dict[str, Any], matmul_tflops: float) -> dict[str, Any]:
@@ -130,7 +136,7 @@ def bench_preset(preset: str, size: dict[str, Any], matmul_tflops: float) -> dic
     images = _images(preset, 4 * batch)
     result: dict[str, Any] = {"batch": fill, "modes": {}}
     for mode, masked in (("unmasked", False), ("masked90", True)):
-        _free(device)
+        free_memory(device)
         proc = TrainProcess(_job(preset, batch, masked, size["device"], images), rank=0, world_size=1, local_rank=0)
         step_s = time_steps(proc, size["warmup"], size["steps"])
         flops = uvit_flops(proc.model, proc.visible_per_image)
@@ -159,7 +165,7 @@ def compiled(preset: str, backend: str, size: dict[str, Any], eager: dict[str, A
     """``torch.compile`` of the loop's model (the wrap ``trainer.compile`` makes), unmasked."""
     device = torch.device(size["device"])
     batch = eager["batch"]["batch_size"]
-    _free(device)
+    free_memory(device)
     proc = TrainProcess(_job(preset, batch, False, size["device"], _images(preset, 4 * batch)), rank=0,
                         world_size=1, local_rank=0)
     proc.train_model = torch.compile(proc.train_model, backend=backend)
