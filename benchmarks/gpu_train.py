@@ -130,8 +130,24 @@ def attention_kernels(proc: TrainProcess) -> dict[str, Any]:
 
 
 def bench_preset(preset: str, size: dict[str, Any], matmul_tflops: float) -> dict[str, Any]:
+    """Both modes at the batch that fills the card; halved (at most twice) if it does not fit
+    after all, which the result says (``batch.halved_after_out_of_memory``)."""
     device = torch.device(size["device"])
     fill = choose_batch(preset, size)
+    for halvings in range(3):
+        try:
+            return _bench_at(preset, size, matmul_tflops, fill)
+        except torch.cuda.OutOfMemoryError:
+            if halvings == 2:
+                raise
+        free_memory(device)  # here, once the traceback no longer holds the failed step's tensors
+        fill = {**fill, "batch_size": max(8, fill["batch_size"] // 16 * 8), "halved_after_out_of_memory":
+                halvings + 1}
+    raise AssertionError("unreachable")
+
+
+def _bench_at(preset: str, size: dict[str, Any], matmul_tflops: float, fill: dict[str, Any]) -> dict[str, Any]:
+    device = torch.device(size["device"])
     batch = fill["batch_size"]
     images = _images(preset, 4 * batch)
     result: dict[str, Any] = {"batch": fill, "modes": {}}
