@@ -201,7 +201,7 @@ def card(device: torch.device) -> dict[str, Any]:
 
 
 def goals(report: dict[str, Any]) -> dict[str, Any]:
-    """The issue's three goals, from the base-256 figures (None where base-256 did not run)."""
+    """The three GPU goals of benchmarks/README.md, from the base-256 figures (None where base-256 did not run)."""
     base = report["train"].get("base-256")
     base = base if base and "modes" in base else None
     unmasked = base["modes"]["unmasked"] if base else None
