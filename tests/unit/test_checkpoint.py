@@ -69,6 +69,25 @@ def test_round_trip_of_a_real_state_is_exact(real_state, tmp_path):
     torch.load(path, weights_only=True)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the loading side on a machine without a GPU")
+def test_a_state_saved_from_cuda_tensors_loads_on_a_cpu_only_machine(real_state, tmp_path, monkeypatch):
+    """A file as torch.save writes it for CUDA tensors (every storage tagged ``cuda:0``, the only
+    place a file records a device): plain torch.load refuses it here, the project's loader maps
+    it to the CPU. The GPU check saves a real one (tests/unit/test_gpu.py)."""
+    import torch.serialization as serialization
+
+    real_tag = serialization.location_tag
+    monkeypatch.setattr(serialization, "location_tag", lambda storage: "cuda:0" if real_tag(storage) == "cpu"
+                        else real_tag(storage))
+    torch.save(real_state, tmp_path / "from_cuda.pt")
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(tmp_path / "from_cuda.pt", weights_only=True)
+    loaded = load_checkpoint(tmp_path / "from_cuda.pt")
+    assert all(v.device.type == "cpu" for v in loaded["model"].values())
+    assert all(torch.equal(loaded["model"][k], v) for k, v in real_state["model"].items())
+
+
 def test_crash_mid_write_keeps_the_old_file(real_state, tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(real_state, path)

@@ -12,7 +12,7 @@ import torch
 
 from maskdm_pipeline import fd_clf, workers
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
-from maskdm_pipeline.devices import resolve_device
+from maskdm_pipeline.devices import describe, resolve_device
 from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document, reads_files
 from maskdm_pipeline.metrics import (
     FID_WEIGHTS_FILENAME,
@@ -127,6 +127,10 @@ def score_samples(
     features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
+    inception_on = describe(resolve_device(trainer.device)) if inc_reference.get("available", False) else None
+    # The fd_clf classifier is LeNet-sized: its features are computed on the CPU on any machine.
+    logger.info("Scoring %d samples: fd_clf features on cpu, %s", len(images),
+                f"Inception features on {inception_on}" if inception_on else "no Inception features (FID unavailable)")
     scores.update(fd_clf.score(images, classifier, clf_reference, params.fd_clf.num_samples, nproc=trainer.nproc))
     if not inc_reference.get("available", False):
         scores.update(fid=None, fid_n=None, fid_reason=inc_reference.get("reason"))
