@@ -4,6 +4,8 @@
 #
 #   bash benchmarks/gpu_check.sh bench   # python -m benchmarks.gpu     -> $OUT/benchmarks-gpu.json + log
 #   bash benchmarks/gpu_check.sh e2e     # python -m benchmarks.gpu_e2e -> $OUT/gpu-e2e.json + logs
+#   bash benchmarks/gpu_check.sh fashion256   # python -m experiments.fashion256 -> $OUT/fashion-256.json
+#                                             # (docs/results.md; carries .fashion/ too)
 #   OUT=/tmp/x bash benchmarks/gpu_check.sh bench --dry-run   # anywhere: tiny sizes on the CPU
 #
 # First it installs, with no index, the wheels carried in .whl/ (made by `python -m
@@ -11,7 +13,7 @@
 # /tmp/site, and lists any requirement of theirs the machine's own packages do not meet. A dry
 # run skips the install: it runs where the project is installed already.
 set -euo pipefail
-mode=${1:?usage: gpu_check.sh bench|e2e [--dry-run]}
+mode=${1:?usage: gpu_check.sh bench|e2e|fashion256 [--dry-run]}
 shift
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
@@ -40,5 +42,9 @@ export KEDRO_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
 case $mode in
   bench) "$py" -m benchmarks.gpu --json "$OUT/benchmarks-gpu.json" "$@" 2>&1 | tee "$OUT/benchmarks-gpu.log" ;;
   e2e) "$py" -m benchmarks.gpu_e2e --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu-e2e.log" ;;
-  *) echo "unknown mode $mode: bench or e2e" >&2; exit 2 ;;
+  fashion256)  # Fashion-MNIST's two training files, carried in .fashion/ (docs/results.md)
+    export FASHION_MNIST_DIR=${FASHION_MNIST_DIR:-$PWD/.fashion}
+    "$py" -m experiments.fashion256 --out "$OUT/fashion-256.json" --workdir /tmp/fashion256 "$@" 2>&1 \
+      | tee "$OUT/fashion-256.log" ;;
+  *) echo "unknown mode $mode: bench, e2e or fashion256" >&2; exit 2 ;;
 esac
