@@ -1,5 +1,5 @@
 """Fashion-MNIST at 256 tokens on one GPU: the baseline against MaskDM at 90% masks, three seeds
-side by side on one card, in one device call (docs/results.md, "Fashion-MNIST at 256 tokens").
+side by side on one card, in one device call (docs/results.md "Fashion-MNIST at 256 tokens, on a GPU").
 
 Each seed is :mod:`experiments.claim`'s run (a real ``kedro run`` of the whole DAG in its own
 project copy) with ``--env fashion32`` (32x32 at patch 2, a 7.7M-parameter U-ViT, bf16) and the
