@@ -71,45 +71,57 @@ def imported_modules(source: str | ast.AST, name: str, is_package: bool, known: 
         SyntaxError: ``source`` is not valid Python.
     """
     tree = ast.parse(source) if isinstance(source, str) else source
-    known = set(known)
-    here = name if is_package else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = here.split(".")[: len(here.split(".")) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            found.update(f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names)
-        elif isinstance(node, ast.Call) and _BY_NAME in (getattr(node.func, a, None) for a in ("attr", "id")):
-            found.update(m for m in known if m.startswith(here + ".") and m != name)
-    return found
+    here, known = name if is_package else name.rpartition(".")[0], set(known)
+    return {module for node in ast.walk(tree) for module in _imports(node, name, here, known)}
 
 
-def _without_docstrings(tree: ast.Module) -> ast.Module:
-    """``tree`` with the first statement of the module, each class and each function removed where it
-    is a string (its docstring): what ``ast.get_docstring`` reads. Changes ``tree`` in place."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
-            first = node.body[0]
-            value = first.value if isinstance(first, ast.Expr) else None
-            if isinstance(value, ast.Constant) and isinstance(value.value, str):
-                node.body = node.body[1:]
-    return tree
+def _imports(node: ast.AST, name: str, here: str, known: set[str]) -> Iterable[str]:
+    """What one node of module ``name`` (in package ``here``) imports."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = here.split(".")[: len(here.split(".")) - node.level + 1]
+            module = ".".join(base + ([node.module] if node.module else []))
+        else:
+            module = node.module or ""
+        return [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names]
+    if isinstance(node, ast.Call):
+        func = node.func
+        if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) == _BY_NAME:
+            return [m for m in known if m.startswith(here + ".") and m != name]
+    return ()
+
+
+_SCOPES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _drop_docstring(node: ast.AST) -> None:
+    """Remove the docstring of a module, class or function node (its first statement, where it is a
+    string: what ``ast.get_docstring`` reads)."""
+    if isinstance(node, _SCOPES) and node.body:
+        first = node.body[0]
+        value = first.value if isinstance(first, ast.Expr) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            node.body = node.body[1:]
+
+
+def _dump_digest(tree: ast.AST) -> str:
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 def digest(tree: ast.Module) -> str:
     """SHA-256 (hex) of ``tree`` without its docstrings, as ``ast.dump`` writes it (no line
-    numbers or columns): what the module computes, not how its text is laid out or commented."""
-    return hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest()
+    numbers or columns): what the module computes, not how its text is laid out or commented.
+    The docstrings are removed from ``tree`` itself."""
+    for node in ast.walk(tree):
+        _drop_docstring(node)
+    return _dump_digest(tree)
 
 
 def read_package(folder: str | Path, package: str = PACKAGE) -> dict[str, Module]:
-    """Every module under ``folder`` (the package's own folder), by name, each file read and parsed
-    once.
+    """Every module under ``folder`` (the package's own folder), by name, each file read, parsed
+    and walked once (its imports, then :func:`digest`).
 
     Raises:
         OSError: a file cannot be read.
@@ -121,8 +133,12 @@ def read_package(folder: str | Path, package: str = PACKAGE) -> dict[str, Module
     modules: dict[str, Module] = {}
     for name, path in files.items():
         tree = ast.parse(path.read_bytes(), filename=str(path))
-        imports = imported_modules(tree, name, path.name == "__init__.py", known)
-        modules[name] = Module(name, path.relative_to(folder).as_posix(), frozenset(imports), digest(tree))
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imports: set[str] = set()
+        for node in ast.walk(tree):  # a node's children are queued before it is changed
+            imports.update(_imports(node, name, here, known))
+            _drop_docstring(node)
+        modules[name] = Module(name, path.relative_to(folder).as_posix(), frozenset(imports), _dump_digest(tree))
     return modules
 
 
@@ -142,16 +158,19 @@ def installed(package: str = PACKAGE) -> dict[str, Module]:
 
 
 def closure(modules: Mapping[str, Module], roots: Iterable[str]) -> list[str]:
-    """The modules of ``modules`` that importing ``roots`` runs, sorted: the roots, what they import
-    of the package, directly or not, and the packages above each (whose ``__init__.py`` runs first).
-    Names outside ``modules`` (other libraries) are left out."""
-    seen: set[str] = set()
+    """The modules of ``modules`` whose code ``roots`` use, sorted: the roots and what they import of
+    the package, directly or not, and the packages above each of them (whose ``__init__.py`` runs
+    first). A package above counts by its own file, not by what it imports in turn, unless it is
+    imported itself: ``from maskdm_pipeline.training.config import TrainerConfig`` runs
+    ``training/__init__.py``, which imports the whole engine, yet what the importer computes
+    depends on ``training/config.py`` (and ``training/__init__.py``'s own lines), not on the
+    training loop. Names outside ``modules`` (other libraries) are left out."""
+    imported: set[str] = set()
     todo = [r for r in roots if r in modules]
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parents = [name.rsplit(".", n)[0] for n in range(1, name.count(".") + 1)]
-        todo += [m for m in (*modules[name].imports, *parents) if m in modules and m not in seen]
-    return sorted(seen)
+        if name not in imported:
+            imported.add(name)
+            todo += [m for m in modules[name].imports if m in modules and m not in imported]
+    parents = {name.rsplit(".", n)[0] for name in imported for n in range(1, name.count(".") + 1)}
+    return sorted(imported | (parents & set(modules)))

@@ -121,25 +121,30 @@ def code_identity(roots: Iterable[str], modules: Mapping[str, codegraph.Module] 
     names = codegraph.closure(modules, roots)
     code = {modules[name].file: modules[name].digest for name in names}
     imported = [m for name in names for m in modules[name].imports] + [r for r in roots if r not in modules]
-    tops = {m.split(".")[0] for m in imported} - {codegraph.PACKAGE, "__future__", *UNKEYED_LIBRARIES}
+    own = {name.split(".")[0] for name in modules}
+    tops = {m.split(".")[0] for m in imported} - own - {"__future__", *UNKEYED_LIBRARIES}
     libraries = {top: _version(top) for top in sorted(tops - set(sys.stdlib_module_names))}
     return code, {"python": f"{sys.version_info.major}.{sys.version_info.minor}", **libraries}
+
+
+# Import names whose distribution is named otherwise: looked up directly, since finding any
+# other one means reading the metadata of every installed distribution (a second, on a loaded
+# 2-core machine, in every `kedro run`).
+_DISTRIBUTION = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "PyYAML"}
 
 
 @functools.cache
 def _version(top: str) -> str:
     """The installed version of the distribution that provides import name ``top``."""
-    try:
-        return importlib.metadata.version(top)  # the usual case: the distribution has the import's name
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    dists = _distributions().get(top, [])  # PIL (pillow), sklearn (scikit-learn)
-    return ",".join(f"{d} {importlib.metadata.version(d)}" for d in sorted(set(dists))) or "absent"
+    for name in (top, _DISTRIBUTION.get(top)):
+        if name:
+            try:
+                return importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+    dists = sorted(set(importlib.metadata.packages_distributions().get(top, [])))
+    return ",".join(f"{d} {importlib.metadata.version(d)}" for d in dists) or "absent"
 
-
-@functools.cache
-def _distributions() -> Mapping[str, list[str]]:
-    return importlib.metadata.packages_distributions()
 
 
 def reads_files(finder: FilesFinder) -> Callable[[F], F]:
