@@ -3,7 +3,7 @@ with ``ast`` by ``maskdm_pipeline.codegraph``, so lazy imports inside functions 
 its own floor or below.
 
 From the bottom: math (models, masking, diffusion, metrics) and the neutral modules (fileio,
-devices, shards, listing, pool, atomic); the rooms, with training/ and datasets/ side by side;
+devices, shards, listing, pool, atomic, codegraph); the rooms, with training/ and datasets/ side by side;
 params.py; train_stage.py; the stages (pipelines/<stage>/); the wiring. The one import by name,
 ``datasets/__init__.py``'s lazy ``importlib.import_module``, counts as an import of every module of
 that package.
