@@ -4,9 +4,11 @@ digest of what it computes.
 One reader for two users: the cache keys each part of the pipeline by the source of the modules it
 runs (:func:`maskdm_pipeline.fingerprint.code_identity`, docs/caching.md "What counts as code"),
 and the floors of docs/architecture.md are checked on the same import graph
-(tests/unit/test_layering.py). Written here, with :mod:`ast`, because no library gives the import
-graph of a package without importing it (``modulefinder`` runs on files and misses imports
-inside functions, which the project uses to keep ``kedro`` commands light).
+(tests/unit/test_layering.py). Written here, with :mod:`ast`, because both need, from one parse
+of each file and without importing anything, each module's own imports (the edges the floors are
+checked on) and its syntax tree (the digest); the standard library's ``modulefinder`` gives the
+set of modules a script reaches, compiling each and following every import into torch and the
+other libraries.
 
 - **Imports** are read wherever they are, lazy imports inside functions included; ``from a import
   b`` is module ``a.b`` when that module exists, else ``a``. A module that imports by name

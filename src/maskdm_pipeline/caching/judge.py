@@ -3,9 +3,9 @@
 A part is current when every file it writes exists, has its fingerprint record beside it, is as
 that record describes it, and the record's fingerprint equals the one the part would get now
 from its parameters, the content of its inputs as they are on disk, the files it reads and the
-code it runs (:meth:`Judge.code`); and when no input blocks it (an unfinished run's resume checkpoint). An input's
-content is the one its writer recorded, so a part whose rerun wrote the same content as before
-changes nothing downstream (early cut-off).
+code it runs (:meth:`Judge.code`); and when no input blocks it (an unfinished run's resume
+checkpoint). An input's content is the one its writer recorded, so a part whose rerun wrote the
+same content as before changes nothing downstream (early cut-off).
 
 What the judge asks of the nodes and the datasets, without knowing any of them:
 
