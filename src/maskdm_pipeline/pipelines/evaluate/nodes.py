@@ -13,7 +13,7 @@ import torch
 from maskdm_pipeline import fd_clf, workers
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import describe, resolve_device
-from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document, reads_files
+from maskdm_pipeline.fingerprint import code_identity, file_digest, fingerprint, key_document, reads_files
 from maskdm_pipeline.metrics import (
     FID_WEIGHTS_FILENAME,
     InceptionFeatures,
@@ -54,12 +54,18 @@ def _inception(params: EvaluateParams, trainer: TrainerConfig, weights_path: Any
 def reference_key(dims: int, checksum: str, images: np.ndarray, weights: Path) -> str:
     """The feature cache's key of the Inception reference statistics: a fingerprint by the
     project's one rule (:mod:`maskdm_pipeline.fingerprint`) of the feature layer, the images
-    (the dataset card's content checksum, their count and shape) and the weights file's content."""
+    (the dataset card's content checksum, their count and shape), the weights file's content and
+    the code that computes them (the extractor, the statistics and the workers, with what they
+    import)."""
+    code, libraries = code_identity(sorted({InceptionFeatures.__module__, stats_from_batches.__module__,
+                                            workers.__name__}))
     document = key_document(
         what="Inception pool features of the reference split: mean and covariance",
         params={"evaluate.fid.dims": int(dims)},
         inputs={"reference_images": f"{checksum}:n{len(images)}:{'x'.join(map(str, images.shape[1:]))}"},
         files={FID_WEIGHTS_FILENAME: file_digest(weights)},
+        code=code,
+        libraries=libraries,
     )
     return f"inception-pool{dims}_{fingerprint(document)}"
 
