@@ -24,7 +24,7 @@ with the c10d rendezvous at ``trainer.rdzv_endpoint`` (min = max = ``nnodes``, j
 nodes agree on and how each ends with rank 0's state: training/multinode.py.
 
 Failures: a worker that raises (other than the errors it reports by type, which a restart would
-meet again) or loses its peers (:data:`LOST_PEER_EXIT`, e.g. another node died) fails, so that the
+meet again), or whose peers on other nodes are gone (:data:`LOST_PEER_EXIT`), fails, so that the
 elastic agent counts a failure and restarts the group while ``trainer.max_restarts`` allows,
 rather than waiting at its exit barrier for a worker that is gone. Every attempt goes on from the
 latest periodic checkpoint and the accounting counts the lost ones; a run that cannot go on ends
@@ -80,6 +80,7 @@ from maskdm_pipeline.training.restarts import (
     failure_message,
     lost_peers,
     start_state,
+    store_per_attempt,
     worker_traceback,
 )
 
@@ -252,7 +253,7 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
-        with ForwardSignals() as forwarded, _quiet_elastic(log_level), _store_per_attempt(job.trainer.max_restarts):
+        with ForwardSignals() as forwarded, _quiet_elastic(log_level), store_per_attempt(job.trainer.max_restarts):
             with _ranked(started):
                 results = elastic_launch(config, worker_entry)(job, log_level, started, attempts)
     except (SignalException, RendezvousError, ChildFailedError) as exc:
@@ -353,26 +354,6 @@ def _rank0_result(results: dict[int, Any], job: TrainJob, attempts: Attempts) ->
         raise TrainingInterrupted(rank0["interrupted"], step=state["step"],
                                   checkpoint_path=None if path is None else Path(path), state=state)
     return from_bytes(rank0["state"])
-
-
-@contextlib.contextmanager
-def _store_per_attempt(max_restarts: int) -> Iterator[None]:
-    """With restarts, each attempt of the worker group gets a store of its own (torch's opt-out
-    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``: the first worker hosts it on a free port). The agent's
-    shared store, torch's default, keeps the keys of the lost attempt's process group, and the
-    restarted workers read the dead rank 0's address from it (gloo: "connectFullMesh failed ...
-    Connection refused", measured with torch 2.14); without restarts there is one attempt."""
-    key = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
-    before = os.environ.get(key)
-    if max_restarts:
-        os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ their first checkpoints overwrote newer ones. What this module adds:
   time) counts the steps the lost attempt trained after its last checkpoint, and adds
   ``restarts``, ``steps_redone`` and ``restart_time_s`` (from the lost attempt's last step to the
   restarted one's start: noticing the failure, stopping and starting the workers, loading).
+- **A store per attempt** (:func:`store_per_attempt`), so that restarted workers do not meet
+  the lost attempt's addresses.
 - **The one line** (:func:`failure_message`): which rank died and how (a signal, an exception,
   an exit status), the last periodic checkpoint, what to do; the same rule on one node and on
   several.
@@ -29,10 +31,12 @@ their first checkpoints overwrote newer ones. What this module adds:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,7 @@ from maskdm_pipeline.listing import shown
 from maskdm_pipeline.training.job import TrainJob
 from maskdm_pipeline.training.multinode import NodeGroup, previous_path, saved_steps
 
-__all__ = ["LOST_PEER_EXIT", "Attempts", "failure_message", "lost_peers", "start_state"]
+__all__ = ["LOST_PEER_EXIT", "Attempts", "failure_message", "lost_peers", "start_state", "store_per_attempt"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +156,27 @@ def start_state(job: TrainJob, nodes: NodeGroup | None, attempts: Attempts | Non
     return replace(job, resume_state=load_checkpoint(held[newest]))
 
 
+@contextlib.contextmanager
+def store_per_attempt(max_restarts: int) -> Iterator[None]:
+    """With restarts, each attempt of the worker group gets a store of its own (torch's opt-out
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``: the first worker hosts it on a free port). The agent's
+    shared store, torch's default, keeps the keys of the lost attempt's process group, and the
+    restarted workers read the dead rank 0's address from it (gloo: "connectFullMesh failed ...
+    Connection refused", measured with torch 2.14); without restarts there is one attempt."""
+    key = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+    before = os.environ.get(key)
+    if max_restarts:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+
 # ---------------------------------------------------------------------------- how workers die
 def lost_peers(exc: BaseException) -> bool:
     """Whether a worker's exception only says that another worker is gone: torch's distributed
@@ -196,10 +221,11 @@ def failure_message(job: TrainJob, failures: Mapping[int, ProcessFailure] | None
     several = trainer.nnodes > 1
     rank, failure = min((failures or {}).items(), key=_order, default=(None, None))
     lost = failure is None or failure.exitcode == LOST_PEER_EXIT
+    how = "" if lost else _how(failure)
     if lost:
         what = "lost contact with another node of the job" if several else "lost contact with another worker process"
     else:
-        what = f"worker rank {rank} of {trainer.world_size} {_how(failure)}"
+        what = f"worker rank {rank} of {trainer.world_size} {how}"
     reached = None if attempts is None else attempts.last_step
     at = "" if reached is None else f"after step {reached}/{job.stage.steps}; "
     here = " on this node" if several else ""
@@ -218,13 +244,10 @@ def failure_message(job: TrainJob, failures: Mapping[int, ProcessFailure] | None
         todo = f"{rerun} to resume from it"
     else:
         todo = f"{rerun} with {name}.resume=true to resume from it ({name}.resume=false starts afresh)"
-    advice = []
-    if not lost and failure.exitcode >= 0 and _how(failure).startswith("raised"):
-        advice.append("the worker's traceback is in the log at DEBUG level")
-    else:
-        advice.append("raise trainer.max_restarts to let the workers restart on their own from their last "
-                      "periodic checkpoint")
-    if not lost and failure.signal_name() == "SIGKILL":
+    # An exception is the program's (its traceback says where); a signal or an exit status may pass.
+    advice = ["the worker's traceback is in the log at DEBUG level" if how.startswith("raised") else
+              "raise trainer.max_restarts to let the workers restart on their own from their last periodic checkpoint"]
+    if how.startswith("was killed by SIGKILL"):
         advice.append(f"if memory ran out, lower {name}.batch_size")
     return (f"{name}: {what} ({at}trainer.max_restarts={trainer.max_restarts} used up); {kept}. {todo}; "
             + "; ".join(advice) + ".", lost)
