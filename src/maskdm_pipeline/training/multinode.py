@@ -206,10 +206,10 @@ class NodeGroup:
                 "give every node the same configuration and --params, then start the command again on "
                 "every node; nothing was trained.")
 
-    def agreed_resume(self, path: Path) -> tuple[int, Path | None]:
-        """The latest step every node holds a periodic checkpoint of, and this node's file of
-        it (step 0, None: no step is held everywhere, the stage starts afresh)."""
-        held = saved_steps(path)
+    def agreed_resume(self, held: Mapping[int, Path]) -> tuple[int, Path | None]:
+        """The latest step every node holds a periodic checkpoint of (``held``: this node's
+        ``{step: file}``, :func:`saved_steps` less what the run may not go on from), and this
+        node's file of it (step 0, None: no step is held everywhere, the stage starts afresh)."""
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, sorted(held))
         common = set.intersection(*(set(steps) for steps in gathered))
