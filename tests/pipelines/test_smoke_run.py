@@ -143,6 +143,10 @@ def test_the_run_names_its_training_data_fingerprints_and_models(smoke_run: Path
     outputs = {o.model_id: o.step for o in run.outputs.model_outputs}
     assert outputs == {m.model_id: 30 for m in models.values()}  # each stage's final step at smoke size
     assert models["finetuned"].params["stage.lr"] == "0.002" and "trainer.device" not in models["finetuned"].params
+    # The model's page shows what training it cost and on which data (its stage's metrics name both).
+    linked = {m.key: (m.dataset_name, m.dataset_digest) for m in models["finetuned"].metrics}
+    assert linked["cost.finetune.wall_time_s"] == linked["train.finetune.loss"] == (dataset.name, dataset.digest)
+    assert {key.split(".")[1] for key in linked} == {"finetune"}  # its own stage's only
 
 
 def test_a_logged_model_loads_with_mlflows_pytorch_flavour_as_the_checkpoints_ema_model(

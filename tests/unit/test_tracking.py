@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from kedro_project import load_params
 
 from maskdm_pipeline import __version__, tracking
 from maskdm_pipeline.project import path_parameters, resolve_path_parameters
@@ -244,6 +245,15 @@ def test_the_training_split_is_a_dataset_input_told_apart_by_its_checksum() -> N
     assert unlabelled["name"] == "digits · pretrain_source" and unlabelled["targets"] is None
     assert unlabelled["context"] == "pre-training"
     assert tracking.dataset_input("pretrain_source", _index(0), None, "x") is None  # pretrain.data: target
+
+
+def test_a_stage_trains_on_the_transfer_source_only_when_its_data_parameter_says_so() -> None:
+    from maskdm_pipeline.params import Params
+
+    smoke = Params.model_validate(load_params())
+    assert tracking.training_set("pretrain", dict(smoke)) == "primary_train"  # typed blocks, as Kedro gives them
+    assert tracking.training_set("pretrain", {"pretrain": {"data": "source"}}) == "pretrain_source"
+    assert tracking.training_set("finetune", {"pretrain.data": "source"}) == "primary_train"
 
 
 def test_a_logged_model_gets_the_config_it_was_trained_with_not_the_trainer() -> None:

@@ -48,6 +48,7 @@ from maskdm_pipeline.tracking.logged import (
     run_name,
     split_values,
     train_key,
+    training_set,
 )
 
 __all__ = [
@@ -56,5 +57,5 @@ __all__ = [
     "PARAM_VALUE_LIMIT", "TRAIN_NAMESPACE", "accounting_metrics", "accounting_params", "cache_tags", "cost_key",
     "dataset_input", "fingerprints_document", "flatten", "has_metrics", "history_metrics", "is_accounting",
     "is_artifact", "is_measurement", "is_tracked", "metrics_of", "model_params", "params_of", "quality_metrics",
-    "quality_params", "run_name", "split_values", "train_key",
+    "quality_params", "run_name", "split_values", "train_key", "training_set",
 ]

@@ -209,6 +209,14 @@ def dataset_input(name: str, index: Mapping[str, Any], card: Mapping[str, Any] |
             "targets": ("int64", [-1]) if images.get("labels") else None}
 
 
+def training_set(stage: str, parameters: Mapping[str, Any]) -> str:
+    """The catalog name of the image set the training stage ``stage`` trains on: the transfer
+    source for a stage whose ``data`` parameter says ``source`` (``pretrain.data``; METHOD.md's
+    transfer setting), else the training split. ``parameters``: the run's, as a tree (typed
+    blocks too) or flattened. The metrics of the model it trains name it."""
+    return "pretrain_source" if flatten(parameters).get(f"{stage}.data") == "source" else "primary_train"
+
+
 # Each training stage's final model is logged as an MLflow logged model of the run that wrote it
 # (``tracking.log_models`` in conf/*/mlflow.yml turns it off), named after its catalog entry.
 LOG_MODELS_SETTING = "log_models"

@@ -71,6 +71,8 @@ class MlflowTrackingHook:
         self._pending: tuple[Any, ...] | None = None  # a run to open once this node knows its rank
         self._session_id = ""  # Kedro's session id: the cache's records say which run wrote them
         self._run: Any = None  # the MLflow run (its experiment, for the logged models)
+        self._parameters: Any = {}  # the run's parameters (which image set a stage trains on)
+        self._link: tuple[str, str | None, str | None] | None = None  # (model id, dataset, digest) of a node
         self._models_on = True
 
     @hook_impl
@@ -84,27 +86,10 @@ class MlflowTrackingHook:
         self._models_on = _setting(self._config, tracking.LOG_MODELS_SETTING, True)
 
     def _tracking_uri(self) -> str:
-        """``sqlite:///mlflow.db`` is relative to the project root, wherever Kedro is started from
-        (a notebook in notebooks/ must not create a second store there)."""
-        uri = (self._config.get("server") or {}).get("mlflow_tracking_uri") or "sqlite:///mlflow.db"
-        prefix = "sqlite:///"
-        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            uri = prefix + str(self._project_path / uri[len(prefix):])
-        return uri
+        return mlflow_store.tracking_uri(self._config, self._project_path)
 
     def _experiment(self) -> dict[str, Any]:
         return (self._config.get("tracking") or {}).get("experiment") or {}
-
-    def _artifact_location(self, experiment: str) -> str:
-        """Where a new experiment keeps its files: ``mlruns/<experiment>`` under the project root
-        unless ``tracking.experiment.artifact_location`` names another folder (relative: to the
-        root; MLflow would take its default relative to the working directory) or a URI."""
-        location = str(self._experiment().get("artifact_location") or "mlruns")
-        if "://" in location:
-            return f"{location.rstrip('/')}/{experiment}"
-        path = Path(location).expanduser()
-        folder = path if path.is_absolute() else self._project_path / path
-        return (folder / re.sub(r"[^\w.-]+", "_", experiment)).as_uri()
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -160,9 +145,10 @@ class MlflowTrackingHook:
         client = MlflowClient(tracking_uri=self._tracking_uri())
         name = self._experiment().get("name") or "maskdm_pipeline"
         experiment = client.get_experiment_by_name(name)
+        wanted = mlflow_store.artifact_location(self._experiment(), self._project_path, name)
         if experiment is None:
             try:
-                experiment_id = client.create_experiment(name, artifact_location=self._artifact_location(name),
+                experiment_id = client.create_experiment(name, artifact_location=wanted,
                                                          tags={tracking.EXPERIMENT_KIND_TAG: tracking.EXPERIMENT_KIND})
             except MlflowException:  # created meanwhile by another run
                 experiment_id = client.get_experiment_by_name(name).experiment_id
@@ -170,7 +156,6 @@ class MlflowTrackingHook:
             experiment_id = experiment.experiment_id
             if tracking.EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the project set it
                 client.set_experiment_tag(experiment_id, tracking.EXPERIMENT_KIND_TAG, tracking.EXPERIMENT_KIND)
-            wanted = self._artifact_location(name)
             moved = mlflow_store.follow_artifact_location(self._tracking_uri(), experiment_id,
                                                           experiment.artifact_location, wanted)
             if moved is not None:
@@ -178,7 +163,7 @@ class MlflowTrackingHook:
                             "project, or by an earlier tracking.experiment.artifact_location); this project keeps "
                             "them in %s, and the store now says so (%d earlier runs and models too).", name,
                             experiment.artifact_location, wanted, moved)
-        parameters = catalog.load("parameters")
+        parameters = self._parameters = catalog.load("parameters")
         env = str(run_params.get("env") or "local")
         runner = _class_name(str(run_params.get("runner") or "SequentialRunner"))
         run = client.create_run(experiment_id, run_name=tracking.run_name(
@@ -212,8 +197,10 @@ class MlflowTrackingHook:
     def after_node_outputs_saved(self, node: Any, catalog: Any) -> None:
         """The project's hook spec (caching/kedro_runner.py): ``node``'s outputs are on disk, as
         this run wrote them; called in the main process under every runner."""
+        self._link = None
+        self._safely(self._log_models, sorted(node.outputs), False, True)  # first: the metrics name the model
         self._safely(self._log_outputs, sorted(node.outputs))
-        self._safely(self._log_models, sorted(node.outputs))
+        self._link = None
 
     @hook_impl
     def after_pipeline_run(self, pipeline: Any) -> None:
@@ -255,19 +242,25 @@ class MlflowTrackingHook:
         self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in sorted(tags.items())])
 
     def _log_datasets(self, names: list[str]) -> None:
-        """The image sets of :data:`tracking.DATASET_INPUTS` among ``names`` (the run's datasets)
-        as dataset inputs (``mlflow_store.log_image_sets``), once."""
-        sets = {name: path for name in names if name in tracking.DATASET_INPUTS and name not in self._logged
-                and name in self._catalog and (path := self._filepath(name)) is not None}
-        card = self._filepath("dataset_card") if "dataset_card" in self._catalog else None
-        self._logged.update(mlflow_store.log_image_sets(self._client, self._run_id, sets, card, self._shown))
+        """The image sets of :data:`tracking.DATASET_INPUTS` among ``names`` (the run's
+        datasets) as dataset inputs of the run."""
+        for name in names:
+            if name in tracking.DATASET_INPUTS and (spec := self._image_set(name)):
+                mlflow_store.log_dataset_input(self._client, self._run_id, spec)
 
-    def _log_models(self, names: list[str], only_this_session: bool = False) -> None:
+    def _image_set(self, name: str) -> dict[str, Any] | None:
+        folder = self._filepath(name) if name in self._catalog else None
+        card = self._filepath("dataset_card") if "dataset_card" in self._catalog else None
+        return None if folder is None else mlflow_store.image_set(name, folder, card, self._shown)
+
+    def _log_models(self, names: list[str], only_this_session: bool = False, link: bool = False) -> None:
         """Each trained model among ``names`` (a ``TorchCheckpointDataset``: a stage's final
         checkpoint) as a logged model of the run (``mlflow_store.log_model``), once, unless
         ``tracking.log_models`` is false. ``only_this_session``: only those whose fingerprint
         record says this run wrote them (at the end of a run: a model skipped as up to date
-        belongs to the run that trained it)."""
+        belongs to the run that trained it). ``link`` (``names``: one node's outputs): the
+        metrics of the node's other outputs (its history and accounting) will name the model
+        and the image set it trained on, which MLflow shows on the model's page."""
         from maskdm_pipeline import caching
         from maskdm_pipeline.datasets.checkpoint import TorchCheckpointDataset
 
@@ -282,10 +275,15 @@ class MlflowTrackingHook:
                 if not self._session_id or record.get("session_id") != self._session_id:
                     continue
             path = self._filepath(name)
-            if path is not None and path.is_file():
-                self._logged.add(key)
-                mlflow_store.log_checkpoint_model(self._client, self._run, name, self._catalog.get(name),
-                                                  self._shown(path))
+            if path is None or not path.is_file():
+                continue
+            self._logged.add(key)
+            model_id = mlflow_store.log_checkpoint_model(self._client, self._run, name, self._catalog.get(name),
+                                                         self._shown(path))
+            stages = [n.rpartition("_")[0] for n in names if tracking.is_accounting(n)]
+            if link and model_id and stages:
+                spec = self._image_set(tracking.training_set(stages[0], self._parameters)) or {}
+                self._link = (model_id, spec.get("name"), spec.get("digest"))
 
     def _end(self, status: str) -> None:
         self._client.set_terminated(self._run_id, status)
@@ -336,9 +334,11 @@ class MlflowTrackingHook:
                 # The dataset itself, not catalog.load: no "Loading data from ..." line per logged file.
                 data = self._catalog.get(name).load()
                 rows = tracking.metrics_of(name, data)
+                model_id, dataset, digest = self._link or (None, None, None)  # the model the node trained
                 for start in range(0, len(rows), 1000):
-                    self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, step)
-                                                                  for k, v, step in rows[start : start + 1000]])
+                    self._client.log_batch(self._run_id, metrics=[
+                        Metric(k, v, now, step, model_id=model_id, dataset_name=dataset, dataset_digest=digest)
+                        for k, v, step in rows[start : start + 1000]])
                 self._log_params(tracking.params_of(name, data))
             if tracking.is_artifact(name):
                 self._client.log_artifact(self._run_id, str(path), artifact_path="reports")

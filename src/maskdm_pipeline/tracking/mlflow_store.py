@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +25,30 @@ logger = logging.getLogger("maskdm_pipeline.tracking.mlflow_hook")  # the hook's
 # MLflow's stores kept in a SQL database (``sqlite:///mlflow.db``, ``postgresql://...``): the
 # only ones where the project can correct a location recorded by another copy of itself.
 _DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def tracking_uri(config: Mapping[str, Any], root: Path) -> str:
+    """The store of ``server.mlflow_tracking_uri`` (mlflow.yml's ``config``): a relative
+    ``sqlite:///mlflow.db`` is relative to the project ``root``, wherever Kedro is started from
+    (a notebook in notebooks/ must not create a second store there)."""
+    uri = (config.get("server") or {}).get("mlflow_tracking_uri") or "sqlite:///mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(root / uri[len(prefix):])
+    return uri
+
+
+def artifact_location(experiment: Mapping[str, Any], root: Path, name: str) -> str:
+    """Where the experiment ``name`` keeps its files: ``mlruns/<name>`` under the project
+    ``root`` unless ``tracking.experiment.artifact_location`` (``experiment``) names another
+    folder (relative: to the root; MLflow would take its default relative to the working
+    directory) or a URI."""
+    location = str(experiment.get("artifact_location") or "mlruns")
+    if "://" in location:
+        return f"{location.rstrip('/')}/{name}"
+    path = Path(location).expanduser()
+    folder = path if path.is_absolute() else root / path
+    return (folder / re.sub(r"[^\w.-]+", "_", name)).as_uri()
 
 
 def local_folder(uri: str) -> Path | None:
@@ -92,26 +117,18 @@ def follow_artifact_location(tracking_uri: str, experiment_id: str, recorded: st
     return moved
 
 
-def log_image_sets(client: Any, run_id: str, folders: Mapping[str, Path], card: Path | None,
-                   shown: Callable[[Path], str]) -> list[str]:
-    """Log the shard folders ``folders`` (catalog name -> folder) as dataset inputs of the run
-    (:func:`maskdm_pipeline.tracking.logged.dataset_input`: from each folder's ``index.json``
-    and, for the training split, the dataset card ``card``; ``shown(folder)``: its source as
-    the log shows it) and return the names of those read (an empty folder is read, not logged;
-    a folder without an index is neither)."""
+def image_set(name: str, folder: Path, card: Path | None, shown: Callable[[Path], str]) -> dict[str, Any] | None:
+    """The dataset input of the shard folder ``folder`` (the catalog's ``name``):
+    :func:`maskdm_pipeline.tracking.logged.dataset_input` of its ``index.json`` and, for the
+    training split, the dataset card at ``card``; ``shown(folder)``: its source as the log shows
+    it. None for an empty folder or one without a readable index (nothing to log)."""
     from maskdm_pipeline.shards.format import INDEX
 
-    card_data = _read_json(card) if card is not None else None
-    read = []
-    for name, folder in folders.items():
-        index = _read_json(folder / INDEX)
-        if index is None:
-            continue
-        read.append(name)
-        spec = tracking.dataset_input(name, index, card_data if name == "primary_train" else None, shown(folder))
-        if spec is not None:
-            log_dataset_input(client, run_id, spec)
-    return read
+    index = _read_json(folder / INDEX)
+    if index is None:
+        return None
+    card_data = _read_json(card) if card is not None and name == "primary_train" else None
+    return tracking.dataset_input(name, index, card_data, shown(folder))
 
 
 def _read_json(path: Path) -> Any:
@@ -143,10 +160,10 @@ def log_dataset_input(client: Any, run_id: str, spec: Mapping[str, Any]) -> None
                                                                               spec["context"])])])
 
 
-def log_checkpoint_model(client: Any, run: Any, name: str, dataset: Any, shown: str) -> None:
+def log_checkpoint_model(client: Any, run: Any, name: str, dataset: Any, shown: str) -> str | None:
     """Log the checkpoint that ``dataset`` (the catalog's ``name``, at ``shown``) holds as a logged
-    model of ``run`` (:func:`log_model`) and say so in the log. A model MLflow cannot save gives
-    one warning and no error: the rest of the run is still tracked."""
+    model of ``run`` (:func:`log_model`), say so in the log and return its id. A model MLflow
+    cannot save gives one warning and None, no error: the rest of the run is still tracked."""
     state = dataset.load()
     try:
         model_id = log_model(client, run, name, state, tracking.model_params(state["config"]))
@@ -155,9 +172,10 @@ def log_checkpoint_model(client: Any, run: Any, name: str, dataset: Any, shown: 
         logger.warning("MLflow: the model %s was not logged (%s: %s); the run goes on and %s is kept. Set "
                        "tracking.%s: false in conf/*/mlflow.yml to stop logging models.", name, type(exc).__name__,
                        text.splitlines()[0] if text else "", shown, tracking.LOG_MODELS_SETTING)
-        return
+        return None
     logger.info("MLflow: logged model %s (%s, step %s): mlflow.pytorch.load_model('models:/%s')", name, shown,
                 state["step"], model_id)
+    return model_id
 
 
 def log_model(client: Any, run: Any, name: str, state: Mapping[str, Any], params: Mapping[str, str]) -> str:
