@@ -39,6 +39,12 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     them leaves the old folder whole in the hidden sibling). The parent folder is fsynced so the
     rename itself survives a power cut.
 
+    A ``path`` that is a symbolic link, or lies in a linked folder (a data folder the user put on
+    another disk: ``data/06_models -> /disk2/models``), is written where the link points: the
+    hidden sibling lies beside the link's target and replaces it, and the link stays a link. A
+    rename over the link itself would replace it with a real file or folder, and the next run
+    would write on the project's disk.
+
     If the block raises (``KeyboardInterrupt`` included), the hidden sibling is removed and
     ``path`` is untouched. A ``kill -9`` can leave the hidden sibling behind; the next
     ``atomic_write`` to the same ``path`` removes it, so there must be one writer per path at a
@@ -49,7 +55,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         FileNotFoundError: the block wrote nothing at the yielded path.
         OSError: writing, fsyncing or renaming failed (disk full, read-only folder, ...).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through every link: the target is replaced, never the link
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
@@ -109,8 +115,9 @@ def _alive(pid: int) -> bool:
 
 
 def _replace_folder(new: Path, path: Path) -> None:
-    if not (path.is_dir() and not path.is_symlink()):
-        if path.exists() or path.is_symlink():
+    """Swap the folder ``new`` in at ``path`` (no link: :func:`atomic_write` resolved them)."""
+    if not path.is_dir():
+        if path.exists():
             path.unlink()
         os.rename(new, path)
     elif not _exchange(new, path):

@@ -8,6 +8,7 @@ writes left behind. The MLflow hook is in
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ class TemporaryFilesHook:
     and a ``kill -9`` during a save leaves its ``.<name>.<pid>-<random>.tmp`` behind. Only those
     whose writer is gone are removed (``atomic.remove_stale_temporaries``), so a second run in
     the same project is safe. Folders are not searched below their first level (a folder of
-    raw images can be large)."""
+    raw images can be large). A linked output (a folder on another disk) is written beside the
+    link's target, so that folder is searched too."""
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
@@ -85,6 +87,7 @@ class TemporaryFilesHook:
             path = dataset_path(catalog.get(name))
             if path is not None:
                 folders.update((path.parent, path) if path.is_dir() else (path.parent,))
+                folders.add(Path(os.path.realpath(path)).parent)  # where atomic_write puts a linked output's
         for folder in sorted(folders):
             for removed in remove_stale_temporaries(folder):
                 logger.info("Removed %s, left by a write that was killed before it finished.", removed)

@@ -31,6 +31,7 @@ FLOORS = {
     "pipelines": 4,
     **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "caching", "project", "__main__"), 5),
     "tracking.mlflow_hook": 5,  # a module on a floor of its own: tracking/ is a room, its hook is wiring
+    "tracking.mlflow_store": 5,  # what the hook writes into the MLflow store: wiring too
 }
 MATH = ("models", "masking", "diffusion", "metrics")
 NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic", "codegraph")
@@ -151,6 +152,7 @@ def test_kedro_only_in_datasets_pipeline_files_and_wiring() -> None:
 
 
 def test_mlflow_only_in_the_mlflow_hook() -> None:
-    """What is logged is decided without MLflow (tracking/logged.py); only the hook talks to it."""
+    """What is logged is decided without MLflow (tracking/logged.py); only the hook (and the
+    module it writes the store's entities with) talks to it."""
     users = {name for name, modules in graph().items() if any(m.split(".")[0] == "mlflow" for m in modules)}
-    assert users == {"maskdm_pipeline.tracking.mlflow_hook"}
+    assert users == {"maskdm_pipeline.tracking.mlflow_hook", "maskdm_pipeline.tracking.mlflow_store"}
