@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from maskdm_pipeline import __version__, codegraph
-from maskdm_pipeline.tracking import flatten
+from maskdm_pipeline.dotted import flatten
 
 __all__ = ["FORMAT", "SPEED_ONLY_KEYS", "UNKEYED_LIBRARIES", "code_identity", "file_digest", "files_read",
            "fingerprint", "folder_digest", "folder_listing", "key_document", "listing_digest", "reads_files",

@@ -21,11 +21,11 @@ import pandas as pd
 from click import ClickException
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
+from maskdm_pipeline.dotted import flatten
 from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.fileio import CheckpointError
 from maskdm_pipeline.listing import shown as _shown  # `shown` is a local name below
 from maskdm_pipeline.params import StageParams
-from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
 from maskdm_pipeline.training.config import DiffusionConfig, MaskConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.distributed import NODE_RANK

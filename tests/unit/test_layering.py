@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 # Floor of each top-level room of the package (the package root itself holds only __version__).
 FLOORS = {
     "": 0,
-    **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing",
+    **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing", "dotted",
                      "pool", "atomic", "codegraph"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "conversion", "splitting",
                      "reporting", "tracking", "fingerprint", "workers"), 1),
@@ -34,7 +34,7 @@ FLOORS = {
     "tracking.mlflow_store": 5,  # what the hook writes into the MLflow store: wiring too
 }
 MATH = ("models", "masking", "diffusion", "metrics")
-NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic", "codegraph")
+NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic", "codegraph", "dotted")
 # Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
 KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "__main__",
                  "tracking.mlflow_hook")

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel
+
+from maskdm_pipeline.dotted import flatten
 
 # The experiment's kind: MLflow's UI opens an experiment without it in its generative-AI view
 # (traces, judges, prompts); this one trains models.
@@ -83,28 +84,6 @@ def train_key(stage: str, column: str) -> str:
 def cost_key(stage: str, key: str) -> str:
     """``cost.baseline.wall_time_s``: a stage's accounting total (see the namespaces above)."""
     return f"{COST_NAMESPACE}.{stage}.{key}"
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted names of ``--params``, of the parameter
-    messages and of MLflow. A parameter block Kedro has turned into a model flattens as the
-    mapping it was given as; keys that already contain dots are kept as is.
-
-    Our own ten lines, not ``pandas.json_normalize``: that one goes through a DataFrame, so null
-    comes back as NaN and numbers as numpy scalars.
-    """
-    if isinstance(tree, BaseModel):
-        tree = tree.model_dump(mode="json", exclude_unset=True)
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json", exclude_unset=True)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],

@@ -25,7 +25,8 @@ from kedro.framework.hooks import hook_impl
 
 from maskdm_pipeline import tracking
 from maskdm_pipeline.caching.records import dataset_path
-from maskdm_pipeline.tracking import flatten, mlflow_store
+from maskdm_pipeline.dotted import flatten
+from maskdm_pipeline.tracking import mlflow_store
 
 logger = logging.getLogger(__name__)
 
