@@ -2,7 +2,7 @@
 with ``ast``, so lazy imports inside functions count too) points to its own floor or below.
 
 From the bottom: math (models, masking, diffusion, metrics) and the neutral modules (fileio,
-devices, shards, listing, pool, atomic); the rooms, with training/ and datasets/ side by side;
+devices, shards, listing, pool, atomic, runlock); the rooms, with training/ and datasets/ side by side;
 params.py; train_stage.py; the stages (pipelines/<stage>/); the wiring. The one import by name,
 ``datasets/__init__.py``'s lazy ``importlib.import_module``, loads that package's own modules.
 """
@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 FLOORS = {
     "": 0,
     **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing",
-                     "pool", "atomic"), 0),
+                     "pool", "atomic", "runlock"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "conversion", "splitting",
                      "reporting", "tracking", "fingerprint", "workers"), 1),
     "params": 2,
@@ -31,7 +31,7 @@ FLOORS = {
     "tracking.mlflow_hook": 5,  # a module on a floor of its own: tracking/ is a room, its hook is wiring
 }
 MATH = ("models", "masking", "diffusion", "metrics")
-NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic")
+NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic", "runlock")
 # Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
 KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "__main__",
                  "tracking.mlflow_hook")
