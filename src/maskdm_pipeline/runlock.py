@@ -115,8 +115,9 @@ class Holder:
 
     @classmethod
     def of_this_process(cls, job: str | None) -> Holder:
-        argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
-        command = shlex.join(argv)
+        head = sys.argv[0] if sys.argv else ""
+        program = [Path(sys.executable).name, "-c", "…"] if head == "-c" else [Path(head).name or "python"]
+        command = shlex.join([*program, *sys.argv[1:]])
         return cls(host=host_name(), boot=_boot_id(), pid=os.getpid(), start=_start_token(os.getpid()),
                    command=command if len(command) <= 400 else command[:399] + "…", job=job,
                    started=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
