@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import os
@@ -123,6 +124,7 @@ class Holder:
                    started=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
+@functools.cache
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -244,16 +246,18 @@ class RunLock:
             guard = filelock.SoftFileLease(self.folder / GUARD, lease_duration=GUARD_LEASE_S)
             guard.acquire(timeout=GUARD_TIMEOUT_S)
         except filelock.Timeout:
-            raise RunLockError(f"the guard {self.folder / GUARD} of the run lock stayed held for "
+            raise RunLockError(f"the guard {shown(self.folder / GUARD)} of the run lock stayed held for "
                                f"{GUARD_TIMEOUT_S:.0f} s") from None
         except OSError as exc:
-            raise RunLockError(f"cannot write the run lock {self.folder}: {exc.strerror or exc}") from exc
+            raise RunLockError(f"cannot write the run lock {shown(self.folder)}: {exc.strerror or exc}") from exc
         try:
             try:
                 now = (self.folder / GUARD).stat().st_mtime
             except OSError:
                 now = time.time()
             yield now
+        except OSError as exc:  # writing a record or the index (a full disk, a read-only folder)
+            raise RunLockError(f"cannot write the run lock {shown(self.folder)}: {exc.strerror or exc}") from exc
         finally:
             guard.release()
 

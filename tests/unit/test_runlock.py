@@ -229,3 +229,28 @@ def test_another_machines_temporary_is_kept_while_that_machine_holds_a_live_leas
     old = time.time() - 2 * LEASE_S
     assert not judge(node.host, old), "a node of the job holds a live lease on that machine"
     assert judge("node-9", old) and not judge("node-9", time.time() - 5)
+
+
+# ---------------------------------------------------------------------------- the session
+def test_the_nodes_of_one_job_compute_one_key_and_other_runs_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job key: None on one node; for several, the same from the same endpoint, node count,
+    environment, selection and SLURM job whatever the other parameters; another for each of
+    those that differs."""
+    from maskdm_pipeline.caching.session import run_job
+
+    def params(**trainer: object) -> dict[str, object]:
+        return {"trainer": {"nnodes": 2, "rdzv_endpoint": "node0:29400", **trainer}, "pretrain": {"lr": 0.002}}
+
+    pretrain = {"pipeline_names": ["pretrain"]}
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert run_job(params(nnodes=1), "smoke", pretrain) is None
+    assert run_job(params(rdzv_endpoint=None), "smoke", pretrain) is None
+    key = run_job(params(), "smoke", pretrain)
+    assert key is not None and run_job({**params(), "pretrain": {"lr": 0.001}}, "smoke", pretrain) == key
+    others = [run_job(params(rdzv_endpoint="node0:29500"), "smoke", pretrain),
+              run_job(params(nnodes=3), "smoke", pretrain), run_job(params(), "local", pretrain),
+              run_job(params(), "smoke", {"pipeline_names": ["report"]})]
+    monkeypatch.setenv("SLURM_JOB_ID", "4711")
+    others.append(run_job(params(), "smoke", pretrain))
+    assert len({key, *others}) == 6
+
