@@ -7,18 +7,18 @@ Why a session and not a hook or Kedro's own ``--only-missing-outputs`` filter: t
 decides every node before anything runs, from ``exists()`` alone, so it can neither see that an
 output is stale nor wait to see whether an upstream rerun changed its output (early cut-off); and
 a hook cannot skip a node (``before_node_run`` runs after the inputs are loaded and can only
-replace them) nor change the pipeline a runner runs.
-
-The session also takes the project's run lock (:mod:`maskdm_pipeline.runlock`) for the length of
-``run``: after the parameters are validated, before the catalog is made and before any pipeline
-hook (the removal of killed writes' temporaries, MLflow) or node, so a run refused because
-another one is writing touches nothing. Only ``run`` takes it: commands that only read
-(``kedro viz``, ``kedro catalog``, a notebook's catalog) never do. Here the decision for a part is taken when
+replace them) nor change the pipeline a runner runs. Here the decision for a part is taken when
 every part before it has finished, then Kedro's runner runs the parts that must run, with the
 same catalog and hooks: node and dataset hooks fire as usual, the pipeline hooks once per
 ``kedro run`` (the session calls them), ``ParallelRunner`` still gets its shared-memory catalog
 (the runner keeps its class, subclassed), and ``--only-missing-outputs`` follows the same rule
 (a stale output counts as missing).
+
+The session also takes the project's run lock (:mod:`maskdm_pipeline.runlock`) for the length of
+``run``: after the parameters are validated, before the catalog is made and before any pipeline
+hook (the removal of killed writes' temporaries, MLflow) or node, so a run refused because
+another one is writing touches nothing. Only ``run`` takes it: commands that only read
+(``kedro viz``, ``kedro catalog``, a notebook's catalog) never do.
 """
 
 from __future__ import annotations
