@@ -184,6 +184,19 @@ def test_a_killed_guard_holder_on_this_machine_does_not_block(lock_folder: Path)
     assert time.monotonic() - started < 5
 
 
+
+def test_a_lock_that_cannot_be_written_is_an_error_naming_it(tmp_path: Path) -> None:
+    """data/ is a file, or the index cannot be replaced: RunLockError (the session's one line),
+    never a traceback, and no guard is left behind."""
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(runlock.RunLockError, match=r"cannot write the run lock .*\.run-lock"):
+        RunLock.acquire(tmp_path / "data" / ".run-lock")
+    folder = tmp_path / "other" / ".run-lock"
+    (folder / "holders.json").mkdir(parents=True)  # a folder where the index goes
+    with pytest.raises(runlock.RunLockError, match="cannot"):
+        RunLock.acquire(folder)
+    assert not (folder / runlock.GUARD).exists() and runlock.current() is None
+
 # ---------------------------------------------------------------------------- temporaries
 def _temporary(folder: Path, name: str, pid: int, host: str | None = None, age: float = 0.0) -> Path:
     path = folder / (f".{name}.{pid}@{host}-r4nd0m.tmp" if host else f".{name}.{pid}-r4nd0m.tmp")
