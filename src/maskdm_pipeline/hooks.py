@@ -1,5 +1,6 @@
-"""Project hooks: release a training stage's resume slot once its final checkpoint is saved;
-remove what killed writes left behind. The MLflow hook is in
+"""Project hooks: refuse a run whose nodes need a GPU this machine lacks, before any node runs;
+release a training stage's resume slot once its final checkpoint is saved; remove what killed
+writes left behind. The MLflow hook is in
 :mod:`maskdm_pipeline.tracking.mlflow_hook`; the parameters are validated as the context is made
 (:class:`maskdm_pipeline.project.ProjectContext`).
 """
@@ -92,3 +93,34 @@ class TemporaryFilesHook:
         for folder in sorted(folders):
             for removed in remove_stale_temporaries(folder, foreign):
                 logger.info("Removed %s, left by a write that was killed before it finished.", removed)
+
+
+class DeviceCheckHook:
+    """Refuses, before any node runs, a ``kedro run`` whose nodes compute on a device this machine
+    lacks (``trainer.device: cuda`` without a GPU, more ``trainer.nproc`` than GPUs), with the
+    one ``Error:`` line of :meth:`TrainerConfig.check_hardware`.
+
+    Only runs that include a node reading ``params:trainer`` (training, sampling, evaluation) are
+    checked: a GPU configuration still validates and preprocesses on a laptop
+    (``--pipelines preprocess``). Checked as the run starts, and first among the hooks
+    (``tryfirst``), so that no MLflow run is opened for a run that cannot start; the parameter
+    schema cannot do it, as it does not know which nodes will run.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._trainer = context.validated_params.trainer
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline: Any) -> None:
+        from maskdm_pipeline.params import ParameterError
+
+        if self._trainer is None or not any("params:trainer" in node.inputs for node in pipeline.nodes):
+            return
+        try:
+            self._trainer.check_hardware()
+        except ValueError as exc:
+            raise ParameterError(f"{exc}. Nothing was run.") from None

@@ -114,6 +114,11 @@ class MlflowTrackingHook:
             logger.info("MLflow tracking is off for this run: tracking.disable_tracking.pipelines lists %s "
                         "(conf/*/mlflow.yml).", ", ".join(sorted(off)))
             return
+        missing = _mlflow_import_error()
+        if missing is not None:
+            logger.warning("MLflow cannot be imported (%s): this run is not tracked. The pipeline goes on and every "
+                           "output is still written under data/; `pip install mlflow` to track runs.", missing)
+            return
         # Fail fast instead of retrying for minutes when a tracking server is down.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -285,6 +290,16 @@ class MlflowTrackingHook:
 
     def _filepath(self, name: str) -> Path | None:
         return dataset_path(self._catalog.get(name)) if self._catalog is not None else None
+
+
+def _mlflow_import_error() -> str | None:
+    """None when MLflow imports, else why not (it is an optional part of a run: a GPU machine
+    without a package index may lack it, benchmarks/README.md "GPU")."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
 
 
 def _written_node_rank(outputs: Mapping[str, Any]) -> int | None:

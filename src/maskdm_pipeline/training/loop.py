@@ -87,6 +87,13 @@ class TrainProcess:
         # fp16 has too little range for small gradients; bf16 has fp32's range and needs no scaler.
         self.scaler = torch.amp.GradScaler(self.device.type) if trainer.precision == "fp16" else None
         self.loss_fn, num_timesteps = build_loss(job.diffusion, job.mask, self.device)
+        # Gradients and AdamW's two moments are allocated at the first step: keep room for them.
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        resident = process.resident_images(self.images, self.device, reserved=3 * weights)
+        if resident is not None:
+            self.images = resident
+        if self.reports:
+            logger.info("%s: training on %s", self.name, self._where(resident is not None))
 
         grid = int(self.model.grid_size)
         self.tokens_per_image = grid * grid
@@ -153,13 +160,12 @@ class TrainProcess:
         x0 = process.images_to_device(self.images, draws.indices, self.device)  # (b, C, H, W)
         if draws.flip is not None:
             x0 = process.flip_horizontally(x0, draws.flip)
-        t = draws.t.to(self.device, non_blocking=True)
+        t = devices.to_device(draws.t, self.device)
         with self.autocast:
             if draws.mask is None:
                 loss = self.loss_fn(self.train_model, x0, t=t, noise=draws.noise)
-            else:
-                mask = draws.mask.to(self.device, non_blocking=True)
-                loss = self.loss_fn(self.train_model, x0, mask, t=t, noise=draws.noise)
+            else:  # the mask stays on the CPU: the model takes the visible positions from it
+                loss = self.loss_fn(self.train_model, x0, draws.mask, t=t, noise=draws.noise)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
@@ -310,6 +316,19 @@ class TrainProcess:
         })
 
     # ------------------------------------------------------------------ messages
+    def _where(self, resident: bool) -> str:
+        """Device, precision, compilation and processes; on a GPU, where the images are read."""
+        trainer = self.trainer
+        where = (f"{devices.describe(self.device)}, {trainer.precision}{', compiled' if trainer.compile else ''}, "
+                 f"{self.world_size} process{'es' if self.world_size > 1 else ''}")
+        if self.device.type != "cuda":
+            return where
+        size = f"{self.images.shape[0] * math.prod(self.images.shape[1:]) / 2**30:.2f} GiB"
+        if resident:
+            return f"{where}; the training images ({size}) stay on the GPU"
+        return (f"{where}; the training images ({size}) are gathered on the host and copied per batch (more "
+                f"than {process.RESIDENT_FRACTION:.0%} of the GPU's free memory)")
+
     def _report(self, record: dict[str, Any], bar: Any) -> None:
         if not self.reports:
             return
