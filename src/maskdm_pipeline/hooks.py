@@ -71,14 +71,17 @@ class CheckpointSlotHook:
 class TemporaryFilesHook:
     """Every run starts by removing the hidden temporaries that killed writes left beside (and
     inside) the catalog's files and folders: ``atomic.atomic_write`` writes aside and swaps in,
-    and a ``kill -9`` during a save leaves its ``.<name>.<pid>-<random>.tmp`` behind. Only those
-    whose writer is gone are removed (``atomic.remove_stale_temporaries``), so a second run in
-    the same project is safe. Folders are not searched below their first level (a folder of
-    raw images can be large). A linked output (a folder on another disk) is written beside the
-    link's target, so that folder is searched too."""
+    and a ``kill -9`` during a save leaves its ``.<name>.<pid>@<host>-<random>.tmp`` behind. Only
+    those whose writer is gone are removed (``atomic.remove_stale_temporaries``): on this machine
+    a writer whose process is gone; on another machine (the nodes of a job on a shared folder) one
+    that holds no live lease in the run lock this run holds (``runlock.RunLock.foreign_writer_gone``)
+    and whose temporary has not changed for a lease. Folders are not searched below their first
+    level (a folder of raw images can be large). A linked output (a folder on another disk) is written
+    beside the link's target, so that folder is searched too."""
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        from maskdm_pipeline import runlock
         from maskdm_pipeline.atomic import remove_stale_temporaries
         from maskdm_pipeline.caching.records import dataset_path
 
@@ -88,8 +91,10 @@ class TemporaryFilesHook:
             if path is not None:
                 folders.update((path.parent, path) if path.is_dir() else (path.parent,))
                 folders.add(Path(os.path.realpath(path)).parent)  # where atomic_write puts a linked output's
+        lock = runlock.current()
+        foreign = None if lock is None else lock.foreign_writer_gone()
         for folder in sorted(folders):
-            for removed in remove_stale_temporaries(folder):
+            for removed in remove_stale_temporaries(folder, foreign):
                 logger.info("Removed %s, left by a write that was killed before it finished.", removed)
 
 

@@ -3,8 +3,8 @@ with ``ast`` by ``maskdm_pipeline.codegraph``, so lazy imports inside functions 
 its own floor or below.
 
 From the bottom: math (models, masking, diffusion, metrics) and the neutral modules (fileio,
-devices, shards, listing, pool, atomic, codegraph); the rooms, with training/ and datasets/ side by side;
-params.py; train_stage.py; the stages (pipelines/<stage>/); the wiring. The one import by name,
+devices, shards, listing, pool, atomic, codegraph, runlock); the rooms, with training/ and datasets/
+side by side; params.py; train_stage.py; the stages (pipelines/<stage>/); the wiring. The one import by name,
 ``datasets/__init__.py``'s lazy ``importlib.import_module``, counts as an import of every module of
 that package.
 """
@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 FLOORS = {
     "": 0,
     **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing", "dotted",
-                     "pool", "atomic", "codegraph"), 0),
+                     "pool", "atomic", "codegraph", "runlock"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "conversion", "splitting",
                      "reporting", "tracking", "fingerprint", "workers"), 1),
     "params": 2,
@@ -34,7 +34,7 @@ FLOORS = {
     "tracking.mlflow_store": 5,  # what the hook writes into the MLflow store: wiring too
 }
 MATH = ("models", "masking", "diffusion", "metrics")
-NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic", "codegraph", "dotted")
+NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic", "codegraph", "dotted", "runlock")
 # Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
 KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "__main__",
                  "tracking.mlflow_hook")
