@@ -32,7 +32,7 @@ from click import ClickException
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from maskdm_pipeline.diffusion.samplers import SAMPLERS, validate_sampling
-from maskdm_pipeline.tracking import flatten
+from maskdm_pipeline.dotted import flatten
 from maskdm_pipeline.training.config import (
     DiffusionConfig,
     Frozen,

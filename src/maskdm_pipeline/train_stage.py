@@ -21,11 +21,11 @@ import pandas as pd
 from click import ClickException
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
+from maskdm_pipeline.dotted import flatten
 from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.fileio import CheckpointError
 from maskdm_pipeline.listing import shown as _shown  # `shown` is a local name below
 from maskdm_pipeline.params import StageParams
-from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
 from maskdm_pipeline.training.config import DiffusionConfig, MaskConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.distributed import NODE_RANK
@@ -35,6 +35,7 @@ from maskdm_pipeline.training.job import (
     NonFiniteLossError,
     TrainingInterrupted,
     TrainJob,
+    WorkerFailed,
 )
 from maskdm_pipeline.training.resume import ResumeMismatchError, check_resume
 
@@ -87,6 +88,14 @@ class StageWriteError(ClickException):
 class StageNodesError(NodesError, ClickException):
     """Several nodes could not start or go on together; the message names the parameter or host,
     what was kept and what to do (training/multinode.py)."""
+
+    def __init__(self, message: str) -> None:
+        ClickException.__init__(self, message)
+
+
+class StageWorkerFailed(WorkerFailed, ClickException):
+    """A worker process died and ``trainer.max_restarts`` was used up; the message names the rank,
+    how it died, the last periodic checkpoint and what to do (training/restarts.py)."""
 
     def __init__(self, message: str) -> None:
         ClickException.__init__(self, message)
@@ -190,6 +199,8 @@ def train_stage(
         raise _interrupted(name, exc, slot, resumes=params.resume) from None
     except NodesError as exc:
         raise StageNodesError(str(exc)) from None
+    except WorkerFailed as exc:
+        raise StageWorkerFailed(str(exc)) from None
     except NonFiniteLossError as exc:
         advice = ""
         if slot.exists() and params.resume:

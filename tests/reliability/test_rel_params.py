@@ -306,3 +306,39 @@ def test_finetune_refuses_a_checkpoint_of_another_resolution_preset_or_predictio
         assert "\n" not in message and "`kedro run --pipelines pretrain,finetune`" in message
         assert isinstance(info.value, ClickException) and info.value.exit_code == 2
         assert not Path(slot.path).exists(), "training started although the weights do not fit"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
+def test_cli_refuses_cuda_without_a_gpu_before_any_work(make_project):
+    """`trainer.device=cuda` on a machine without a GPU: one Error: line, exit status 2, no node
+    run (not even preprocessing, which would run first) and no file under data/ touched."""
+    project = make_project()
+    before = project.snapshot()
+    code, output = project.run(params={"trainer.device": "cuda"}, timeout=120)
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert code == 2, output[-3000:]
+    assert errors == ["Error: trainer.device='cuda': CUDA was requested but torch sees no GPU; use auto or "
+                      "cpu. Nothing was run."], output[-3000:]
+    assert "Traceback" not in output and "Running node" not in squash(output)
+    assert "MLflow run" not in squash(output), "no MLflow run is opened for a run that cannot start"
+    assert project.snapshot() == before
+
+
+def test_the_device_check_looks_only_at_runs_that_use_the_device(monkeypatch):
+    """In process: a run of nodes that read ``params:trainer`` is refused on a CUDA config without
+    a GPU; preprocessing alone (no such node) is not, so a GPU config still preprocesses here."""
+    from types import SimpleNamespace
+
+    from maskdm_pipeline.hooks import DeviceCheckHook
+    from maskdm_pipeline.training import TrainerConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    hook = DeviceCheckHook()
+    hook.after_context_created(SimpleNamespace(validated_params=SimpleNamespace(trainer=TrainerConfig(device="cuda"))))
+    preprocess = SimpleNamespace(nodes=[SimpleNamespace(inputs=["raw_images", "params:preprocess"])])
+    training = SimpleNamespace(nodes=[*preprocess.nodes, SimpleNamespace(inputs=["primary_train", "params:trainer"])])
+    hook.before_pipeline_run(pipeline=preprocess)
+    with pytest.raises(ParameterError, match=r"^trainer.device='cuda': CUDA was requested .* Nothing was run\.$"):
+        hook.before_pipeline_run(pipeline=training)
+    hook.after_context_created(SimpleNamespace(validated_params=SimpleNamespace(trainer=TrainerConfig(device="auto"))))
+    hook.before_pipeline_run(pipeline=training)  # auto falls back to the CPU

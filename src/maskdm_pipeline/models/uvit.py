@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdm_pipeline.models.patching import keep_visible, unpatchify
+from maskdm_pipeline.devices import to_device
+from maskdm_pipeline.models.patching import take_tokens, unpatchify, visible_index
 
 __all__ = ["UViT", "check_dense_blocks", "timestep_embedding"]
 
@@ -238,21 +239,21 @@ class UViT(nn.Module):
         x = self.patch_embed(x_t).flatten(2).transpose(1, 2)  # (B, N, D), raster order (h w)
         time_token = timestep_embedding(t, self.embed_dim).to(x.dtype)[:, None]  # (B, 1, D)
         x = torch.cat([time_token, x], dim=1) + self.pos_embed  # (B, 1+N, D)
-        drop = None
+        keep = None  # (B, 1+N_vis) positions of the visible tokens, when masked
         if mask is not None:
-            mask = mask.to(x.device)  # masks are usually drawn on the CPU (data side)
             # Prepend "not masked" for the time token so it always survives (section 1 step 5).
-            keep_time = torch.zeros(b, 1, dtype=torch.bool, device=x.device)
-            drop = torch.cat([keep_time, mask], dim=1)  # (B, 1+N), True = masked
+            # Where the mask is (the training loop's are drawn on the CPU: no GPU synchronisation).
+            keep_time = torch.zeros(b, 1, dtype=torch.bool, device=mask.device)
+            keep = to_device(visible_index(torch.cat([keep_time, mask], dim=1)), x.device)
 
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.in_blocks):
-            if i == dense_blocks and drop is not None:
-                x, skips = _drop_masked(x, skips, drop)  # (B, 1+N_vis, D) from here on
+            if i == dense_blocks and keep is not None:
+                x, skips = _drop_masked(x, skips, keep)  # (B, 1+N_vis, D) from here on
             x = block(x)  # (B, L, D)
             skips.append(x)
-        if dense_blocks == len(self.in_blocks) and drop is not None:
-            x, skips = _drop_masked(x, skips, drop)  # every in-block was dense
+        if dense_blocks == len(self.in_blocks) and keep is not None:
+            x, skips = _drop_masked(x, skips, keep)  # every in-block was dense
         x = self.mid_block(x)  # (B, L, D)
         for block in self.out_blocks:
             # LIFO: the last in-block's output feeds the first out-block (U-ViT long skips).
@@ -351,8 +352,9 @@ class UViT(nn.Module):
 
 
 def _drop_masked(
-    x: torch.Tensor, skips: list[torch.Tensor], drop: torch.Tensor
+    x: torch.Tensor, skips: list[torch.Tensor], keep: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Keep the visible tokens of ``x`` (B, 1+N, D) and of the long skips taken so far, each
-    -> (B, 1+N_vis, D); ``drop`` (B, 1+N) is True for masked tokens (never the time token)."""
-    return keep_visible(x, drop), [keep_visible(skip, drop) for skip in skips]
+    -> (B, 1+N_vis, D); ``keep`` (B, 1+N_vis) int64 are their positions (the time token's, 0,
+    always among them)."""
+    return take_tokens(x, keep), [take_tokens(skip, keep) for skip in skips]

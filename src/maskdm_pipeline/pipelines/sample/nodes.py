@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from maskdm_pipeline import generation
-from maskdm_pipeline.devices import resolve_device
+from maskdm_pipeline.devices import describe, resolve_device
 from maskdm_pipeline.params import SampleParams
 from maskdm_pipeline.training.config import TrainerConfig
 
@@ -45,8 +45,8 @@ def draw_samples(
         precision=trainer.precision,
         nproc=trainer.nproc,
     )
-    logger.info("Sampled %d images in %.1f s (%s, %s steps)", len(images), timing["seconds"],
-                params.sampler, params.steps)
+    logger.info("Sampled %d images in %.1f s (%s, %s steps) on %s, %s", len(images), timing["seconds"],
+                params.sampler, params.steps, describe(device), trainer.precision)
     grid = Image.fromarray(generation.image_grid(images[:GRID_SIZE]))
     pngs = {f"{i:06d}": Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
             for i, img in enumerate(images)}
