@@ -3,6 +3,7 @@ installed package (``src/maskdm_pipeline``), and not of any of the three folders
 
 - :func:`make_project_copy`: a throw-away copy of this Kedro project, where a real ``kedro run``
   cannot touch the repository's own ``data/`` or ``mlflow.db``;
+- :func:`kedro_command`: the ``kedro`` command as a user starts it, from the interpreter in use;
 - :func:`machine_info`, :func:`cpu_name`, :func:`load_average`: what a timing was measured on,
   recorded beside every benchmark and experiment result.
 
@@ -18,13 +19,14 @@ import datetime as dt
 import os
 import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LAYERS", "PROJECT_ROOT", "cpu_name", "load_average", "machine_info",
+__all__ = ["LAYERS", "PROJECT_ROOT", "cpu_name", "kedro_command", "load_average", "machine_info",
            "make_project_copy"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -56,6 +58,14 @@ def make_project_copy(dest: Path, project_root: Path = PROJECT_ROOT, *, copy_src
     for layer in LAYERS:
         (dest / "data" / layer).mkdir(parents=True)
     return dest
+
+
+def kedro_command() -> list[str]:
+    """``kedro`` as a user starts it: the console script beside this interpreter, else
+    ``python -m kedro`` (a ``pip install --target`` puts the scripts elsewhere, as on a machine
+    where the project's dependencies are carried as wheels)."""
+    script = Path(sys.executable).with_name("kedro")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kedro"]
 
 
 def cpu_name() -> str:

@@ -20,7 +20,6 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from devkit import PROJECT_ROOT, make_project_copy
+from devkit import PROJECT_ROOT, kedro_command, make_project_copy
 from maskdm_pipeline.conversion import Conversion
 from maskdm_pipeline.datasets import ShardDataset
 from maskdm_pipeline.listing import scan_folder
@@ -301,8 +300,7 @@ def memory_run(n: int, nprocs: tuple[int, ...] = (1, 2), steps: int = 20,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """``kedro run --pipelines preprocess`` then ``pretrain`` (``steps`` steps) per ``nproc`` on
     ``n`` generated 64x64 RGB JPEGs, in a throw-away project copy; each measured by :func:`measured`."""
-    kedro = Path(sys.executable).with_name("kedro")
-    base_cmd = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
+    base_cmd = kedro_command()
     env = dict(os.environ, KEDRO_DISABLE_TELEMETRY="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     params = ("preprocess.resolution=64,preprocess.channels=3,trainer.device=cpu,"
               f"pretrain.steps={steps},pretrain.log_every=10,pretrain.checkpoint_every=0")

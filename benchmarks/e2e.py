@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devkit import make_project_copy
+from devkit import kedro_command, make_project_copy
 
 PIPELINES = ("preprocess", "pretrain", "baseline", "finetune", "sample", "evaluate", "report")
 
@@ -42,8 +42,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str], log: Path,
 def bench_e2e(env_name: str | None, threads: int | None, timeout_s: float,
               pipelines: tuple[str, ...] = PIPELINES) -> dict[str, Any]:
     """Each pipeline as ``kedro run --pipelines <name>`` in order, in a temporary project copy."""
-    kedro = Path(sys.executable).with_name("kedro")
-    base_cmd = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
+    base_cmd = kedro_command()
     env = dict(os.environ, KEDRO_DISABLE_TELEMETRY="1", PYTHONWARNINGS="ignore")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

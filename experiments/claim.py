@@ -26,7 +26,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from devkit import cpu_name, make_project_copy
+from devkit import cpu_name, kedro_command, make_project_copy
 from maskdm_pipeline import reporting
 from maskdm_pipeline.models import build_uvit
 
@@ -113,9 +112,8 @@ def kedro_run(root: Path, args: list[str], threads: int) -> None:
     """``kedro run <args>`` in ``root``, as a user runs it; the log goes to ``root/run.log``."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    kedro = Path(sys.executable).with_name("kedro")
     with open(root / "run.log", "a") as log:
-        subprocess.run([str(kedro), "run", *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        subprocess.run([*kedro_command(), "run", *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                        check=True)
 
 
@@ -169,10 +167,38 @@ def run_one(scale: str, seed: int, workdir: Path, extra: dict[str, Any], threads
         if baseline_from is not None:
             reuse_baseline(root, baseline_from / root.name)
             args.append("--only-missing-outputs")
+    record_devices(root)
     kedro_run(root, args, threads)
     result = collect(root, scale, seed)
     result["run_wall_s"] = time.perf_counter() - start
     return result
+
+
+DEVICES_FILE = "devices.json"  # in a run's project copy: the names of the devices of the machine it ran on
+
+
+def record_devices(root: Path) -> None:
+    """Write the names of this machine's devices into the run's copy (the CPU model, and the GPU's
+    name where CUDA sees one), so that :func:`collect` names the device a run trained on even when
+    it collects on another machine (``--collect-only``)."""
+    names = {"cpu": cpu_name()}
+    if torch.cuda.is_available():
+        names["cuda"] = torch.cuda.get_device_name(0)
+    (root / DEVICES_FILE).write_text(json.dumps(names))
+
+
+def device_used(root: Path, accounting: dict[str, Any]) -> str | None:
+    """``cuda: NVIDIA H200`` or ``cpu: AMD EPYC 7B13``: the device the training stages ran on (their
+    accounting's ``stats.device``), named as :func:`record_devices` wrote it; None when the
+    accounting predates the field. Raises ValueError when the stages ran on different devices."""
+    kinds = {str(a.get("stats", {}).get("device")) for a in accounting.values()} - {"None"}
+    if not kinds:
+        return None
+    if len(kinds) > 1:
+        raise ValueError(f"{root}: the training stages ran on different devices ({', '.join(sorted(kinds))})")
+    kind = kinds.pop().split(":")[0]  # "cuda:0" -> "cuda"
+    names = json.loads((root / DEVICES_FILE).read_text()) if (root / DEVICES_FILE).is_file() else {}
+    return f"{kind}: {names[kind]}" if kind in names else kind
 
 
 def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
@@ -199,6 +225,11 @@ def collect(root: Path, scale: str, seed: int) -> dict[str, Any]:
         "real_floor": metrics["real_floor"]["fd_clf"],
         "final": {"maskdm": metrics["maskdm"]["fd_clf"], "baseline": metrics["baseline"]["fd_clf"]},
         "cost": {s: vars(c) for s, c in costs.items() if c is not None},
+        "device": device_used(root, acc),
+        # What each stage was given: steps of a global batch (the images follow; see "cost" for
+        # what was spent, which equals it unless a stage was cut short).
+        "budget": {s: {"steps": a["config"]["stage"]["steps"], "batch_size": a["config"]["stage"]["batch_size"]}
+                   for s, a in acc.items() if a.get("config")},
         # Model, schedule and budget of each stage: a results file explains itself after SCALES changes.
         "config": {s: a.get("config") for s, a in acc.items()},
         "recipe": {model: metrics[model].get("recipe") for model in ("maskdm", "baseline")},

@@ -1,8 +1,10 @@
-"""Writes folders of good and deliberately broken images for the preprocessing tests."""
+"""Writes folders of good and deliberately broken images, and IDX files, for the preprocessing tests."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,24 @@ def write_mixed_folder(root: Path) -> tuple[set[str], dict[str, str]]:
     (root / "random.jpg").write_bytes(np.random.default_rng(5).bytes(500))
     broken["random.jpg"] = "not an image"
     return good, broken
+
+
+# The IDX type byte of each dtype (http://yann.lecun.com/exdb/mnist/, "FILE FORMATS").
+IDX_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
+             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+
+
+def idx_bytes(array: np.ndarray, dtype: str = "u1") -> bytes:
+    """The IDX encoding of ``array`` as ``dtype`` (big-endian): the tests' reference writer."""
+    stored = np.asarray(array).astype(np.dtype(dtype).newbyteorder(">") if dtype != "u1" else "u1")
+    header = bytes([0, 0, IDX_CODES[stored.dtype], stored.ndim]) + struct.pack(f">{stored.ndim}i", *stored.shape)
+    return header + stored.tobytes()
+
+
+def write_fashion_like(folder: Path, n: int = 80, seed: int = 0) -> Path:
+    """``n`` random 28x28 images and labels 0..9 as Fashion-MNIST's two gzipped training files."""
+    rng = np.random.default_rng(seed)
+    images, labels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.uint8) % 10
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    return folder

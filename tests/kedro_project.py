@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from devkit import PROJECT_ROOT, make_project_copy
+from devkit import PROJECT_ROOT, kedro_command, make_project_copy
 
 
 def make_project(root: Path) -> Path:
@@ -46,12 +45,6 @@ def load_params(root: Path = PROJECT_ROOT, env_name: str = "smoke",
         warnings.filterwarnings("ignore", **settings.KEDRO_RESOLVER_DEPRECATION)
         loader = OmegaConfigLoader(str(root / "conf"), env=env_name, runtime_params=runtime_params, **args)
         return dict(loader["parameters"])
-
-
-def kedro_command() -> list[str]:
-    """The installed ``kedro`` console script, as a user starts it."""
-    script = Path(sys.executable).with_name("kedro")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kedro"]
 
 
 def kedro(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -18,12 +18,56 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from click import ClickException, echo
 
 # The layout of conf/logging.yml's `simple` formatter (info.log), so a piped log reads the same.
 PLAIN_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+LISTED = 12  # up to this many valid names are listed whole; above it, the closest ones
+
+
+class UsageMistake(ClickException, ValueError):
+    """Something the user named (on the command line or in ``conf/``) that does not exist or
+    does not fit: one line that says what was wrong and what is valid, exit status 2 (a usage
+    error, as for parameters: ``params.ParameterError``), raised before anything runs.
+
+    A ``click.ClickException``: ``kedro run`` prints ``Error: <message>`` and exits with
+    ``exit_code``, also when the error is raised inside Kedro's session (click handles it around
+    the command). A ``ValueError`` for Python callers (a notebook's ``session.run``). The message
+    is kept on one line: every run of whitespace becomes one space.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+def choices(given: str, valid: Iterable[str], what: str = "choices", listed_by: str = "") -> str:
+    """What to say after ``<given> is not a <thing>; ``: ``did you mean <the closest>?`` when one
+    is close (the parameter schema's close match, ``params.closest``), then the valid names, all
+    of them up to :data:`LISTED` (``the <what>: a, b, c``), else the three closest by difflib's
+    own cutoff and the command that lists them all (``listed_by``). E.g. ``did you mean pretrain?
+    the pipelines: __default__, baseline, ...``."""
+    import difflib
+
+    from maskdm_pipeline.params import closest
+
+    names = list(dict.fromkeys(valid))
+    if not names:
+        return f"there are no {what} to choose from"
+    close = closest(given, names)
+    parts = [f"did you mean {close[0]}?"] if close else []
+    if len(names) <= LISTED:
+        parts.append(f"the {what}: {', '.join(names)}")
+    else:
+        near = [] if close else difflib.get_close_matches(given, names, n=3)
+        if near:
+            parts.append(f"the closest {what}: {', '.join(near)}")
+        parts.append(f"{listed_by} lists them all" if listed_by else f"{len(names)} {what} to choose from")
+    return "; ".join(parts).replace("?; ", "? ")
 
 
 def plain_logs_unless_terminal(logger: logging.Logger | None = None) -> bool:

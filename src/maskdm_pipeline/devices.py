@@ -10,7 +10,7 @@ import contextlib
 import torch
 
 __all__ = ["AUTOCAST_DTYPES", "DEVICES", "PRECISIONS", "autocast", "describe", "resolve_device",
-           "synchronize"]
+           "synchronize", "to_device"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -35,6 +35,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """The autocast context of ``precision`` (``fp32``: a disabled one) on ``device``'s type."""
     dtype = AUTOCAST_DTYPES.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, without making the host wait for the GPU.
+
+    A copy from pageable host memory may wait for the GPU's queue to drain (CUDA's documented
+    behaviour for pageable transfers); from pinned memory it is queued and the host goes on.
+    Pinned buffers come from torch's caching host allocator, which reuses them only once the
+    copy that read them has finished. Elsewhere (CPU to CPU, already there) a plain ``.to``.
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def synchronize(device: torch.device) -> None:

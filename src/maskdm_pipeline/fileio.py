@@ -30,11 +30,16 @@ history        list of ``{step, loss, lr, img_per_s, elapsed_s}`` logged every `
 stats          ``{wall_time_s, eval_time_s, images_seen, tokens_seen, img_per_s, ...}``
 evals          (optional) list of eval results ``{step, elapsed_s, images_seen, ...}``
 =============  =============================================================================
+
+A checkpoint's identity for the cache (:func:`checkpoint_identity`) is a hash of what its readers
+use: ``format``, ``model``, ``ema``, ``step`` and ``config`` (:data:`IDENTITY_KEYS`), not its
+bytes, which hold wall times.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import pickle
 import re
@@ -49,15 +54,18 @@ from maskdm_pipeline.atomic import PathLike, atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "IDENTITY_KEYS",
     "REQUIRED_KEYS",
     "CheckpointError",
     "check_plain",
+    "checkpoint_identity",
     "from_bytes",
     "is_checkpoint",
     "load_checkpoint",
     "load_torch_state",
     "save_checkpoint",
     "save_torch_state",
+    "state_digest",
     "to_bytes",
     "to_cpu",
     "to_plain",
@@ -242,6 +250,14 @@ CHECKPOINT_FORMAT = "maskdm-checkpoint/1"
 REQUIRED_KEYS: tuple[str, ...] = (
     "format", "model", "ema", "optimizer", "scaler", "step", "rng", "config", "history", "stats",
 )
+# What the readers of a final checkpoint use: sampling the EMA weights, ``config.model`` and
+# ``config.diffusion`` and the step (recorded beside the samples); fine-tuning the raw or EMA
+# weights and ``config.model``; the whole config, small, describes the weights to any other
+# reader. Left out: ``optimizer``, ``scaler`` and ``rng``, which only resuming reads (a stage
+# resumes from its resume slot, never from a final checkpoint: fine-tuning starts a fresh
+# optimizer), and ``history``, ``stats`` and ``evals``, which hold wall times and throughputs
+# (the stage's own history and accounting outputs carry them to the report).
+IDENTITY_KEYS: tuple[str, ...] = ("format", "model", "ema", "step", "config")
 
 
 def validate_checkpoint(state: Any, source: str = "checkpoint") -> None:
@@ -286,3 +302,43 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     state = load_torch_state(path, map_location)
     validate_checkpoint(state, source=str(path))
     return state
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 (hex) of a ``weights_only`` state (:func:`check_plain`'s kinds of values), the same
+    for equal content however it was written: dicts in sorted key order, each tensor by its dtype,
+    shape and raw bytes (on the CPU, contiguous), plain values by type and ``repr``.
+
+    Raises:
+        CheckpointError: ``obj`` holds a value of another kind.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, obj, "state")
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any, where: str) -> None:
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().to("cpu").contiguous()
+        digest.update(f"tensor:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        digest.update(f"dict:{len(obj)}\n".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            digest.update(f"key:{type(key).__name__}:{key}\n".encode())
+            _feed(digest, obj[key], f"{where}[{key!r}]")
+    elif isinstance(obj, list | tuple):
+        digest.update(f"{type(obj).__name__}:{len(obj)}\n".encode())
+        for i, value in enumerate(obj):
+            _feed(digest, value, f"{where}[{i}]")
+    elif type(obj) in _PLAIN_TYPES or isinstance(obj, torch.dtype | torch.device | torch.Size):
+        digest.update(f"{type(obj).__name__}:{obj!r}\n".encode())
+    else:
+        raise CheckpointError(f"{where} is a {type(obj).__qualname__}, which a state digest does not take")
+
+
+def checkpoint_identity(state: Mapping[str, Any]) -> str:
+    """``checkpoint:<hex>``: the :func:`state_digest` of the :data:`IDENTITY_KEYS` of a
+    ``maskdm-checkpoint/1`` dict. Equal for two runs whose weights, EMA weights, config and step
+    are equal, whatever their wall times; any changed weight changes it."""
+    return "checkpoint:" + state_digest({key: state.get(key) for key in IDENTITY_KEYS})

@@ -21,10 +21,11 @@ Kedro import (click, for the error type only).
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import inspect
 import types
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from click import ClickException
@@ -32,8 +33,8 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_v
 
 from maskdm_pipeline.diffusion.guidance import GUIDANCE_MODES, Guidance
 from maskdm_pipeline.diffusion.samplers import SAMPLERS, validate_sampling
+from maskdm_pipeline.dotted import flatten
 from maskdm_pipeline.generation import NO_LABEL, resolve_classes
-from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training.config import (
     DiffusionConfig,
     Frozen,
@@ -48,9 +49,10 @@ from maskdm_pipeline.training.config import (
     interval,
 )
 
-__all__ = ["BaselineParams", "CacheParams", "EvaluateParams", "FinetuneParams", "ParameterError", "Params",
-           "PreprocessParams", "PretrainParams", "ProjectPath", "SampleParams", "StageParams", "describe",
-           "names_a_path", "parameter_fields", "validate_parameters"]
+__all__ = ["MODEL_DEFINING", "BaselineParams", "CacheParams", "EvaluateParams", "FinetuneParams", "ParameterError",
+           "Params", "PreprocessParams", "PretrainParams", "ProjectPath", "SampleParams", "StageParams", "closest",
+           "defines_the_model", "describe", "names_a_path", "parameter_fields", "parameter_names",
+           "validate_parameters"]
 
 
 SampleCount = Annotated[int, Field(ge=2)]  # a Frechet distance needs a covariance: N >= 2
@@ -355,6 +357,21 @@ class Params(Frozen):
         return problems
 
 
+# The settings that decide what a model is: the image geometry it is built for (its ``img_size`` and
+# ``in_chans`` come from the images, ModelParams.for_images), its architecture, and what the network
+# computes (the schedule and prediction target). A stage that builds a model from the settings
+# cannot use weights or images made under other values of these (caching/fit.py refuses the run);
+# any other setting makes an input older, not unfit. The loss's weighting and the mask shape how
+# weights were trained, not what they are (pipelines/finetune/nodes.py).
+MODEL_DEFINING = ("preprocess.resolution", "preprocess.channels", "model.*", "diffusion.schedule",
+                  "diffusion.prediction")
+
+
+def defines_the_model(name: str) -> bool:
+    """Whether the dotted parameter ``name`` is one of :data:`MODEL_DEFINING`."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_DEFINING)
+
+
 def validate_parameters(params: Mapping[str, Any],
                         runtime_params: Mapping[str, Any] | None = None) -> Params:
     """The validated tree, or :class:`ParameterError` listing every problem.
@@ -396,13 +413,23 @@ def describe(exc: ValidationError, prefix: str = "", reported: Collection[str] =
     return [line for error in exc.errors() for line in _lines(error, prefix, reported)]
 
 
+def closest(given: str, valid: Iterable[str], n: int = 1) -> list[str]:
+    """The ``n`` valid names closest to ``given``, best first, among those that are close: a
+    general close match (no table of old or misspelt names to keep), for parameters and for every
+    other name a user types (``console.choices``). The cutoff, 0.8 of difflib's ratio, is above
+    what a shared block name alone scores (``finetune.mask_ratio`` is 0.7 from
+    ``finetune.ema_decay``) and below a typo or a renamed key (0.89 and up)."""
+    return difflib.get_close_matches(given, list(valid), n=n, cutoff=0.8)
+
+
+def parameter_names() -> list[str]:
+    """Every dotted name of a parameter (not of a block), in schema order."""
+    return [n for n, annotation in parameter_fields().items() if _block(annotation) is None]
+
+
 def _unknown(name: str, value: Any, origin: str = "") -> str:
-    """``name=value: unknown parameter; did you mean <the closest valid name>?``: a general
-    close match over every valid name (no table of old names to keep). The cutoff, 0.8 of
-    difflib's ratio, is above what a shared block name alone scores (``finetune.mask_ratio`` is
-    0.7 from ``finetune.ema_decay``) and below a typo or a renamed key (0.89 and up)."""
-    values = [n for n, annotation in parameter_fields().items() if _block(annotation) is None]
-    close = difflib.get_close_matches(name, values, n=1, cutoff=0.8)
+    """``name=value: unknown parameter; did you mean <the closest valid name>?`` (:func:`closest`)."""
+    close = closest(name, parameter_names())
     hint = f"; did you mean {close[0]}?" if close else " (a typo? every valid name is in conf/base/parameters*.yml)"
     return f"{name}={value!r}{origin}: unknown parameter{hint}"
 

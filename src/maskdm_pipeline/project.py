@@ -19,6 +19,9 @@ root. This module closes the two gaps the project has:
 
 The MLflow store and its artifact folder are resolved by
 ``tracking.mlflow_hook.MlflowTrackingHook``, which knows the project root from the context.
+
+What a user wrote wrong in ``conf/`` (a file that is not YAML, a catalog entry of an unknown type)
+ends in one line naming the file: :mod:`maskdm_pipeline.configuration`.
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ class ProjectContext(KedroContext):
     @property
     def params(self) -> dict[str, Any]:
         return resolve_path_parameters(super().params, self.project_path)
+
+    def _get_catalog(self, *args: Any, **kwargs: Any) -> Any:
+        """Kedro's catalog (``_get_catalog`` is its documented place to change how the catalog is
+        made), every entry built at once: a mistake in one ends the command in one line before
+        anything runs (:func:`maskdm_pipeline.configuration.built_catalog`)."""
+        from maskdm_pipeline.configuration import built_catalog
+
+        return built_catalog(lambda: super(ProjectContext, self)._get_catalog(*args, **kwargs), self.config_loader)
 
 
 def use_project_logging(cwd: Path | None = None) -> Path | None:

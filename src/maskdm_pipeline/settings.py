@@ -2,11 +2,12 @@
 
 import warnings
 
-from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
 
 from maskdm_pipeline.caching.session import CachingSession
+from maskdm_pipeline.configuration import ProjectConfigLoader
 from maskdm_pipeline.console import one_line_user_errors, plain_logs_unless_terminal
-from maskdm_pipeline.hooks import CheckpointSlotHook, TemporaryFilesHook
+from maskdm_pipeline.hooks import CheckpointSlotHook, DeviceCheckHook, TemporaryFilesHook
 from maskdm_pipeline.project import ProjectContext, use_project_logging
 from maskdm_pipeline.tracking.mlflow_hook import MlflowTrackingHook
 
@@ -29,7 +30,7 @@ KEDRO_RESOLVER_DEPRECATION = {"message": r"register_new_resolver\(\) is deprecat
                                "module": r"kedro\.config\.omegaconf_config"}
 warnings.filterwarnings("ignore", **KEDRO_RESOLVER_DEPRECATION)
 
-HOOKS = (TemporaryFilesHook(), CheckpointSlotHook(), MlflowTrackingHook())
+HOOKS = (DeviceCheckHook(), TemporaryFilesHook(), CheckpointSlotHook(), MlflowTrackingHook())
 
 # kedro-mlflow's hooks stop a run when the store is locked or unreachable, so the project logs
 # through its own best-effort MlflowTrackingHook instead and does not depend on the plugin.
@@ -45,11 +46,17 @@ SESSION_CLASS = CachingSession
 # the project root, like the catalog's file paths, wherever Kedro is started.
 CONTEXT_CLASS = ProjectContext
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Kedro's OmegaConfigLoader; a mistake in conf/ (a file that is not YAML, an environment without a
+# folder, a key set twice) ends in one line that names the file (configuration.ProjectConfigLoader).
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     # An environment (smoke, celeba64, ...) overrides single keys, not whole top-level blocks.
     "merge_strategy": {"parameters": "soft"},
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+    # `${oc.env:NAME,default}` in conf/ (Kedro enables it for credentials only): where a data set
+    # lies differs between machines (conf/fashion/catalog.yml: FASHION_MNIST_DIR), as Kedro's
+    # configuration docs suggest, rather than an environment per machine.
+    "custom_resolvers": {"oc.env": oc.env},
 }

@@ -23,11 +23,11 @@ from click import ClickException
 
 from maskdm_pipeline import fd_clf
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
+from maskdm_pipeline.dotted import flatten
 from maskdm_pipeline.fd_clf import QualityProbe
 from maskdm_pipeline.fileio import CheckpointError
 from maskdm_pipeline.listing import shown as _shown  # `shown` is a local name below
 from maskdm_pipeline.params import StageParams
-from maskdm_pipeline.tracking import flatten
 from maskdm_pipeline.training import run_training
 from maskdm_pipeline.training.config import DiffusionConfig, MaskConfig, ModelParams, TrainerConfig
 from maskdm_pipeline.training.distributed import NODE_RANK
@@ -37,6 +37,7 @@ from maskdm_pipeline.training.job import (
     NonFiniteLossError,
     TrainingInterrupted,
     TrainJob,
+    WorkerFailed,
 )
 from maskdm_pipeline.training.resume import ResumeMismatchError, check_resume
 
@@ -78,6 +79,17 @@ class UnlabelledDataError(ClickException, ValueError):
     exit_code = 2
 
 
+class InputsDoNotFit(ValueError, ClickException):
+    """An input made with other settings than this run's (a pre-trained checkpoint of another
+    model): the message names each setting with both values and the command that remakes the
+    input. Exit status 2, nothing was trained; a ``ValueError`` for Python callers."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        ClickException.__init__(self, message)
+
+
 class StageWriteError(ClickException):
     """The model folder cannot be written (not writable, disk full); says what is kept."""
 
@@ -85,6 +97,14 @@ class StageWriteError(ClickException):
 class StageNodesError(NodesError, ClickException):
     """Several nodes could not start or go on together; the message names the parameter or host,
     what was kept and what to do (training/multinode.py)."""
+
+    def __init__(self, message: str) -> None:
+        ClickException.__init__(self, message)
+
+
+class StageWorkerFailed(WorkerFailed, ClickException):
+    """A worker process died and ``trainer.max_restarts`` was used up; the message names the rank,
+    how it died, the last periodic checkpoint and what to do (training/restarts.py)."""
 
     def __init__(self, message: str) -> None:
         ClickException.__init__(self, message)
@@ -213,6 +233,8 @@ def train_stage(
         raise _interrupted(name, exc, slot, resumes=params.resume) from None
     except NodesError as exc:
         raise StageNodesError(str(exc)) from None
+    except WorkerFailed as exc:
+        raise StageWorkerFailed(str(exc)) from None
     except NonFiniteLossError as exc:
         advice = ""
         if slot.exists() and params.resume:

@@ -21,13 +21,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from image_factory import good_image
-from kedro_project import kedro, make_project, subprocess_env
+from kedro_project import kedro, kedro_command, make_project, subprocess_env
 
 STAGES = ("preprocess", "pretrain", "baseline", "finetune", "sample", "evaluate", "report")
 UP_TO_DATE = r"{}: up to date \(fingerprint [0-9a-f]{{6}}, written \d{{4}}-\d\d-\d\d \d\d:\d\d\), skipped"
@@ -117,8 +116,9 @@ def test_second_run_skips_every_stage_and_trains_nothing(smoke_copy: Path) -> No
     metrics = json.loads((smoke_copy / "data/08_reporting/metrics.json").read_text())
     assert run.data.metrics["maskdm.fd_clf"] == pytest.approx(metrics["maskdm"]["fd_clf"])
     record = json.loads((smoke_copy / "data/06_models/pretrained.pt.fingerprint.json").read_text())
-    assert run.data.tags["fingerprint.pretrained"] == record["fingerprint"]
-    assert run.data.tags["cache.pretrain"] == "up to date"
+    logged = client.download_artifacts(run.info.run_id, "cache/fingerprints.json", str(smoke_copy / "logged"))
+    assert json.loads(Path(logged).read_text())["outputs"]["pretrained"] == record
+    assert run.data.tags["cache.pretrain"] == "up to date" and not run.outputs.model_outputs
 
 
 def test_finetune_lr_reruns_finetuning_and_what_reads_it(copy: Path) -> None:
@@ -172,8 +172,7 @@ def _interrupt(root: Path, params: str, after: str | tuple[str, ...], sig: signa
     whole process group, as a terminal's Ctrl-C and a scheduler's kill do (a ParallelRunner's
     workers would otherwise outlive a kill -9)."""
     waits = [after] if isinstance(after, str) else list(after)
-    script = Path(sys.executable).with_name("kedro")
-    proc = subprocess.Popen([str(script), "run", "--env", "smoke", "--params", params, *extra], cwd=root,
+    proc = subprocess.Popen([*kedro_command(), "run", "--env", "smoke", "--params", params, *extra], cwd=root,
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
@@ -336,3 +335,55 @@ def test_one_raw_image_replaced_reruns_preprocessing_and_later_stages_only_if_th
     assert _digests(folder_project, "03_primary/train/*") != {k: v for k, v in primary.items() if "/train/" in k}
     _runs(lines, "pretrain", "input primary_train changed")
     assert _digests(folder_project, "pretrained.pt") != pretrained
+
+
+def test_code_edits_rerun_what_runs_that_code_and_a_fresh_copy_reruns_nothing(copy: Path, monkeypatch) -> None:
+    """The package copied into the project's src/ (new paths and modification times, as a fresh
+    clone) and imported from there. Then edits of the copy: comments and docstrings of the training
+    loop and code of a module no part runs change nothing; code of the evaluate nodes reruns every
+    evaluate part, naming the file, and what reads an output that changed (the report)."""
+    import maskdm_pipeline
+
+    package = copy / "src" / "maskdm_pipeline"
+    shutil.copytree(Path(maskdm_pipeline.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(copy / "src"), os.environ.get("PYTHONPATH", "")]))
+    _up_to_date(_run(copy), *STAGES)
+
+    def edit(name: str, old: str, new: str) -> None:
+        path = package / name
+        assert old in path.read_text(), name
+        path.write_text(path.read_text().replace(old, new, 1))
+
+    edit("training/loop.py", '"""', '"""Edited docstring. ')
+    edit("training/loop.py", "\nimport ", "\n# an edited comment\nimport ")
+    edit("console.py", "\nimport ", "\n_EDITED = 1\nimport ")
+    edit("pipelines/evaluate/nodes.py", "\ndef collect_metrics(", "\ndef _collected(")
+    with (package / "pipelines/evaluate/nodes.py").open("a") as nodes:
+        nodes.write("\n\ndef collect_metrics(*args, **kwargs):\n"
+                    "    return {**_collected(*args, **kwargs), 'edited': 1}\n")
+    lines = _run(copy)
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune", "sample")
+    evaluate = [line for line in lines if line.startswith("evaluate [") and "runs (" in line]
+    assert len(evaluate) == 4, lines
+    assert all(line.endswith(": runs (code changed: pipelines/evaluate/nodes.py)") for line in evaluate), evaluate
+    assert _has(lines, r"report( \[.*\])?: runs \(input metrics changed\)"), lines
+    assert json.loads((copy / "data/08_reporting/metrics.json").read_text())["edited"] == 1
+
+
+def test_a_retrained_stage_with_the_same_weights_changes_nothing_after_it(copy: Path) -> None:
+    """``cache.rerun=finetune``: fine-tuning reruns and writes a new file (its wall times) with
+    bitwise the same weights, so MaskDM's sampling and scoring stay up to date; what shows the
+    wall time (metrics.json, the report) reruns. A changed weight reruns them:
+    test_finetune_lr_reruns_finetuning_and_what_reads_it."""
+    kept = _digests(copy, "*_samples.npz", "*_scores.json")
+    checkpoint = copy / "data/06_models/finetuned.pt"
+    before = (hashlib.sha256(checkpoint.read_bytes()).hexdigest(), torch.load(checkpoint, weights_only=True))
+    lines = _run(copy, "--params", "cache.rerun=finetune")
+    _runs(lines, "finetune", r"cache\.rerun=finetune")
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "sample", "evaluate [maskdm]", "evaluate [baseline]")
+    _runs(lines, "evaluate [collect_metrics]", "input finetune_accounting changed")
+    after = torch.load(checkpoint, weights_only=True)
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() != before[0], "the file holds new wall times"
+    assert after["stats"]["wall_time_s"] != before[1]["stats"]["wall_time_s"]
+    assert all(torch.equal(after["ema"]["model"][k], w) for k, w in before[1]["ema"]["model"].items())
+    assert _digests(copy, "*_samples.npz", "*_scores.json") == kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -98,19 +99,99 @@ def test_mlflow_store_holds_one_run_with_histories(smoke_run: Path) -> None:
     # The settings the scores were made with are parameters, not metrics.
     assert params["maskdm.sampling.seed"] == str(metrics["maskdm"]["sampling"]["seed"])
     assert params["cost.pretrain.steps"] == "30" and "maskdm.sampling.seed" not in series
-    # A first run: every part of the pipeline ran, and the tags say so.
+    # A first run: every stage ran, and the tags say so, one per stage; the fingerprints are one
+    # artifact, not a tag per output.
     cache = {key: value for key, value in tags.items() if key.startswith("cache.")}
-    assert "cache.pretrain" in cache and set(cache.values()) == {"ran"}
+    assert set(cache) == {f"cache.{stage}" for stage in STAGE_OUTPUTS} and set(cache.values()) == {"ran"}
+    assert not [key for key in tags if key.startswith("fingerprint.")]
+
+
+def _client_and_run(root: Path) -> tuple[Any, Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("maskdm_pipeline")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
+                                      max_results=1)[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_mlflow(smoke_run: Path) -> tuple[Any, Any]:
+    """The client of the smoke run's store and its run (opening a store costs seconds)."""
+    return _client_and_run(smoke_run)
+
+
+def test_the_run_names_its_training_data_fingerprints_and_models(smoke_run: Path, smoke_mlflow: tuple[Any, Any],
+                                                                 tmp_path: Path) -> None:
+    """What MLflow's overview shows: the training split as a dataset input (its content checksum
+    and the card's counts), the fingerprint records of the outputs as one artifact, and each
+    trained model as a logged model of the run, READY, at its final step."""
+    client, run = smoke_mlflow
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    index = json.loads((smoke_run / "data/03_primary/train/index.json").read_text())
+    card = json.loads((smoke_run / "data/08_reporting/dataset_card.json").read_text())
+    assert dataset.name == f"{card['source']} · train" and index["checksum"].startswith(dataset.digest)
+    assert json.loads(dataset.profile)["images"] == card["train"] and json.loads(dataset.source)["uri"] == (
+        "data/03_primary/train")
+    fingerprints = json.loads(Path(client.download_artifacts(run.info.run_id, "cache/fingerprints.json",
+                                                             str(tmp_path))).read_text())
+    record = json.loads((smoke_run / "data/06_models/pretrained.pt.fingerprint.json").read_text())
+    assert fingerprints["outputs"]["pretrained"] == record
+    models = {m.name: m for m in client.search_logged_models([run.info.experiment_id])}
+    assert set(models) == {"pretrained", "finetuned", "baseline"}
+    assert {m.status.name for m in models.values()} == {"READY"} and {m.source_run_id for m in models.values()} == {
+        run.info.run_id}
+    outputs = {o.model_id: o.step for o in run.outputs.model_outputs}
+    assert outputs == {m.model_id: 30 for m in models.values()}  # each stage's final step at smoke size
+    assert models["finetuned"].params["stage.lr"] == "0.002" and "trainer.device" not in models["finetuned"].params
+    # The model's page shows what training it cost and on which data (its stage's metrics name both).
+    linked = {m.key: (m.dataset_name, m.dataset_digest) for m in models["finetuned"].metrics}
+    assert linked["cost.finetune.wall_time_s"] == linked["train.finetune.loss"] == (dataset.name, dataset.digest)
+    assert {key.split(".")[1] for key in linked} == {"finetune"}  # its own stage's only
+
+
+def test_a_logged_model_loads_with_mlflows_pytorch_flavour_as_the_checkpoints_ema_model(
+        smoke_run: Path, smoke_mlflow: tuple[Any, Any], tmp_path: Path) -> None:
+    """``mlflow.pytorch.load_model("models:/<id>")`` gives the checkpoint's EMA model: the same
+    prediction for the same noisy images and time steps, at any batch size."""
+    import mlflow
+    import mlflow.pytorch
+
+    from maskdm_pipeline.generation import model_from_checkpoint
+
+    client, run = smoke_mlflow
+    (model,) = [m for m in client.search_logged_models([run.info.experiment_id]) if m.name == "finetuned"]
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # what "models:/" resolves against
+    try:
+        loaded = mlflow.pytorch.load_model(f"models:/{model.model_id}", dst_path=str(tmp_path))
+    finally:
+        mlflow.set_tracking_uri(before)
+    ema = model_from_checkpoint(torch.load(smoke_run / "data/06_models/finetuned.pt", weights_only=True))
+    generator = torch.Generator().manual_seed(3)
+    x_t = torch.randn(5, ema.in_chans, ema.img_size, ema.img_size, generator=generator)
+    t = torch.randint(0, 1000, (5,), generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x_t, t), ema(x_t, t))
+        torch.testing.assert_close(loaded(x_t[:1], t[:1]), ema(x_t[:1], t[:1]))
 
 
 def test_finetune_alone_reruns_from_the_saved_checkpoint(smoke_copy: Path) -> None:
-    """Forced (it is up to date, so the cache would skip it: tests/pipelines/test_caching.py)."""
+    """Forced (it is up to date, so the cache would skip it: tests/pipelines/test_caching.py).
+    MLflow gets the files this run wrote over the earlier ones, and no model: logging models is
+    switched off (``tracking.log_models``)."""
+    (smoke_copy / "conf/smoke/mlflow.yml").write_text("tracking:\n  log_models: false\n")
     before = _mtimes(smoke_copy)
     result = kedro(smoke_copy, "run", "--env", "smoke", "--pipelines", "finetune", "--params", "cache.rerun=finetune")
     assert result.returncode == 0, result.stderr[-3000:]
     after = _mtimes(smoke_copy)
     changed = {rel for rel in ALL_OUTPUTS if after[rel] != before[rel]}
     assert changed == set(STAGE_OUTPUTS["finetune"])
+    client, run = _client_and_run(smoke_copy)
+    for name in ("finetune_accounting.json", "finetune_history.csv"):
+        logged = client.download_artifacts(run.info.run_id, f"reports/{name}", str(smoke_copy / "logged"))
+        assert Path(logged).read_bytes() == (smoke_copy / "data/08_reporting" / name).read_bytes(), name
+    assert not run.outputs.model_outputs and "logged model" not in result.stdout + result.stderr
 
 
 def test_only_missing_outputs_skips_finished_stages(smoke_copy: Path) -> None:

@@ -361,6 +361,10 @@ def test_cli_refuses_a_corrupted_checkpoint_in_one_line_and_removes_killed_write
     save_checkpoint(tiny_state, killed / "pretrained.pt")
     running = models / f".finetuned.pt.{os.getpid()}-busy.tmp"
     running.mkdir()
+    # The other inputs of finetune exist (a missing one is refused before any load, caching/fit.py);
+    # their content is never read: the damaged checkpoint is loaded, and refused, first.
+    for other in ("feature_classifier.pt", "fd_clf_reference.pt"):
+        (project.data / "04_feature" / other).write_bytes(b"never read")
     before = {name: value for name, value in project.snapshot().items() if killed.name not in name}
 
     code, output = project.run("--pipelines", "finetune")

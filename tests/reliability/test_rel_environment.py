@@ -98,8 +98,9 @@ def test_mlflow_failure_during_the_run_only_warns(caplog, tmp_path):
     hook._catalog, hook._client, hook._run_id = catalog, LockedStore(), "run"
     node = SimpleNamespace(outputs=["pretrain_history", "pretrain_accounting"])
     with caplog.at_level(logging.WARNING):
-        hook.after_node_run(node=node, outputs={})
-        hook.after_pipeline_run(pipeline=SimpleNamespace(all_outputs=lambda: set(node.outputs)))
+        hook.after_node_outputs_saved(node=node, catalog=catalog)
+        hook.after_pipeline_run(pipeline=SimpleNamespace(all_outputs=lambda: set(node.outputs),
+                                                         datasets=lambda: set(node.outputs)))
     warnings = [r for r in caplog.records if "MLflow logging failed" in r.getMessage()]
     assert len(warnings) == 1 and "database is locked" in warnings[0].getMessage()
 

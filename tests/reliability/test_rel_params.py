@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, TINY_MODEL, load_params, squash
+from conftest import DIFFUSION, PROJECT_ROOT, TINY_MODEL, load_params, squash
 
 from maskdm_pipeline.params import ParameterError, validate_parameters
 
@@ -288,9 +288,13 @@ def test_validation_is_fast_and_builds_no_model(smoke_params, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- node level
-def test_finetune_refuses_a_checkpoint_of_another_resolution_or_preset(tiny_state, tmp_path):
-    """A pre-trained checkpoint made at 8x8 with preset tiny is refused by the finetune node, before
-    any training, when the run asks for 16x16 or for another preset; the message names both."""
+def test_finetune_refuses_a_checkpoint_of_another_resolution_preset_or_prediction(tiny_state, tmp_path):
+    """A pre-trained checkpoint made at 8x8 with preset tiny and x0 prediction is refused by the
+    finetune node, before any training, when the run asks for 16x16, another preset or another
+    prediction target: one line naming each setting by its parameter with both values (the
+    checkpoint's fingerprint record may be missing: a file copied in by hand), exit status 2."""
+    from click import ClickException
+
     from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
     from maskdm_pipeline.params import FinetuneParams
     from maskdm_pipeline.pipelines.finetune.nodes import finetune
@@ -299,15 +303,17 @@ def test_finetune_refuses_a_checkpoint_of_another_resolution_or_preset(tiny_stat
     smoke = load_params(PROJECT_ROOT, "smoke")
     model = {"preset": "tiny", **{k: TINY_MODEL[k] for k in ("patch_size", "embed_dim", "depth", "num_heads")}}
     slot = CheckpointSlot(tmp_path / "finetuned.resume.pt")
+    images = {side: torch.zeros(4, 1, side, side, dtype=torch.uint8).numpy() for side in (8, 16)}
     cases = [
-        ({"images": torch.zeros(4, 1, 16, 16, dtype=torch.uint8).numpy()}, model, "'img_size': 16"),
-        ({"images": torch.zeros(4, 1, 8, 8, dtype=torch.uint8).numpy()}, {**model, "preset": "small-64"},
-         "'preset': 'small-64'"),
+        (16, model, DIFFUSION, "preprocess.resolution 8 -> 16"),
+        (8, {**model, "preset": "small-64"}, DIFFUSION, "model.preset 'tiny' -> 'small-64'"),
+        (8, {**model, "embed_dim": None}, DIFFUSION, "model.embed_dim 16 -> (the preset's)"),
+        (8, model, {**DIFFUSION, "prediction": "eps"}, "diffusion.prediction 'x0' -> 'eps'"),
     ]
-    for primary, model_params, asked in cases:
-        inputs = {"primary_train": primary, "pretrained": tiny_state,
+    for size, model_params, diffusion, expected in cases:
+        inputs = {"primary_train": {"images": images[size]}, "pretrained": tiny_state,
                   "params": FinetuneParams(**smoke["finetune"]), "model": ModelParams(**model_params),
-                  "diffusion": DiffusionConfig(**smoke["diffusion"]), "trainer": smoke["trainer"],
+                  "diffusion": DiffusionConfig(**{**smoke["diffusion"], **diffusion}), "trainer": smoke["trainer"],
                   "slot": slot}
         # Inputs the node may gain later (e.g. the quality probe's) are never reached.
         extra = {k: None for k in inspect.signature(finetune).parameters if k not in inputs}
@@ -315,6 +321,43 @@ def test_finetune_refuses_a_checkpoint_of_another_resolution_or_preset(tiny_stat
             finetune(**inputs, **extra)
         message = str(info.value)
         # The source is named by its catalog entry: the node does not know (or hard-code) its path.
-        assert "catalog entry 'pretrained'" in message and "'img_size': 8" in message and asked in message
-        assert "'preset': 'tiny'" in message
+        assert "catalog entry 'pretrained'" in message and f"(made with -> this run: {expected})" in message, message
+        assert "\n" not in message and "`kedro run --pipelines pretrain,finetune`" in message
+        assert isinstance(info.value, ClickException) and info.value.exit_code == 2
         assert not Path(slot.path).exists(), "training started although the weights do not fit"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
+def test_cli_refuses_cuda_without_a_gpu_before_any_work(make_project):
+    """`trainer.device=cuda` on a machine without a GPU: one Error: line, exit status 2, no node
+    run (not even preprocessing, which would run first) and no file under data/ touched."""
+    project = make_project()
+    before = project.snapshot()
+    code, output = project.run(params={"trainer.device": "cuda"}, timeout=120)
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert code == 2, output[-3000:]
+    assert errors == ["Error: trainer.device='cuda': CUDA was requested but torch sees no GPU; use auto or "
+                      "cpu. Nothing was run."], output[-3000:]
+    assert "Traceback" not in output and "Running node" not in squash(output)
+    assert "MLflow run" not in squash(output), "no MLflow run is opened for a run that cannot start"
+    assert project.snapshot() == before
+
+
+def test_the_device_check_looks_only_at_runs_that_use_the_device(monkeypatch):
+    """In process: a run of nodes that read ``params:trainer`` is refused on a CUDA config without
+    a GPU; preprocessing alone (no such node) is not, so a GPU config still preprocesses here."""
+    from types import SimpleNamespace
+
+    from maskdm_pipeline.hooks import DeviceCheckHook
+    from maskdm_pipeline.training import TrainerConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    hook = DeviceCheckHook()
+    hook.after_context_created(SimpleNamespace(validated_params=SimpleNamespace(trainer=TrainerConfig(device="cuda"))))
+    preprocess = SimpleNamespace(nodes=[SimpleNamespace(inputs=["raw_images", "params:preprocess"])])
+    training = SimpleNamespace(nodes=[*preprocess.nodes, SimpleNamespace(inputs=["primary_train", "params:trainer"])])
+    hook.before_pipeline_run(pipeline=preprocess)
+    with pytest.raises(ParameterError, match=r"^trainer.device='cuda': CUDA was requested .* Nothing was run\.$"):
+        hook.before_pipeline_run(pipeline=training)
+    hook.after_context_created(SimpleNamespace(validated_params=SimpleNamespace(trainer=TrainerConfig(device="auto"))))
+    hook.before_pipeline_run(pipeline=training)  # auto falls back to the CPU

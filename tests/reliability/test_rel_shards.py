@@ -146,6 +146,8 @@ def test_a_shard_fault_ends_kedro_run_in_one_line(make_project, fault):
         shard = project.data / "03_primary" / "train" / "images-00000.npy"
         shard.write_bytes(shard.read_bytes()[:-5])
         expected = f"shard {shard} is truncated"
+    for other in ("feature_classifier.pt", "fd_clf_reference.pt"):  # the other inputs exist (never read)
+        (project.data / "04_feature" / other).write_bytes(b"never read")
     code, output = project.run("--pipelines", "baseline", timeout=120)
     assert code == 1, output[-3000:]
     assert "Traceback" not in output and "Running node" not in squash(output), output[-3000:]

@@ -74,3 +74,50 @@ def test_the_png_folder_is_replaced_whole(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="would leave the folder"):
         folder.save({"../escape": images["000000"]})
     assert sorted(folder.load()) == ["000000", "000001"]
+
+
+def _images(value: int) -> dict[str, np.ndarray]:
+    return {"images": np.full((3, 1, 4, 4), value, np.uint8), "labels": np.arange(3)}
+
+
+@pytest.mark.parametrize("kind", ["file in a linked folder", "linked file", "linked output folder (PNGs)",
+                                  "linked output folder (shards)"])
+def test_a_linked_data_folder_or_file_stays_a_link_across_saves(tmp_path: Path, kind: str) -> None:
+    """A user's arrangement of the data folders (here: on "another disk", ``elsewhere/``) survives
+    every rewrite: the link stays a link to the same place and its target gets the new content,
+    with no scratch left beside the link or the target."""
+    project, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    if kind == "file in a linked folder":
+        (project / "06_models").symlink_to(elsewhere, target_is_directory=True)
+        link, dataset = project / "06_models", JSONDataset(filepath=str(project / "06_models" / "m.json"))
+        save, read = (lambda v: dataset.save({"v": v})), (lambda: dataset.load()["v"])
+    elif kind == "linked file":
+        (elsewhere / "m.json").write_text("{}")
+        link = project / "m.json"
+        link.symlink_to(elsewhere / "m.json")
+        dataset = JSONDataset(filepath=str(link))
+        save, read = (lambda v: dataset.save({"v": v})), (lambda: dataset.load()["v"])
+    elif kind == "linked output folder (PNGs)":
+        (elsewhere / "pngs").mkdir()
+        link = project / "maskdm_png"
+        link.symlink_to(elsewhere / "pngs", target_is_directory=True)
+        dataset = PngFolderDataset(path=str(link))
+        save = lambda v: dataset.save({f"{i:06d}": Image.new("L", (2, 2), v) for i in range(v)})  # noqa: E731
+        read = lambda: len(dataset.load())  # noqa: E731
+    else:
+        from maskdm_pipeline.datasets import ShardDataset
+
+        (elsewhere / "train").mkdir()
+        link = project / "train"
+        link.symlink_to(elsewhere / "train", target_is_directory=True)
+        dataset = ShardDataset(str(link))
+        save, read = (lambda v: dataset.save(_images(v))), (lambda: int(np.asarray(dataset.load()["images"][0]).max()))
+    target = link.resolve()
+    for value in (1, 2):
+        save(value)
+        assert link.is_symlink() and link.resolve() == target, f"{kind}: the link was replaced"
+        assert read() == value
+    assert sorted(p.name for p in project.iterdir()) == [link.name]
+    assert not [p.name for p in elsewhere.iterdir() if p.name.startswith(".")]

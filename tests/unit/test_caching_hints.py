@@ -10,9 +10,10 @@ import pytest
 from kedro.io import DatasetError
 
 from maskdm_pipeline.caching.hints import command_without_rerun, go_on_hint
+from maskdm_pipeline.console import UsageMistake
 from maskdm_pipeline.datasets.errors import UnreadableFileError
 from maskdm_pipeline.params import ParameterError
-from maskdm_pipeline.train_stage import StageInterrupted, StageNodesError
+from maskdm_pipeline.train_stage import InputsDoNotFit, StageInterrupted, StageNodesError
 
 SAME = "To go on, rerun the same command: what finished is skipped as up to date."
 KEDRO = "/venv/bin/kedro"
@@ -35,7 +36,10 @@ def _wrapped(inner: Exception) -> DatasetError:
     StageNodesError("pretrain: the 2 nodes were started with different parameters (pretrain.lr: ...)"),
     ParameterError("Invalid parameters, nothing was run:\n  - pretrain.steps=0: must be >= 1"),
     _wrapped(UnreadableFileError("data/01_raw/x.png is not an image")),
-], ids=["unresolvable host", "differing nodes", "parameters", "bad input file"])
+    InputsDoNotFit("finetune: the pre-trained checkpoint ... was made with other settings (...)"),
+    UsageMistake("finetune cannot run on its inputs: pretrained ... does not exist. Make it first: ..."),
+], ids=["unresolvable host", "differing nodes", "parameters", "bad input file", "inputs made otherwise",
+        "input missing"])
 def test_an_error_a_rerun_cannot_fix_gets_no_hint(error: Exception) -> None:
     assert go_on_hint(error, None, [], [KEDRO, "run"]) is None
 

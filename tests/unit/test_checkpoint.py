@@ -69,6 +69,25 @@ def test_round_trip_of_a_real_state_is_exact(real_state, tmp_path):
     torch.load(path, weights_only=True)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the loading side on a machine without a GPU")
+def test_a_state_saved_from_cuda_tensors_loads_on_a_cpu_only_machine(real_state, tmp_path, monkeypatch):
+    """A file as torch.save writes it for CUDA tensors (every storage tagged ``cuda:0``, the only
+    place a file records a device): plain torch.load refuses it here, the project's loader maps
+    it to the CPU. The GPU check saves a real one (tests/unit/test_gpu.py)."""
+    import torch.serialization as serialization
+
+    real_tag = serialization.location_tag
+    monkeypatch.setattr(serialization, "location_tag", lambda storage: "cuda:0" if real_tag(storage) == "cpu"
+                        else real_tag(storage))
+    torch.save(real_state, tmp_path / "from_cuda.pt")
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(tmp_path / "from_cuda.pt", weights_only=True)
+    loaded = load_checkpoint(tmp_path / "from_cuda.pt")
+    assert all(v.device.type == "cpu" for v in loaded["model"].values())
+    assert all(torch.equal(loaded["model"][k], v) for k, v in real_state["model"].items())
+
+
 def test_crash_mid_write_keeps_the_old_file(real_state, tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(real_state, path)
@@ -255,3 +274,51 @@ def test_atomic_write_keeps_the_name_so_writers_can_pick_the_format(tmp_path):
     assert Image.open(tmp_path / "grid.png").format == "PNG"
     assert np.load(tmp_path / "x.npz")["a"].tolist() == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "x.npz"]
+
+
+def _varied(state: dict, **changes) -> dict:
+    """A deep copy of ``state`` (tensors cloned) with ``changes`` applied by dotted key."""
+    import copy
+
+    new = copy.deepcopy(state)
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        target = new
+        for key in path:
+            target = target[key]
+        target[last] = value(target[last]) if callable(value) else value
+    return new
+
+
+def test_a_checkpoint_is_identified_by_its_weights_config_and_step_not_its_timings(real_state, tmp_path):
+    """What the cache keeps for a checkpoint (a retrained stage with bitwise the same weights
+    changes nothing after it): not the bytes, which hold wall times, nor what only a resume reads."""
+    from maskdm_pipeline.datasets import TorchCheckpointDataset
+    from maskdm_pipeline.fileio import checkpoint_identity
+    from maskdm_pipeline.fingerprint import file_digest
+
+    identity = checkpoint_identity(real_state)
+    assert identity.startswith("checkpoint:")
+    history = [{**row, "elapsed_s": row.get("elapsed_s", 0) + 9.5, "img_per_s": 1.0} for row in real_state["history"]]
+    retrained = _varied(real_state, history=history, stats=lambda s: {**s, "wall_time_s": 123.4},
+                        rng=lambda r: {**r, "cursor": 99} if isinstance(r, dict) else r,
+                        optimizer=lambda o: {**o, "param_groups": []}, evals=[{"step": 2, "elapsed_s": 7.0}])
+    assert checkpoint_identity(retrained) == identity
+    first, second = TorchCheckpointDataset(str(tmp_path / "a.pt")), TorchCheckpointDataset(str(tmp_path / "b.pt"))
+    first.save(real_state)
+    second.save(retrained)
+    assert file_digest(tmp_path / "a.pt") != file_digest(tmp_path / "b.pt")
+    assert first.content_identity() == second.content_identity() == identity
+    # any weight, EMA weight, config value or the step changes it; a changed dtype too
+    name = next(iter(real_state["model"]))
+    one_ulp = _varied(real_state, **{f"model.{name}": lambda t: t.flatten().clone().index_put_(
+        (torch.tensor([0]),), torch.nextafter(t.flatten()[0], torch.tensor(1e9))).reshape(t.shape)})
+    for other in (one_ulp,
+                  _varied(real_state, **{f"ema.model.{name}": lambda t: t + 1}),
+                  _varied(real_state, **{f"model.{name}": lambda t: t.double()}),
+                  _varied(real_state, step=real_state["step"] + 1),
+                  _varied(real_state, **{"config.stage.lr": 0.5})):
+        assert checkpoint_identity(other) != identity
+    assert TorchCheckpointDataset(str(tmp_path / "missing.pt")).content_identity() == "missing"
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert TorchCheckpointDataset(str(tmp_path / "bad.pt")).content_identity().startswith("unreadable:")

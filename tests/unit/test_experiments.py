@@ -64,10 +64,12 @@ def test_an_interrupted_copy_is_resumed_not_wiped(tmp_path: Path) -> None:
 
 def _accounting(stage: str, images: int, tokens_per_image: int, wall: float,
                 evals: list[tuple[int, float]], token_blocks_per_image: int) -> dict[str, Any]:
-    """evals: (images_seen, fd_clf) at wall time proportional to images."""
+    """evals: (images_seen, fd_clf) at wall time proportional to images; a batch of 10 images."""
     return {"stage": stage,
             "stats": {"wall_time_s": wall, "images_seen": images, "tokens_seen": images * tokens_per_image,
-                      "token_blocks_seen": images * token_blocks_per_image, "steps": images // 10},
+                      "token_blocks_seen": images * token_blocks_per_image, "steps": images // 10,
+                      "device": "cpu"},
+            "config": {"stage": {"steps": images // 10, "batch_size": 10}},
             "evals": [{"step": i // 10, "elapsed_s": wall * i / images, "images_seen": i, "fd_clf": f,
                        "fd_clf_n": 64} for i, f in evals]}
 
@@ -84,7 +86,11 @@ def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
         (report / f"{stage}_accounting.json").write_text(json.dumps(record))
     (report / "metrics.json").write_text(json.dumps(
         {"maskdm": {"fd_clf": 18.0}, "baseline": {"fd_clf": 20.0}, "real_floor": {"fd_clf": 4.0}}))
+    claim.record_devices(tmp_path)
     result = claim.collect(tmp_path, "16", 0)
+    # Each seed names the device it trained on and the budget each stage was given.
+    assert result["device"] == f"cpu: {claim.cpu_name()}"
+    assert result["budget"]["finetune"] == {"steps": 100, "batch_size": 10}
     # MaskDM first reaches the baseline's final 20.0 after 1000 fine-tuning images.
     assert result["maskdm_reach"]["images"] == 2000
     assert result["speedup_images"] == pytest.approx(1000 / 2000)
@@ -113,6 +119,15 @@ def test_collect_puts_pretraining_on_every_compute_axis(tmp_path: Path) -> None:
     # Results collected before token-blocks existed still tabulate, as n/a.
     old = {k: v for k, v in result.items() if "token_blocks" not in k}
     assert claim.summarise([old]).splitlines()[-1].endswith("| n/a | n/a | n/a |")
+
+
+def test_the_device_comes_from_the_machine_the_run_trained_on(tmp_path: Path) -> None:
+    (tmp_path / claim.DEVICES_FILE).write_text(json.dumps({"cpu": "Some CPU", "cuda": "NVIDIA H200"}))
+    on_gpu = {s: {"stats": {"device": "cuda:0"}} for s in ("pretrain", "finetune", "baseline")}
+    assert claim.device_used(tmp_path, on_gpu) == "cuda: NVIDIA H200"  # whatever the collecting machine has
+    assert claim.device_used(tmp_path, {"pretrain": {"stats": {}}}) is None  # recorded before the field
+    with pytest.raises(ValueError, match="different devices"):
+        claim.device_used(tmp_path, {**on_gpu, "baseline": {"stats": {"device": "cpu"}}})
 
 
 def test_token_blocks_are_backfilled_for_runs_recorded_before_them() -> None:
@@ -221,3 +236,24 @@ def test_guidance_gives_sparse_guidance_the_steps_cfg_pays_for() -> None:
 
     budget = Costs().cost("maskdm", Guidance(2.0, "cfg"), 25)
     assert guidance.steps_at_budget(Costs(), "maskdm", Guidance(2.0, "sparse"), budget) == 37  # 37 x 133 <= 5000
+
+
+@pytest.mark.slow
+def test_the_fashion256_gpu_command_runs_on_the_cpu_at_tiny_size(tmp_path: Path, monkeypatch) -> None:
+    """The device command of docs/results.md, dry: the fashion32 environment and claim's whole
+    machinery on generated IDX files, one seed; the results file has claim's schema."""
+    from image_factory import write_fashion_like
+
+    from experiments import fashion256
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(write_fashion_like(tmp_path)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "fashion-256.json"
+    fashion256.main(["--dry-run", "--out", str(out), "--workdir", str(tmp_path / "runs")])
+    record = json.loads(out.read_text())
+    (result,) = record["results"]
+    assert result["seed"] == 0 and result["scale_tokens"] == 256
+    assert result["device"] == f"cpu: {claim.cpu_name()}"
+    assert result["budget"]["baseline"] == {"steps": 4, "batch_size": 8}
+    assert record["extra_params"]["trainer.device"] == "cpu"
+    assert len(result["curves"]["baseline"]["fd_clf"]) >= 2 and out.with_suffix(".png").is_file()

@@ -5,11 +5,11 @@ files are written here, small; nothing depends on an installed data set."""
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from image_factory import idx_bytes
 
 from maskdm_pipeline.conversion import convert_images
 from maskdm_pipeline.datasets import IdxDataset
@@ -17,16 +17,6 @@ from maskdm_pipeline.datasets.errors import UnreadableFileError
 from maskdm_pipeline.datasets.idx import read_idx
 from maskdm_pipeline.params import PreprocessParams
 from maskdm_pipeline.pipelines.preprocess.nodes import split_images
-
-_CODE = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
-         np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
-
-
-def idx_bytes(array: np.ndarray, dtype: str = "u1") -> bytes:
-    """The IDX encoding of ``array`` (the reference writer of these tests, after the format's spec)."""
-    stored = np.asarray(array).astype(np.dtype(dtype).newbyteorder(">") if dtype != "u1" else "u1")
-    header = bytes([0, 0, _CODE[stored.dtype], stored.ndim]) + struct.pack(f">{stored.ndim}i", *stored.shape)
-    return header + stored.tobytes()
 
 
 def write(path: Path, data: bytes, zipped: bool) -> Path:

@@ -6,11 +6,14 @@ as it expects. When one of these fails after a Kedro upgrade, read what Kedro's
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 from typing import Any
 
 import kedro
 import pytest
+from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline, node, pipeline
 from kedro.runner import AbstractRunner, ParallelRunner, SequentialRunner, ThreadRunner
@@ -97,3 +100,50 @@ def test_without_a_drive_the_runner_is_kedros_own(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="stop"):
         partwise(SequentialRunner(), lambda only_missing: drive).run(_pipeline(_fail), _catalog())
     assert "--from-nodes" not in caplog.text
+
+
+def _rewrite() -> dict[str, str]:
+    return {"v": "new"}
+
+
+class _Recorder:
+    """A project hook that reads the node's output file when Kedro's ``after_node_run`` and when
+    the seam's ``after_node_outputs_saved`` are called, and in which process."""
+
+    def __init__(self, path: Any) -> None:
+        self.path, self.at_node_end, self.at_saved = path, [], []
+
+    def _content(self) -> str:
+        return json.loads(self.path.read_text())["v"]
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        self.at_node_end.append(self._content())
+
+    @hook_impl
+    def after_node_outputs_saved(self, node: Any, catalog: Any) -> None:
+        self.at_saved.append((node.name, os.getpid(), self._content()))
+
+
+@pytest.mark.parametrize("runner", [SequentialRunner, ThreadRunner, ParallelRunner], ids=lambda cls: cls.__name__)
+def test_hooks_hear_in_the_main_process_once_a_nodes_outputs_are_saved(runner: type, tmp_path: Any) -> None:
+    """A node rewrites an existing file: ``after_node_outputs_saved`` (the project's hook spec,
+    added by the seam) is called once, in the main process under every runner, and sees the
+    new content; Kedro's ``after_node_run`` sees the old one (it comes before the save), and a
+    ParallelRunner calls it only in its worker."""
+    from kedro.framework.hooks import _create_hook_manager
+    from kedro.io import SharedMemoryDataCatalog
+    from kedro_datasets.json import JSONDataset
+
+    path = tmp_path / "out.json"
+    path.write_text('{"v": "old"}')
+    catalog_class = SharedMemoryDataCatalog if runner is ParallelRunner else DataCatalog
+    catalog = catalog_class({"out": JSONDataset(filepath=str(path))})
+    hooks, recorder = _create_hook_manager(), _Recorder(path)
+    hooks.register(recorder)
+    partwise(runner(), lambda only_missing: None).run(pipeline([node(_rewrite, None, "out", name="rewrite")]),
+                                                     catalog, hooks)
+    assert recorder.at_saved == [("rewrite", os.getpid(), "new")], (
+        f"Kedro {kedro.__version__}'s {runner.__name__} no longer calls _release_datasets in the main process "
+        f"after a node's outputs are saved, as Kedro {KEDRO_VERSION} did")
+    assert recorder.at_node_end == ([] if runner is ParallelRunner else ["old"])

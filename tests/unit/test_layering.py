@@ -1,71 +1,51 @@
 """The floors of docs/architecture.md, checked on the code: every ``import`` under ``src/`` (read
-with ``ast``, so lazy imports inside functions count too) points to its own floor or below.
+with ``ast`` by ``maskdm_pipeline.codegraph``, so lazy imports inside functions count too) points to
+its own floor or below.
 
 From the bottom: math (models, masking, diffusion, metrics) and the neutral modules (fileio,
-devices, shards, listing, pool, atomic); the rooms, with training/ and datasets/ side by side;
-params.py; train_stage.py; the stages (pipelines/<stage>/); the wiring. The one import by name,
-``datasets/__init__.py``'s lazy ``importlib.import_module``, loads that package's own modules.
+devices, shards, listing, pool, atomic, codegraph, runlock); the rooms, with training/ and datasets/
+side by side; params.py; train_stage.py; the stages (pipelines/<stage>/); the wiring. The one import by name,
+``datasets/__init__.py``'s lazy ``importlib.import_module``, counts as an import of every module of
+that package.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-PACKAGE = "maskdm_pipeline"
+from maskdm_pipeline.codegraph import PACKAGE, imported_modules, read_package
+
 SRC = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 
 # Floor of each top-level room of the package (the package root itself holds only __version__).
 FLOORS = {
     "": 0,
-    **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing",
-                     "pool", "atomic"), 0),
+    **dict.fromkeys(("models", "masking", "diffusion", "metrics", "fileio", "devices", "shards", "listing", "dotted",
+                     "pool", "atomic", "codegraph", "runlock"), 0),
     **dict.fromkeys(("training", "datasets", "fd_clf", "generation", "imaging", "conversion", "splitting",
                      "reporting", "tracking", "fingerprint", "workers"), 1),
     "params": 2,
     "train_stage": 3,
     "pipelines": 4,
-    **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "caching", "project", "__main__"), 5),
+    **dict.fromkeys(("settings", "pipeline_registry", "hooks", "console", "caching", "project", "configuration",
+                     "cli", "__main__"), 5),
     "tracking.mlflow_hook": 5,  # a module on a floor of its own: tracking/ is a room, its hook is wiring
+    "tracking.mlflow_store": 5,  # what the hook writes into the MLflow store: wiring too
 }
 MATH = ("models", "masking", "diffusion", "metrics")
-NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic")
+NEUTRAL = ("fileio", "devices", "shards", "listing", "pool", "atomic", "codegraph", "dotted", "runlock")
 # Kedro below the stages only where a Kedro class is subclassed (datasets/); nodes.py never.
-KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "__main__",
-                 "tracking.mlflow_hook")
-
-
-def module_name(path: Path) -> str:
-    parts = [PACKAGE, *path.relative_to(SRC).with_suffix("").parts]
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported_modules(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
-    """Absolute names of the modules ``source`` imports (``from a import b`` is ``a.b`` when that
-    is a module in ``known``), wherever the import statement is."""
-    here = name if is_package else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = here.split(".")[: len(here.split(".")) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            found.update(f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names)
-    return found
+KEDRO_ALLOWED = ("datasets", "pipeline_registry", "settings", "hooks", "caching", "project", "configuration", "cli",
+                 "__main__", "tracking.mlflow_hook")
 
 
 @cache
 def graph() -> dict[str, set[str]]:
-    files = {module_name(p): p for p in SRC.rglob("*.py")}
-    known = set(files)
-    return {name: imported_modules(p.read_text(), name, p.name == "__init__.py", known)
-            for name, p in sorted(files.items())}
+    """Module -> the modules it imports, read by the package's own reader (the cache's code
+    identities use the same graph), from the repository's ``src/``."""
+    return {name: set(module.imports) for name, module in sorted(read_package(SRC).items())}
 
 
 def room(name: str) -> str:
@@ -108,6 +88,11 @@ def test_the_reader_sees_lazy_relative_and_from_imports() -> None:
     assert imported_modules(source, "maskdm_pipeline.models.uvit", False, known) == {
         "maskdm_pipeline.models.patching", "maskdm_pipeline.fd_clf", "maskdm_pipeline",
         "maskdm_pipeline.training.loop", "maskdm_pipeline.devices"}
+    # an import by name (datasets/__init__.py's lazy loader) counts as every module of its package
+    by_name = "import importlib\ndef __getattr__(name):\n    return importlib.import_module(name, __name__)\n"
+    known = {"maskdm_pipeline.datasets", "maskdm_pipeline.datasets.shards", "maskdm_pipeline.fileio"}
+    assert imported_modules(by_name, "maskdm_pipeline.datasets", True, known) == {
+        "importlib", "maskdm_pipeline.datasets.shards"}
 
 
 def test_the_rules_refuse_what_they_should() -> None:
@@ -168,6 +153,7 @@ def test_kedro_only_in_datasets_pipeline_files_and_wiring() -> None:
 
 
 def test_mlflow_only_in_the_mlflow_hook() -> None:
-    """What is logged is decided without MLflow (tracking/logged.py); only the hook talks to it."""
+    """What is logged is decided without MLflow (tracking/logged.py); only the hook (and the
+    module it writes the store's entities with) talks to it."""
     users = {name for name, modules in graph().items() if any(m.split(".")[0] == "mlflow" for m in modules)}
-    assert users == {"maskdm_pipeline.tracking.mlflow_hook"}
+    assert users == {"maskdm_pipeline.tracking.mlflow_hook", "maskdm_pipeline.tracking.mlflow_store"}

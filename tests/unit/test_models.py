@@ -139,6 +139,21 @@ def test_masked_output_is_comparable_with_the_visible_target() -> None:
     assert out.shape == target.shape
 
 
+def test_keep_visible_is_boolean_indexing_bitwise_with_its_gradient() -> None:
+    """The index gather (positions from the mask, on the mask's device) returns exactly the rows
+    boolean indexing returns, in raster order, and the same gradient."""
+    torch.manual_seed(0)
+    tokens = torch.randn(4, 16, 8, requires_grad=True)
+    mask = sample_masks("block", 4, 4, ratio=0.5, block_size=2)
+    ours = keep_visible(tokens, mask)
+    reference = tokens[~mask].reshape(4, -1, 8)
+    assert torch.equal(ours, reference)
+    weights = torch.randn_like(ours)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), tokens)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), tokens)
+    assert torch.equal(grad_ours, grad_reference)
+
+
 def test_gradients_reach_only_visible_patches() -> None:
     model = _tiny(seed=1)
     x = torch.randn(2, 1, 16, 16, requires_grad=True)

@@ -76,15 +76,16 @@ def test_resume_from_a_checkpoint_older_than_the_recipes_sees_no_change():
 
 
 def test_finetuning_starts_from_weights_trained_with_another_weighting_or_dense_blocks():
-    """Neither is a model shape: only the model config is compared (fine-tuning's own loss
-    decides its weighting)."""
+    """Neither is a model shape: the model config, the schedule and the prediction target are
+    compared, not the weighting (fine-tuning's own loss decides it) nor the mask."""
     model = {"preset": "tiny", "patch_size": 2, "img_size": 8}
     pretrained = {"model": {"w": torch.ones(1)}, "ema": {"model": {"w": torch.zeros(1)}},
                   "config": {"model": model, "diffusion": MIN_SNR.to_dict(),
                              "stage": {"mask": MaskConfig(ratio=0.5, dense_blocks=2).to_dict()}}}
-    assert init_weights_from(pretrained, "raw", model)["w"].item() == 1.0
-    with pytest.raises(ValueError, match="was trained with model"):
-        init_weights_from(pretrained, "raw", {**model, "img_size": 16})
+    unweighted = {**MIN_SNR.to_dict(), "loss_weighting": "none", "min_snr_gamma": 5.0}
+    assert init_weights_from(pretrained, "raw", model, unweighted)["w"].item() == 1.0
+    with pytest.raises(ValueError, match=r"made with -> this run: preprocess\.resolution 8 -> 16\)"):
+        init_weights_from(pretrained, "raw", {**model, "img_size": 16}, unweighted)
 
 
 def _accounting(config: dict[str, Any], images: int, token_blocks: int) -> dict[str, Any]:

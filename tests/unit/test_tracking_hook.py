@@ -88,3 +88,30 @@ def test_a_run_that_failed_before_the_rendezvous_is_not_tracked(deferred) -> Non
     hook, opened = deferred
     hook.on_pipeline_error(error=_failed_training(-1), pipeline=SimpleNamespace(all_outputs=lambda: set()))
     assert not opened and hook._pending is None
+
+
+class _NoMlflow:
+    """A meta-path finder that hides mlflow, as on a machine where it is not installed."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "mlflow" or name.startswith("mlflow."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def test_without_mlflow_the_run_says_so_in_one_line_and_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import sys
+
+    for name in [n for n in sys.modules if n == "mlflow" or n.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_NoMlflow(), *sys.meta_path])
+    hook = MlflowTrackingHook()
+    with caplog.at_level(logging.INFO):
+        hook.before_pipeline_run(run_params={"pipeline_names": ["pretrain"]}, pipeline=None, catalog=None)
+        hook.after_node_run(node=_node("pretrain_accounting"), outputs={"pretrain_accounting": _accounting(0)})
+        hook.after_pipeline_run(pipeline=SimpleNamespace(all_outputs=lambda: {"pretrain_accounting"}))
+    lines = [r.getMessage() for r in caplog.records if "mlflow" in r.getMessage().lower()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert lines[0].startswith("MLflow cannot be imported (No module named 'mlflow'): this run is not tracked.")
+    assert hook._run_id is None and hook._client is None

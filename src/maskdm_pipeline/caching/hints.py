@@ -80,3 +80,30 @@ def command_without_rerun(argv: Sequence[str]) -> str | None:
         if kept:
             args += ["--params", ",".join(kept)]
     return shlex.join(args) if found else None
+
+
+# The options of `kedro run` that select what runs (with their short forms); they take a value.
+SELECTION = ("--pipeline", "-p", "--pipelines", "--nodes", "-n", "--from-nodes", "--to-nodes", "--from-inputs",
+             "--to-outputs", "--namespaces", "-ns", "--tags", "-t")
+
+
+def command_with_pipelines(argv: Sequence[str], pipelines: Sequence[str] = ()) -> str:
+    """``kedro run`` with the options typed in ``argv`` (``sys.argv``: ``kedro run ...`` or
+    ``python -m maskdm_pipeline ...``) but its selection (:data:`SELECTION`), and ``--pipelines``
+    set to ``pipelines`` when given: the command that runs those stages with the same settings
+    (``--env``, ``--params``)."""
+    options: list[str] = []
+    if argv and Path(argv[0]).name == "kedro":
+        options = list(argv[2:]) if argv[1:2] == ["run"] else []
+    elif argv and Path(argv[0]).name == "__main__.py":
+        options = list(argv[1:])
+    kept, i = [], 0
+    while i < len(options):
+        arg = options[i]
+        if arg in SELECTION:
+            i += 2
+            continue
+        if not any(arg.startswith(f"{option}=") for option in SELECTION):
+            kept.append(arg)
+        i += 1
+    return shlex.join(["kedro", "run", *kept, *(["--pipelines", ",".join(pipelines)] if pipelines else [])])

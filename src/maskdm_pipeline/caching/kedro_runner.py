@@ -17,6 +17,10 @@ around it logs the completion line once, with the run's whole duration. Why the 
 no public hook sees a node's end after its outputs are saved in every runner (``after_node_run``
 fires before the save, ``after_dataset_saved`` in a worker process). What to run and when is
 decided elsewhere (``caching/session.py``): nothing here knows a part, a fingerprint or a stage.
+
+The same signal goes to every hook as the project's one hook spec of its own,
+:meth:`OutputsSavedSpec.after_node_outputs_saved`, in every ``kedro run`` of a partwise runner
+(with or without a drive): the MLflow hook logs each output from the bytes the run wrote there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kedro.framework.hooks.markers import hook_spec
 from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner
 
@@ -40,6 +45,28 @@ NodeFinished = Callable[[str], None]  # a node's name, once its outputs are save
 RunBatch = Callable[[Pipeline, NodeFinished], None]  # Kedro's runner on some nodes of the run
 Drive = Callable[[Pipeline, Any, RunBatch], None]  # (the run's pipeline, its catalog, run_batch)
 DriveFor = Callable[[bool], Drive | None]  # only_missing_outputs -> this run's drive; None: Kedro's own
+
+
+class OutputsSavedSpec:
+    """The project's own hook spec, added to Kedro's hook manager by a partwise runner's ``run``
+    (Kedro's specs are in ``kedro.framework.hooks.specs``; a hook implements this one with
+    ``@hook_impl`` like any of them)."""
+
+    @hook_spec
+    def after_node_outputs_saved(self, node: Any, catalog: Any) -> None:
+        """``node`` has finished and its outputs are saved: called in the main process under
+        every runner (a ParallelRunner's node runs, and saves, in a worker process, where
+        ``after_dataset_saved`` fires; Kedro's ``after_node_run`` fires before the save), once
+        per node, in the order the nodes finish. ``catalog``: the run's catalog."""
+
+
+def with_outputs_saved(hook_manager: Any) -> Any:
+    """``hook_manager`` (Kedro's, or None) with :class:`OutputsSavedSpec` added once."""
+    if hook_manager is not None:
+        caller = getattr(hook_manager.hook, "after_node_outputs_saved", None)
+        if caller is None or not caller.has_spec():  # a hook may have registered it before the spec
+            hook_manager.add_hookspecs(OutputsSavedSpec)
+    return hook_manager
 
 
 def partwise(runner: AbstractRunner, drive_for: DriveFor) -> AbstractRunner:
@@ -69,17 +96,19 @@ class _Partwise:
     _partwise_drive_for: DriveFor
     _partwise_drive: Drive | None = None  # the drive of the run in progress
     _partwise_node_finished: NodeFinished | None = None  # the listener of the batch in progress
+    _partwise_hooks: Any = None  # the hook manager of the run in progress
 
     def run(self, pipeline: Pipeline, catalog: Any, hook_manager: Any = None, run_id: str | None = None,
             only_missing_outputs: bool = False) -> dict[str, Any]:
         """Kedro's own ``run`` around :meth:`_run`. A drive decides what must run, so
         ``only_missing_outputs`` is its to follow, not Kedro's filter's."""
         self._partwise_drive = self._partwise_drive_for(only_missing_outputs)
+        self._partwise_hooks = with_outputs_saved(hook_manager)
         try:
             return self._partwise_base.run(self, pipeline, catalog, hook_manager, run_id,  # type: ignore[arg-type]
                                            only_missing_outputs and self._partwise_drive is None)
         finally:
-            self._partwise_drive = None
+            self._partwise_drive = self._partwise_hooks = None
 
     def _run(self, pipeline: Pipeline, catalog: Any, hook_manager: Any = None, run_id: str | None = None) -> None:
         base, drive = self._partwise_base, self._partwise_drive
@@ -97,10 +126,13 @@ class _Partwise:
         drive(pipeline, catalog, run_batch)
 
     def _release_datasets(self, node: Any, catalog: Any, load_counts: Any, pipeline: Pipeline) -> None:
-        """Kedro's own release, then the batch's listener learns that ``node`` has finished."""
+        """Kedro's own release, then the batch's listener learns that ``node`` has finished, and
+        the hooks that its outputs are saved (:class:`OutputsSavedSpec`)."""
         super(type(self), self)._release_datasets(node, catalog, load_counts, pipeline)  # type: ignore[misc]
         if self._partwise_node_finished is not None:
             self._partwise_node_finished(node.name)
+        if self._partwise_hooks is not None:
+            self._partwise_hooks.hook.after_node_outputs_saved(node=node, catalog=catalog)
 
     def _suggest_resume_scenario(self, pipeline: Pipeline, done_nodes: Any, catalog: Any) -> None:
         """Kedro would suggest ``--from-nodes`` for the batch; a drive says how to go on instead

@@ -8,12 +8,17 @@ key             content
 ==============  ==============================================================================
 format          ``"maskdm-fingerprint/1"``
 fingerprint     SHA-256 (hex) of the key document: ``format``, ``what``, ``params``, ``inputs``,
-                ``files``, ``package`` below (:func:`maskdm_pipeline.fingerprint.fingerprint`)
+                ``files``, ``code``, ``libraries``, ``package`` below
+                (:func:`maskdm_pipeline.fingerprint.fingerprint`)
 what            node name -> function, for the part of the pipeline that wrote the output
 params          dotted parameter names -> values, of every block the part reads, speed-only
                 keys left out (``fingerprint.SPEED_ONLY_KEYS``)
 inputs          catalog input -> content identity (``sha256:...``, ``listing:...``, ...)
 files           files read that are not catalog inputs (the FID weights) -> content hash
+code            each file of the package the part runs (``training/loop.py``) -> the digest of
+                what it computes (:func:`maskdm_pipeline.fingerprint.code_identity`); a record
+                without it (written before code identities) is stale: "code identity not recorded"
+libraries       ``python`` and each library that code imports -> its version (``torch``: ``2.5.1``)
 package         ``maskdm_pipeline.__version__``
 dataset         the catalog name of this output
 stage, part     the stage (registered pipeline) and the part's label within it
@@ -26,9 +31,10 @@ stamp           a cheap signature of the output on disk (size and mtime; a folde
                 so that an unchanged output is not hashed again
 ==============  ==============================================================================
 
-A dataset may define ``content_identity() -> str | None`` (``maskdm_pipeline.datasets``); without
-it a file is identified by the SHA-256 of its bytes, a folder a stage wrote by the SHA-256 of its
-files, and a raw folder (no stage writes it) by its listing (no file opened).
+A dataset may define ``content_identity() -> str | None`` (``maskdm_pipeline.datasets``; a
+checkpoint: its weights, EMA weights, config and step, not its wall times); without it a file is
+identified by the SHA-256 of its bytes, a folder a stage wrote by the SHA-256 of its files, and a
+raw folder (no stage writes it) by its listing (no file opened).
 """
 
 from __future__ import annotations
@@ -126,15 +132,16 @@ def raw_identity(dataset: Any, path: Path | None) -> str:
 
 
 def stamp(dataset: Any, path: Path) -> str:
-    """A cheap signature of an output on disk: its own identity, else a folder's listing, else a
-    file's size and modification time. Equal stamps: the output was not touched since."""
+    """A cheap signature of an output on disk: a file's size and modification time (whatever its
+    own identity costs: a checkpoint's loads the file), a folder's own identity (a shard folder's
+    reads its index), else its listing. Equal stamps: the output was not touched since."""
+    if path.is_file():
+        info = path.stat()
+        return f"size:{info.st_size}:mtime_ns:{info.st_mtime_ns}"
     own = _own(dataset)
     if own is not _UNDEFINED:
         return str(own)
-    if path.is_dir():
-        return folder_listing(path)
-    info = path.stat()
-    return f"size:{info.st_size}:mtime_ns:{info.st_mtime_ns}"
+    return folder_listing(path) if path.is_dir() else "missing"
 
 
 def touched(path: Path) -> tuple[int, int] | None:

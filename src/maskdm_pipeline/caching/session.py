@@ -13,17 +13,26 @@ same catalog and hooks: node and dataset hooks fire as usual, the pipeline hooks
 ``kedro run`` (the session calls them), ``ParallelRunner`` still gets its shared-memory catalog
 (the runner keeps its class, subclassed), and ``--only-missing-outputs`` follows the same rule
 (a stale output counts as missing).
+
+The session also takes the project's run lock (:mod:`maskdm_pipeline.runlock`) for the length of
+``run``: after the parameters are validated, before the catalog is made and before any pipeline
+hook (the removal of killed writes' temporaries, MLflow) or node, so a run refused because
+another one is writing touches nothing. Only ``run`` takes it: commands that only read
+(``kedro viz``, ``kedro catalog``, a notebook's catalog) never do.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from click import ClickException
 from kedro.framework.session import KedroSession
 from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner, SequentialRunner
@@ -33,15 +42,29 @@ from maskdm_pipeline.caching.kedro_runner import Drive, RunBatch, partwise
 if TYPE_CHECKING:  # settings.py imports this module for every kedro command: torch and co. lazily
     from maskdm_pipeline.caching.judge import Decision, Judge
     from maskdm_pipeline.caching.report import Report
+    from maskdm_pipeline.runlock import RunLock
 
 logger = logging.getLogger("maskdm_pipeline.caching")
 ALL = "all"
+# The arguments of KedroSession.run that select what runs: part of a multi-node job's identity.
+SELECTION = ("pipeline_names", "tags", "node_names", "from_nodes", "to_nodes", "from_inputs", "to_outputs",
+             "namespaces")
+
+
+class ProjectInUse(ClickException):
+    """Another run holds the project's run lock (runlock.RunLockHeld's message names it). Exit status
+    75, EX_TEMPFAIL of sysexits.h: the same command may work later, which a script can test."""
+
+    exit_code = 75
 
 
 class CachingSession(KedroSession):
-    """The project's session: checks ``cache.rerun`` before anything runs and wraps the runner."""
+    """The project's session: checks ``cache.rerun`` before anything runs, holds the run lock for
+    the length of ``run`` and wraps the runner."""
 
     _cache_params: dict[str, Any] | None = None
+    _run_selection: dict[str, Any] | None = None  # set by run(): the lock is taken once the context is made
+    _run_lock: RunLock | None = None
 
     def load_context(self) -> Any:
         from maskdm_pipeline.caching.units import stage_pipelines
@@ -53,13 +76,25 @@ class CachingSession(KedroSession):
         if problem:
             raise ParameterError(f"Invalid parameters, nothing was run:\n  - {problem}")
         self._cache_params = params.model_dump(mode="json")
+        if self._run_selection is not None and self._run_lock is None:
+            self._run_lock = take_run_lock(Path(self._project_path), run_job(self._cache_params, context.env,
+                                                                              self._run_selection))
         return context
 
     def run(self, pipeline_name: str | None = None, pipeline_names: list[str] | None = None,
             tags: Any = None, runner: AbstractRunner | None = None, **kwargs: Any) -> dict[str, Any]:
+        chosen = {"pipeline_names": pipeline_names or ([pipeline_name] if pipeline_name else None), "tags": tags,
+                  **kwargs}
+        self._run_selection = {key: sorted(value) if isinstance(value, Iterable) and not isinstance(value, str)
+                               else value for key in SELECTION if (value := chosen.get(key))}
         runner = partwise(runner or SequentialRunner(), self._drive_for)
-        return super().run(pipeline_name=pipeline_name, pipeline_names=pipeline_names, tags=tags, runner=runner,
-                           **kwargs)
+        try:
+            return super().run(pipeline_name=pipeline_name, pipeline_names=pipeline_names, tags=tags,
+                               runner=runner, **kwargs)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
 
     def _drive_for(self, only_missing_outputs: bool) -> Drive | None:
         """What runs this ``kedro run``: :func:`run_in_parts` with its parameters; None (Kedro's own
@@ -70,6 +105,36 @@ class CachingSession(KedroSession):
             logger.info("--only-missing-outputs: an output that is not up to date counts as missing "
                         "(the cache's rule, the same as without the option)")
         return functools.partial(run_in_parts, self._cache_params, self.session_id)
+
+
+def run_job(params: Mapping[str, Any], env: str | None, selection: Mapping[str, Any]) -> str | None:
+    """The job key of this run in the run lock: what the nodes of one multi-node job share, so
+    that they share the lock (``trainer.nnodes > 1`` with a ``trainer.rdzv_endpoint``): the
+    endpoint and node count, the environment, what runs (``selection``: pipelines and filters,
+    not the parameters, which the nodes compare themselves and name when they differ) and,
+    under SLURM, the job id; None (shared with nobody) for a run on one node."""
+    trainer = params.get("trainer", {})
+    if int(trainer.get("nnodes") or 1) <= 1 or not trainer.get("rdzv_endpoint"):
+        return None
+    return json.dumps({"rdzv_endpoint": trainer["rdzv_endpoint"], "nnodes": trainer["nnodes"], "env": env,
+                       "slurm_job": os.environ.get("SLURM_JOB_ID"), **selection}, sort_keys=True)
+
+
+def take_run_lock(project: Path, job: str | None) -> RunLock:
+    """The project's run lock (``runlock.FOLDER`` under ``project``), or the one-line refusal.
+
+    Raises:
+        ProjectInUse: another run holds it (exit status 75).
+        ClickException: the lock cannot be read or written.
+    """
+    from maskdm_pipeline.runlock import FOLDER, RunLock, RunLockError, RunLockHeld
+
+    try:
+        return RunLock.acquire(project / FOLDER, job)
+    except RunLockHeld as exc:
+        raise ProjectInUse(str(exc)) from None
+    except RunLockError as exc:
+        raise ClickException(f"{exc}; nothing was run.") from None
 
 
 def check_rerun(rerun: str | None, stages: Iterable[str]) -> str | None:
@@ -87,6 +152,7 @@ def run_in_parts(params: Mapping[str, Any], session_id: str, pipeline: Pipeline,
     a wave that must run to Kedro's runner in one batch (``run_batch``). The records of the parts
     that ran name ``session_id`` (the Kedro session), which is how the MLflow hook tells a part
     that ran from one that was up to date."""
+    from maskdm_pipeline.caching.fit import check_inputs_fit
     from maskdm_pipeline.caching.judge import Judge, Upstream
     from maskdm_pipeline.caching.report import Report
     from maskdm_pipeline.caching.units import (
@@ -105,6 +171,7 @@ def run_in_parts(params: Mapping[str, Any], session_id: str, pipeline: Pipeline,
     whole = split_parts(sum(stages.values(), Pipeline([])), persistent, stage_of)
     judge = Judge(catalog, params, {out: p for p in whole for out in p.outputs})
     upstream = Upstream(judge, frozenset(n.name for n in pipeline.nodes))
+    check_inputs_fit(parts, upstream, catalog, stage_order(whole), sys.argv)  # before any part runs
     rerun = params["cache"]["rerun"]
     report = Report(parts, stage_order(whole))
     decisions: list[Decision] = []

@@ -21,6 +21,7 @@ from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
 PARAMS_PREFIX = "params:"
+STAGES_PACKAGE = "maskdm_pipeline.pipelines"  # a stage is the pipeline of its sub-package here
 
 
 @dataclass(eq=False)
@@ -52,11 +53,18 @@ class Part:
         """Node name -> the function it calls: the ``what`` of the part's fingerprint."""
         return {n.name: f"{n.func.__module__}.{n.func.__qualname__}" for n in self.nodes}
 
+    def modules(self) -> list[str]:
+        """The modules the part's code starts in: its stage's package (the pipeline that wires the
+        nodes) and the module of each node's function (a ``functools.partial`` by the function
+        it wraps)."""
+        funcs = [getattr(n.func, "func", n.func) for n in self.nodes]
+        return sorted({f"{STAGES_PACKAGE}.{self.stage}", *(f.__module__ for f in funcs)})
+
 
 def stage_pipelines() -> dict[str, Pipeline]:
     """Every stage's pipeline by name, whatever ``--pipelines`` selected (Kedro then loads only the
     selected ones), so that the cache can follow an input back to a stage outside the run."""
-    package = importlib.import_module("maskdm_pipeline.pipelines")
+    package = importlib.import_module(STAGES_PACKAGE)
     return {info.name: importlib.import_module(f"{package.__name__}.{info.name}").create_pipeline()
             for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name) if info.ispkg}
 

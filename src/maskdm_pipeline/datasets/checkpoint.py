@@ -19,7 +19,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from maskdm_pipeline.datasets.torch_state import TorchStateDataset
-from maskdm_pipeline.fileio import load_checkpoint, save_checkpoint
+from maskdm_pipeline.fileio import CheckpointError, checkpoint_identity, load_checkpoint, save_checkpoint
 from maskdm_pipeline.listing import shown
 
 
@@ -29,6 +29,23 @@ class TorchCheckpointDataset(TorchStateDataset):
 
     _read = staticmethod(load_checkpoint)
     _write = staticmethod(save_checkpoint)
+
+    def content_identity(self) -> str:
+        """What the checkpoint holds for its readers, for the cache (``maskdm_pipeline.caching``):
+        :func:`~maskdm_pipeline.fileio.checkpoint_identity`, a hash of its weights, EMA weights,
+        config and step, not of its bytes, which hold wall times. A training stage rerun that
+        gives bitwise the same weights leaves its readers (sampling, fine-tuning) current.
+
+        The file is loaded (CRC-checked) and hashed: about a second per GB, once per write, since
+        the cache checks an output by its size and modification time before it hashes it. A file
+        that is missing or does not load gets an identity of its own (the cache then reruns the
+        stage that writes it)."""
+        if not self._filepath.exists():
+            return "missing"
+        try:
+            return checkpoint_identity(self._read(self._filepath))
+        except CheckpointError as exc:
+            return f"unreadable:{exc}"
 
 
 class CheckpointSlot:

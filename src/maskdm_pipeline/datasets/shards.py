@@ -131,7 +131,10 @@ class ShardDataset(AbstractDataset[Any, dict[str, Any]]):
                 writer.abort()
 
     def _exists(self) -> bool:
-        return (self._path / "index.json").is_file()
+        """The folder's index, or an older version's single archive beside it (``train.npz``):
+        loading that names its format and the command that rewrites it, which a reader's "does
+        not exist" (caching/fit.py) would hide."""
+        return (self._path / "index.json").is_file() or self._path.with_name(f"{self._path.name}.npz").is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

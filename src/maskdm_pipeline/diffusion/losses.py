@@ -271,7 +271,8 @@ class MaskedDenoisingLoss(_Loss):
             raise ValueError(
                 f"mask must be bool of shape ({x0.shape[0]}, {n}); got {mask.dtype} {tuple(mask.shape)}"
             )
-        mask = mask.to(x0.device)
+        # The mask stays where it was drawn (the CPU in the training loop): the model and
+        # keep_visible take the visible positions from it without waiting for the GPU.
         t, x_t, target = self._noised(x0, t, noise, generator)
         dense = {"dense_blocks": self.dense_blocks} if self.dense_blocks else {}
         out = model(x_t, t, mask, **dense, **_label_kwargs(labels))  # (B, N_visible, p*p*C)

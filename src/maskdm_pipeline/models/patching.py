@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from maskdm_pipeline.devices import to_device
+
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, p*p*C) with N = (H/p) * (W/p)."""
@@ -26,13 +28,31 @@ def unpatchify(tokens: torch.Tensor, patch_size: int, channels: int) -> torch.Te
     )
 
 
+def visible_index(mask: torch.Tensor) -> torch.Tensor:
+    """The positions of the visible tokens: bool ``mask`` (B, N), True = masked -> int64
+    (B, N_vis), each row ascending (raster order), on ``mask``'s device.
+
+    Every row must mask the same number of tokens (all mask generators guarantee it). Computed
+    where the mask is: the training loop draws masks on the CPU, so the GPU never waits for
+    this count (a GPU mask would make the host wait for the count, the count first).
+    """
+    b = mask.shape[0]
+    visible = ~mask
+    n_vis = int(visible[0].sum())
+    return visible.nonzero()[:, 1].reshape(b, n_vis)  # nonzero lists (row, column) in row-major order
+
+
+def take_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tokens`` (B, N, D) at ``index`` (B, K) int64 on ``tokens``' device -> (B, K, D)."""
+    return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
 def keep_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Drop masked tokens MAE-style: (B, N, D) with mask (B, N) True = masked -> (B, N_vis, D).
 
-    Every row of ``mask`` must mask the same number of tokens (all mask generators guarantee
-    it); the reshape below relies on that and keeps the raster order of the visible tokens.
+    The visible tokens keep their raster order. ``mask`` may live on another device than
+    ``tokens`` (the CPU: :func:`visible_index`); the values are copies either way, so the result
+    and its gradient are bitwise those of boolean indexing ``tokens[~mask]``.
     """
-    b, n, d = tokens.shape
-    visible = ~mask
-    n_vis = int(visible[0].sum())
-    return tokens[visible].reshape(b, n_vis, d)
+    index = to_device(visible_index(mask), tokens.device)
+    return take_tokens(tokens, index)

@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdm_pipeline.models.patching import keep_visible, unpatchify
+from maskdm_pipeline.devices import to_device
+from maskdm_pipeline.models.patching import take_tokens, unpatchify, visible_index
 
 __all__ = ["LABEL_EMBEDDING", "UViT", "check_dense_blocks", "timestep_embedding"]
 
@@ -297,22 +298,22 @@ class UViT(nn.Module):
         elif labels is not None:
             raise ValueError("this model is unconditional (num_classes=0): it takes no labels")
         extras = self.extra_tokens
-        drop = None
+        keep = None  # (B, E+N_vis) positions of the visible tokens, when masked
         if mask is not None:
-            mask = mask.to(x.device)  # masks are usually drawn on the CPU (data side)
             # Prepend "not masked" for the time (and label) token so it always survives
-            # (section 1 step 5): masks drop patch tokens only.
-            keep = torch.zeros(b, extras, dtype=torch.bool, device=x.device)
-            drop = torch.cat([keep, mask], dim=1)  # (B, E+N), True = masked
+            # (section 1 step 5): masks drop patch tokens only. Where the mask is (the training
+            # loop's are drawn on the CPU: no GPU synchronisation).
+            keep_extras = torch.zeros(b, extras, dtype=torch.bool, device=mask.device)
+            keep = to_device(visible_index(torch.cat([keep_extras, mask], dim=1)), x.device)
 
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.in_blocks):
-            if i == dense_blocks and drop is not None:
-                x, skips = _drop_masked(x, skips, drop)  # (B, E+N_vis, D) from here on
+            if i == dense_blocks and keep is not None:
+                x, skips = _drop_masked(x, skips, keep)  # (B, E+N_vis, D) from here on
             x = block(x)  # (B, L, D)
             skips.append(x)
-        if dense_blocks == len(self.in_blocks) and drop is not None:
-            x, skips = _drop_masked(x, skips, drop)  # every in-block was dense
+        if dense_blocks == len(self.in_blocks) and keep is not None:
+            x, skips = _drop_masked(x, skips, keep)  # every in-block was dense
         x = self.mid_block(x)  # (B, L, D)
         for block in self.out_blocks:
             # LIFO: the last in-block's output feeds the first out-block (U-ViT long skips).
@@ -456,9 +457,9 @@ class UViT(nn.Module):
 
 
 def _drop_masked(
-    x: torch.Tensor, skips: list[torch.Tensor], drop: torch.Tensor
+    x: torch.Tensor, skips: list[torch.Tensor], keep: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Keep the visible tokens of ``x`` (B, E+N, D) and of the long skips taken so far, each
-    -> (B, E+N_vis, D); ``drop`` (B, E+N) is True for masked tokens (never the E time / label
-    tokens)."""
-    return keep_visible(x, drop), [keep_visible(skip, drop) for skip in skips]
+    -> (B, E+N_vis, D); ``keep`` (B, E+N_vis) int64 are their positions (the E time / label
+    tokens' always among them)."""
+    return take_tokens(x, keep), [take_tokens(skip, keep) for skip in skips]

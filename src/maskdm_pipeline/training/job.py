@@ -27,7 +27,7 @@ from maskdm_pipeline.training.config import (
     TrainerConfig,
 )
 
-__all__ = ["EvalFn", "NodesError", "NonFiniteLossError", "TrainJob", "TrainingInterrupted"]
+__all__ = ["EvalFn", "NodesError", "NonFiniteLossError", "TrainJob", "TrainingInterrupted", "WorkerFailed"]
 
 EvalFn = Callable[[int, nn.Module], Mapping[str, Any] | None]
 
@@ -116,3 +116,9 @@ class NodesError(RuntimeError):
     """The nodes of a multi-node job could not start or go on together (an endpoint that cannot
     work, nodes that never all joined, different parameters, a node lost); the message names
     the parameter or host, what was kept and what to do."""
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process of a multi-process run died (a signal, an exception, an exit status) and
+    ``trainer.max_restarts`` was used up; the message names the rank, how it died, the last periodic
+    checkpoint and what to do (training/restarts.py ``failure_message``)."""

@@ -11,7 +11,10 @@ global batch. What the official code lacked and this adds:
 - time accounting that reviewers found missing: training wall time without evaluation or
   checkpoint I/O, images and tokens seen (masked stages see fewer tokens per image), and
   token-blocks (patch tokens summed over the blocks, ``UViT.token_blocks``), which charges the
-  dense blocks of dense-first masking for every token they see.
+  dense blocks of dense-first masking for every token they see; after an elastic restart of the
+  worker group they also count the steps the lost attempt trained past its last checkpoint, and
+  ``restarts``, ``steps_redone`` and ``restart_time_s`` say what the restarts cost
+  (training/restarts.py).
 
 ``TrainProcess.train`` returns a ``maskdm-checkpoint/1`` dict (fileio.py); training/run.py is
 the entry that checks a job and starts one or several processes.
@@ -42,6 +45,7 @@ from maskdm_pipeline.training.builders import (
 from maskdm_pipeline.training.ema import build_ema, ema_state_dict, load_ema_state_dict
 from maskdm_pipeline.training.job import NonFiniteLossError, TrainingInterrupted, TrainJob
 from maskdm_pipeline.training.multinode import NodeGroup
+from maskdm_pipeline.training.restarts import Attempts
 from maskdm_pipeline.training.streams import TrainingStreams
 
 __all__ = ["TrainProcess"]
@@ -53,11 +57,12 @@ class TrainProcess:
     """All live objects of one training process (rank ``rank`` of ``world_size``) and the step
     that advances them; ``TrainProcess(job, ...).train()`` runs the loop and returns the state
     on rank 0 (None elsewhere). With ``world_size > 1`` the caller has initialised the default
-    process group (training/distributed.py).
+    process group (training/distributed.py); ``attempts``, given to each node's first process,
+    records its progress for the accounting of a restarted worker group (training/restarts.py).
     """
 
     def __init__(self, job: TrainJob, *, rank: int, world_size: int, local_rank: int,
-                 nodes: NodeGroup | None = None) -> None:
+                 nodes: NodeGroup | None = None, attempts: Attempts | None = None) -> None:
         stage, trainer = job.stage, job.trainer
         self.images = process.host_images(job.images)  # shards: each process maps them itself
         self.rank, self.world_size = rank, world_size
@@ -87,6 +92,13 @@ class TrainProcess:
         # fp16 has too little range for small gradients; bf16 has fp32's range and needs no scaler.
         self.scaler = torch.amp.GradScaler(self.device.type) if trainer.precision == "fp16" else None
         self.loss_fn, num_timesteps = build_loss(job.diffusion, job.mask, self.device)
+        # Gradients and AdamW's two moments are allocated at the first step: keep room for them.
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        resident = process.resident_images(self.images, self.device, reserved=3 * weights)
+        if resident is not None:
+            self.images = resident
+        if self.reports:
+            logger.info("%s: training on %s", self.name, self._where(resident is not None))
 
         grid = int(self.model.grid_size)
         self.tokens_per_image = grid * grid
@@ -108,9 +120,13 @@ class TrainProcess:
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.stats = {"wall_time_s": 0.0, "eval_time_s": 0.0, "checkpoint_time_s": 0.0,
-                      "images_seen": 0, "tokens_seen": 0, "token_blocks_seen": 0}
+                      "images_seen": 0, "tokens_seen": 0, "token_blocks_seen": 0,
+                      "restarts": 0, "steps_redone": 0, "restart_time_s": 0.0}
         if job.resume_state is not None:
             self._resume(job.resume_state)
+        self.attempts = attempts
+        if attempts is not None:  # a restarted attempt counts what the lost one trained
+            self.stats = attempts.begin(self.step, self.stats)
 
         self.train_model: nn.Module = self.model
         if world_size > 1:
@@ -155,14 +171,13 @@ class TrainProcess:
         x0 = process.images_to_device(self.images, draws.indices, self.device)  # (b, C, H, W)
         if draws.flip is not None:
             x0 = process.flip_horizontally(x0, draws.flip)
-        t = draws.t.to(self.device, non_blocking=True)
-        labels = None if draws.labels is None else draws.labels.to(self.device, non_blocking=True)
+        t = devices.to_device(draws.t, self.device)
+        labels = None if draws.labels is None else devices.to_device(draws.labels, self.device)
         with self.autocast:
             if draws.mask is None:
                 loss = self.loss_fn(self.train_model, x0, t=t, noise=draws.noise, labels=labels)
-            else:
-                mask = draws.mask.to(self.device, non_blocking=True)
-                loss = self.loss_fn(self.train_model, x0, mask, t=t, noise=draws.noise, labels=labels)
+            else:  # the mask stays on the CPU: the model takes the visible positions from it
+                loss = self.loss_fn(self.train_model, x0, draws.mask, t=t, noise=draws.noise, labels=labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
@@ -210,6 +225,9 @@ class TrainProcess:
             with process.StopOnSignal() as stop:
                 while self.step < stage.steps and not stopped:
                     loss_value, stopped = self._step(stop)
+                    if self.attempts is not None:  # no device sync: the loss's .item() waited for it
+                        self.attempts.record(self.step, {**self.stats, "wall_time_s": base_wall
+                                                         + time.perf_counter() - start - excluded})
                     losses.append(loss_value)
                     bar.update(1)
                     final = self.step == stage.steps or stopped
@@ -313,6 +331,19 @@ class TrainProcess:
         })
 
     # ------------------------------------------------------------------ messages
+    def _where(self, resident: bool) -> str:
+        """Device, precision, compilation and processes; on a GPU, where the images are read."""
+        trainer = self.trainer
+        where = (f"{devices.describe(self.device)}, {trainer.precision}{', compiled' if trainer.compile else ''}, "
+                 f"{self.world_size} process{'es' if self.world_size > 1 else ''}")
+        if self.device.type != "cuda":
+            return where
+        size = f"{self.images.shape[0] * math.prod(self.images.shape[1:]) / 2**30:.2f} GiB"
+        if resident:
+            return f"{where}; the training images ({size}) stay on the GPU"
+        return (f"{where}; the training images ({size}) are gathered on the host and copied per batch (more "
+                f"than {process.RESIDENT_FRACTION:.0%} of the GPU's free memory)")
+
     def _report(self, record: dict[str, Any], bar: Any) -> None:
         if not self.reports:
             return

@@ -26,6 +26,10 @@ module adds:
   until every node has written the next one (a barrier), so whenever one node has dropped
   step ``s``, every node holds the step after it. After the rendezvous the nodes exchange the
   steps they hold and all resume from the latest step every node holds.
+- **One writer per folder**: nodes whose checkpoint folder is one folder (a shared filesystem)
+  find each other at the first periodic checkpoint (:meth:`NodeGroup.writes`), and only the
+  first of them writes the resume file and keeps its previous one there, so their renames never
+  collide.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from maskdm_pipeline.atomic import temporary_prefix
 from maskdm_pipeline.fileio import from_bytes, save_checkpoint, to_bytes
 from maskdm_pipeline.training.job import NodesError
 
@@ -182,6 +188,7 @@ class NodeGroup:
         # gloo beside NCCL: the state travels host to host, never through GPU memory.
         self.group = dist.new_group(self.leaders, backend="gloo")
         self._last: tuple[int, bytes] | None = None
+        self._writes: dict[Path, bool] = {}  # checkpoint folder -> whether this node writes there
 
     @property
     def nnodes(self) -> int:
@@ -206,10 +213,10 @@ class NodeGroup:
                 "give every node the same configuration and --params, then start the command again on "
                 "every node; nothing was trained.")
 
-    def agreed_resume(self, path: Path) -> tuple[int, Path | None]:
-        """The latest step every node holds a periodic checkpoint of, and this node's file of
-        it (step 0, None: no step is held everywhere, the stage starts afresh)."""
-        held = saved_steps(path)
+    def agreed_resume(self, held: Mapping[int, Path]) -> tuple[int, Path | None]:
+        """The latest step every node holds a periodic checkpoint of (``held``: this node's
+        ``{step: file}``, :func:`saved_steps` less what the run may not go on from), and this
+        node's file of it (step 0, None: no step is held everywhere, the stage starts afresh)."""
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, sorted(held))
         common = set.intersection(*(set(steps) for steps in gathered))
@@ -245,14 +252,43 @@ class NodeGroup:
 
     def save(self, state: Mapping[str, Any] | None, step: int, path: Path) -> None:
         """Write rank 0's state on every node: keep the current file as the previous one, write
-        the new one atomically, wait until every node has, then drop the previous one."""
+        the new one atomically, wait until every node has, then drop the previous one. Nodes
+        that share the folder leave it to one of them (:meth:`writes`)."""
         shared = self.share(state, step)
         if shared is None:
             return
+        if not self.writes(path.parent):
+            dist.barrier(group=self.group)
+            return
         previous = previous_path(path)
-        with contextlib.suppress(FileNotFoundError):  # none yet (or, on a shared folder, moved by another node)
+        with contextlib.suppress(FileNotFoundError):  # none yet
             os.replace(path, previous)
         save_checkpoint(shared, path)
         dist.barrier(group=self.group)
         previous.unlink(missing_ok=True)
+
+    def writes(self, folder: Path) -> bool:
+        """Whether this node writes the checkpoints in ``folder``: not when a node of lower rank
+        sees the same folder (one folder on a shared filesystem); a collective of the leaders.
+
+        Each leader creates a probe file there (named as a temporary of this process, so one left
+        by a kill is removed as such), the leaders exchange the names, and each looks the others'
+        names up in its own folder. Looked up by name, not listed: on NFS a listing may be up to
+        a minute old, while a name this machine has never asked for goes to the server.
+        """
+        if folder not in self._writes:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, probe = tempfile.mkstemp(prefix=temporary_prefix("nodes"), suffix=".tmp", dir=folder)
+            os.close(handle)
+            names: list[Any] = [None] * self.nnodes
+            dist.all_gather_object(names, Path(probe).name, group=self.group)
+            sharing = [node for node, name in enumerate(names) if (folder / name).exists()]
+            dist.barrier(group=self.group)  # every node has looked before any probe goes
+            os.unlink(probe)
+            node = dist.get_rank(group=self.group)
+            self._writes[folder] = sharing[0] == node
+            if len(sharing) > 1 and sharing[0] == node:
+                logger.info("%s: nodes %s share the folder %s; node %d writes its checkpoints", self.name,
+                            ", ".join(map(str, sharing)), folder, node)
+        return self._writes[folder]
 

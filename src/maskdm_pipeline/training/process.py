@@ -1,5 +1,6 @@
-"""What one training process needs besides the loop: its device, its batch on the device, its
-share of the per-step collective, and a clean stop on SIGINT/SIGTERM."""
+"""What one training process needs besides the loop: its device, its batch on the device (from
+the training images kept on the GPU when they fit), its share of the per-step collective, and a
+clean stop on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import threading
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from maskdm_pipeline.devices import resolve_device
+from maskdm_pipeline.devices import resolve_device, to_device
 from maskdm_pipeline.shards import take_rows
 from maskdm_pipeline.training.config import TrainerConfig
 
@@ -31,24 +33,56 @@ def host_images(images: Any) -> Any:
     return images
 
 
+# The training split stays on the GPU when it takes at most this share of the GPU's free memory
+# once the model, its EMA and its optimizer are there: then a batch is gathered on the GPU and the
+# host only launches work. The rest stays free for the activations, which grow with the batch.
+RESIDENT_FRACTION = 0.25
+_COPY_BYTES = 256 * 2**20  # host memory for the one-off copy to the GPU, a slice at a time
+
+
+def resident_images(images: Any, device: torch.device, reserved: int = 0) -> torch.Tensor | None:
+    """The whole uint8 split ``(N, C, H, W)`` as a tensor on ``device`` when it is a GPU and the
+    split takes at most ``RESIDENT_FRACTION`` of its free memory less ``reserved`` bytes (what
+    training allocates at its first step besides activations: gradients, optimizer state); else
+    None (batches are then gathered on the host and copied, :func:`images_to_device`).
+
+    ``images``: shards or an array (:func:`host_images`), read in slices of at most 256 MiB.
+    """
+    if device.type != "cuda":
+        return None
+    shape = tuple(int(n) for n in images.shape)
+    row = int(np.prod(shape[1:]))
+    free, _ = torch.cuda.mem_get_info(device)
+    if shape[0] * row > RESIDENT_FRACTION * (free - reserved):
+        return None
+    resident = torch.empty(shape, dtype=torch.uint8, device=device)
+    step = max(1, _COPY_BYTES // row)
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        resident[start:stop].copy_(torch.from_numpy(np.array(images[start:stop], dtype=np.uint8)))
+    return resident
+
+
 def images_to_device(images: Any, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 rows -> float in [-1, 1] on the device (x / 127.5 - 1, METHOD.md section 4).
 
-    ``images``: shards or a uint8 array (:func:`host_images`). The rows are gathered with
-    numpy's fancy indexing: on a uint8 tensor torch's was 30-70x slower per batch (64 random
-    rows of 64x64 RGB: 3.7-7.8 ms against 0.1 ms, page-cached or in RAM alike).
+    ``images``: the split on the GPU (:func:`resident_images`), gathered there; or shards or a
+    uint8 array (:func:`host_images`), whose rows are gathered with numpy's fancy indexing (on a
+    uint8 tensor torch's was 30-70x slower per batch: 64 random rows of 64x64 RGB: 3.7-7.8 ms
+    against 0.1 ms, page-cached or in RAM alike) and copied from pinned memory.
     """
-    # (b, C, H, W) uint8; moving uint8 is 4x less traffic than float
-    batch = torch.from_numpy(take_rows(images, indices.numpy()))
-    if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    return batch.to(device).float().div_(127.5).sub_(1.0)
+    if isinstance(images, torch.Tensor) and images.device == device:
+        batch = images.index_select(0, to_device(indices, device))  # (b, C, H, W) uint8
+    else:
+        # (b, C, H, W) uint8; moving uint8 is 4x less traffic than float
+        batch = to_device(torch.from_numpy(take_rows(images, indices.numpy())), device)
+    return batch.float().div_(127.5).sub_(1.0)
 
 
 def flip_horizontally(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror left-right the images (b, C, H, W) whose ``flip`` (b,) bool is True (``<stage>.hflip``,
     the official transfer configs' augmentation, METHOD.md section 4); the others are unchanged."""
-    flip = flip.to(images.device, non_blocking=True)[:, None, None, None]  # (b, 1, 1, 1)
+    flip = to_device(flip, images.device)[:, None, None, None]  # (b, 1, 1, 1)
     return torch.where(flip, images.flip(-1), images)
 
 

@@ -12,8 +12,8 @@ import torch
 
 from maskdm_pipeline import fd_clf, generation, workers
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
-from maskdm_pipeline.devices import resolve_device
-from maskdm_pipeline.fingerprint import file_digest, fingerprint, key_document, reads_files
+from maskdm_pipeline.devices import describe, resolve_device
+from maskdm_pipeline.fingerprint import code_identity, file_digest, fingerprint, key_document, reads_files
 from maskdm_pipeline.metrics import (
     FID_WEIGHTS_FILENAME,
     InceptionFeatures,
@@ -54,12 +54,18 @@ def _inception(params: EvaluateParams, trainer: TrainerConfig, weights_path: Any
 def reference_key(dims: int, checksum: str, images: np.ndarray, weights: Path) -> str:
     """The feature cache's key of the Inception reference statistics: a fingerprint by the
     project's one rule (:mod:`maskdm_pipeline.fingerprint`) of the feature layer, the images
-    (the dataset card's content checksum, their count and shape) and the weights file's content."""
+    (the dataset card's content checksum, their count and shape), the weights file's content and
+    the code that computes them (the extractor, the statistics and the workers, with what they
+    import)."""
+    code, libraries = code_identity(sorted({InceptionFeatures.__module__, stats_from_batches.__module__,
+                                            workers.__name__}))
     document = key_document(
         what="Inception pool features of the reference split: mean and covariance",
         params={"evaluate.fid.dims": int(dims)},
         inputs={"reference_images": f"{checksum}:n{len(images)}:{'x'.join(map(str, images.shape[1:]))}"},
         files={FID_WEIGHTS_FILENAME: file_digest(weights)},
+        code=code,
+        libraries=libraries,
     )
     return f"inception-pool{dims}_{fingerprint(document)}"
 
@@ -129,6 +135,10 @@ def score_samples(
     classifier's accuracy against the asked class, overall and per class (``fd_clf.class_accuracy``)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
+    inception_on = describe(resolve_device(trainer.device)) if inc_reference.get("available", False) else None
+    # The fd_clf classifier is LeNet-sized: its features are computed on the CPU on any machine.
+    logger.info("Scoring %d samples: fd_clf features on cpu, %s", len(images),
+                f"Inception features on {inception_on}" if inception_on else "no Inception features (FID unavailable)")
     scores.update(fd_clf.score(images, classifier, clf_reference, params.fd_clf.num_samples, nproc=trainer.nproc))
     if "labels" in samples:  # unconditional samples have none, and their scores are what they were
         scores.update(fd_clf.class_accuracy(images, samples["labels"], classifier))

@@ -134,7 +134,9 @@ def fit_fd_clf_classifier(primary_train: Mapping[str, Any], params: EvaluatePara
     images, labels = fd_clf.reference_split(primary_train)
     state = fd_clf.fit_feature_classifier(images, labels if fd.enabled else None, epochs=fd.epochs, seed=fd.seed)
     if state["available"]:
-        logger.info("fd_clf classifier: %.1f%% accuracy on its own held-out split", 100 * state["test_accuracy"])
+        # LeNet-sized: trained on the CPU on any machine (it takes seconds).
+        logger.info("fd_clf classifier: %.1f%% accuracy on its own held-out split (trained on cpu)",
+                    100 * state["test_accuracy"])
     else:
         logger.warning("fd_clf unavailable: %s", state["reason"] if fd.enabled else "evaluate.fd_clf.enabled=false")
     return state

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from maskdm_pipeline import fd_clf, generation
-from maskdm_pipeline.devices import resolve_device
+from maskdm_pipeline.devices import describe, resolve_device
 from maskdm_pipeline.diffusion import Guidance
 from maskdm_pipeline.params import SampleParams
 from maskdm_pipeline.training.config import TrainerConfig
@@ -55,8 +55,8 @@ def draw_samples(
         classes=classes,
         guidance=guidance,
     )
-    logger.info("Sampled %d images in %.1f s (%s, %s steps)", len(images), timing["seconds"],
-                params.sampler, params.steps)
+    logger.info("Sampled %d images in %.1f s (%s, %s steps) on %s, %s", len(images), timing["seconds"],
+                params.sampler, params.steps, describe(device), trainer.precision)
     samples: dict[str, np.ndarray] = {"images": images}
     if classes is None:
         grid = Image.fromarray(generation.image_grid(images[:GRID_SIZE]))
