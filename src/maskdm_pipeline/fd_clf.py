@@ -16,7 +16,8 @@ probe, the floor and the final score are computed the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from maskdm_pipeline import generation, workers
+from maskdm_pipeline.diffusion import Guidance
 from maskdm_pipeline.fileio import from_bytes, to_bytes
 from maskdm_pipeline.metrics import (
     ClassifierFeatures,
@@ -147,12 +149,92 @@ def score(
     return {"fd_clf": value, "fd_clf_n": n, "fd_clf_reason": None}
 
 
+UNLABELLED = -1  # the asked class of a sample drawn with the "no label" class, in the samples' ``labels``
+
+
+def class_accuracy(images: np.ndarray, asked: np.ndarray, classifier: Mapping[str, Any]) -> dict[str, Any]:
+    """How often the fd_clf classifier sees the class a sample was asked for (a class-conditional
+    model's samples, uint8 ``(N, C, H, W)`` with their asked classes int64 ``(N,)``; samples asked
+    for no class, :data:`UNLABELLED`, are left out). The classifier is the one fd_clf's features come
+    from, so its own accuracy on held-out real images (``classifier_accuracy``) is the ceiling.
+
+    Returns ``{"class_accuracy", "class_accuracy_n", "class_accuracy_reason",
+    "class_accuracy_per_class": {class: accuracy}, "classifier_accuracy"}``, null values and the
+    reason without a classifier or without a sample asked for a class.
+    """
+    asked = np.asarray(asked)
+    labelled = asked != UNLABELLED
+    reason = None
+    if not classifier.get("available", False):
+        reason = classifier.get("reason") or "no fd_clf classifier"
+    elif not labelled.any():
+        reason = "no sample was asked for a class (sample.classes: [none])"
+    if reason is not None:
+        return {"class_accuracy": None, "class_accuracy_n": None, "class_accuracy_reason": reason,
+                "class_accuracy_per_class": None, "classifier_accuracy": classifier.get("test_accuracy")}
+    features = ClassifierFeatures(classifier_from_state(dict(classifier)))
+    hit = features.predict(images[labelled]) == asked[labelled]
+    per_class = {str(int(c)): float(hit[asked[labelled] == c].mean()) for c in np.unique(asked[labelled])}
+    return {"class_accuracy": float(hit.mean()), "class_accuracy_n": int(labelled.sum()),
+            "class_accuracy_reason": None, "class_accuracy_per_class": per_class,
+            "classifier_accuracy": float(classifier["test_accuracy"])}
+
+
+def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: Mapping[str, Any], *,
+                   scales: Sequence[float], guidance: Guidance, classes: Sequence[int] | None, num_samples: int,
+                   schedule: str, sampler: str, steps: int | None, drawn: Mapping[float, np.ndarray] | None = None,
+                   **sampling: Any) -> dict[str, Any]:
+    """fd_clf and class accuracy of ``num_samples`` samples at each guidance scale w of ``scales``
+    (``guidance``'s mode and interval, the same seeds and classes at every w, so the points differ by
+    w alone), and the forward-pass FLOPs per sample of each guidance mode at these sampler settings.
+    ``sampling``: the other arguments of :func:`~maskdm_pipeline.generation.generate`. ``drawn``:
+    samples already drawn with these settings at some w (the sample stage's, uint8 ``(M, C, H, W)``,
+    M >= ``num_samples``): their first ``num_samples`` are the images this would draw at that w
+    (sample i depends on its seed and index alone), so they are scored instead of drawn again.
+
+    Returns ``{"available": True, "guidance", "guidance_interval", "sparse_mask_ratio",
+    "num_samples", "sampler", "steps", "classifier_accuracy", "points": [{"scale", "fd_clf",
+    "fd_clf_n", "class_accuracy", "flops_per_sample", "seconds" (0: reused)}], "flops_per_sample": {"none",
+    "cfg" (None for an unconditional model), "sparse"}}`` (FLOPs of each mode at the largest w).
+    """
+    labels = None
+    if classes is not None:
+        asked = generation.class_labels(range(num_samples), classes).numpy()
+        labels = np.where(asked == int(model.num_classes), UNLABELLED, asked)
+    settings = {"schedule": schedule, "sampler": sampler, "steps": steps}
+    points = []
+    for w in scales:
+        at = replace(guidance, scale=float(w))
+        known = (drawn or {}).get(float(w))
+        if known is not None and len(known) >= num_samples:
+            images, timing = known[:num_samples], {"seconds": 0.0}
+        else:
+            images, timing = generation.generate(model, num_samples=num_samples, classes=classes, guidance=at,
+                                                 **settings, **sampling)
+        point = {"scale": float(w), **score(images, classifier, reference, num_samples)}
+        if labels is not None:
+            point["class_accuracy"] = class_accuracy(images, labels, classifier)["class_accuracy"]
+        points.append({**point, "flops_per_sample": generation.sampling_cost(model, guidance=at, **settings),
+                       "seconds": timing["seconds"]})
+    top = max(scales)
+    modes = {"none": Guidance(), "sparse": replace(guidance, mode="sparse", scale=top)}
+    if getattr(model, "conditional", False):
+        modes["cfg"] = replace(guidance, mode="cfg", scale=top)
+    return {"available": True, "guidance": guidance.mode,
+            "guidance_interval": None if guidance.interval is None else list(guidance.interval),
+            "sparse_mask_ratio": guidance.sparse_mask_ratio, "num_samples": num_samples, "sampler": sampler,
+            "steps": steps, "classifier_accuracy": classifier.get("test_accuracy"), "points": points,
+            "flops_per_sample": {name: generation.sampling_cost(model, guidance=g, **settings)
+                                 for name, g in modes.items()} | ({} if "cfg" in modes else {"cfg": None})}
+
+
 class QualityProbe:
     """``probe(step, ema_model) -> {"fd_clf": ..., "fd_clf_n": N}`` for the training loop.
 
     Picklable (plain tensors and numbers only), so it also works as ``eval_fn`` under DDP, where
     it runs on rank 0. Samples are drawn with a fixed seed at every probe, so the curve moves
-    only because the model does.
+    only because the model does. ``classes``: a class-conditional model's classes, drawn alike
+    and unguided (the final samples' guidance is the sample stage's choice, not training's).
     """
 
     def __init__(
@@ -164,7 +246,9 @@ class QualityProbe:
         prediction: str,
         num_samples: int,
         seed: int = 0,
+        classes: tuple[int, ...] | None = None,
     ):
+        self.classes = classes
         self.classifier = dict(classifier)
         self.mu, self.sigma = reference
         self.schedule, self.prediction = schedule, prediction
@@ -183,7 +267,7 @@ class QualityProbe:
         images, _ = generation.generate(
             model, num_samples=self.num_samples, batch_size=self.num_samples, schedule=self.schedule,
             prediction=self.prediction, sampler=PROBE_SAMPLER, steps=PROBE_STEPS, eta=0.0,
-            seed=self.seed, device=device,
+            seed=self.seed, device=device, classes=self.classes,
         )
         model.train(was_training)
         value = distance_to_reference(self._features, images, self.mu, self.sigma)

@@ -31,8 +31,10 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from click import ClickException
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
+from maskdm_pipeline.diffusion.guidance import GUIDANCE_MODES, Guidance
 from maskdm_pipeline.diffusion.samplers import SAMPLERS, validate_sampling
 from maskdm_pipeline.dotted import flatten
+from maskdm_pipeline.generation import NO_LABEL, resolve_classes
 from maskdm_pipeline.training.config import (
     DiffusionConfig,
     Frozen,
@@ -149,10 +151,15 @@ class PretrainParams(StageParams):
     """Masked pre-training: the engine's ``mask`` (``pretrain.mask.kind``, ``.ratio``,
     ``.block_size``, ``.crop_size`` and ``.dense_blocks``: k in-blocks on all tokens before the
     drop, dense-first masking; 0 is MaskDM), and the data to pre-train on (``target``: the
-    training split; ``source``: the catalog entry ``raw_pretrain_images``, for transfer runs)."""
+    training split; ``source``: the catalog entry ``raw_pretrain_images``, for transfer runs).
+
+    ``use_labels`` (a class-conditional model only): pre-train the conditional model with the
+    labels (true), or an unconditional one on the images alone (false), which fine-tuning then
+    turns conditional with a fresh label embedding (``training.builders.load_init_weights``)."""
 
     data: Literal["target", "source"] = "target"
     mask: MaskConfig = MaskConfig()  # the defaults, METHOD.md section 2
+    use_labels: bool = True
 
 
 class FinetuneParams(StageParams):
@@ -166,8 +173,38 @@ class BaselineParams(StageParams):
 
 
 # ---------------------------------------------------------------------------- sample, evaluate
+def _interval(value: Any) -> Any:
+    if value is None:
+        return value
+    ok = isinstance(value, list | tuple) and len(value) == 2 and all(
+        type(v) in (int, float) and v == v for v in value)
+    if not ok or not 0 <= value[0] < value[1]:
+        raise ValueError("must be null (every step) or [lo, hi] with 0 <= lo < hi, noise levels sigma "
+                         "(e.g. [0.3, 5.0]; .inf for no upper end)")
+    return tuple(float(v) for v in value)
+
+
+def _classes(value: Any) -> Any:
+    if value is None:
+        return value
+    ok = isinstance(value, list | tuple) and len(value) > 0 and all(
+        (type(c) is int and c >= 0) or c == NO_LABEL for c in value)
+    if not ok or len(set(value)) != len(value):
+        raise ValueError(f"must be null (every class) or a list of distinct class indices >= 0 and "
+                         f"'{NO_LABEL}' (the no-label class: unconditional samples), e.g. [3, 7] or [{NO_LABEL}]")
+    return tuple(value)
+
+
 class SampleParams(Frozen):
-    """Sampling from the EMA weights (pipelines/sample); ``steps`` null: every step (ddpm)."""
+    """Sampling from the EMA weights (pipelines/sample); ``steps`` null: every step (ddpm).
+
+    Guidance (diffusion/guidance.py): ``guidance_scale`` w (1: none; uncond + w (cond - uncond)),
+    ``guidance`` the weak branch (``cfg``: the no-label pass; ``sparse``: the same label on a
+    random 1 - ``sparse_mask_ratio`` of the patches, also for an unconditional model),
+    ``guidance_interval`` the noise levels sigma (lo, hi] where it acts (null: every step).
+    ``classes``: which classes a class-conditional model draws, sample i the i-th modulo their
+    count (null: every class, balanced); ``none`` is the "no label" class. ``guidance_sweep``: the
+    scales w of the evaluate stage's sweep (an empty list: no sweep)."""
 
     sampler: Literal[SAMPLERS]
     steps: PositiveInt | None
@@ -175,6 +212,34 @@ class SampleParams(Frozen):
     num_samples: PositiveInt
     batch_size: PositiveInt
     seed: NonNegativeInt
+    guidance: Literal[GUIDANCE_MODES] = "cfg"
+    guidance_scale: NonNegativeFloat = 1.0
+    guidance_interval: Annotated[Any, BeforeValidator(_interval)] = None
+    sparse_mask_ratio: interval(0, 1, high_open=True) = 0.75
+    classes: Annotated[Any, BeforeValidator(_classes)] = None
+    guidance_sweep: list[NonNegativeFloat] = []
+
+    def guidance_settings(self, scale: float | None = None) -> Guidance:
+        """The sampler's :class:`~maskdm_pipeline.diffusion.Guidance` (at ``scale``, default
+        ``guidance_scale``)."""
+        return Guidance(self.guidance_scale if scale is None else scale, self.guidance,
+                        self.guidance_interval, self.sparse_mask_ratio)
+
+    def for_model(self, model: Any, scale: float | None = None) -> tuple[list[int] | None, Guidance]:
+        """(the classes to draw, the guidance at ``scale``) for a trained model, checked against it
+        (``generation.resolve_classes``, ``Guidance.check``): what the sample and evaluate stages
+        draw with.
+
+        Raises:
+            ParameterError: classes or guidance the checkpoint cannot take (one line, exit status 2).
+        """
+        try:
+            classes = resolve_classes(model, self.classes)
+            guidance = self.guidance_settings(scale)
+            guidance.check(model)
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
+        return classes, guidance
 
 
 class FidParams(Frozen):
@@ -261,9 +326,35 @@ class Params(Frozen):
             attempt(check_compatible, getattr(self, name), self.trainer, name)
         T = inspect.signature(make_schedule).parameters["T"].default  # T is fixed, not a parameter
         attempt(validate_sampling, self.sample.sampler, self.sample.steps, T, self.sample.eta)
+        problems += self._conditional_problems(resolution // patch if not resolution % patch else None)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+    def _conditional_problems(self, grid: int | None) -> list[str]:
+        """Class-conditional and guidance settings that cannot work together (the model's classes
+        are checked against the checkpoint by the sample stage, which knows them)."""
+        sample, conditional = self.sample, self.model.class_conditional
+        problems = []
+        if sample.classes is not None and not conditional:
+            problems.append(f"sample.classes={list(sample.classes)}: the model is unconditional "
+                            "(model.class_conditional=false) and takes no class; remove sample.classes or set "
+                            "model.class_conditional=true")
+        if sample.guidance == "cfg" and sample.guidance_scale != 1 and not conditional:
+            problems.append(f"sample.guidance_scale={sample.guidance_scale:g} with sample.guidance=cfg needs "
+                            "model.class_conditional=true (cfg's weak branch is the no-label pass); use "
+                            "sample.guidance=sparse to guide an unconditional model")
+        if conditional and self.pretrain.use_labels and self.pretrain.data == "source":
+            problems.append("pretrain.use_labels=true with pretrain.data=source: the source images' labels are "
+                            "not the target's classes; set pretrain.use_labels=false (pre-train unconditionally, "
+                            "fine-tune with the labels)")
+        if grid is not None and sample.guidance == "sparse":
+            try:
+                Guidance(mode="sparse", sparse_mask_ratio=sample.sparse_mask_ratio).check_ratio(grid)
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
 
 
 # The settings that decide what a model is: the image geometry it is built for (its ``img_size`` and

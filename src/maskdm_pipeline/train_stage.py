@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from click import ClickException
 
+from maskdm_pipeline import fd_clf
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.dotted import flatten
 from maskdm_pipeline.fd_clf import QualityProbe
@@ -70,6 +72,13 @@ class ResumeRefused(ResumeMismatchError, ClickException):
         ClickException.__init__(self, message)
 
 
+class UnlabelledDataError(ClickException, ValueError):
+    """A class-conditional run on images without labels: stopped before any training. Exit status 2,
+    as for parameters that do not fit the data (nothing was run)."""
+
+    exit_code = 2
+
+
 class InputsDoNotFit(ValueError, ClickException):
     """An input made with other settings than this run's (a pre-trained checkpoint of another
     model): the message names each setting with both values and the command that remakes the
@@ -104,6 +113,26 @@ class StageWorkerFailed(WorkerFailed, ClickException):
 # Write failures worth a plain message; other OSErrors keep their traceback.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                  errno.EEXIST, errno.EIO}
+
+
+def num_classes(name: str, train: Mapping[str, Any]) -> int:
+    """K of a class-conditional model: the classes of the training split's labels (int64 0..K-1,
+    from the embedded digits, class sub-folders or IDX label files), as max + 1 so that every
+    label indexes the embedding; over the whole split, before a few-shot subset, as the fd_clf
+    classifier counts them (``fd_clf.reference_split``). The dataset card's ``num_classes``
+    counts the same classes.
+
+    Raises:
+        UnlabelledDataError: the images have no labels (one line, naming what to do).
+    """
+    labels = fd_clf.reference_split(train)[1]
+    if labels is None or len(labels) == 0:
+        raise UnlabelledDataError(
+            f"{name}: model.class_conditional=true, but the training images have no class labels "
+            "(data/08_reporting/dataset_card.json: labels false); nothing was trained. Give labelled data "
+            "(preprocess.labels: subfolder for <folder>/<class>/<file>, an IdxDataset with a label file, the "
+            "embedded digits) or set model.class_conditional=false.")
+    return int(np.max(labels)) + 1
 
 
 def _check_writable(name: str, slot: CheckpointSlot) -> None:
@@ -176,16 +205,21 @@ def train_stage(
     mask: MaskConfig | None = None,
     init_weights: Mapping[str, Any] | None = None,
     eval_fn: EvalFn | None = None,
+    use_labels: bool = True,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Run one training stage; returns (checkpoint, history table, time accounting).
 
     ``mask``: the tokens pre-training drops (``pretrain.mask``); None trains on every token.
+    ``use_labels``: with ``model.class_conditional``, train the conditional model on the images'
+    labels (false: an unconditional model, ``pretrain.use_labels: false``).
     """
     images = train["images"]  # memory-mapped shards: DDP workers open them, nothing is copied
+    classes = num_classes(name, train) if model.class_conditional and use_labels else None
     _check_writable(name, slot)
     resume_state = _resume_state(name, params, slot)
     job = TrainJob(
-        images=images, model=model.for_images(images), diffusion=diffusion,
+        images=images, model=model.for_images(images, classes), diffusion=diffusion,
+        labels=None if classes is None else np.asarray(train["labels"]),
         stage=params.stage_config(), mask=mask,
         trainer=trainer, init_weights=init_weights,
         resume_state=resume_state, checkpoint_path=slot.path, eval_fn=eval_fn, name=name,
@@ -250,8 +284,10 @@ def quality_probe(
     diffusion: DiffusionConfig,
     classifier: Mapping[str, Any],
     reference: Mapping[str, Any],
+    classes: int | None = None,
 ) -> QualityProbe | None:
-    """The periodic fd_clf probe for the report's quality-vs-compute curves, when possible."""
+    """The periodic fd_clf probe for the report's quality-vs-compute curves, when possible;
+    ``classes``: K of a class-conditional model, whose probe draws every class alike, unguided."""
     if not params.eval_every or not reference.get("available", False):
         return None
     return QualityProbe(
@@ -261,6 +297,7 @@ def quality_probe(
         prediction=diffusion.prediction,
         num_samples=params.eval_num_samples,
         seed=params.seed,
+        classes=None if classes is None else tuple(range(classes)),
     )
 
 

@@ -61,17 +61,18 @@ class KeptDataset(MemoryDataset):
         pass
 
 
-def run(name: str, **inputs: Any) -> dict[str, Any]:
+def run(name: str, params: dict[str, Any] | None = None, **inputs: Any) -> dict[str, Any]:
     """Run the registered pipeline ``name`` on ``inputs`` (catalog name -> data) plus its
-    ``params:`` inputs; returns every dataset the pipeline writes."""
+    ``params:`` inputs (``params``, default :func:`tiny_params`); returns every dataset the
+    pipeline writes."""
     pipe: Pipeline = importlib.import_module(f"maskdm_pipeline.pipelines.{name}").create_pipeline()
-    params = ParameterValidator({name: pipe}).validate_raw_params(tiny_params())
+    params = ParameterValidator({name: pipe}).validate_raw_params(params or tiny_params())
     catalog = DataCatalog({key: MemoryDataset(value, copy_mode="assign") for key, value in inputs.items()})
     for key in pipe.inputs():
         if key.startswith("params:"):
             value = params
-            for part in key.removeprefix("params:").split("."):
-                value = value[part]
+            for part in key.removeprefix("params:").split("."):  # a typed block's field: an attribute
+                value = value[part] if isinstance(value, dict) else getattr(value, part)
             catalog[key] = MemoryDataset(value, copy_mode="assign")
     missing = {key for key in pipe.inputs() if key not in catalog}
     assert not missing, f"the test gives the {name} pipeline no {sorted(missing)}"
@@ -138,14 +139,32 @@ def sampled(finetuned: dict[str, Any], baseline: dict[str, Any]) -> dict[str, An
     return run("sample", finetuned=finetuned["finetuned"], baseline=baseline["baseline"])
 
 
-@pytest.fixture(scope="module")
-def evaluated(folder: Path, preprocessed, features, pretrained, finetuned, baseline, sampled) -> dict[str, Any]:
+def evaluate(folder: Path, preprocessed, features, pretrained, finetuned, baseline, sampled,
+             params: dict[str, Any] | None = None) -> dict[str, Any]:
     per_model = {f"{model}_{what}": sampled[f"{model}_{what}"]
                  for model in ("maskdm", "baseline") for what in ("samples", "sampling_info")}
     accounting = {f"{name}_accounting": outputs[f"{name}_accounting"]
                   for name, outputs in (("pretrain", pretrained), ("finetune", finetuned), ("baseline", baseline))}
-    return run("evaluate", primary_train=preprocessed["primary_train"], dataset_card=preprocessed["dataset_card"],
-               feature_cache=FeatureCache(folder / "cache"), **features, **per_model, **accounting)
+    return run("evaluate", params, primary_train=preprocessed["primary_train"],
+               dataset_card=preprocessed["dataset_card"], feature_cache=FeatureCache(folder / "cache"),
+               finetuned=finetuned["finetuned"], baseline=baseline["baseline"], **features, **per_model, **accounting)
+
+
+def report(evaluated, finetuned, baseline, sampled, pretrained, preprocessed,
+           params: dict[str, Any] | None = None) -> dict[str, Any]:
+    return run("report", params, metrics=evaluated["metrics"], dataset_card=preprocessed["dataset_card"],
+               pretrain_accounting=pretrained["pretrain_accounting"],
+               finetune_accounting=finetuned["finetune_accounting"],
+               baseline_accounting=baseline["baseline_accounting"],
+               finetune_history=finetuned["finetune_history"], baseline_history=baseline["baseline_history"],
+               maskdm_sample_grid=sampled["maskdm_sample_grid"],
+               baseline_sample_grid=sampled["baseline_sample_grid"],
+               **{f"{m}_guidance_sweep": evaluated[f"{m}_guidance_sweep"] for m in ("maskdm", "baseline")})
+
+
+@pytest.fixture(scope="module")
+def evaluated(folder: Path, preprocessed, features, pretrained, finetuned, baseline, sampled) -> dict[str, Any]:
+    return evaluate(folder, preprocessed, features, pretrained, finetuned, baseline, sampled)
 
 
 # ---------------------------------------------------------------- one test per pipeline
@@ -223,6 +242,10 @@ def test_sample_draws_per_model_arrays_grids_and_pngs(sampled: dict[str, Any]) -
         assert np.array_equal(np.asarray(pngs["000003"]), images[3, 0])
         info = sampled[f"{model}_sampling_info"]
         assert (info["num_samples"], info["steps"], info["trained_steps"]) == (SAMPLES, 4, STEPS)
+        # An unconditional, unguided sampling records what it always did, and no labels.
+        assert set(info) == {"sampler", "steps", "eta", "seed", "num_samples", "weights", "trained_steps",
+                             "device", "seconds", "img_per_s"}
+        assert set(sampled[f"{model}_samples"]) == {"images"}
     assert not np.array_equal(sampled["maskdm_samples"]["images"], sampled["baseline_samples"]["images"])
 
 
@@ -234,6 +257,10 @@ def test_evaluate_scores_both_models_into_metrics(evaluated: dict[str, Any], pre
         assert scores["fid"] is None and scores["fid_reason"] == "evaluate.fid.enabled=false"
         assert metrics[model]["fd_clf"] == scores["fd_clf"]
         assert metrics[model]["sampling"]["num_samples"] == SAMPLES
+        assert not any(key.startswith("class") for key in scores), "unconditional scores are what they were"
+        assert "num_classes" not in metrics[model]["recipe"][next(iter(metrics[model]["recipe"]))]
+        sweep = evaluated[f"{model}_guidance_sweep"]
+        assert not sweep["available"] and "needs a class-conditional model" in sweep["reason"]
     assert metrics["real_floor"]["fd_clf"] == preprocessed["fd_clf_reference"]["floor_fd_clf"]
     stages = metrics["stages"]
     assert metrics["maskdm"]["training_cost"]["images_seen"] == (
@@ -242,14 +269,74 @@ def test_evaluate_scores_both_models_into_metrics(evaluated: dict[str, Any], pre
 
 
 def test_report_reads_the_run_it_follows(evaluated, finetuned, baseline, sampled, pretrained, preprocessed) -> None:
-    outputs = run("report", metrics=evaluated["metrics"], dataset_card=preprocessed["dataset_card"],
-                  pretrain_accounting=pretrained["pretrain_accounting"],
-                  finetune_accounting=finetuned["finetune_accounting"],
-                  baseline_accounting=baseline["baseline_accounting"],
-                  finetune_history=finetuned["finetune_history"], baseline_history=baseline["baseline_history"],
-                  maskdm_sample_grid=sampled["maskdm_sample_grid"],
-                  baseline_sample_grid=sampled["baseline_sample_grid"])
-    assert {"report_markdown", "report_curves", "report_samples"} <= set(outputs)
+    outputs = report(evaluated, finetuned, baseline, sampled, pretrained, preprocessed)
+    assert {"report_markdown", "report_curves", "report_samples", "report_guidance"} <= set(outputs)
+    assert "## Guidance" not in outputs["report_markdown"]
     fd_clf = evaluated["metrics"]["maskdm"]["fd_clf"]
     assert f"{fd_clf:.2f}" in outputs["report_markdown"]
     assert len(outputs["report_samples"].axes) == 2
+
+
+# ---------------------------------------------------------------- the same run, class-conditional
+# Pre-trained without labels (pretrain.use_labels: false), fine-tuned and trained from scratch with
+# them, sampled with classifier-free guidance at w = 2 and swept at w = 1, 2.
+CONDITIONAL = {"model": {"class_conditional": True}, "pretrain": {**TRAINING, "use_labels": False},
+               "sample": {**TINY["sample"], "guidance_scale": 2.0, "guidance_sweep": [1, 2]}}
+
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory: pytest.TempPathFactory, preprocessed, features) -> dict[str, Any]:
+    """Every output of the conditional run, by stage."""
+    params = load_params(runtime_params={**TINY, **CONDITIONAL})
+    folder = tmp_path_factory.mktemp("conditional")
+
+    def train(name: str, **inputs: Any) -> dict[str, Any]:
+        return run(name, params, primary_train=preprocessed["primary_train"],
+                   **{f"{name}_resume": CheckpointSlot(folder / f"{name}.resume.pt")}, **inputs)
+
+    out = {"pretrain": train("pretrain", pretrain_source=preprocessed["pretrain_source"])}
+    out["finetune"] = train("finetune", pretrained=out["pretrain"]["pretrained"], **features)
+    out["baseline"] = train("baseline", **features)
+    out["sample"] = run("sample", params, finetuned=out["finetune"]["finetuned"], baseline=out["baseline"]["baseline"])
+    out["evaluate"] = evaluate(folder, preprocessed, features, out["pretrain"], out["finetune"], out["baseline"],
+                               out["sample"], params)
+    out["report"] = report(out["evaluate"], out["finetune"], out["baseline"], out["sample"], out["pretrain"],
+                           preprocessed, params)
+    return out
+
+
+def test_conditional_run_fine_tunes_unconditional_weights_with_a_fresh_label_table(conditional) -> None:
+    pretrained, finetuned = conditional["pretrain"]["pretrained"], conditional["finetune"]["finetuned"]
+    assert "num_classes" not in pretrained["config"]["model"] and "label_emb.weight" not in pretrained["model"]
+    assert finetuned["config"]["model"]["num_classes"] == CLASSES
+    assert finetuned["model"]["label_emb.weight"].shape == (CLASSES + 1, 32)
+    assert conditional["baseline"]["baseline"]["config"]["model"]["num_classes"] == CLASSES
+    assert [e["step"] for e in conditional["finetune"]["finetune_accounting"]["evals"]] == [2, 4]
+
+
+def test_conditional_run_samples_every_class_guided_and_scores_class_accuracy(conditional) -> None:
+    for model in ("maskdm", "baseline"):
+        samples, info = conditional["sample"][f"{model}_samples"], conditional["sample"][f"{model}_sampling_info"]
+        assert samples["labels"].tolist() == [i % CLASSES for i in range(SAMPLES)]
+        assert (info["guidance"], info["guidance_scale"], info["classes"]) == ("cfg", 2.0, list(range(CLASSES)))
+        assert info["flops_per_sample"] > 0
+        scores, metrics = conditional["evaluate"][f"{model}_scores"], conditional["evaluate"]["metrics"][model]
+        assert 0 <= scores["class_accuracy"] <= 1 and scores["class_accuracy_n"] == SAMPLES
+        assert set(scores["class_accuracy_per_class"]) == {str(c) for c in range(CLASSES)}
+        assert metrics["class_accuracy"] == scores["class_accuracy"] and "class_accuracy_per_class" not in metrics
+        sweep = conditional["evaluate"][f"{model}_guidance_sweep"]
+        assert sweep["available"] and [p["scale"] for p in sweep["points"]] == [1.0, 2.0]
+        assert sweep["points"][1]["flops_per_sample"] == 2 * sweep["points"][0]["flops_per_sample"]
+        # w = 2 is the sample stage's setting: its samples are scored, not drawn again (the same images).
+        assert sweep["points"][1]["seconds"] == 0 and sweep["points"][1]["fd_clf"] == scores["fd_clf"]
+        assert sweep["points"][0]["seconds"] > 0
+        assert sweep["flops_per_sample"]["cfg"] == sweep["points"][1]["flops_per_sample"]
+        flops = sweep["flops_per_sample"]
+        assert flops["none"] < flops["sparse"] < flops["cfg"]
+        assert list(metrics["recipe"].values())[-1]["num_classes"] == CLASSES  # finetune, baseline
+    assert "num_classes" not in conditional["evaluate"]["metrics"]["maskdm"]["recipe"]["pretrain"]  # no labels
+    markdown = conditional["report"]["report_markdown"]
+    assert "## Guidance" in markdown and "class accuracy" in markdown
+    assert len(conditional["report"]["report_guidance"].axes) == 2
+    grid = np.asarray(conditional["sample"]["maskdm_sample_grid"])
+    assert grid.shape[0] == CLASSES * (RESOLUTION + 1) + 1  # one row per class

@@ -24,9 +24,10 @@ STAGE_OUTPUTS = {
     "sample": [f"data/07_model_output/{m}_{f}" for m in ("maskdm", "baseline")
                for f in ("samples.npz", "grid.png", "sampling.json")],
     "evaluate": ["data/08_reporting/metrics.json", "data/08_reporting/maskdm_scores.json",
-                 "data/08_reporting/baseline_scores.json"],
+                 "data/08_reporting/baseline_scores.json", "data/08_reporting/maskdm_guidance_sweep.json",
+                 "data/08_reporting/baseline_guidance_sweep.json"],
     "report": ["data/08_reporting/report.md", "data/08_reporting/quality_vs_compute.png",
-               "data/08_reporting/samples_side_by_side.png"],
+               "data/08_reporting/samples_side_by_side.png", "data/08_reporting/guidance_sweep.png"],
 }
 ALL_OUTPUTS = [path for paths in STAGE_OUTPUTS.values() for path in paths]
 

@@ -100,9 +100,10 @@ def test_metrics_and_sample_grids_feed_the_report(viz: dict[str, Any]) -> None:
     graph = Graph(viz)
     for dataset in ("metrics", "maskdm_sample_grid", "baseline_sample_grid"):
         assert graph.tasks_in(graph.children[graph.find(dataset, "data")], "report"), dataset
-    outputs = {graph.nodes[i]["name"] for t in ("build_report", "plot_quality_vs_compute", "plot_samples")
+    outputs = {graph.nodes[i]["name"] for t in ("build_report", "plot_quality_vs_compute", "plot_samples",
+                                                "plot_guidance")
                for i in graph.children[graph.find(t, "task")]}
-    assert outputs == {"report_markdown", "report_curves", "report_samples"}
+    assert outputs == {"report_markdown", "report_curves", "report_samples", "report_guidance"}
 
 
 def test_layers_are_drawn_in_order(viz: dict[str, Any]) -> None:

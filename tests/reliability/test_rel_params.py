@@ -78,8 +78,10 @@ def test_cli_refuses_settings_that_do_not_fit_together(make_project):
         "trainer.nproc": 3,
         "sample.sampler": "ddpm",
         "pretrain.mask.dense_blocks": 2,
+        "sample.classes": [3],
     })
     for expected in (
+        "sample.classes=[3]: the model is unconditional (model.class_conditional=false) and takes no class",
         "pretrain.mask.dense_blocks=2: must be an integer from 0 to 1, the number of in-blocks of a depth-2 U-ViT",
         "pretrain.mask.block_size=3 does not divide the 4x4 patch grid",
         "pretrain.batch_size=16: the global batch must be divisible by trainer.nproc=3",
@@ -180,6 +182,19 @@ def _with(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     ({"baseline.hflip": 1.01}, "baseline.hflip=1.01: must be in [0, 1]"),
     ({"finetune.dense_blocks": 1}, "finetune.dense_blocks=1: unknown parameter"),  # a pre-training setting
     ({"sampel": {"steps": 3}}, "sampel.steps=3: unknown parameter"),
+    # class-conditional models and guidance (docs/guidance.md)
+    ({"sample.guidance_scale": 2}, "sample.guidance_scale=2 with sample.guidance=cfg needs model.class_conditional"),
+    ({"sample.guidance": "auto"}, "sample.guidance='auto': must be one of cfg, sparse"),
+    ({"sample.guidance_scale": -1}, "sample.guidance_scale=-1: must be >= 0"),
+    ({"sample.guidance_interval": [5, 1]}, "sample.guidance_interval=[5, 1]: must be null (every step) or [lo, hi]"),
+    ({"sample.sparse_mask_ratio": 1.0}, "sample.sparse_mask_ratio=1.0: must be in [0, 1)"),
+    ({"model.class_conditional": True, "sample.classes": [1, 1]}, "sample.classes=[1, 1]: must be null (every class)"),
+    ({"model.class_conditional": True, "sample.classes": ["all"]},
+     "or a list of distinct class indices >= 0 and 'none'"),
+    ({"model.class_conditional": True, "pretrain.data": "source"},
+     "pretrain.use_labels=true with pretrain.data=source: the source images' labels are not the target's classes"),
+    ({"finetune.label_dropout": 1.5}, "finetune.label_dropout=1.5: must be in [0, 1]"),
+    ({"model.class_conditional": "yes"}, "model.class_conditional='yes': must be true or false"),
 ])
 def test_each_fault_alone_is_named(smoke_params, changes, expected):
     """Each invalid value or name, on its own in an otherwise valid config, is refused by name."""
@@ -199,6 +214,10 @@ def test_each_fault_alone_is_named(smoke_params, changes, expected):
      "pretrain.hflip": 1, "finetune.hflip": 0.5},  # all in-blocks dense; integers where numbers go
     {"model.depth": None, "pretrain.mask.dense_blocks": 2},  # tiny's own depth 4
     {"preprocess.workers": 3},  # more decoding processes than cores is allowed (speed only)
+    {"model.class_conditional": True, "sample.guidance_scale": 3, "sample.classes": [0, "none"],
+     "sample.guidance_interval": [0.3, float("inf")], "sample.guidance_sweep": []},
+    {"sample.guidance": "sparse", "sample.guidance_scale": 2},  # guidance of an unconditional model
+    {"model.class_conditional": True, "pretrain.data": "source", "pretrain.use_labels": False},
 ])
 def test_valid_combinations_are_accepted(smoke_params, changes):
     """The cross-checks refuse only what cannot work: these settings pass."""

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from experiments import claim, fd_noise, levels, recipes
+from experiments import claim, fd_noise, guidance, levels, recipes
+from maskdm_pipeline.diffusion import Guidance
 
 BASELINE_SIDE = ["03_primary/train.npz", "04_feature/feature_classifier.pt", "06_models/baseline.pt",
                  "07_model_output/baseline_samples.npz", "07_model_output/baseline_png/0.png",
@@ -225,6 +226,16 @@ def test_fd_noise_redraws_the_recorded_final_score_and_other_seeds_differ(smoke_
 def test_fd_noise_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="baseline.pt"):
         fd_noise.main([str(tmp_path), "--models", "baseline"])
+
+
+def test_guidance_gives_sparse_guidance_the_steps_cfg_pays_for() -> None:
+    """At equal FLOPs per sample sparse guidance gets the most steps within cfg's budget."""
+    class Costs:
+        def cost(self, model: str, settings: Guidance, steps: int) -> int:
+            return steps * (200 if settings.mode == "cfg" else 133)
+
+    budget = Costs().cost("maskdm", Guidance(2.0, "cfg"), 25)
+    assert guidance.steps_at_budget(Costs(), "maskdm", Guidance(2.0, "sparse"), budget) == 37  # 37 x 133 <= 5000
 
 
 @pytest.mark.slow

@@ -257,7 +257,9 @@ def test_report_pipeline_computes_costs_and_curves_once(monkeypatch: pytest.Monk
               "finetune_accounting": accounting("finetune", 4.0, 320, [(10, 2.0, 40.0), (20, 4.0, 20.0)]),
               "baseline_accounting": accounting("baseline", 6.0, 480, [(20, 6.0, 25.0)]),
               "finetune_history": EMPTY_HISTORY, "baseline_history": EMPTY_HISTORY, "dataset_card": CARD,
-              "maskdm_sample_grid": grid, "baseline_sample_grid": grid}
+              "maskdm_sample_grid": grid, "baseline_sample_grid": grid,
+              **dict.fromkeys(("maskdm_guidance_sweep", "baseline_guidance_sweep"),
+                              {"available": False, "reason": "sample.guidance_sweep is empty"})}
     catalog = DataCatalog({name: MemoryDataset(data, copy_mode="assign") for name, data in inputs.items()})
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     assert len(calls) == 1
@@ -265,7 +267,8 @@ def test_report_pipeline_computes_costs_and_curves_once(monkeypatch: pytest.Monk
     assert "MaskDM reached the baseline's last training-time probe (fd_clf 25.00 on N=64" in md
     assert "table above) by **8.0 s**" in md
     assert len(catalog.load("report_curves").axes[3].lines) == 4  # wall time: two curves, two final stars
-    assert set(outputs) == {"report_markdown", "report_curves", "report_samples"}
+    assert set(outputs) == {"report_markdown", "report_curves", "report_samples", "report_guidance"}
+    assert "## Guidance" not in md, "nothing swept: no guidance section"
 
 
 def test_equal_compute_close_call_is_not_a_win() -> None:

@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -38,6 +39,8 @@ from maskdm_pipeline.training.run import run_training
 from maskdm_pipeline.training.streams import TrainingStreams
 
 TINY = ModelConfig(preset="tiny", img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
+TINY_CONDITIONAL = TINY.model_copy(update={"num_classes": 3})
+LABELS = np.arange(20) % 3  # the classes of the 20 images of the `images` fixture
 DIFFUSION = DiffusionConfig(schedule="linear", prediction="eps")
 CPU = TrainerConfig(device="cpu")
 
@@ -67,15 +70,18 @@ def _stage(**overrides) -> PretrainParams:
 def _train(images, params: PretrainParams, **fields):
     fields.setdefault("trainer", CPU)
     fields.setdefault("diffusion", DIFFUSION)
-    return run_training(TrainJob(images=images, model=TINY, stage=params.stage_config(),
+    fields.setdefault("model", TINY)
+    return run_training(TrainJob(images=images, stage=params.stage_config(),
                                  mask=params.mask, progress=False, name="pretrain", **fields))
 
 
-# Today's MaskDM, and every recipe of issue 17 at once: flips, a dense block, min-SNR weighting.
-RECIPES = {"maskdm": ({}, DIFFUSION),
+# Today's MaskDM; every recipe of issue 17 at once: flips, a dense block, min-SNR weighting; and a
+# class-conditional model with label dropout. (stage overrides, diffusion, other job fields)
+RECIPES = {"maskdm": ({}, DIFFUSION, {}),
            "recipes": ({"hflip": 0.5, "mask": {"dense_blocks": 1}},
                        DiffusionConfig(schedule="linear", prediction="eps", loss_weighting="min_snr",
-                                       min_snr_gamma=2.0))}
+                                       min_snr_gamma=2.0), {}),
+           "conditional": ({"label_dropout": 0.3}, DIFFUSION, {"model": TINY_CONDITIONAL, "labels": LABELS})}
 
 
 def _assert_tensors_equal(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -196,22 +202,23 @@ def test_warmup_is_linear_then_constant():
 # ----------------------------------------------------------------------------- the loop
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_interrupted_then_resumed_equals_uninterrupted(images, tmp_path, monkeypatch, recipe):
-    overrides, diffusion = RECIPES[recipe]
+    overrides, diffusion, job = RECIPES[recipe]
     stage = _stage(steps=12, checkpoint_every=5, **overrides)
-    full = _train(images, stage, diffusion=diffusion)
+    full = _train(images, stage, diffusion=diffusion, **job)
 
     path = tmp_path / "pretrain.pt"
     previous = signal.getsignal(signal.SIGINT)
     _hooked(monkeypatch, 7, "signal")
     with pytest.raises(TrainingInterrupted) as info:
-        _train(images, stage, checkpoint_path=path, diffusion=diffusion)
+        _train(images, stage, checkpoint_path=path, diffusion=diffusion, **job)
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is previous  # our handler is gone again
     assert info.value.step == 7 and str(path) in str(info.value) and "resume_state" in str(info.value)
 
     saved = load_checkpoint(path)  # goes through the weights_only loader
     assert saved["step"] == 7
-    resumed = _train(images, stage, resume_state=saved, checkpoint_path=path, diffusion=diffusion)
+    resumed = _train(images, stage, resume_state=saved, checkpoint_path=path, diffusion=diffusion, **job)
+    assert ("label_drops" in saved["rng"]) == (recipe == "conditional")  # an unconditional state is as it was
     assert resumed["step"] == 12
     # Bitwise on CPU: every generator, the data cursor, AdamW moments and the EMA resumed.
     _assert_tensors_equal(full["model"], resumed["model"])
@@ -289,6 +296,45 @@ def test_hflip_draws_its_own_stream_at_the_asked_rate():
         assert always.draw(64).flip.all()
     assert torch.cat(flips).float().mean().item() == pytest.approx(0.3, abs=0.03)  # 3200 draws, sd 0.008
     assert "flips" in flipped.state_dict()
+
+
+def test_label_dropout_draws_its_own_stream_at_the_asked_rate():
+    """Each drawn image brings its own label; a label_dropout share becomes the "no label" class K,
+    drawn from a stream of its own: images, t, masks and noise are those of an unconditional run."""
+    labels = torch.arange(50) % 5
+
+    def streams(**conditional) -> TrainingStreams:
+        return TrainingStreams(num_images=50, seed=3, num_timesteps=1000, image_shape=(1, 8, 8),
+                               device=torch.device("cpu"), **conditional,
+                               mask_sampler=MaskConfig(kind="patch", ratio=0.5).sampler(4))
+
+    plain, dropped = streams(), streams(labels=labels, num_classes=5, label_dropout=0.25)
+    again = streams(labels=labels, num_classes=5, label_dropout=0.25)
+    drops = []
+    for _ in range(50):
+        a, b, c = plain.draw(64), dropped.draw(64), again.draw(64)
+        assert a.labels is None and torch.equal(b.labels, c.labels)  # seeded
+        for field in ("indices", "t", "mask", "noise"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+        kept = b.labels != 5
+        assert torch.equal(b.labels[kept], labels[b.indices][kept])
+        drops.append(~kept)
+    assert torch.cat(drops).float().mean().item() == pytest.approx(0.25, abs=0.03)  # 3200 draws, sd 0.008
+    assert "label_drops" in dropped.state_dict() and "label_drops" not in plain.state_dict()
+    never = streams(labels=labels, num_classes=5, label_dropout=0.0).draw(64)
+    assert torch.equal(never.labels, labels[never.indices])
+
+
+def test_conditional_jobs_check_their_labels(images):
+    with pytest.raises(ValueError, match=r"class-conditional \(3 classes\) but no labels were given"):
+        _train(images, _stage(steps=1), model=TINY_CONDITIONAL)
+    with pytest.raises(ValueError, match="labels were given for an unconditional model"):
+        _train(images, _stage(steps=1), labels=LABELS)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        _train(images, _stage(steps=1), model=TINY_CONDITIONAL, labels=LABELS + 1)
+    state = _train(images, _stage(steps=1), model=TINY_CONDITIONAL, labels=LABELS)
+    assert state["config"]["model"]["num_classes"] == 3 and state["config"]["stage"]["label_dropout"] == 0.1
+    assert "num_classes" not in _train(images, _stage(steps=1))["config"]["model"]
 
 
 def test_hflip_mirrors_the_training_images(images):
@@ -382,10 +428,10 @@ def test_two_gloo_processes_match_one_process(images, recipe):
     Gradients are averaged across ranks instead of over one batch, so the sums differ in
     rounding only; after 3 AdamW steps the weights agree to 1e-5 (observed ~1e-7).
     """
-    overrides, diffusion = RECIPES[recipe]
+    overrides, diffusion, job = RECIPES[recipe]
     stage = _stage(steps=3, batch_size=8, **overrides)
-    single = _train(images, stage, diffusion=diffusion)
-    double = _train(images, stage, trainer=TrainerConfig(device="cpu", nproc=2), diffusion=diffusion)
+    single = _train(images, stage, diffusion=diffusion, **job)
+    double = _train(images, stage, trainer=TrainerConfig(device="cpu", nproc=2), diffusion=diffusion, **job)
     assert double["stats"]["nproc"] == 2 and double["step"] == 3
     assert double[NODE_RANK] == 0 and NODE_RANK not in single  # the launcher's, beside the state
     _assert_tensors_equal(single["model"], double["model"], atol=1e-5)

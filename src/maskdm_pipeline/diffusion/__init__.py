@@ -1,5 +1,12 @@
-"""Diffusion math (pure torch): schedules, prediction targets, DSM/MDSM losses and samplers."""
+"""Diffusion math (pure torch): schedules, prediction targets, DSM/MDSM losses, samplers, guidance."""
 
+from maskdm_pipeline.diffusion.guidance import (
+    GUIDANCE_MODES,
+    Guidance,
+    GuidedDenoiser,
+    noise_levels,
+    sampling_flops,
+)
 from maskdm_pipeline.diffusion.losses import (
     LOSS_WEIGHTINGS,
     DenoisingLoss,
@@ -15,6 +22,7 @@ from maskdm_pipeline.diffusion.prediction import (
 )
 from maskdm_pipeline.diffusion.samplers import (
     SAMPLERS,
+    call_times,
     ddim,
     ddpm,
     dpmpp_2m,
@@ -35,14 +43,18 @@ from maskdm_pipeline.diffusion.schedules import (
 )
 
 __all__ = [
+    "GUIDANCE_MODES",
     "LOSS_WEIGHTINGS",
     "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULES",
     "DenoisingLoss",
+    "Guidance",
+    "GuidedDenoiser",
     "MaskedDenoisingLoss",
     "NoiseSchedule",
     "PerSampleGenerator",
+    "call_times",
     "ddim",
     "ddpm",
     "dpmpp_2m",
@@ -51,8 +63,10 @@ __all__ = [
     "get_sampler",
     "loss_weights",
     "make_schedule",
+    "noise_levels",
     "sample",
     "sample_seed",
+    "sampling_flops",
     "solver_time_grid",
     "time_grid",
     "to_x0_eps",

@@ -2,15 +2,17 @@
 
 The two losses are called as
 
-    DenoisingLoss(...)(model, x0, *, t=None, noise=None, generator=None) -> scalar
-    MaskedDenoisingLoss(...)(model, x0, mask, *, t=None, noise=None, generator=None) -> scalar
+    DenoisingLoss(...)(model, x0, *, t=None, noise=None, generator=None, labels=None) -> scalar
+    MaskedDenoisingLoss(...)(model, x0, mask, *, t=None, noise=None, generator=None, labels=None) -> scalar
 
 and draw t ~ U{0..T-1} and eps ~ N(0, I) from ``generator`` only when they are not given.
 The training loop gives them explicitly: it draws them for the global batch from one
 generator and hands each DDP rank its slice, so the loss does not depend on the process count.
 Each sample's loss is a mean over its own elements, times its timestep weight w(t), and the
 batch loss a mean over samples, so the mean of the per-rank losses over equal slices equals the
-whole-batch loss.
+whole-batch loss. ``labels`` (int64 (B,), a class-conditional model's classes after label
+dropout) reach the model as ``model(..., labels=labels)``; None calls the model without them, the
+plain model contract.
 
 Timestep weighting (``weighting``, the ``diffusion.loss_weighting`` parameter):
 
@@ -109,6 +111,12 @@ def _patch_size(model: nn.Module) -> int:
     return int(inner.patch_size)
 
 
+def _label_kwargs(labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``{"labels": labels}`` for a conditional model, ``{}`` otherwise (any model without a
+    ``labels`` argument keeps working)."""
+    return {} if labels is None else {"labels": labels}
+
+
 class _Loss:
     """Shared state, the draw of (t, eps) and the weighted reduction.
 
@@ -198,11 +206,12 @@ class DenoisingLoss(_Loss):
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scalar float32 loss for images ``x0`` (B, C, H, W); ``t`` int (B,) and ``noise`` like
-        ``x0`` are drawn from ``generator`` when not given."""
+        ``x0`` are drawn from ``generator`` when not given; ``labels`` int64 (B,) or None."""
         t, x_t, target = self._noised(x0, t, noise, generator)
-        out = model(x_t, t)  # (B, C, H, W)
+        out = model(x_t, t, **_label_kwargs(labels))  # (B, C, H, W)
         return self._reduce(out, target, t)
 
 
@@ -250,6 +259,7 @@ class MaskedDenoisingLoss(_Loss):
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if mask is None:
             raise ValueError(
@@ -265,7 +275,7 @@ class MaskedDenoisingLoss(_Loss):
         # keep_visible take the visible positions from it without waiting for the GPU.
         t, x_t, target = self._noised(x0, t, noise, generator)
         dense = {"dense_blocks": self.dense_blocks} if self.dense_blocks else {}
-        out = model(x_t, t, mask, **dense)  # (B, N_visible, p*p*C)
+        out = model(x_t, t, mask, **dense, **_label_kwargs(labels))  # (B, N_visible, p*p*C)
         target = keep_visible(patchify(target, p), mask)  # (B, N_visible, p*p*C)
         if out.shape != target.shape:
             raise ValueError(

@@ -100,6 +100,23 @@ def solver_time_grid(schedule: NoiseSchedule, steps: int) -> list[int]:
     return grid + [-1]
 
 
+def call_times(sampler: str, schedule: NoiseSchedule, steps: int | None) -> list[int]:
+    """The integer times at which ``sampler`` calls the model, in order: one call each, so their
+    count is the sampler's network evaluations per sample (what guidance multiplies).
+
+    Raises:
+        ValueError: an unknown sampler.
+    """
+    T = schedule.num_timesteps
+    if sampler == "ddpm":
+        return list(range(T - 1, -1, -1))
+    if sampler == "ddim":
+        return time_grid(T, T if steps is None else steps)[:-1]
+    if sampler == "dpm++2m":
+        return solver_time_grid(schedule, T if steps is None else steps)[:-1]
+    raise ValueError(f"sample.sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+
+
 def _alpha_bars(schedule: NoiseSchedule) -> list[float]:
     """abar_t as Python floats, read once per run so steps do not sync with the device."""
     return schedule.alphas_cumprod.tolist()

@@ -122,11 +122,14 @@ def draw_timesteps(
     return t.to(device) if device is not None else t
 
 
-def sample_seed(seed: int, index: int) -> int:
+def sample_seed(seed: int, index: int, stream: int = 0) -> int:
     """The seed of sample ``index`` of a run seeded with ``seed``: a 64-bit value from NumPy's
     ``SeedSequence([seed, index])``, so (seed, index) pairs never share a stream (``seed + index``
-    would: seed 1's sample 0 would be seed 0's sample 1)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0])
+    would: seed 1's sample 0 would be seed 0's sample 1). ``stream`` k > 0 gives the sample's k-th
+    other stream, ``SeedSequence([seed, index, k])`` (the masks of sparse guidance), so drawing
+    from it leaves the sample's noise untouched."""
+    key = [int(seed), int(index)] + ([int(stream)] if stream else [])
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
 
 
 class PerSampleGenerator:
@@ -139,11 +142,16 @@ class PerSampleGenerator:
     moved, so the noise is the same on any device.
     """
 
-    def __init__(self, seed: int, indices: range | list[int]) -> None:
+    def __init__(self, seed: int, indices: range | list[int], stream: int = 0) -> None:
         self.seed = int(seed)
         self.indices = list(indices)
-        self.generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]
+        self.stream = int(stream)
+        self.generators = [torch.Generator().manual_seed(sample_seed(seed, i, stream)) for i in self.indices]
         self.device = torch.device("cpu")
+
+    def other_stream(self, stream: int) -> PerSampleGenerator:
+        """The same samples' ``stream``-th other generators (:func:`sample_seed`)."""
+        return PerSampleGenerator(self.seed, self.indices, stream)
 
     def __len__(self) -> int:
         return len(self.generators)

@@ -298,6 +298,14 @@ class ClassifierFeatures:
         for batch in iter_batches(images, self.batch_size):
             yield self.model.features(_normalise(batch.to(self.device))).cpu().numpy().astype(np.float64)
 
+    @torch.inference_mode()
+    def predict(self, images: Any) -> NDArray[np.int64]:
+        """The predicted class of each image ``(N, C, H, W)`` (the logits' argmax): int64 ``(N,)``."""
+        _check_images(images, self.config)
+        parts = [self.model(_normalise(batch.to(self.device))).argmax(1).cpu().numpy()
+                 for batch in iter_batches(images, self.batch_size)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
     def __call__(self, images: Any) -> NDArray[np.float64]:
         """Features of all ``images`` ``(N, C, H, W)`` (a tensor, an array or shards): ``(N, feature_dim)``."""
         parts = list(self.batches(images))

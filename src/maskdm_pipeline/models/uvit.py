@@ -23,6 +23,21 @@ blocks, then 75% of the tokens dropped; shown on U-ViT) and MicroDiT's deferred 
 (Sehwag et al., CVPR 2025: a patch mixer on all tokens before the drop). The long skips of the
 dense blocks keep only the visible tokens for the out-blocks that consume them. k = 0 is
 MaskDM. It adds no weights: the same model trains with any k and samples with ``mask=None``.
+
+**Class-conditional** (``num_classes=K > 0``): the label enters as one more token, as in U-ViT
+(Bao et al., CVPR 2023, ``libs/uvit.py``: an ``nn.Embedding`` row prepended to the tokens), with
+U-ViT's convention of one extra row: K + 1 rows, row K the "no label" class (``null_class``) that
+label dropout trains and classifier-free guidance's unconditional branch uses (DiT's
+``LabelEmbedder`` keeps the same extra row). Two choices differ from U-ViT, both so that an
+unconditional model's weights are a conditional model's minus one embedding table:
+
+- the label token gets no positional embedding (U-ViT adds one): a learned position added to a
+  learned embedding at a fixed place is a constant every row can absorb, so it adds nothing, and
+  ``pos_embed`` keeps its (1, 1 + N, D) shape, conditional or not;
+- K = 0 (the default) builds exactly MaskDM's unconditional model, the same parameters and
+  state-dict keys (the official code's unused unconditional embedding is not kept).
+
+Masks drop patch tokens only; the label and time tokens are always kept, dense-first or not.
 """
 
 from __future__ import annotations
@@ -36,7 +51,11 @@ from torch import nn
 from maskdm_pipeline.devices import to_device
 from maskdm_pipeline.models.patching import take_tokens, unpatchify, visible_index
 
-__all__ = ["UViT", "check_dense_blocks", "timestep_embedding"]
+__all__ = ["LABEL_EMBEDDING", "UViT", "check_dense_blocks", "timestep_embedding"]
+
+# The state-dict key of the label table: the one weight a conditional model has and an
+# unconditional one lacks (fine-tuning a conditional model from unconditional weights).
+LABEL_EMBEDDING = "label_emb.weight"
 
 
 def check_dense_blocks(dense_blocks: int, depth: int, prefix: str = "") -> int:
@@ -149,6 +168,8 @@ class UViT(nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width over D.
         qkv_bias: bias on the fused qkv projection (off in every MaskDM config but the DWT one).
+        num_classes: K, the number of classes of a class-conditional model (labels 0..K-1 and the
+            "no label" class K); 0 builds the unconditional model (module docstring).
     """
 
     def __init__(
@@ -161,6 +182,7 @@ class UViT(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -170,6 +192,7 @@ class UViT(nn.Module):
         self.depth = depth
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
+        self.num_classes = num_classes
         self._check_config()  # before any layer is built from these numbers
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
@@ -188,6 +211,31 @@ class UViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, patch_size**2 * in_chans)
         self._init_weights()
+        # Built after the initialisation above, so that a conditional model starts from the same
+        # weights as the unconditional one of the same seed, plus its label table. Row K is the
+        # "no label" class; PyTorch's N(0, 1) init, which U-ViT keeps too.
+        self.label_emb = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes a class label (``num_classes > 0``)."""
+        return self.num_classes > 0
+
+    @property
+    def null_class(self) -> int:
+        """The "no label" class, K: the label-dropout and unconditional-guidance label.
+
+        Raises:
+            ValueError: the model is unconditional.
+        """
+        if not self.conditional:
+            raise ValueError("an unconditional model has no 'no label' class; it takes no label at all")
+        return self.num_classes
+
+    @property
+    def extra_tokens(self) -> int:
+        """Tokens before the patches: the time token, and the label token when conditional."""
+        return 2 if self.conditional else 1
 
     def _init_weights(self) -> None:
         """Linear: trunc-normal(0.02), bias 0; LayerNorm: 1 / 0; pos-embed: trunc-normal(0.02).
@@ -211,6 +259,7 @@ class UViT(nn.Module):
         t: torch.Tensor,
         mask: torch.Tensor | None = None,
         *,
+        labels: torch.Tensor | None = None,
         dense_blocks: int = 0,
     ) -> torch.Tensor:
         """Predict ε (or x0 / v, whatever the loss trains) for the noisy image ``x_t``.
@@ -219,6 +268,9 @@ class UViT(nn.Module):
             x_t: noisy images (B, C, H, W) with H = W = ``img_size``.
             t: time steps (B,) (or a scalar, broadcast), integers in [0, T), used unscaled.
             mask: optional bool (B, N), True = masked, the same count in every row.
+            labels: int64 (B,) classes in [0, K] of a conditional model, K = ``null_class`` ("no
+                label"); None gives every sample the "no label" class (the unconditional
+                prediction). An unconditional model takes None only.
             dense_blocks: k, the number of in-blocks that see all 1 + N tokens before the
                 masked ones are dropped (dense-first masking, module docstring); 0 drops them
                 at the input (MaskDM). Irrelevant when ``mask`` is None.
@@ -230,7 +282,7 @@ class UViT(nn.Module):
             (the MDSM target, METHOD.md section 1 step 7), whatever ``dense_blocks`` is.
 
         Raises:
-            ValueError: malformed ``x_t``, ``t`` or ``mask``; ``dense_blocks`` outside
+            ValueError: malformed ``x_t``, ``t``, ``mask`` or ``labels``; ``dense_blocks`` outside
                 [0, depth // 2] (:func:`check_dense_blocks`).
         """
         t = self._check_inputs(x_t, t, mask)
@@ -239,17 +291,25 @@ class UViT(nn.Module):
         x = self.patch_embed(x_t).flatten(2).transpose(1, 2)  # (B, N, D), raster order (h w)
         time_token = timestep_embedding(t, self.embed_dim).to(x.dtype)[:, None]  # (B, 1, D)
         x = torch.cat([time_token, x], dim=1) + self.pos_embed  # (B, 1+N, D)
-        keep = None  # (B, 1+N_vis) positions of the visible tokens, when masked
+        if self.label_emb is not None:
+            # U-ViT's order: the label token first, then time, then the patches (E = 2 extras).
+            label_token = self.label_emb(self._labels(labels, b, x.device)).to(x.dtype)[:, None]  # (B, 1, D)
+            x = torch.cat([label_token, x], dim=1)  # (B, 2+N, D)
+        elif labels is not None:
+            raise ValueError("this model is unconditional (num_classes=0): it takes no labels")
+        extras = self.extra_tokens
+        keep = None  # (B, E+N_vis) positions of the visible tokens, when masked
         if mask is not None:
-            # Prepend "not masked" for the time token so it always survives (section 1 step 5).
-            # Where the mask is (the training loop's are drawn on the CPU: no GPU synchronisation).
-            keep_time = torch.zeros(b, 1, dtype=torch.bool, device=mask.device)
-            keep = to_device(visible_index(torch.cat([keep_time, mask], dim=1)), x.device)
+            # Prepend "not masked" for the time (and label) token so it always survives
+            # (section 1 step 5): masks drop patch tokens only. Where the mask is (the training
+            # loop's are drawn on the CPU: no GPU synchronisation).
+            keep_extras = torch.zeros(b, extras, dtype=torch.bool, device=mask.device)
+            keep = to_device(visible_index(torch.cat([keep_extras, mask], dim=1)), x.device)
 
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.in_blocks):
             if i == dense_blocks and keep is not None:
-                x, skips = _drop_masked(x, skips, keep)  # (B, 1+N_vis, D) from here on
+                x, skips = _drop_masked(x, skips, keep)  # (B, E+N_vis, D) from here on
             x = block(x)  # (B, L, D)
             skips.append(x)
         if dense_blocks == len(self.in_blocks) and keep is not None:
@@ -259,7 +319,7 @@ class UViT(nn.Module):
             # LIFO: the last in-block's output feeds the first out-block (U-ViT long skips).
             x = block(x, skips.pop())  # (B, L, D)
 
-        x = self.head(self.norm(x))[:, 1:]  # (B, N_vis, p*p*C); drop the time token
+        x = self.head(self.norm(x))[:, extras:]  # (B, N_vis, p*p*C); drop the time and label tokens
         if mask is None:
             return unpatchify(x, self.patch_size, self.in_chans)  # (B, C, H, W)
         return x
@@ -295,6 +355,48 @@ class UViT(nn.Module):
         ):
             raise ValueError(f"visible_tokens must be an integer from 1 to N={n}, got {visible_tokens!r}")
         return dense_blocks * n + (self.num_blocks - dense_blocks) * visible_tokens
+
+    def forward_flops(self, visible_tokens: int | None = None) -> int:
+        """FLOPs of one image's forward pass with ``visible_tokens`` patch tokens kept (None: all N),
+        counted from the architecture, a multiply-add as 2 FLOPs::
+
+            per block, L tokens:  24 L D^2 (qkv 6, projection 2, MLP 16 at ratio 4)
+                                  + 4 L^2 D (attention scores and weighted sum)
+                                  + 4 L D^2 (an out-block's long-skip Linear(2D -> D))
+            patch embedding 2 N D p^2 C (every patch is embedded, masked or not), head 2 N_vis D p^2 C
+
+        with L = N_vis + the time (and label) token. Norms, softmax, GELU and biases (O(L D)) are
+        left out. What guidance costs per sample is this times the passes per step
+        (``diffusion.guidance.sampling_flops``). Written here, small, for the guidance cost; it
+        counts what :meth:`token_blocks` leaves out (attention, the extra tokens).
+
+        Raises:
+            ValueError: ``visible_tokens`` outside [1, N].
+        """
+        n = self.num_patches
+        visible = n if visible_tokens is None else visible_tokens
+        if isinstance(visible, bool) or not isinstance(visible, int) or not 1 <= visible <= n:
+            raise ValueError(f"visible_tokens must be an integer from 1 to N={n}, got {visible_tokens!r}")
+        d, length = self.embed_dim, visible + self.extra_tokens
+        hidden = int(d * self.mlp_ratio)
+        block = 2 * length * d * 3 * d + 2 * length * d * d + 2 * 2 * length * d * hidden + 4 * length**2 * d
+        skip = 2 * length * 2 * d * d
+        patch = self.patch_size**2 * self.in_chans
+        return self.num_blocks * block + len(self.out_blocks) * skip + 2 * n * patch * d + 2 * visible * d * patch
+
+    def _labels(self, labels: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor:
+        """``labels`` as int64 (B,) on ``device``, the "no label" class for None; refused when
+        malformed (the embedding would index out of range or silently broadcast)."""
+        if labels is None:
+            return torch.full((b,), self.num_classes, dtype=torch.long, device=device)
+        labels = torch.as_tensor(labels, device=device)
+        if labels.shape != (b,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor of shape ({b},), got {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+        if b and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}] ({self.num_classes} = no label); "
+                             f"got values from {int(labels.min())} to {int(labels.max())}")
+        return labels.long()
 
     def _check_inputs(
         self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None
@@ -349,12 +451,15 @@ class UViT(nn.Module):
             )
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
+        k = self.num_classes
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"num_classes must be a non-negative int (0: unconditional), got {k!r}")
 
 
 def _drop_masked(
     x: torch.Tensor, skips: list[torch.Tensor], keep: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Keep the visible tokens of ``x`` (B, 1+N, D) and of the long skips taken so far, each
-    -> (B, 1+N_vis, D); ``keep`` (B, 1+N_vis) int64 are their positions (the time token's, 0,
-    always among them)."""
+    """Keep the visible tokens of ``x`` (B, E+N, D) and of the long skips taken so far, each
+    -> (B, E+N_vis, D); ``keep`` (B, E+N_vis) int64 are their positions (the E time / label
+    tokens' always among them)."""
     return take_tokens(x, keep), [take_tokens(skip, keep) for skip in skips]

@@ -7,7 +7,8 @@ its totals are pre-training + fine-tuning. Lower fd_clf / FID is better.
 
 Split into :mod:`~maskdm_pipeline.reporting.curves` (costs and curves),
 :mod:`~maskdm_pipeline.reporting.markdown` (tables, reach section, reading, the whole report)
-and :mod:`~maskdm_pipeline.reporting.figures` (matplotlib); the public names are re-exported here.
+:mod:`~maskdm_pipeline.reporting.figures` (matplotlib) and :mod:`~maskdm_pipeline.reporting.guidance`
+(the guidance sweep's section and figure); the public names are re-exported here.
 """
 
 from maskdm_pipeline.reporting.curves import (
@@ -26,6 +27,7 @@ from maskdm_pipeline.reporting.curves import (
     stage_cost,
 )
 from maskdm_pipeline.reporting.figures import AXES, curves_figure, samples_figure
+from maskdm_pipeline.reporting.guidance import guidance_figure, guidance_section
 from maskdm_pipeline.reporting.markdown import (
     CLOSE_CALL,
     MODELS,
@@ -42,6 +44,6 @@ from maskdm_pipeline.reporting.markdown import (
 __all__ = [
     "AXES", "CLOSE_CALL", "MODELS", "STAGES", "STALE", "ZERO_COST", "Curve", "QualityVsCompute", "StageCost",
     "build_markdown", "compare_curves", "compute_table", "cost_to_reach", "curves_figure", "eval_points",
-    "final_points", "md_table", "quality_at", "quality_curve", "quality_table",
+    "final_points", "guidance_figure", "guidance_section", "md_table", "quality_at", "quality_curve", "quality_table",
     "quality_vs_compute", "reach_section", "reading", "recipe_table", "samples_figure", "stage_cost",
 ]

@@ -87,7 +87,14 @@ def quality_table(metrics: Mapping[str, Any], card: Mapping[str, Any]) -> str:
             str(entry.get("fid_reason") or "not computed"), notes)
         rows.append([name, fid_cell, _fd_clf_cell(entry, card, notes), floor_cell,
                      _fmt(entry.get("n_samples"))])
-    table = md_table(["model", "FID", "fd_clf", "real-data floor (fd_clf)", "samples"], rows)
+    header = ["model", "FID", "fd_clf", "real-data floor (fd_clf)", "samples"]
+    if any("class_accuracy" in (metrics.get(key) or {}) for key in MODELS):  # class-conditional models
+        header.append("class accuracy")
+        for row, key in zip(rows, MODELS, strict=True):
+            entry = metrics.get(key) or {}
+            row.append(_fmt(entry["class_accuracy"], 3) if entry.get("class_accuracy") is not None else
+                       _unavailable(str(entry.get("class_accuracy_reason") or "not computed"), notes))
+    table = md_table(header, rows)
     footnotes = "\n".join(f"[{i}] {text}  " for i, text in enumerate(notes, 1))
     return f"{table}\n\n{footnotes}" if notes else table
 
@@ -276,8 +283,9 @@ def reading(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | None],
 
 
 def build_markdown(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | None],
-                   maskdm: Curve, baseline: Curve, card: Mapping[str, Any]) -> str:
-    """The whole report, referring to the two figures saved next to it."""
+                   maskdm: Curve, baseline: Curve, card: Mapping[str, Any], guidance: str = "") -> str:
+    """The whole report, referring to the figures saved next to it; ``guidance``: the guidance
+    section (``reporting.guidance.guidance_section``), placed after the samples when not empty."""
     cmp = compare_curves(maskdm, baseline, costs)
     res = card.get("resolution", "?")
     data = (f"{_fmt(card.get('train'))} training images from `{card.get('source', '?')}` at "
@@ -304,4 +312,6 @@ def build_markdown(metrics: Mapping[str, Any], costs: Mapping[str, StageCost | N
         "## Reading", reading(metrics, costs, cmp),
         "## Samples", "![samples side by side](samples_side_by_side.png)",
     ]
+    if guidance:
+        sections.append(guidance)
     return "\n\n".join(sections) + "\n"

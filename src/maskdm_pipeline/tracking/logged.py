@@ -21,7 +21,7 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 PARAM_VALUE_LIMIT = 6000  # characters MLflow stores per parameter value
 # Saved outputs whose files are worth keeping with the run.
 ARTIFACT_SUFFIXES = ("_history", "_accounting", "sample_grid", "metrics", "dataset_card", "report_markdown",
-                     "report_curves", "report_samples")
+                     "report_curves", "report_samples", "report_guidance", "_guidance_sweep")
 
 HISTORY_COLUMNS = ("loss", "lr", "img_per_s", "fd_clf")
 ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "token_blocks_seen",
@@ -38,7 +38,7 @@ ACCOUNTING_KEYS = ("wall_time_s", "eval_time_s", "images_seen", "tokens_seen", "
 # is missing (``*_reason``, prose; it is in metrics.json, logged as a file). Training curves
 # (``HISTORY_COLUMNS``) are metrics, one value per step.
 MEASUREMENTS = frozenset({"fd_clf", "fid", "seconds", "img_per_s", "images_seen", "tokens_seen",
-                          "token_blocks_seen"})
+                          "token_blocks_seen", "class_accuracy", "flops_per_sample"})
 
 # MLflow keys, one namespace per kind, so that two kinds never share a key whatever the stage
 # and model names are (a stage and a model are both called ``baseline``):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskdm_pipeline.models.uvit import LABEL_EMBEDDING
 from maskdm_pipeline.training.config import DiffusionConfig, MaskConfig
 
 LossFn = Callable[..., torch.Tensor]
@@ -45,10 +46,17 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
 def load_init_weights(model: nn.Module, weights: Mapping[str, Any], name: str) -> None:
     """Load fine-tuning start weights strictly; a checkpoint dict gives its raw ``model``.
 
+    One exception to strictness: a class-conditional model may start from an unconditional model's
+    weights, which lack only its label table (``models.uvit.LABEL_EMBEDDING``, the one weight
+    the two differ by); that table then keeps its fresh initialisation (``pretrain.use_labels:
+    false``, docs/method-in-code.md).
+
     Raises:
         ValueError: the weights do not fit the model (another preset, size or channels).
     """
     state_dict = weights["model"] if "format" in weights and "model" in weights else weights
+    if LABEL_EMBEDDING not in state_dict and LABEL_EMBEDDING in model.state_dict():
+        state_dict = {**state_dict, LABEL_EMBEDDING: model.state_dict()[LABEL_EMBEDDING]}
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

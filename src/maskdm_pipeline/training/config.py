@@ -77,29 +77,39 @@ Preset = Literal[tuple(PRESETS)]
 # ---------------------------------------------------------------------------- model, diffusion
 class ModelParams(Frozen):
     """The ``model`` parameter block: a preset (models/presets.py) and overrides (None = the
-    preset's own value). The image size and channels come from the data (``ModelConfig``)."""
+    preset's own value). The image size and channels come from the data (``ModelConfig``).
+
+    ``class_conditional``: the model takes the class as one more token (models/uvit.py); the
+    number of classes K comes from the training split's labels, not from a parameter."""
 
     preset: Preset
     patch_size: PositiveInt | None = None
     embed_dim: PositiveInt | None = None
     depth: PositiveInt | None = None
     num_heads: PositiveInt | None = None
+    class_conditional: bool = False
 
-    def for_images(self, images: Any) -> ModelConfig:
-        """The model for uint8 images ``(N, C, H, W)``: their side and channels, these overrides."""
-        return ModelConfig(**self.model_dump(), img_size=int(images.shape[-1]),
-                           in_chans=int(images.shape[1]))
+    def for_images(self, images: Any, num_classes: int | None = None) -> ModelConfig:
+        """The model for uint8 images ``(N, C, H, W)``: their side and channels, these overrides,
+        and ``num_classes`` K (None: unconditional)."""
+        return ModelConfig(**self.model_dump(exclude={"class_conditional"}), img_size=int(images.shape[-1]),
+                           in_chans=int(images.shape[1]), num_classes=num_classes)
 
 
 class ModelConfig(ModelParams):
-    """The U-ViT to build (nanoGPT's ``GPTConfig``): ``build_uvit(preset, **overrides)``."""
+    """The U-ViT to build (nanoGPT's ``GPTConfig``): ``build_uvit(preset, **overrides)``.
+
+    ``num_classes``: K of a class-conditional model, None for an unconditional one (then absent
+    from :meth:`to_dict`, so an unconditional checkpoint's config is what it always was).
+    ``class_conditional`` is the parameter's; here ``num_classes`` alone says it."""
 
     img_size: PositiveInt | None = None
     in_chans: PositiveInt | None = None
+    num_classes: PositiveInt | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """``{"preset": ..., **the overrides that are set}``, as stored in checkpoints."""
-        return self.model_dump(exclude_none=True)
+        return self.model_dump(exclude_none=True, exclude={"class_conditional"})
 
     def build(self) -> torch.nn.Module:
         from maskdm_pipeline.models import build_uvit
@@ -191,7 +201,11 @@ class StageConfig(Frozen):
     ``checkpoint_every`` and ``eval_every``: 0 means off. ``hflip``: the probability that a
     training image is mirrored left-right, drawn per image from the stage's seeded streams
     (training/streams.py); 0 (the official default) draws nothing, the official transfer
-    fine-tuning uses 0.5 (METHOD.md section 4 table).
+    fine-tuning uses 0.5 (METHOD.md section 4 table). ``label_dropout``: for a class-conditional
+    model, the probability that a training image's label is replaced by the "no label" class,
+    drawn per image from the stage's seeded streams, so that the one network also learns the
+    unconditional prediction classifier-free guidance needs (DiT's 0.1, the default; U-ViT uses
+    0.15); unused by an unconditional model.
     """
 
     steps: PositiveInt
@@ -208,6 +222,7 @@ class StageConfig(Frozen):
     log_every: PositiveInt = 100
     eval_every: NonNegativeInt = 0
     hflip: interval(0, 1) = 0.0
+    label_dropout: interval(0, 1) = 0.1
 
     def to_dict(self, mask: MaskConfig | None = None) -> dict[str, Any]:
         """The fields of this class (not a subclass's) plus ``mask``, as stored in checkpoints."""

@@ -40,6 +40,9 @@ class TrainJob:
         images: uint8 ``(N, C, H, W)``: memory-mapped shards (:class:`~maskdm_pipeline.shards.ShardArray`,
             what the pipeline passes: each worker maps them itself, since they pickle as file
             names), a numpy array or a CPU tensor; scaled to [-1, 1] per batch on the device.
+        labels: int64 ``(N,)`` classes 0..K-1 of the images, for a class-conditional model
+            (``model.num_classes`` = K; each step replaces a ``stage.label_dropout`` share of them
+            by the "no label" class K); None for an unconditional model.
         model, diffusion: what to train (training/config.py).
         stage: the optimisation recipe; ``mask``: the token mask of masked pre-training, or None
             for plain DSM.
@@ -76,6 +79,7 @@ class TrainJob:
     progress: bool | None = None
     resume: bool = False
     shared_settings: Mapping[str, Any] | None = None
+    labels: np.ndarray | None = None
 
     @property
     def masked(self) -> bool:

@@ -113,6 +113,8 @@ class TrainProcess:
             # Checked against the grid here, once; the sampler trusts its settings every step.
             mask_sampler=job.mask.sampler(grid, job.name) if job.masked else None,
             hflip=stage.hflip,
+            labels=None if job.labels is None else torch.as_tensor(job.labels, dtype=torch.long),
+            num_classes=int(self.model.num_classes), label_dropout=stage.label_dropout,
         )
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -170,11 +172,12 @@ class TrainProcess:
         if draws.flip is not None:
             x0 = process.flip_horizontally(x0, draws.flip)
         t = devices.to_device(draws.t, self.device)
+        labels = None if draws.labels is None else devices.to_device(draws.labels, self.device)
         with self.autocast:
             if draws.mask is None:
-                loss = self.loss_fn(self.train_model, x0, t=t, noise=draws.noise)
+                loss = self.loss_fn(self.train_model, x0, t=t, noise=draws.noise, labels=labels)
             else:  # the mask stays on the CPU: the model takes the visible positions from it
-                loss = self.loss_fn(self.train_model, x0, draws.mask, t=t, noise=draws.noise)
+                loss = self.loss_fn(self.train_model, x0, draws.mask, t=t, noise=draws.noise, labels=labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:

@@ -33,7 +33,8 @@ def saved_stage_with_defaults(stage: Mapping[str, Any]) -> dict[str, Any]:
 
 def stage_recipe(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """What a trained stage did, from its checkpoint ``config`` (``TrainJob.config()``): the mask
-    (None: none dropped) and its dense blocks, the diffusion target and loss weighting, hflip.
+    (None: none dropped) and its dense blocks, the diffusion target and loss weighting, hflip, and
+    for a class-conditional model its classes and label dropout.
 
     For the report and ``metrics.json``: two runs compare without reading
     their configs. Keys missing from an older checkpoint take today's defaults, which are what
@@ -56,7 +57,17 @@ def stage_recipe(config: Mapping[str, Any]) -> dict[str, Any] | None:
         "loss_weighting": diffusion.loss_weighting,
         "min_snr_gamma": diffusion.min_snr_gamma if min_snr else None,
         "hflip": float(stage["hflip"]),
+        # A class-conditional stage only (an unconditional recipe is what it always was):
+        **conditional_recipe(config.get("model") or {}, stage),
     }
+
+
+def conditional_recipe(model: Mapping[str, Any], stage: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"num_classes": K, "label_dropout": p}`` of a stage that trained a class-conditional model
+    (its checkpoint's ``config.model.num_classes``); ``{}`` for an unconditional one."""
+    if not model.get("num_classes"):
+        return {}
+    return {"num_classes": int(model["num_classes"]), "label_dropout": float(stage["label_dropout"])}
 
 
 # What a resumed run may change. A resume continues ONE run, so everything that

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from maskdm_pipeline.models import check_dense_blocks
@@ -70,3 +71,23 @@ def check_inputs(job: TrainJob) -> None:
     if job.masked:
         job.mask.check(int(model.grid_size), name)
         check_dense_blocks(job.mask.dense_blocks, int(model.depth), prefix=f"{name}.mask")
+    check_labels(job, int(model.num_classes))
+
+
+def check_labels(job: TrainJob, num_classes: int) -> None:
+    """A class-conditional model (K = ``num_classes`` > 0) needs one int64 label in [0, K) per image;
+    an unconditional one (K = 0) takes none."""
+    labels, name = job.labels, job.name
+    if not num_classes:
+        if labels is not None:
+            raise ValueError(f"{name}: labels were given for an unconditional model (model.num_classes is not set)")
+        return
+    if labels is None:
+        raise ValueError(f"{name}: the model is class-conditional ({num_classes} classes) but no labels were given")
+    labels = np.asarray(labels)
+    if labels.shape != (len(job.images),) or labels.dtype.kind not in "iu":
+        raise ValueError(f"{name}: labels must be integers (N,) = ({len(job.images)},); got {labels.dtype} "
+                         f"{labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name}: labels must lie in [0, {num_classes}) for a {num_classes}-class model; got "
+                         f"{labels.min()}..{labels.max()}")

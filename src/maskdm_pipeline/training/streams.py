@@ -23,6 +23,11 @@ Streams (seeds derived from ``stage.seed``):
   hflip > 0. A stream of its own, so that a flip probability changes nothing else a step draws
   (the same images, t, masks and noise with or without flips) and hflip = 0 is bitwise what it
   was before flips existed.
+- ``label_drops``: CPU; for a class-conditional model, one label-dropout decision per image
+  (``<stage>.label_dropout``: the label becomes the "no label" class). A stream of its own for the
+  same reason as flips: an unconditional run draws nothing from it and saves no state of it, so
+  its checkpoints are what they were. The labels themselves are the images' own (rows of
+  ``labels`` at the drawn indices): nothing random.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ logger = logging.getLogger(__name__)
 _DRAWS_OFFSET = 0x9E3779B1
 _NOISE_OFFSET = 2 * 0x9E3779B1
 _FLIPS_OFFSET = 3 * 0x9E3779B1
+_LABEL_DROPS_OFFSET = 4 * 0x9E3779B1
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Draws:
     noise: torch.Tensor  # (b, C, H, W) float32 on the device
     mask: torch.Tensor | None  # (b, N) bool (CPU), True = masked; None when not masking
     flip: torch.Tensor | None = None  # (b,) bool (CPU), True = mirror left-right; None: hflip 0
+    labels: torch.Tensor | None = None  # (b,) int64 (CPU) classes after dropout; None: unconditional
 
 
 class TrainingStreams:
@@ -68,7 +75,13 @@ class TrainingStreams:
         device: torch.device,
         mask_sampler: MaskSampler | None = None,
         hflip: float = 0.0,
+        labels: torch.Tensor | None = None,
+        num_classes: int = 0,
+        label_dropout: float = 0.0,
     ) -> None:
+        """``labels``: int64 (num_images,) classes 0..K-1 of a conditional model's images, or None;
+        ``num_classes``: the model's K, whose "no label" class K replaces a ``label_dropout``
+        share of the drawn labels."""
         self.num_images = num_images
         self.num_timesteps = num_timesteps
         self.image_shape = image_shape
@@ -79,6 +92,10 @@ class TrainingStreams:
         self.noise = torch.Generator(device=device).manual_seed(seed + _NOISE_OFFSET)
         self.hflip = hflip
         self.flips = torch.Generator().manual_seed(seed + _FLIPS_OFFSET)
+        self.labels = labels
+        self.label_dropout = label_dropout
+        self.null_class = num_classes
+        self.label_drops = torch.Generator().manual_seed(seed + _LABEL_DROPS_OFFSET)
         self._seed = seed
         self._perm: torch.Tensor | None = None
         self._cursor = 0
@@ -112,6 +129,12 @@ class TrainingStreams:
         flip = None
         if self.hflip > 0:
             flip = torch.rand(global_batch, generator=self.flips) < self.hflip  # (B,) bool
+        labels = None
+        if self.labels is not None:
+            labels = self.labels[indices]  # (B,)
+            if self.label_dropout > 0:
+                drop = torch.rand(global_batch, generator=self.label_drops) < self.label_dropout  # (B,) bool
+                labels = torch.where(drop, self.null_class, labels)
         per_rank = global_batch // world_size
         rows = slice(rank * per_rank, (rank + 1) * per_rank)
         return Draws(
@@ -120,6 +143,7 @@ class TrainingStreams:
             noise=noise[rows],
             mask=None if mask is None else mask[rows],
             flip=None if flip is None else flip[rows],
+            labels=None if labels is None else labels[rows],
         )
 
     @property
@@ -127,7 +151,7 @@ class TrainingStreams:
         return self._epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "data": self.data.get_state(),
             "draws": self.draws.get_state(),
             "noise": self.noise.get_state(),
@@ -137,6 +161,9 @@ class TrainingStreams:
             "cursor": self._cursor,
             "epoch": self._epoch,
         }
+        if self.labels is not None:  # only a conditional run has this stream's state to keep
+            state["label_drops"] = self.label_drops.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any], *, resumed_step: int) -> None:
         """Restore every stream; ``resumed_step`` only seeds a fallback (see below)."""
@@ -150,6 +177,8 @@ class TrainingStreams:
         self.draws.set_state(state["draws"])
         if "flips" in state:  # absent from states saved before flips existed: none was drawn
             self.flips.set_state(state["flips"])
+        if "label_drops" in state:  # absent from unconditional states: none was drawn
+            self.label_drops.set_state(state["label_drops"])
         self._perm = perm
         self._cursor = int(state["cursor"])
         self._epoch = int(state["epoch"])

@@ -11,7 +11,7 @@ import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import BaselineParams
-from maskdm_pipeline.train_stage import quality_probe, train_stage
+from maskdm_pipeline.train_stage import num_classes, quality_probe, train_stage
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 
@@ -26,5 +26,6 @@ def baseline(
     reference: Mapping[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Train without masks from random initialisation; returns (checkpoint, history, accounting)."""
-    probe = quality_probe(params, diffusion, classifier, reference)
+    classes = num_classes("baseline", primary_train) if model.class_conditional else None
+    probe = quality_probe(params, diffusion, classifier, reference, classes)
     return train_stage("baseline", primary_train, params, model, diffusion, trainer, slot, eval_fn=probe)

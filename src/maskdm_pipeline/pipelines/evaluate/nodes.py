@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdm_pipeline import fd_clf, workers
+from maskdm_pipeline import fd_clf, generation, workers
 from maskdm_pipeline.datasets.feature_cache import FeatureCache
 from maskdm_pipeline.devices import describe, resolve_device
 from maskdm_pipeline.fingerprint import code_identity, file_digest, fingerprint, key_document, reads_files
@@ -24,7 +24,7 @@ from maskdm_pipeline.metrics import (
     stats,
     stats_from_batches,
 )
-from maskdm_pipeline.params import EvaluateParams
+from maskdm_pipeline.params import EvaluateParams, SampleParams
 from maskdm_pipeline.training.config import TrainerConfig
 from maskdm_pipeline.training.resume import stage_recipe
 
@@ -130,7 +130,9 @@ def score_samples(
     trainer: TrainerConfig,
 ) -> dict[str, Any]:
     """fd_clf at the fixed N of ``evaluate.fd_clf.num_samples`` and FID at all samples, the
-    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`)."""
+    features on ``trainer.nproc`` local workers when above 1 (:mod:`maskdm_pipeline.workers`);
+    a class-conditional model's samples (with their asked ``labels``) also get the fd_clf
+    classifier's accuracy against the asked class, overall and per class (``fd_clf.class_accuracy``)."""
     images = samples["images"]
     scores: dict[str, Any] = {"n_samples": int(len(images))}
     inception_on = describe(resolve_device(trainer.device)) if inc_reference.get("available", False) else None
@@ -138,6 +140,8 @@ def score_samples(
     logger.info("Scoring %d samples: fd_clf features on cpu, %s", len(images),
                 f"Inception features on {inception_on}" if inception_on else "no Inception features (FID unavailable)")
     scores.update(fd_clf.score(images, classifier, clf_reference, params.fd_clf.num_samples, nproc=trainer.nproc))
+    if "labels" in samples:  # unconditional samples have none, and their scores are what they were
+        scores.update(fd_clf.class_accuracy(images, samples["labels"], classifier))
     if not inc_reference.get("available", False):
         scores.update(fid=None, fid_n=None, fid_reason=inc_reference.get("reason"))
     else:
@@ -165,6 +169,7 @@ def collect_metrics(
     stages = {name: {k: acc.get("stats", {}).get(k) for k in STAGE_KEYS} for name, acc in accountings.items()}
     recipes = {name: stage_recipe(acc.get("config") or {}) for name, acc in accountings.items()}
     maskdm_cost = {k: (stages["pretrain"][k] or 0) + (stages["finetune"][k] or 0) for k in COST_KEYS}
+    maskdm, baseline = _overall(maskdm), _overall(baseline)
     metrics = {
         "maskdm": {**maskdm, "sampling": dict(maskdm_sampling), "training_cost": maskdm_cost,
                    "recipe": {s: recipes[s] for s in ("pretrain", "finetune")}},
@@ -179,6 +184,65 @@ def collect_metrics(
         "stages": stages,
     }
     for model in ("maskdm", "baseline"):
-        logger.info("%s: fd_clf %s (N=%s), FID %s", model, metrics[model]["fd_clf"], metrics[model]["fd_clf_n"],
-                    metrics[model]["fid"])
+        logger.info("%s: fd_clf %s (N=%s), FID %s%s", model, metrics[model]["fd_clf"], metrics[model]["fd_clf_n"],
+                    metrics[model]["fid"], f", class accuracy {metrics[model]['class_accuracy']}"
+                    if "class_accuracy" in metrics[model] else "")
     return metrics
+
+
+def _overall(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's scores for metrics.json: the per-class accuracies stay in ``<model>_scores.json``."""
+    return {k: v for k, v in scores.items() if k != "class_accuracy_per_class"}
+
+
+def guidance_sweep(
+    checkpoint: Mapping[str, Any],
+    samples: Mapping[str, np.ndarray],
+    sampling_info: Mapping[str, Any],
+    classifier: Mapping[str, Any],
+    clf_reference: Mapping[str, Any],
+    sample: SampleParams,
+    params: EvaluateParams,
+    trainer: TrainerConfig,
+) -> dict[str, Any]:
+    """fd_clf and class accuracy at each guidance scale of ``sample.guidance_sweep``
+    (``fd_clf.guidance_sweep``), on ``evaluate.fd_clf.num_samples`` samples each, with
+    ``sample``'s guidance mode, interval, classes, sampler and seed; and each guidance mode's
+    forward-pass FLOPs per sample. The sample stage's own samples stand for the point at
+    ``sample.guidance_scale`` when ``sampling_info`` says they were drawn with these settings (the
+    same images: each depends on its seed and index alone), which saves drawing them twice.
+    ``available: false`` and the reason where there is nothing to sweep (no scale asked, cfg of an
+    unconditional checkpoint)."""
+    model = generation.model_from_checkpoint(checkpoint, weights="ema")
+    if not sample.guidance_sweep:
+        return {"available": False, "reason": "sample.guidance_sweep is empty"}
+    if sample.guidance == "cfg" and not model.conditional:
+        return {"available": False, "reason": "cfg guidance needs a class-conditional model (its weak branch is the "
+                "no-label pass) and this one is unconditional; sample.guidance=sparse sweeps it"}
+    classes = sample.for_model(model, scale=max(sample.guidance_sweep))[0]
+    diffusion = checkpoint["config"]["diffusion"]
+    names = generation.class_names(classes, model)
+    drawn = {sample.guidance_scale: samples["images"]} if _drawn_so(sampling_info, sample, names) else None
+    return fd_clf.guidance_sweep(
+        model, classifier, clf_reference, scales=sample.guidance_sweep, guidance=sample.guidance_settings(),
+        classes=classes, num_samples=params.fd_clf.num_samples, schedule=diffusion["schedule"], drawn=drawn,
+        prediction=diffusion["prediction"], sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
+        seed=sample.seed, batch_size=sample.batch_size, device=resolve_device(trainer.device),
+        precision=trainer.precision, nproc=trainer.nproc)
+
+
+def _drawn_so(info: Mapping[str, Any], sample: SampleParams, classes: list[str | int] | None) -> bool:
+    """Whether the sample stage's record (``<model>_sampling.json``) says its samples were drawn with
+    ``sample``'s sampler, steps, eta, seed and guidance, and these classes (as the record names
+    them, ``generation.class_names``). A record without guidance keys was unguided (w = 1), where
+    the mode, the interval and the ratio make no difference."""
+    def effective(scale: float, mode: str, interval: Any, ratio: Any) -> tuple[Any, ...]:
+        if scale == 1:
+            return (1.0,)
+        return (scale, mode, None if interval is None else list(interval), ratio if mode == "sparse" else None)
+
+    recorded = effective(info.get("guidance_scale", 1.0), info.get("guidance"), info.get("guidance_interval"),
+                         info.get("sparse_mask_ratio"))
+    wanted = effective(sample.guidance_scale, sample.guidance, sample.guidance_interval, sample.sparse_mask_ratio)
+    return recorded == wanted and info.get("classes") == classes and all(
+        info.get(key) == getattr(sample, key) for key in ("sampler", "steps", "eta", "seed"))

@@ -9,7 +9,7 @@ import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import FinetuneParams
-from maskdm_pipeline.train_stage import InputsDoNotFit, quality_probe, train_stage
+from maskdm_pipeline.train_stage import InputsDoNotFit, num_classes, quality_probe, train_stage
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 
@@ -26,9 +26,10 @@ def finetune(
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Fine-tune the raw (or, with ``finetune.init_from: ema``, the EMA) pre-trained weights;
     optimizer and EMA start fresh, as in the official code."""
-    weights = init_weights_from(pretrained, params.init_from, model.for_images(primary_train["images"]).to_dict(),
-                                diffusion.to_dict())
-    probe = quality_probe(params, diffusion, classifier, reference)
+    classes = num_classes("finetune", primary_train) if model.class_conditional else None
+    weights = init_weights_from(pretrained, params.init_from,
+                                model.for_images(primary_train["images"], classes).to_dict(), diffusion.to_dict())
+    probe = quality_probe(params, diffusion, classifier, reference, classes)
     return train_stage(
         "finetune", primary_train, params, model, diffusion, trainer, slot, init_weights=weights, eval_fn=probe
     )
@@ -47,9 +48,16 @@ def init_weights_from(pretrained: Mapping[str, Any], init_from: str, wanted: Map
     17). Raises :class:`~maskdm_pipeline.train_stage.InputsDoNotFit` naming each setting that
     differs, by its parameter, with both values. The cache refuses the same runs before anything
     starts when the checkpoint's fingerprint record is there (caching/fit.py); this check also
-    holds for a checkpoint copied in by hand."""
+    holds for a checkpoint copied in by hand.
+
+    A class-conditional fine-tuning may start from an unconditional pre-trained model
+    (``pretrain.use_labels: false``): the model configs then differ by ``num_classes`` alone, and
+    the label embedding starts fresh (``training.builders.load_init_weights``)."""
     config = pretrained.get("config", {})
-    differ = _differences(dict(config.get("model", {})), dict(wanted), _model_parameter)
+    saved = dict(config.get("model", {}))
+    if "num_classes" not in saved:  # unconditional weights: a conditional model adds its label table
+        wanted = {k: v for k, v in wanted.items() if k != "num_classes"}
+    differ = _differences(saved, dict(wanted), _model_parameter)
     if diffusion is not None and config.get("diffusion"):
         saved, asked = dict(config["diffusion"]), dict(diffusion)
         differ += _differences({k: saved.get(k) for k in _WHAT_IT_COMPUTES},
@@ -71,7 +79,8 @@ _WHAT_IT_COMPUTES = ("schedule", "prediction")  # of the diffusion block; params
 def _model_parameter(key: str) -> str:
     """The parameter that sets a key of a checkpoint's ``config.model``: the image geometry
     comes from the preprocessed images (``ModelParams.for_images``)."""
-    return {"img_size": "preprocess.resolution", "in_chans": "preprocess.channels"}.get(key, f"model.{key}")
+    return {"img_size": "preprocess.resolution", "in_chans": "preprocess.channels",
+            "num_classes": "model.class_conditional (classes)"}.get(key, f"model.{key}")
 
 
 def _differences(saved: Mapping[str, Any], asked: Mapping[str, Any], parameter: Any) -> list[str]:

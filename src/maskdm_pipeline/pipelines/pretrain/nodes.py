@@ -10,7 +10,7 @@ import pandas as pd
 
 from maskdm_pipeline.datasets.checkpoint import CheckpointSlot
 from maskdm_pipeline.params import PretrainParams
-from maskdm_pipeline.train_stage import train_stage
+from maskdm_pipeline.train_stage import num_classes, train_stage
 from maskdm_pipeline.training.config import DiffusionConfig, ModelParams, TrainerConfig
 
 logger = logging.getLogger(__name__)
@@ -20,8 +20,13 @@ def pretrain_data(
     primary_train: Mapping[str, Any],
     pretrain_source: Mapping[str, Any],
     params: PretrainParams,
+    class_conditional: bool = False,
 ) -> Mapping[str, Any]:
     """The images to pre-train on.
+
+    ``class_conditional`` (``model.class_conditional``): the training split must have labels,
+    checked here, before pre-training, even when pre-training itself uses none
+    (``pretrain.use_labels: false``), so that an unlabelled run stops before any work.
 
     ``pretrain.data: target`` (default) pre-trains on the training split itself;
     ``source`` on ``raw_pretrain_images``, which preprocessing converted exactly like the target
@@ -31,6 +36,8 @@ def pretrain_data(
     Raises:
         ValueError: ``source`` is asked for but preprocessing ran with ``target`` (no images).
     """
+    if class_conditional:
+        num_classes("pretrain", primary_train)  # raises UnlabelledDataError
     if params.data == "target":
         return primary_train
     images = pretrain_source["images"]
@@ -53,5 +60,7 @@ def pretrain(
     trainer: TrainerConfig,
     slot: CheckpointSlot,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Pre-train with ``pretrain.mask`` masks; returns (checkpoint, history, accounting)."""
-    return train_stage("pretrain", images, params, model, diffusion, trainer, slot, mask=params.mask)
+    """Pre-train with ``pretrain.mask`` masks; returns (checkpoint, history, accounting). A
+    class-conditional model is pre-trained with its labels unless ``pretrain.use_labels`` is false."""
+    return train_stage("pretrain", images, params, model, diffusion, trainer, slot, mask=params.mask,
+                       use_labels=params.use_labels)

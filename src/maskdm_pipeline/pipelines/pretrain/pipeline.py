@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 pretrain_data,
-                inputs=["primary_train", "pretrain_source", "params:pretrain"],
+                inputs=["primary_train", "pretrain_source", "params:pretrain", "params:model.class_conditional"],
                 outputs="pretrain_images",
                 name="pretrain_data",
             ),

@@ -28,10 +28,17 @@ def quality_vs_compute(
 
 
 def build_report(
-    metrics: Mapping[str, Any], curves: QualityVsCompute, dataset_card: Mapping[str, Any]
+    metrics: Mapping[str, Any], curves: QualityVsCompute, dataset_card: Mapping[str, Any],
+    maskdm_sweep: Mapping[str, Any] | None = None, baseline_sweep: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown report (data/08_reporting/report.md)."""
-    return reporting.build_markdown(metrics, curves.costs, curves.maskdm, curves.baseline, dataset_card)
+    """The Markdown report (data/08_reporting/report.md), with the guidance sweeps when there are any."""
+    guidance = reporting.guidance_section({"maskdm": maskdm_sweep or {}, "baseline": baseline_sweep or {}})
+    return reporting.build_markdown(metrics, curves.costs, curves.maskdm, curves.baseline, dataset_card, guidance)
+
+
+def plot_guidance(maskdm_sweep: Mapping[str, Any], baseline_sweep: Mapping[str, Any]) -> Figure:
+    """fd_clf and class accuracy against the guidance scale, both models (or why there is no sweep)."""
+    return reporting.guidance_figure({"maskdm": maskdm_sweep, "baseline": baseline_sweep})
 
 
 def plot_quality_vs_compute(metrics: Mapping[str, Any], curves: QualityVsCompute) -> Figure:
@@ -48,5 +55,7 @@ def plot_samples(
     for key, name in reporting.MODELS.items():
         entry = metrics.get(key) or {}
         score = f"\nfd_clf {entry['fd_clf']:.2f}" if entry.get("fd_clf") is not None else ""
+        if entry.get("class_accuracy") is not None:
+            score += f", class accuracy {entry['class_accuracy']:.2f} (one row per class)"
         titles[key] = name + score
     return reporting.samples_figure({"maskdm": maskdm_grid, "baseline": baseline_grid}, titles)
