@@ -264,11 +264,23 @@ def test_a_logged_model_gets_the_config_it_was_trained_with_not_the_trainer() ->
                                              "stage.lr": "0.002"}
 
 
-def test_the_model_logging_setting_is_true_or_false() -> None:
-    from maskdm_pipeline.params import ParameterError
-    from maskdm_pipeline.tracking.mlflow_hook import _setting
+def test_mlflow_yml_is_read_once_with_its_defaults_and_refuses_what_it_does_not_know() -> None:
+    """Every key of the shipped conf/base/mlflow.yml is a setting; empty sections take their
+    defaults; a misspelt key or a non-boolean switch is refused in one message naming each."""
+    import yaml
 
-    assert _setting({}, "log_models", True) is True
-    assert _setting({"tracking": {"log_models": False}}, "log_models", True) is False
-    with pytest.raises(ParameterError, match=r"tracking\.log_models is 'flase'; use true or false"):
-        _setting({"tracking": {"log_models": "flase"}}, "log_models", True)
+    from maskdm_pipeline.params import ParameterError
+    from maskdm_pipeline.tracking.settings import read_settings
+
+    shipped = yaml.safe_load((Path(__file__).parents[2] / "conf/base/mlflow.yml").read_text())
+    assert read_settings(shipped).model_dump() == read_settings(None).model_dump()  # it writes the defaults
+    defaults = read_settings({"tracking": {"experiment": None, "disable_tracking": {"pipelines": None}}})
+    assert defaults.tracking.experiment.name == "maskdm_pipeline" and defaults.tracking.disable_tracking.pipelines == ()
+    assert read_settings({"tracking": {"log_models": False}}).tracking.log_models is False
+    with pytest.raises(ParameterError) as info:
+        read_settings({"tracking": {"log_models": "flase", "experiment": {"nmae": "x"}}, "sever": {}})
+    message = str(info.value.message)
+    assert "\n" not in message and message.startswith("conf/*/mlflow.yml: ")
+    assert "tracking.log_models is 'flase'; use true or false" in message
+    assert "tracking.experiment.nmae is not a setting; did you mean tracking.experiment.name?" in message
+    assert "sever is not a setting; the valid ones: server.mlflow_tracking_uri" in message

@@ -27,6 +27,7 @@ from maskdm_pipeline import tracking
 from maskdm_pipeline.caching.records import dataset_path
 from maskdm_pipeline.dotted import flatten
 from maskdm_pipeline.tracking import mlflow_store
+from maskdm_pipeline.tracking.settings import MlflowSettings, read_settings
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class MlflowTrackingHook:
 
     def __init__(self) -> None:
         self._catalog: Any = None
-        self._config: dict[str, Any] = {}
+        self._settings = MlflowSettings()
         self._project_path = Path.cwd()
         self._client: Any = None
         self._run_id: str | None = None
@@ -82,23 +83,20 @@ class MlflowTrackingHook:
         from kedro.config import MissingConfigException
 
         try:
-            self._config = dict(context.config_loader["mlflow"])
+            config = context.config_loader["mlflow"]
         except MissingConfigException:  # no mlflow.yml in this environment: track with defaults
-            self._config = {}  # (one that is not YAML stops the command with one line: configuration.py)
+            config = {}  # (one that is not YAML stops the command with one line: configuration.py)
+        self._settings = read_settings(config)  # a misspelt key stops the command in one line
         self._nnodes = context.validated_params.trainer.nnodes
-        self._models_on = _setting(self._config, tracking.LOG_MODELS_SETTING, True)
+        self._models_on = self._settings.tracking.log_models
 
     def _tracking_uri(self) -> str:
-        return mlflow_store.tracking_uri(self._config, self._project_path)
-
-    def _experiment(self) -> dict[str, Any]:
-        return (self._config.get("tracking") or {}).get("experiment") or {}
+        return mlflow_store.tracking_uri(self._settings.server.mlflow_tracking_uri, self._project_path)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        tracking_cfg = self._config.get("tracking") or {}
         names = run_params.get("pipeline_names") or ["__default__"]
-        off = set(names) & set((tracking_cfg.get("disable_tracking") or {}).get("pipelines") or [])
+        off = set(names) & set(self._settings.tracking.disable_tracking.pipelines)
         if off:
             logger.info("MLflow tracking is off for this run: tracking.disable_tracking.pipelines lists %s "
                         "(conf/*/mlflow.yml).", ", ".join(sorted(off)))
@@ -151,9 +149,10 @@ class MlflowTrackingHook:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self._tracking_uri())
-        name = self._experiment().get("name") or "maskdm_pipeline"
+        name = self._settings.tracking.experiment.name
         experiment = client.get_experiment_by_name(name)
-        wanted = mlflow_store.artifact_location(self._experiment(), self._project_path, name)
+        wanted = mlflow_store.artifact_location(self._settings.tracking.experiment.artifact_location,
+                                                self._project_path, name)
         if experiment is None:
             try:
                 experiment_id = client.create_experiment(name, artifact_location=wanted,
@@ -361,20 +360,6 @@ class MlflowTrackingHook:
             return Path(os.path.abspath(path)).relative_to(os.path.abspath(self._project_path)).as_posix()
         except ValueError:
             return str(path)
-
-
-def _setting(config: Mapping[str, Any], name: str, default: bool) -> bool:
-    """``tracking.<name>`` of mlflow.yml, a yes/no setting.
-
-    Raises:
-        ParameterError: it is set to anything but true or false (exit status 2, one line).
-    """
-    from maskdm_pipeline.params import ParameterError
-
-    value = (config.get("tracking") or {}).get(name, default)
-    if not isinstance(value, bool):
-        raise ParameterError(f"conf/*/mlflow.yml: tracking.{name} is {value!r}; use true or false.")
-    return value
 
 
 def _mlflow_import_error() -> str | None:

@@ -27,23 +27,20 @@ logger = logging.getLogger("maskdm_pipeline.tracking.mlflow_hook")  # the hook's
 _DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
-def tracking_uri(config: Mapping[str, Any], root: Path) -> str:
-    """The store of ``server.mlflow_tracking_uri`` (mlflow.yml's ``config``): a relative
-    ``sqlite:///mlflow.db`` is relative to the project ``root``, wherever Kedro is started from
-    (a notebook in notebooks/ must not create a second store there)."""
-    uri = (config.get("server") or {}).get("mlflow_tracking_uri") or "sqlite:///mlflow.db"
+def tracking_uri(uri: str, root: Path) -> str:
+    """The store of ``server.mlflow_tracking_uri`` (``uri``): a relative ``sqlite:///mlflow.db``
+    is relative to the project ``root``, wherever Kedro is started from (a notebook in
+    notebooks/ must not create a second store there)."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(root / uri[len(prefix):])
     return uri
 
 
-def artifact_location(experiment: Mapping[str, Any], root: Path, name: str) -> str:
-    """Where the experiment ``name`` keeps its files: ``mlruns/<name>`` under the project
-    ``root`` unless ``tracking.experiment.artifact_location`` (``experiment``) names another
-    folder (relative: to the root; MLflow would take its default relative to the working
-    directory) or a URI."""
-    location = str(experiment.get("artifact_location") or "mlruns")
+def artifact_location(location: str, root: Path, name: str) -> str:
+    """Where the experiment ``name`` keeps its files: ``<location>/<name>``, ``location`` being
+    ``tracking.experiment.artifact_location`` (``mlruns`` by default), a folder (relative: to the
+    project ``root``; MLflow would take its default relative to the working directory) or a URI."""
     if "://" in location:
         return f"{location.rstrip('/')}/{name}"
     path = Path(location).expanduser()
