@@ -81,6 +81,12 @@ def _runs(lines: list[str], name: str, why: str = ".*") -> None:
     assert _has(lines, rf"{re.escape(name)}: runs \({why}\)"), f"{name} did not run ({why}):\n" + "\n".join(lines)
 
 
+def _scored(*models: str) -> list[str]:
+    """The evaluate parts of each model: its scores and its guidance sweep (two parts: a sweep
+    setting reruns the sweep alone)."""
+    return [f"evaluate [{model}.{node}]" for model in models for node in ("score_samples", "guidance_sweep")]
+
+
 def _untracked(root: Path, env_name: str = "smoke") -> Path:
     """No MLflow run for the commands of this test (``disable_tracking`` of conf/*/mlflow.yml)."""
     names = ", ".join(("__default__", *STAGES))
@@ -125,10 +131,11 @@ def test_finetune_lr_reruns_finetuning_and_what_reads_it(copy: Path) -> None:
     """With ThreadRunner: MaskDM's side reruns, the pre-training and the baseline side do not."""
     kept = _digests(copy, "pretrained.pt", "baseline.pt", "baseline_samples.npz")
     lines = _run(copy, "--runner", "ThreadRunner", "--params", "finetune.lr=0.001")
-    _up_to_date(lines, "preprocess", "pretrain", "baseline", "sample [baseline]", "evaluate [baseline]")
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "sample [baseline]", *_scored("baseline"))
     _runs(lines, "finetune", r"parameters changed: finetune\.lr 0\.002 -> 0\.001")
     _runs(lines, "sample [maskdm]", "input finetuned changed")
-    _runs(lines, "evaluate [maskdm]")
+    for name in _scored("maskdm"):
+        _runs(lines, name)
     _runs(lines, "evaluate [collect_metrics]")
     assert [line for line in lines if line.startswith("report") and "runs (" in line]
     assert _digests(copy, "pretrained.pt", "baseline.pt", "baseline_samples.npz") == kept
@@ -140,11 +147,12 @@ def test_mask_ratio_reruns_pretraining_and_everything_after_it(copy: Path) -> No
     """With ParallelRunner (the session keeps its shared-memory catalog)."""
     baseline = _digests(copy, "baseline.pt")
     lines = _run(copy, "--runner", "ParallelRunner", "--params", "pretrain.mask.ratio=0.5")
-    _up_to_date(lines, "preprocess", "baseline", "sample [baseline]", "evaluate [baseline]")
+    _up_to_date(lines, "preprocess", "baseline", "sample [baseline]", *_scored("baseline"))
     _runs(lines, "pretrain", r"parameters changed: pretrain\.mask\.ratio 0\.75 -> 0\.5")
     _runs(lines, "finetune", "input pretrained changed")
     _runs(lines, "sample [maskdm]")
-    _runs(lines, "evaluate [maskdm]")
+    for name in _scored("maskdm"):
+        _runs(lines, name)
     assert _digests(copy, "baseline.pt") == baseline
     state = torch.load(copy / "data/06_models/pretrained.pt", weights_only=True)
     assert state["config"]["stage"]["mask"]["ratio"] == 0.5
@@ -158,7 +166,8 @@ def test_sampler_change_reruns_sampling_scoring_and_report_and_fewer_samples_lea
     for model in ("maskdm", "baseline"):
         _runs(lines, f"sample [{model}]", r"parameters changed: sample\.num_samples 64 -> 8, "
                                           r"sample\.sampler 'dpm\+\+2m' -> 'ddim'")
-        _runs(lines, f"evaluate [{model}]", f"input {model}_samples changed")
+        _runs(lines, f"evaluate [{model}.score_samples]", f"input {model}_samples changed")
+        _runs(lines, f"evaluate [{model}.guidance_sweep]", f"inputs {model}_samples, {model}_sampling_info changed")
         folder = copy / f"data/07_model_output/{model}_png"
         assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.png" for i in range(8)]
         assert (folder.parent / f"{model}_png.fingerprint.json").is_file()
@@ -205,9 +214,10 @@ def test_interrupted_rerun_then_the_command_the_message_gives(copy: Path) -> Non
     lines = CACHE_LINE.findall(output)
     _runs(lines, "baseline", r".*resume checkpoint data/06_models/baseline\.resume\.pt exists.*")
     assert re.search(rf"baseline: resuming from \S*baseline\.resume\.pt at step {message.group(1)}\b", output)
-    _up_to_date(lines, "preprocess", "pretrain", "finetune", "sample [maskdm]", "evaluate [maskdm]")
+    _up_to_date(lines, "preprocess", "pretrain", "finetune", "sample [maskdm]", *_scored("maskdm"))
     _runs(lines, "sample [baseline]", "input baseline changed")
-    _runs(lines, "evaluate [baseline]")
+    for name in _scored("baseline"):
+        _runs(lines, name)
     assert torch.load(copy / "data/06_models/baseline.pt", weights_only=True)["step"] == 300
     assert not resume.exists()
 
@@ -262,7 +272,7 @@ def test_cache_rerun_reruns_what_it_names(copy: Path) -> None:
     the scores are still current (early cut-off); only what reads the timings reruns."""
     samples = _digests(copy, "*_samples.npz")
     lines = _run(copy, "--params", "cache.rerun=sample")
-    _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune", "evaluate [maskdm]", "evaluate [baseline]")
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune", *_scored("maskdm", "baseline"))
     for model in ("maskdm", "baseline"):
         _runs(lines, f"sample [{model}]", r"cache\.rerun=sample")
     assert sum("Running node: draw_samples" in line for line in lines) == 2
@@ -364,7 +374,7 @@ def test_code_edits_rerun_what_runs_that_code_and_a_fresh_copy_reruns_nothing(co
     lines = _run(copy)
     _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune", "sample")
     evaluate = [line for line in lines if line.startswith("evaluate [") and "runs (" in line]
-    assert len(evaluate) == 4, lines
+    assert len(evaluate) == 6, lines  # the FID reference, each model's scores and sweep, the metrics
     assert all(line.endswith(": runs (code changed: pipelines/evaluate/nodes.py)") for line in evaluate), evaluate
     assert _has(lines, r"report( \[.*\])?: runs \(input metrics changed\)"), lines
     assert json.loads((copy / "data/08_reporting/metrics.json").read_text())["edited"] == 1
@@ -380,7 +390,7 @@ def test_a_retrained_stage_with_the_same_weights_changes_nothing_after_it(copy: 
     before = (hashlib.sha256(checkpoint.read_bytes()).hexdigest(), torch.load(checkpoint, weights_only=True))
     lines = _run(copy, "--params", "cache.rerun=finetune")
     _runs(lines, "finetune", r"cache\.rerun=finetune")
-    _up_to_date(lines, "preprocess", "pretrain", "baseline", "sample", "evaluate [maskdm]", "evaluate [baseline]")
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "sample", *_scored("maskdm", "baseline"))
     _runs(lines, "evaluate [collect_metrics]", "input finetune_accounting changed")
     after = torch.load(checkpoint, weights_only=True)
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() != before[0], "the file holds new wall times"
