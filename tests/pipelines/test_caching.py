@@ -167,7 +167,8 @@ def test_sampler_change_reruns_sampling_scoring_and_report_and_fewer_samples_lea
         _runs(lines, f"sample [{model}]", r"parameters changed: sample\.num_samples 64 -> 8, "
                                           r"sample\.sampler 'dpm\+\+2m' -> 'ddim'")
         _runs(lines, f"evaluate [{model}.score_samples]", f"input {model}_samples changed")
-        _runs(lines, f"evaluate [{model}.guidance_sweep]", f"inputs {model}_samples, {model}_sampling_info changed")
+        _runs(lines, f"evaluate [{model}.guidance_sweep]",  # it reads params:sample too
+              rf"parameters changed: .*; inputs {model}_samples, {model}_sampling_info changed")
         folder = copy / f"data/07_model_output/{model}_png"
         assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.png" for i in range(8)]
         assert (folder.parent / f"{model}_png.fingerprint.json").is_file()
@@ -269,12 +270,16 @@ def test_kill9_in_one_training_stage_keeps_the_other_that_finished_in_the_same_b
 
 def test_cache_rerun_reruns_what_it_names(copy: Path) -> None:
     """``cache.rerun=sample``: sampling reruns; it draws the same images (per-sample seeds), so
-    the scores are still current (early cut-off); only what reads the timings reruns."""
+    the scores are still current (early cut-off); only what reads the sampling record, which
+    holds the new timings, reruns: the guidance sweep (it reads the record's settings to reuse the
+    stage's samples) and the metrics."""
     samples = _digests(copy, "*_samples.npz")
     lines = _run(copy, "--params", "cache.rerun=sample")
-    _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune", *_scored("maskdm", "baseline"))
+    _up_to_date(lines, "preprocess", "pretrain", "baseline", "finetune",
+                "evaluate [maskdm.score_samples]", "evaluate [baseline.score_samples]")
     for model in ("maskdm", "baseline"):
         _runs(lines, f"sample [{model}]", r"cache\.rerun=sample")
+        _runs(lines, f"evaluate [{model}.guidance_sweep]", f"input {model}_sampling_info changed")
     assert sum("Running node: draw_samples" in line for line in lines) == 2
     assert _digests(copy, "*_samples.npz") == samples
 

@@ -84,7 +84,8 @@ def test_every_runner_logs_the_run_through_its_id(evaluate_runs: dict[str, tuple
     settings = tracking.quality_params(written)  # the sampler's settings, sample counts: parameters
     assert settings and {k: run.data.params.get(k) for k in settings} == settings
     assert not set(settings) & set(run.data.metrics)
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "reports")] == ["reports/metrics.json"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "reports")] == [  # what evaluate wrote
+        "reports/baseline_guidance_sweep.json", "reports/maskdm_guidance_sweep.json", "reports/metrics.json"]
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
     folder = root / "mlruns" / experiment.name
     assert experiment.artifact_location == run.info.artifact_uri.rsplit("/", 2)[0] == folder.as_uri()
