@@ -194,7 +194,8 @@ def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: M
 
     Returns ``{"available": True, "guidance", "guidance_interval", "sparse_mask_ratio",
     "num_samples", "sampler", "steps", "classifier_accuracy", "points": [{"scale", "fd_clf",
-    "fd_clf_n", "class_accuracy", "flops_per_sample", "seconds" (0: reused)}], "flops_per_sample": {"none",
+    "fd_clf_n", "class_accuracy", "flops_per_sample", "seconds" (None when reused), "reused" (the
+    sample stage's images, scored, not drawn again)}], "flops_per_sample": {"none",
     "cfg" (None for an unconditional model), "sparse"}}`` (FLOPs of each mode at the largest w).
     """
     labels = None
@@ -207,7 +208,7 @@ def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: M
         at = replace(guidance, scale=float(w))
         known = (drawn or {}).get(float(w))
         if known is not None and len(known) >= num_samples:
-            images, timing = known[:num_samples], {"seconds": 0.0}
+            images, timing = known[:num_samples], {"seconds": None}  # drawn by the sample stage, not here
         else:
             images, timing = generation.generate(model, num_samples=num_samples, classes=classes, guidance=at,
                                                  **settings, **sampling)
@@ -215,7 +216,7 @@ def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: M
         if labels is not None:
             point["class_accuracy"] = class_accuracy(images, labels, classifier)["class_accuracy"]
         points.append({**point, "flops_per_sample": generation.sampling_cost(model, guidance=at, **settings),
-                       "seconds": timing["seconds"]})
+                       "seconds": timing["seconds"], "reused": known is not None and timing["seconds"] is None})
     top = max(scales)
     modes = {"none": Guidance(), "sparse": replace(guidance, mode="sparse", scale=top)}
     if getattr(model, "conditional", False):

@@ -328,8 +328,9 @@ def test_conditional_run_samples_every_class_guided_and_scores_class_accuracy(co
         assert sweep["available"] and [p["scale"] for p in sweep["points"]] == [1.0, 2.0]
         assert sweep["points"][1]["flops_per_sample"] == 2 * sweep["points"][0]["flops_per_sample"]
         # w = 2 is the sample stage's setting: its samples are scored, not drawn again (the same images).
-        assert sweep["points"][1]["seconds"] == 0 and sweep["points"][1]["fd_clf"] == scores["fd_clf"]
-        assert sweep["points"][0]["seconds"] > 0
+        assert sweep["points"][1]["reused"] and sweep["points"][1]["seconds"] is None
+        assert sweep["points"][1]["fd_clf"] == scores["fd_clf"]
+        assert sweep["points"][0]["seconds"] > 0 and not sweep["points"][0]["reused"]
         assert sweep["flops_per_sample"]["cfg"] == sweep["points"][1]["flops_per_sample"]
         flops = sweep["flops_per_sample"]
         assert flops["none"] < flops["sparse"] < flops["cfg"]

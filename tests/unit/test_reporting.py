@@ -229,6 +229,14 @@ def test_curves_figure_without_evaluations_says_so() -> None:
     assert _png_size(fig)[0] > 0
 
 
+def test_guidance_figure_without_a_sweep_says_why_across_the_figure_not_over_an_axis() -> None:
+    reason = "cfg guidance needs a class-conditional model"
+    fig = reporting.guidance_figure({"maskdm": {"available": False, "reason": reason}, "baseline": {}})
+    assert not any(ax.axison for ax in fig.axes) and not any(ax.texts for ax in fig.axes)
+    assert any(reason in t.get_text() for t in fig.texts)
+    assert _png_size(fig)[0] > 0
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_plot_samples_puts_the_grids_side_by_side(mode: str) -> None:
     grid = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)).convert(mode)

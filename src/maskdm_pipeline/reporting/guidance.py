@@ -48,7 +48,8 @@ def guidance_section(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
         f"D = D_weak + w (D_strong - D_weak), w = 1 no guidance; mode {mode}, {where}, "
         f"{first['sampler']} with {first['steps']} steps, the same seeds and classes at every w "
         "(docs/guidance.md). Class accuracy: how often the fd_clf classifier sees the class a sample "
-        "was asked for" + (f"; on held-out real images it scores {ceiling:.3f}, the ceiling." if ceiling else "."),
+        "was asked for" + (f"; on held-out real images it scores {ceiling:.3f}: samples above that are more "
+                            "prototypical than real ones, not better (fd_clf shows what that costs)." if ceiling else "."),
         "![guidance sweep](guidance_sweep.png)",
         md_table(header, rows),
         f"Forward-pass FLOPs per sample of each mode at any w != 1 ({where}; the {first['steps']}-step sampler; "
@@ -77,10 +78,12 @@ def guidance_figure(sweeps: Mapping[str, Mapping[str, Any]]) -> Figure:
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=8)
-    if not swept:
+    if not swept:  # one message across the empty figure, not over an axis label
         reasons = {sweep.get("reason") for sweep in sweeps.values() if sweep}
-        left.text(0.5, 0.5, "no guidance sweep:\n" + "\n".join(sorted(r for r in reasons if r))[:300],
-                  ha="center", va="center", transform=left.transAxes, fontsize=8, color="0.4", wrap=True)
+        for ax in (left, right):
+            ax.set_axis_off()
+        fig.text(0.5, 0.5, "no guidance sweep:\n" + "\n".join(sorted(r for r in reasons if r))[:300],
+                 ha="center", va="center", fontsize=9, color="0.4", wrap=True)
     mode = next((s["guidance"] for s in swept.values()), None)
     fig.suptitle("Guidance sweep" + (f" ({mode})" if mode else ""))
     return fig
