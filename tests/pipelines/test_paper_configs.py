@@ -35,6 +35,12 @@ def _faces(folder: Path, count: int, size: tuple[int, int], suffix: str) -> None
         Image.fromarray(low).resize(size, Image.BILINEAR).save(folder / f"{i:06d}{suffix}")
 
 
+def _no_logged_models(root: Path, env: str) -> None:
+    """The MLflow copy of each trained model (hundreds of MB at these sizes) is not what these
+    tests are about: tracking.log_models is tested on the smoke run."""
+    (root / "conf" / env / "mlflow.yml").write_text("tracking:\n  log_models: false\n")
+
+
 def _param_count(checkpoint: Path) -> int:
     state = torch.load(checkpoint, weights_only=True)
     return sum(v.numel() for v in state["model"].values())
@@ -43,6 +49,7 @@ def _param_count(checkpoint: Path) -> int:
 def test_celeba64_runs_end_to_end_with_the_paper_model_masks_and_sampler(tmp_path: Path) -> None:
     root = make_project(tmp_path / "project")
     _faces(root / "data/01_raw/celeba/img_align_celeba", 24, (178, 218), ".jpg")
+    _no_logged_models(root, "celeba64")
     result = kedro(root, "run", "--env", "celeba64", "--params", CPU_FEW_STEPS, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
@@ -64,6 +71,7 @@ def test_celebahq256_pretrains_the_base_model(tmp_path: Path) -> None:
     # base-256 unmasked on 4096 tokens is far too slow for a CPU; one masked step is not.
     root = make_project(tmp_path / "project")
     _faces(root / "data/01_raw/celebahq", 6, (300, 300), ".png")
+    _no_logged_models(root, "celebahq256")
     params = "trainer.device=cpu,trainer.precision=fp32,pretrain.steps=1,pretrain.batch_size=2"
     result = kedro(root, "run", "--env", "celebahq256", "--pipelines", "preprocess,pretrain", "--params",
                    params, timeout=600)
