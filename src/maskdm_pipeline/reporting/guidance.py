@@ -48,8 +48,9 @@ def guidance_section(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
         f"D = D_weak + w (D_strong - D_weak), w = 1 no guidance; mode {mode}, {where}, "
         f"{first['sampler']} with {first['steps']} steps, the same seeds and classes at every w "
         "(docs/guidance.md). Class accuracy: how often the fd_clf classifier sees the class a sample "
-        "was asked for" + (f"; on held-out real images it scores {ceiling:.3f}: samples above that are more "
-                            "prototypical than real ones, not better (fd_clf shows what that costs)." if ceiling else "."),
+        "was asked for" + (f"; on held-out real images it scores {ceiling:.3f}: samples above that are "
+                            "more prototypical than real ones, not better (fd_clf shows what that costs)."
+                            if ceiling else "."),
         "![guidance sweep](guidance_sweep.png)",
         md_table(header, rows),
         f"Forward-pass FLOPs per sample of each mode at any w != 1 ({where}; the {first['steps']}-step sampler; "
