@@ -53,6 +53,17 @@ def test_masked_and_dense_first_forward_and_backward(ratio: float, dense_blocks:
     assert both == batch * (TRAINING_MULTIPLIER * flops.forward - flops.patch_embed)
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.75])
+def test_a_class_conditional_model_counts_its_label_token(ratio: float) -> None:
+    """The label token is one more token in every block (and the head): exact against torch's
+    counter, masked or not; the guidance costs (diffusion.guidance.sampling_flops) read the same."""
+    torch.manual_seed(0)
+    model = UViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    mask = sample_masks("patch", model.grid_size, 2, ratio=ratio) if ratio else None
+    visible = model.num_patches if mask is None else int((~mask[0]).sum())
+    assert _counted(model, 2, mask) == 2 * uvit_flops(model, visible).forward
+
+
 def test_base256_figures_and_what_masking_saves() -> None:
     """base-256 forward: about 1.5 TFLOP an image unmasked, half of it in the 4097 x 4097
     attention products; 90% block-4 masking (410 visible) cuts the model FLOPs about 15x."""

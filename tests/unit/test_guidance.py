@@ -20,6 +20,7 @@ from maskdm_pipeline.diffusion.samplers import call_times
 from maskdm_pipeline.masking import sample_masks
 from maskdm_pipeline.metrics import classifier_state, train_classifier
 from maskdm_pipeline.models import build_uvit, count_parameters
+from maskdm_pipeline.models.flops import uvit_flops
 from maskdm_pipeline.models.uvit import LABEL_EMBEDDING
 from maskdm_pipeline.params import ParameterError, SampleParams, validate_parameters
 from maskdm_pipeline.train_stage import UnlabelledDataError, num_classes
@@ -85,16 +86,17 @@ def test_masks_never_drop_the_label_or_time_token(dense_blocks: int) -> None:
     assert not torch.allclose(a, b)
 
 
-def test_forward_flops_count_tokens_times_blocks() -> None:
-    """FLOPs grow by the per-token layers of every block for each extra visible token."""
+def test_flops_count_the_label_token_in_every_block() -> None:
+    """The one FLOP counter (models/flops.py) grows by the per-token layers of every block for each
+    extra visible token, and counts the label token of a conditional model in every block."""
     model = _uvit(num_classes=4)
     d, blocks = 32, 3
-    one_more = model.forward_flops(5) - model.forward_flops(4)
+    one_more = uvit_flops(model, 5).forward - uvit_flops(model, 4).forward
     per_token = blocks * 24 * d * d + 4 * d * d  # per-token layers of 3 blocks + 1 long skip
     attention = blocks * 4 * d * ((7 * 7) - (6 * 6))  # 4 L^2 D at L = 2 + 5 vs 2 + 4
-    assert one_more == per_token + attention + 2 * d * 4  # + the head on one more patch
-    assert model.forward_flops() == model.forward_flops(16) > model.forward_flops(4)
-    assert _uvit().forward_flops() < model.forward_flops()  # one token fewer per block
+    assert one_more == per_token + attention + 2 * d * 4  # + the head on one more token
+    assert uvit_flops(model).forward == uvit_flops(model, 16).forward > uvit_flops(model, 4).forward
+    assert uvit_flops(_uvit()).forward < uvit_flops(model).forward  # one token fewer per block
 
 
 # ----------------------------------------------------------------------------- guidance arithmetic
@@ -181,7 +183,7 @@ def test_cfg_of_an_unconditional_model_is_refused() -> None:
 
 def test_sampling_flops_per_mode() -> None:
     model, times = _uvit(num_classes=4), call_times("dpm++2m", SCHEDULE, 10)
-    full, sparse_pass = model.forward_flops(), model.forward_flops(4)
+    full, sparse_pass = uvit_flops(model).forward, uvit_flops(model, 4).forward
     cost = generation.sampling_cost
     kw = {"schedule": "linear", "sampler": "dpm++2m", "steps": 10}
     assert len(times) == 10 and cost(model, **kw) == 10 * full

@@ -51,6 +51,7 @@ from torch import nn
 
 from maskdm_pipeline.diffusion.schedules import NoiseSchedule, PerSampleGenerator
 from maskdm_pipeline.masking import draw_masks, mask_count
+from maskdm_pipeline.models.flops import uvit_flops
 from maskdm_pipeline.models.patching import keep_visible, patchify, unpatchify
 
 __all__ = ["GUIDANCE_MODES", "Guidance", "GuidedDenoiser", "noise_levels", "sampling_flops"]
@@ -185,14 +186,14 @@ class GuidedDenoiser(nn.Module):
 
 def sampling_flops(model: nn.Module, times: list[int], schedule: NoiseSchedule, guidance: Guidance) -> int:
     """Forward-pass FLOPs per sample of a sampler that calls the model at ``times``
-    (``samplers.call_times``): a full pass at every call (``UViT.forward_flops``), plus the weak
-    pass at the guided ones: a second full pass for ``cfg``, a pass on the (1 - r) N visible
+    (``samplers.call_times``): a full pass at every call (``models.flops.uvit_flops``), plus the
+    weak pass at the guided ones: a second full pass for ``cfg``, a pass on the (1 - r) N visible
     patches for ``sparse``."""
-    full = int(model.forward_flops())
+    full = uvit_flops(model).forward
     weak = full
     if guidance.mode == "sparse":
         n = int(model.num_patches)
-        weak = int(model.forward_flops(n - mask_count("patch", int(model.grid_size), guidance.sparse_mask_ratio)))
+        weak = uvit_flops(model, n - mask_count("patch", int(model.grid_size), guidance.sparse_mask_ratio)).forward
     sigmas = noise_levels(schedule)
     guided = sum(guidance.guided_at(sigmas[t]) for t in times)
     return len(times) * full + guided * weak

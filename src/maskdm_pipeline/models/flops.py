@@ -5,20 +5,22 @@ the implementation recomputes).
 Only matrix products are counted, two FLOPs per multiply-add, as torch's own counter
 (``torch.utils.flop_counter.FlopCounterMode``) counts them; norms, activations, residual adds
 and the softmax are left out (a few percent, and not matrix-unit work). For one image whose
-blocks see L tokens (the time token included), with width D, MLP width F = int(D * mlp_ratio)
-and P = p * p * C values per patch::
+blocks see L tokens (the E extra tokens included: time, and the label of a class-conditional
+model), with width D, MLP width F = int(D * mlp_ratio) and P = p * p * C values per patch::
 
     patch embedding (conv, all N patches)   2 N P D
     per block: qkv, projection              8 L D^2
                scores Q K^T and weights V   4 L^2 D
                MLP                          4 L D F
     long skip of an out-block               4 L D^2
-    head (every token, time token too)      2 L P D
+    head (every token, the extras too)      2 L P D
 
 A training step costs three times the forward pass (the backward pass computes the gradients
 of the inputs and of the weights, each as costly as the forward: the MFU convention). Masked
 pre-training drops the masked tokens at the input (MaskDM) or after ``dense_blocks`` in-blocks
-(dense-first masking): those blocks see all 1 + N tokens, the others 1 + N_visible.
+(dense-first masking): those blocks see all E + N tokens, the others E + N_visible. The one
+counter of the project: the MFU numerator (benchmarks/gpu.py) and the cost of each guidance mode
+(``diffusion.guidance.sampling_flops``) both read it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def uvit_flops(model: UViT, visible_tokens: int | None = None, dense_blocks: int
     """The forward FLOPs of one image through ``model`` (built on any device, ``meta`` too).
 
     Args:
-        model: the U-ViT (its width, depth, heads, MLP ratio, patch grid).
+        model: the U-ViT (its width, depth, heads, MLP ratio, patch grid, extra tokens).
         visible_tokens: patch tokens kept by the mask (None: all N, no mask).
         dense_blocks: in-blocks that see every token before the drop (``UViT.forward``).
 
@@ -75,7 +77,8 @@ def uvit_flops(model: UViT, visible_tokens: int | None = None, dense_blocks: int
     hidden = int(d * model.mlp_ratio)
     per_patch = model.patch_size**2 * model.in_chans
     in_blocks = model.depth // 2
-    full, kept = 1 + n, 1 + visible
+    extras = int(model.extra_tokens)  # the time token, and the label token when conditional
+    full, kept = extras + n, extras + visible
     # (tokens, has a long skip) of every block: in-blocks, mid-block, out-blocks
     blocks = [(full if i < dense_blocks else kept, False) for i in range(in_blocks)]
     blocks += [(kept, False)] + [(kept, True)] * in_blocks

@@ -356,34 +356,6 @@ class UViT(nn.Module):
             raise ValueError(f"visible_tokens must be an integer from 1 to N={n}, got {visible_tokens!r}")
         return dense_blocks * n + (self.num_blocks - dense_blocks) * visible_tokens
 
-    def forward_flops(self, visible_tokens: int | None = None) -> int:
-        """FLOPs of one image's forward pass with ``visible_tokens`` patch tokens kept (None: all N),
-        counted from the architecture, a multiply-add as 2 FLOPs::
-
-            per block, L tokens:  24 L D^2 (qkv 6, projection 2, MLP 16 at ratio 4)
-                                  + 4 L^2 D (attention scores and weighted sum)
-                                  + 4 L D^2 (an out-block's long-skip Linear(2D -> D))
-            patch embedding 2 N D p^2 C (every patch is embedded, masked or not), head 2 N_vis D p^2 C
-
-        with L = N_vis + the time (and label) token. Norms, softmax, GELU and biases (O(L D)) are
-        left out. What guidance costs per sample is this times the passes per step
-        (``diffusion.guidance.sampling_flops``). Written here, small, for the guidance cost; it
-        counts what :meth:`token_blocks` leaves out (attention, the extra tokens).
-
-        Raises:
-            ValueError: ``visible_tokens`` outside [1, N].
-        """
-        n = self.num_patches
-        visible = n if visible_tokens is None else visible_tokens
-        if isinstance(visible, bool) or not isinstance(visible, int) or not 1 <= visible <= n:
-            raise ValueError(f"visible_tokens must be an integer from 1 to N={n}, got {visible_tokens!r}")
-        d, length = self.embed_dim, visible + self.extra_tokens
-        hidden = int(d * self.mlp_ratio)
-        block = 2 * length * d * 3 * d + 2 * length * d * d + 2 * 2 * length * d * hidden + 4 * length**2 * d
-        skip = 2 * length * 2 * d * d
-        patch = self.patch_size**2 * self.in_chans
-        return self.num_blocks * block + len(self.out_blocks) * skip + 2 * n * patch * d + 2 * visible * d * patch
-
     def _labels(self, labels: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor:
         """``labels`` as int64 (B,) on ``device``, the "no label" class for None; refused when
         malformed (the embedding would index out of range or silently broadcast)."""

@@ -54,7 +54,7 @@ def guidance_section(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
         "![guidance sweep](guidance_sweep.png)",
         md_table(header, rows),
         f"Forward-pass FLOPs per sample of each mode at any w != 1 ({where}; the {first['steps']}-step sampler; "
-        "counted from the architecture: `UViT.forward_flops`):",
+        "counted from the architecture: `models/flops.py`):",
         md_table(["model", *(_MODE_NAMES[m] for m in ("none", "cfg", "sparse"))], cost_rows),
     ]
     return "\n\n".join(lines)
