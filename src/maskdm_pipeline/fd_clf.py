@@ -207,7 +207,8 @@ def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: M
     for w in scales:
         at = replace(guidance, scale=float(w))
         known = (drawn or {}).get(float(w))
-        if known is not None and len(known) >= num_samples:
+        reused = known is not None and len(known) >= num_samples
+        if reused:
             images, timing = known[:num_samples], {"seconds": None}  # drawn by the sample stage, not here
         else:
             images, timing = generation.generate(model, num_samples=num_samples, classes=classes, guidance=at,
@@ -216,7 +217,7 @@ def guidance_sweep(model: nn.Module, classifier: Mapping[str, Any], reference: M
         if labels is not None:
             point["class_accuracy"] = class_accuracy(images, labels, classifier)["class_accuracy"]
         points.append({**point, "flops_per_sample": generation.sampling_cost(model, guidance=at, **settings),
-                       "seconds": timing["seconds"], "reused": known is not None and timing["seconds"] is None})
+                       "seconds": timing["seconds"], "reused": reused})
     top = max(scales)
     modes = {"none": Guidance(), "sparse": replace(guidance, mode="sparse", scale=top)}
     if getattr(model, "conditional", False):
