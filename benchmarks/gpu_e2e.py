@@ -148,8 +148,9 @@ def run(out: Path, dry_run: bool, budget_s: float, parts: tuple[str, ...] = PART
         elif "tests" not in parts:
             report["gpu_tests"] = {"skipped": "not asked for (--parts)"}
         else:
-            tests = run_logged([sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-q", "-rs",
-                                "tests/unit/test_gpu.py"], PROJECT_ROOT, env, out / "pytest-gpu.log", 120)
+            # In this process (addopts emptied: no pytest-xdist workers for one card and five tests).
+            tests = run_logged([sys.executable, "-m", "pytest", "-o", "addopts=", "-m", "gpu", "-p", "no:cacheprovider",
+                                "-q", "-rs", "tests/unit/test_gpu.py"], PROJECT_ROOT, env, out / "pytest-gpu.log", 120)
             log = (out / "pytest-gpu.log").read_text(errors="replace").strip().splitlines()
             tests["summary"] = log[-1] if log else ""
             report["gpu_tests"] = tests

@@ -25,6 +25,16 @@ SLOW_FIXTURES = frozenset({
 })
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n 2``, the default in pyproject.toml) each worker computes on one
+    torch thread, as the ``kedro`` subprocesses of the tests do (kedro_project.subprocess_env):
+    two workers of two OpenMP threads each on 2 cores wait on each other, up to 20x slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
