@@ -113,7 +113,8 @@ def _download(url: str, dest: Path, timeout: float) -> None:
     same default; downloads themselves are serialised.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("Downloading the FID Inception weights (about 92 MB) from %s to %s", url, dest)
+    logger.info("Trying to download the FID Inception weights (about 92 MB, once; %g s timeout) from %s to %s",
+                timeout, url, dest)
     with _DOWNLOAD_LOCK, _default_socket_timeout(timeout):
         torch.hub.download_url_to_file(url, str(dest), hash_prefix=_FID_WEIGHTS_SHA256_PREFIX,
                                        progress=False)
